@@ -1,0 +1,39 @@
+# windtunnel — the two commands for a fresh machine are `make demo` and `make test`.
+# Both create .venv and install on first use (torch==2.13.0 first: the CPU wheel on these machines).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO_MODEL ?= micro-142k
+
+.PHONY: setup demo test bench mlflow-ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/windtunnel models
+	$(BIN)/python analysis/schedules_plot.py
+	$(BIN)/windtunnel train $(DEMO_MODEL)
+	@echo
+	@echo "Runs and checkpoints: results/runs/   MLflow store: results/mlflow.db   Plots: results/plots/"
+	@echo "Compare runs in the browser: make mlflow-ui  (http://127.0.0.1:5000)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+
+mlflow-ui: $(STAMP)
+	$(BIN)/windtunnel ui
+
+clean:
+	find results -mindepth 1 ! -name README.md -exec rm -rf {} +
+	find . -name __pycache__ -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,91 @@
+"""Specs: ladders load and validate, overrides, run identity, and one-line errors naming file and key."""
+
+import pytest
+
+from windtunnel.config import TrainSpec, apply_overrides, get_model, load_ladder, load_models, spec_hash
+from windtunnel.errors import SpecError, WindtunnelError
+
+
+def write(tmp_path, text, name="ladder.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = "defaults: {d_head: 16, vocab_size: 256}\nmodels:\n  a: {d_model: 32, n_heads: 2, n_layers: 2}\n"
+
+
+def test_ladder_defaults_and_shape_rules(tmp_path):
+    spec = load_ladder(write(tmp_path, GOOD))["a"]
+    assert (spec.d_ff, spec.n_kv_heads, spec.vocab_size, spec.parametrization) == (80, 2, 256, "mup")
+    assert spec.width_mult == 32 / 256
+
+
+@pytest.mark.parametrize("fields, key, allowed", [
+    ("{d_model: 32, n_heads: 2, n_layers: 2, widht: 3}", "models.a.widht", "known keys"),
+    ("{d_model: 32.5, n_heads: 2, n_layers: 2}", "models.a.d_model", "int"),
+    ("{d_model: '32', n_heads: x, n_layers: 2}", "models.a.n_heads", "int"),
+    ("{d_model: 40, n_heads: 2, n_layers: 2}", "models.a.d_model", "multiple of d_head=16"),
+    ("{d_model: 48, n_heads: 3, n_kv_heads: 2, n_layers: 2}", "models.a.n_kv_heads", "divisor of n_heads=3"),
+    ("{d_model: 32, n_heads: 4, n_layers: 2}", "models.a.n_heads", "d_model / d_head = 2"),
+    ("{d_model: 32, n_heads: 2, n_layers: 0}", "models.a.n_layers", "positive"),
+    ("{d_model: 32, n_heads: 2, n_layers: 2, parametrization: xp}", "models.a.parametrization", "'mup', 'sp'"),
+    ("{n_heads: 2, n_layers: 2}", "models.a.d_model", "required"),
+])
+def test_bad_ladders_name_file_key_value_and_allowed(tmp_path, fields, key, allowed):
+    path = write(tmp_path, f"defaults: {{d_head: 16, vocab_size: 256}}\nmodels:\n  a: {fields}\n")
+    with pytest.raises(SpecError) as err:
+        load_ladder(path)
+    message = str(err.value)
+    assert str(path) in message and key in message and allowed in message
+    assert "\n" not in message
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(WindtunnelError, match="not found"):
+        load_ladder(tmp_path / "nope.yaml")
+    with pytest.raises(WindtunnelError, match="not valid YAML"):
+        load_ladder(write(tmp_path, "models: {a: [}"))
+    with pytest.raises(WindtunnelError, match="no model ladders"):
+        load_models(tmp_path / "empty")
+
+
+def test_duplicate_names_across_files(tmp_path):
+    write(tmp_path, GOOD, "one.yaml")
+    write(tmp_path, GOOD, "two.yaml")
+    with pytest.raises(SpecError, match="not used by another ladder"):
+        load_models(tmp_path)
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(SpecError, match="known models: .*micro-24k"):
+        get_model("micro-9000")
+
+
+def test_overrides_reach_nested_specs_and_parse_numbers():
+    base = TrainSpec(model=get_model("micro-24k"))
+    spec = apply_overrides(base, ["lr=0.02", "tokens=1e6", "schedule.kind=cosine", "model.parametrization=sp",
+                                  "data.eval_tokens=2048", "checkpoint_steps=[10, 20]"])
+    assert (spec.lr, spec.tokens, spec.schedule.kind) == (0.02, 1_000_000, "cosine")
+    assert spec.model.parametrization == "sp" and spec.data.eval_tokens == 2048
+    assert spec.checkpoint_steps == (10, 20)
+    assert base.lr == 0.01  # frozen: the base spec is untouched
+
+
+@pytest.mark.parametrize("override, key", [
+    ("lrr=1", "lrr"), ("lr=abc", "lr"), ("seq_len", "seq_len"), ("model.d_model=50", "model.d_model"),
+    ("schedule.kind=foo", "schedule.kind"), ("lr.x=1", "lr.x"), ("device=tpu", "device"),
+])
+def test_bad_overrides(override, key):
+    with pytest.raises(SpecError) as err:
+        apply_overrides(TrainSpec(model=get_model("micro-24k")), [override])
+    assert err.value.key == key and "--set" in str(err.value)
+
+
+def test_run_identity_ignores_runtime_settings_only():
+    base = TrainSpec(model=get_model("micro-24k"))
+    assert spec_hash(base) == spec_hash(TrainSpec(model=get_model("micro-24k")))
+    assert spec_hash(base) == spec_hash(apply_overrides(base, ["device=cpu", "compile=true", "peak_flops=1e12"]))
+    assert spec_hash(base) != spec_hash(apply_overrides(base, ["lr=0.02"]))
+    assert spec_hash(base) != spec_hash(apply_overrides(base, ["model.scale_emb=10"]))
+    assert len(spec_hash(base)) == 12

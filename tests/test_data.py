@@ -1,0 +1,294 @@
+"""Tests of windtunnel.data: loaders, split, tokenizer, shards and cache, windows (all local, no download)."""
+
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the Hugging Face loader is tested on local data only
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from windtunnel import data
+from windtunnel.config import DataSpec
+from windtunnel.errors import SpecError, WindtunnelError
+
+TRICKY = [
+    "",
+    "def f(x):\n\treturn x  \n\n\n    # trailing spaces   \n",
+    "\t\tmixed \t tabs\tand  spaces\r\nwindows line\r\n",
+    "  leading spaces, unicode: café, 日本語, 🐍, ∑ᵢ, \u2028, \x00\x01",
+    "literal ▁ meta ▁▁ symbols ▁",
+    '"""doc"""\nclass A:\n    pass\n' * 3,
+]
+
+
+def _words(n_docs: int, seed: int = 0) -> list[str]:
+    """Synthetic documents of pseudo-words: enough distinct merges for a 300-token BPE."""
+    rng = random.Random(seed)
+    syllables = ["ka", "to", "ri", "mu", "sen", "pla", "dor", "ex", "qui", "zu", "ba", "lo"]
+    def line():
+        return " ".join("".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(rng.randint(3, 12)))
+    return ["\n".join(line() for _ in range(rng.randint(5, 15))) + "\n" for _ in range(n_docs)]
+
+
+@pytest.fixture(scope="session")
+def stdlib(tmp_path_factory):
+    """The real stdlib corpus at a small vocabulary (5–10 s on 2 cores), and its cache folder."""
+    cache = tmp_path_factory.mktemp("cache")
+    spec = DataSpec(tokenizer_sample_bytes=1_000_000)
+    return data.prepare(spec, vocab_size=512, cache_dir=cache, progress=False), spec, cache
+
+
+@pytest.fixture(scope="session")
+def docs() -> list[str]:
+    return _words(200)
+
+
+@pytest.fixture(scope="session")
+def jsonl(tmp_path_factory, docs):
+    path = tmp_path_factory.mktemp("jsonl") / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(docs)))
+    return path
+
+
+# Loaders -----------------------------------------------------------------------------------------
+
+def _texts(corpus, **kw) -> list[str]:
+    return [d.text for d in data._load_documents(DataSpec(corpus=str(corpus), **kw))]
+
+
+def test_loaders_read_the_same_documents(tmp_path, docs, jsonl, monkeypatch):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # keep ~/.cache clean
+    (tmp_path / "txt").mkdir()
+    for i, t in enumerate(docs):
+        (tmp_path / "txt" / f"doc{i:03d}.txt").write_text(t)
+    pq.write_table(pa.table({"body": docs}), tmp_path / "corpus.parquet")
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "files").mkdir()
+    pq.write_table(pa.table({"text": docs}), tmp_path / "files" / "train.parquet")
+
+    assert _texts(jsonl) == docs
+    assert _texts(tmp_path / "txt") == docs
+    assert _texts(tmp_path / "corpus.parquet", text_key="body") == docs
+    assert _texts(f"hf:{tmp_path / 'saved'}") == docs  # a save_to_disk folder
+    assert _texts(f"hf:{tmp_path / 'files'}") == docs  # a data folder, through load_dataset
+
+
+def test_folder_mixes_kinds_in_sorted_order_and_keeps_bytes(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "b.jsonl").write_text('{"text": "two"}\n\n{"text": ""}\n{"text": "three"}\n')
+    (tmp_path / "a.txt").write_bytes(b"one\r\n\ttab  \n")
+    (tmp_path / "sub").mkdir()
+    pq.write_table(pa.table({"text": ["four", None]}), tmp_path / "sub" / "c.parquet")
+    (tmp_path / "README.md").write_text("ignored")
+    loaded = data._load_documents(DataSpec(corpus=str(tmp_path)))
+    assert [(d.id, d.text) for d in loaded] == [
+        ("a.txt", "one\r\n\ttab  \n"), ("b.jsonl#1", "two"), ("b.jsonl#4", "three"), ("sub/c.parquet#0", "four"),
+    ]
+
+
+def test_stdlib_documents_are_sorted_source_files():
+    docs = data._load_documents(DataSpec())
+    ids = [d.id for d in docs]
+    assert ids == sorted(ids) and len(ids) > 500
+    assert "os.py" in ids and not any("site-packages" in i for i in ids)
+
+
+def test_read_source_honours_coding_cookie(tmp_path):
+    path = tmp_path / "latin.py"
+    path.write_bytes(b"# -*- coding: latin-1 -*-\r\ns = 'caf\xe9'\n")
+    assert data._read_source(path) == "# -*- coding: latin-1 -*-\r\ns = 'café'\n"
+
+
+def test_docstrings_and_comments_in_source_order():
+    source = '"""Module doc."""\n# a comment\ndef f():\n    """F doc.\n\n    More."""\n    return 1  # trailing\n'
+    assert data._docstrings_and_comments(source) == "Module doc.\na comment\nF doc.\n\nMore.\ntrailing"
+    assert data._docstrings_and_comments("def broken(:\n") == ""
+
+
+@pytest.mark.parametrize("corpus, text_key, match", [
+    ("{tmp}/missing.jsonl", "text", r"corpus='.*missing.jsonl' is not allowed; no such file or folder"),
+    ("{tmp}/data.csv", "text", r"data.csv' is not allowed; file types read: .txt, .jsonl, .parquet"),
+    ("{tmp}/empty", "text", r"the folder holds no .txt/.jsonl/.parquet file"),
+    ("{tmp}/rows.jsonl", "body", r"rows.jsonl:1: text_key='body' is not allowed; each line needs .*\['text'\]"),
+    ("{tmp}/bad.jsonl", "text", r"bad.jsonl:2: not JSON"),
+    ("{tmp}/rows.parquet", "body", r"rows.parquet: text_key='body' is not allowed; columns here: \['text'\]"),
+    ("hf:{tmp}/saved", "body", r"text_key='body' is not allowed; columns here: \['text'\]"),
+    ("hf:{tmp}/nothing", "text", r"hf:.*nothing: could not load the dataset"),
+])
+def test_bad_corpus_errors_name_the_file_and_key(tmp_path, corpus, text_key, match):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data.csv").write_text("text\nx\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "rows.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n{"text": \n')
+    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "rows.parquet")
+    datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(WindtunnelError, match=match):
+        data._load_documents(DataSpec(corpus=corpus.format(tmp=tmp_path), text_key=text_key))
+
+
+def test_missing_path_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError) as err:
+        data._load_documents(DataSpec(corpus=str(tmp_path / "nope.txt")))
+    assert (err.value.file, err.value.key) == ("DataSpec", "corpus")
+
+
+# Split -------------------------------------------------------------------------------------------
+
+def test_held_out_is_a_stable_hash_of_the_id():
+    # sha256-based, so these exact numbers hold in every process and on every machine
+    assert sum(data._held_out(str(i), 5) for i in range(1000)) == 60
+    held = [i for i in range(200) if data._held_out(str(i), 5)]
+    assert held == [1, 11, 21, 24, 57, 72, 92, 116, 120, 139, 152, 190, 193]
+
+
+def test_split_is_deterministic_and_disjoint():
+    spec = DataSpec()
+    docs = data._load_documents(spec)
+    train, held = data._split(spec, docs)
+    again, _ = data._split(spec, docs)
+    assert [d.id for d in train] == [d.id for d in again]
+    assert not {d.id for d in train} & {d.id for d in held}
+    assert len(train) + len(held) == len(docs) and 0.02 < len(held) / len(docs) < 0.09
+    assert held == [d for d in docs if data._held_out(d.id, 5)]
+
+
+def test_an_empty_held_out_set_is_refused(tmp_path):
+    (tmp_path / "one.txt").write_text("a single document\n")
+    with pytest.raises(WindtunnelError, match=r"the held-out set is empty \(1 documents, valid_percent=5\)"):
+        data.prepare(DataSpec(corpus=str(tmp_path)), vocab_size=300, cache_dir=tmp_path, progress=False)
+
+
+# Tokenizer, shards, cache ------------------------------------------------------------------------
+
+def test_stdlib_corpus(stdlib):
+    corpus, spec, _ = stdlib
+    _, held = data._split(spec, data._load_documents(spec))
+    evals = {name: make_texts() for name, make_texts in data._eval_sets(spec, held).items()}
+    assert 0 < len(evals["docstrings"]) <= len(held)
+    assert set(corpus.evals) == {"code", "docstrings"}
+    assert corpus.tokenizer.vocab_size == 512 and corpus.train.dtype == np.uint16
+    assert isinstance(corpus.train, np.memmap) and len(corpus.fingerprint) == 16
+    # one end-of-document token per document, and tokens decode back to the exact source
+    assert int((corpus.evals["code"] == corpus.tokenizer.eos_id).sum()) == len(evals["code"])
+    assert corpus.tokenizer.decode(corpus.evals["code"]) == "".join(evals["code"])
+    n_bytes = sum(len(t.encode()) for t in evals["docstrings"])
+    assert corpus.bytes_per_token["docstrings"] == n_bytes / len(corpus.evals["docstrings"])
+    assert set(corpus.bytes_per_token) == {"train", "code", "docstrings"}
+    assert all(1.5 < b < 4 for b in corpus.bytes_per_token.values())
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_tokenizer_round_trip_is_exact(stdlib, text):
+    tokenizer = stdlib[0].tokenizer
+    ids = tokenizer.encode(text)
+    assert all(0 <= i < tokenizer.vocab_size for i in ids)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.encode_batch([text, text], num_threads=2) == [ids, ids]
+
+
+def test_tokenizer_pickles_with_its_model(stdlib):
+    tokenizer = stdlib[0].tokenizer
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    assert copy.path == tokenizer.path and copy.encode(TRICKY[1]) == tokenizer.encode(TRICKY[1])
+
+
+def test_second_prepare_reads_the_cache(stdlib, monkeypatch):
+    corpus, spec, cache = stdlib
+    def fail(*args, **kwargs):
+        raise AssertionError("cache miss")
+    monkeypatch.setattr(data, "_train_sentencepiece", fail)
+    monkeypatch.setattr(data, "_write_shard", fail)
+    again = data.prepare(spec, vocab_size=512, cache_dir=cache, progress=False)
+    assert again.fingerprint == corpus.fingerprint and again.bytes_per_token == corpus.bytes_per_token
+    assert np.array_equal(again.train, corpus.train)
+
+
+def test_user_corpus(tmp_path, jsonl, docs):
+    corpus = data.prepare(DataSpec(corpus=str(jsonl)), vocab_size=300, cache_dir=tmp_path, progress=False)
+    held = [t for i, t in enumerate(docs) if data._held_out(f"corpus.jsonl#{i + 1}", 5)]
+    assert set(corpus.evals) == {"valid"} and corpus.tokenizer.vocab_size == 300
+    assert corpus.tokenizer.decode(corpus.evals["valid"]) == "".join(held)
+    assert corpus.tokenizer.decode(corpus.train) == "".join(t for t in docs if t not in held)
+    assert corpus.bytes_per_token["valid"] > 1.5
+    assert sorted(p.name for p in (tmp_path / "shards" / corpus.fingerprint).iterdir()) == [
+        "train.bin", "train.json", "valid.bin", "valid.json",
+    ]
+
+
+def test_fingerprint_is_content_identity(tmp_path, jsonl):
+    def fingerprint(corpus, **kw):
+        spec = DataSpec(corpus=str(corpus), **kw)
+        return data.prepare(spec, vocab_size=300, cache_dir=tmp_path, progress=False).fingerprint
+    moved = tmp_path / "elsewhere" / "corpus.jsonl"
+    moved.parent.mkdir()
+    moved.write_bytes(jsonl.read_bytes())
+    assert fingerprint(jsonl) == fingerprint(moved)  # same content, another folder
+    assert fingerprint(jsonl) != fingerprint(jsonl, valid_percent=10)
+
+
+def test_too_large_vocabulary_names_the_fix(tmp_path):
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": f"ab {i}"}) + "\n" for i in range(100)))
+    with pytest.raises(WindtunnelError, match=r"cannot train vocab_size=1000 .*; lower vocab_size or raise tokenizer_"):
+        data.prepare(DataSpec(corpus=str(tmp_path / "c.jsonl")), vocab_size=1000, cache_dir=tmp_path, progress=False)
+
+
+# Windows -----------------------------------------------------------------------------------------
+
+TOKENS = np.arange(101, dtype=np.uint16)  # seq_len 10 → 10 windows starting at 0, 10, ..., 90
+
+
+def test_sample_windows_shape_and_targets():
+    w = data.sample_windows(TOKENS, start=0, count=4, seq_len=10, seed=0)
+    assert w.shape == (4, 11) and w.dtype == np.int64
+    assert np.array_equal(w[:, 1:], w[:, :-1] + 1) and set(w[:, 0] % 10) == {0}
+
+
+def test_sample_windows_is_deterministic_and_resumable():
+    full = data.sample_windows(TOKENS, start=0, count=50, seq_len=10, seed=3)
+    assert np.array_equal(full, data.sample_windows(TOKENS, start=0, count=50, seq_len=10, seed=3))
+    assert not np.array_equal(full, data.sample_windows(TOKENS, start=0, count=50, seq_len=10, seed=4))
+    for start in (0, 7, 23, 45):
+        part = data.sample_windows(TOKENS, start=start, count=5, seq_len=10, seed=3)
+        assert np.array_equal(part, full[start:start + 5])
+
+
+def test_each_epoch_is_a_new_permutation_of_all_windows():
+    starts = data.sample_windows(TOKENS, start=0, count=30, seq_len=10, seed=0)[:, 0].reshape(3, 10)
+    for epoch in starts:
+        assert sorted(epoch) == list(range(0, 100, 10))
+    assert len({tuple(epoch) for epoch in starts}) == 3
+
+
+def test_eval_windows_are_spread_and_capped():
+    w = data.eval_windows(TOKENS, seq_len=10, max_tokens=40)
+    assert w[:, 0].tolist() == [0, 20, 50, 70] and w.dtype == np.int64
+    assert np.array_equal(w, data.eval_windows(TOKENS, seq_len=10, max_tokens=40))
+    assert len(data.eval_windows(TOKENS, seq_len=10, max_tokens=10_000)) == 10
+    assert len(data.eval_windows(TOKENS, seq_len=10, max_tokens=3)) == 1
+
+
+def test_windows_on_a_memmap(stdlib):
+    corpus = stdlib[0]
+    w = data.sample_windows(corpus.train, start=10**6, count=8, seq_len=128, seed=1)
+    assert w.shape == (8, 129) and w.max() < 512
+    assert data.eval_windows(corpus.evals["code"], seq_len=128, max_tokens=32_768).shape == (256, 129)
+
+
+def test_too_short_token_set_is_refused():
+    with pytest.raises(WindtunnelError, match=r"of 10 tokens is too short for seq_len=10 \(one window needs 11\)"):
+        data.sample_windows(np.arange(10), start=0, count=1, seq_len=10, seed=0)

@@ -1,0 +1,120 @@
+"""The µP MiniCPM decoder: exact parameter counts, FLOPs per token, µP operations, coordinate check."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from windtunnel.config import ModelSpec, load_models
+from windtunnel.model import MiniCPM, count_params, flops_per_token, param_groups
+
+
+def tiny(d_model=32, parametrization="mup", **kw) -> ModelSpec:
+    return ModelSpec(name="t", d_model=d_model, n_heads=d_model // 16, d_head=16, n_layers=2, vocab_size=256,
+                     d_base=32, parametrization=parametrization, **kw)
+
+
+def test_minicpm_non_embedding_counts_are_exact():
+    models = load_models()
+    assert count_params(models["minicpm-1.2b"]) == 1_247_442_432
+    assert count_params(models["minicpm-2.4b"]) == 2_442_057_984
+
+
+def test_table8_rows_round_to_the_papers_n():
+    models = load_models()
+    rows = [m for m in models.values() if m.paper_n is not None]
+    assert len(rows) == 7
+    for spec in rows:
+        assert round(count_params(spec) / 1e9, 3) == spec.paper_n, spec.name
+
+
+def test_micro_ladder_spans_eight_times_in_n_with_five_widths():
+    micro = [m for name, m in load_models().items() if name.startswith("micro-")]
+    counts = sorted(count_params(m) for m in micro)
+    assert len({m.d_model for m in micro}) >= 5
+    assert counts[-1] / counts[0] >= 8
+    assert all(m.d_ff == int(2.5 * m.d_model) for m in micro)
+
+
+def test_count_by_hand_and_with_embedding():
+    spec = tiny(d_model=64, n_kv_heads=2)  # 4 query heads, 2 kv heads of 16
+    attn = 64 * (4 + 2 * 2) * 16 + 4 * 16 * 64
+    mlp = 3 * 64 * 160
+    assert count_params(spec) == 2 * (attn + mlp + 2 * 64) + 64
+    assert count_params(spec, embedding=True) == count_params(spec) + 256 * 64
+
+
+def test_flops_per_token_formula():
+    spec = tiny()
+    n = count_params(spec)
+    assert flops_per_token(spec, seq_len=128) == 6 * (n + 32 * 256) + 12 * 2 * 32 * 128
+
+
+def test_forward_shape_and_gqa():
+    model = MiniCPM(tiny(d_model=64, n_kv_heads=1))
+    logits = model(torch.randint(0, 256, (3, 10)))
+    assert logits.shape == (3, 10, 256) and logits.dtype == torch.float32
+
+
+def test_causal_future_tokens_do_not_change_the_past():
+    model = MiniCPM(tiny())
+    x = torch.randint(0, 256, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % 256
+    assert torch.allclose(model(x)[0, :8], model(y)[0, :8], atol=1e-6)
+
+
+def test_mup_operations_of_table7():
+    spec = tiny(d_model=128)  # m = 4
+    model = MiniCPM(spec)
+    assert model.emb_scale == 12.0 and model.logit_scale == 0.25
+    assert model.blocks[0].branch_scale == pytest.approx(1.4 / math.sqrt(2))
+    assert model.blocks[0].mlp.w2.weight.std().item() == pytest.approx(0.1 / 2, rel=0.05)
+    assert model.embed.weight.std().item() == pytest.approx(0.1, rel=0.05)  # fan-in = vocab: not width-scaled
+    groups = param_groups(model, weight_decay=0.1)
+    assert [g["lr_scale"] for g in groups] == [0.25, 1.0, 1.0]  # hidden 2-D, embedding, norms
+    assert len(groups[0]["params"]) == 2 * 4  # wqkv, wo, w13, w2 per block
+    assert groups[1]["params"] == [model.embed.weight] and groups[2]["weight_decay"] == 0.0
+
+
+def test_sp_switch_turns_the_multipliers_off():
+    model = MiniCPM(tiny(d_model=128, parametrization="sp"))
+    assert model.emb_scale == 1.0 and model.logit_scale == 1.0 and model.blocks[0].branch_scale == 1.0
+    assert {g["lr_scale"] for g in param_groups(model, weight_decay=0.1)} == {1.0}
+
+
+def _activation_rms(parametrization: str, width: int, *, steps=5, lr=0.01) -> dict[str, float]:
+    """RMS of each layer's output after a few Adam steps on fixed random tokens (µP coordinate check)."""
+    torch.manual_seed(0)
+    model = MiniCPM(tiny(d_model=width, parametrization=parametrization))
+    opt = torch.optim.AdamW(param_groups(model, weight_decay=0.0), lr=lr)
+    for g in opt.param_groups:
+        g["lr"] = lr * g["lr_scale"]
+    x = torch.randint(0, 256, (16, 65), generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+        opt.step()
+        opt.zero_grad()
+    rms = {}
+    layers = {n: m for n, m in model.named_modules() if n == "embed" or n.count(".") in (1, 2) and n.startswith("blocks")}
+    hooks = [m.register_forward_hook(lambda mod, i, out, n=n: rms.__setitem__(n, out.pow(2).mean().sqrt().item()))
+             for n, m in layers.items()]
+    with torch.no_grad():
+        rms["logits"] = model(x[:, :-1]).pow(2).mean().sqrt().item()
+    for h in hooks:
+        h.remove()
+    return rms
+
+
+def test_coordinate_check_mup_is_width_stable_and_sp_is_not():
+    widths = (32, 64, 128, 256)  # 8× range
+    mup = [_activation_rms("mup", w) for w in widths]
+    for layer in mup[0]:
+        values = [r[layer] for r in mup]
+        assert max(values) / min(values) <= 2.0, (layer, values)
+    sp = [_activation_rms("sp", w) for w in widths]
+    sp_logits = [r["logits"] for r in sp]
+    assert all(a < b for a, b in zip(sp_logits, sp_logits[1:])), sp_logits  # grows with width
+    assert sp_logits[-1] / sp_logits[0] > 2.0
+    assert sp[-1]["blocks.1"] / sp[0]["blocks.1"] > 4.0

@@ -1,0 +1,93 @@
+"""The trainer: a run end to end, checkpoints, bitwise resume, divergence, gradient accumulation."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import tiny_spec
+from windtunnel.train import checkpoint_path, read_status, train
+
+
+class Recorder:
+    """A `log` callback keeping every point, and a `flush` counter."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.points: list[tuple[int, dict]] = []
+        self.flushes, self.stop_at = 0, stop_at
+
+    def log(self, metrics, step):
+        self.points.append((step, metrics))
+        if step == self.stop_at:
+            raise KeyboardInterrupt  # as if the process were stopped here
+
+    def flush(self):
+        self.flushes += 1
+
+    def series(self, key):
+        return {step: m[key] for step, m in self.points if key in m}
+
+
+def test_run_end_to_end(tmp_path):
+    rec = Recorder()
+    result = train(tiny_spec(), tmp_path, log=rec.log, flush=rec.flush)
+    assert result.status == "finished" and result.step == 20 and result.tokens == 40960
+    assert set(result.eval) == {"code", "docstrings"}
+    for scores in result.eval.values():
+        assert 0 < scores["bpb"] < 8 and scores["loss"] > 0
+    steps = [s for s, _ in rec.points]
+    assert steps == list(range(1, 21))
+    first = rec.points[0][1]
+    assert {"train/loss", "lr", "grad/norm", "update/max_abs", "tokens", "perf/tokens_per_s"} <= set(first)
+    assert "grad/cos_prev" in rec.points[1][1] and -1 <= rec.points[1][1]["grad/cos_prev"] <= 1
+    assert set(rec.series("eval/code/bpb")) == {10, 20}
+    assert rec.series("train/loss")[20] < rec.series("train/loss")[1]
+    assert read_status(tmp_path)["status"] == "finished"
+    assert rec.flushes >= 2  # before each checkpoint
+
+
+def test_checkpoints_are_atomic_complete_and_pruned(tmp_path):
+    train(tiny_spec("checkpoint_steps=[10]", "checkpoint_every=5"), tmp_path)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000010.pt", "step_00000020.pt"]  # kept branch step + final; periodic pruned
+    state = torch.load(checkpoint_path(tmp_path, 10), weights_only=True)
+    assert {"model", "optimizer", "step", "data_position", "rng_cpu", "loss_ema", "loss_min", "prev_grad"} <= set(state)
+    assert state["step"] == 10 and state["data_position"] == 10 * 2048 // 64
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    first = train(tiny_spec(), tmp_path)
+    rec = Recorder()
+    again = train(tiny_spec(), tmp_path, log=rec.log)
+    assert again == first and rec.points == []
+
+
+def test_interrupted_run_resumes_bitwise(tmp_path):
+    reference = Recorder()
+    train(tiny_spec(), tmp_path / "a", log=reference.log)
+    broken = Recorder(stop_at=15)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_spec(), tmp_path / "b", log=broken.log)
+    assert read_status(tmp_path / "b")["status"] == "interrupted"
+    resumed = Recorder()
+    train(tiny_spec(), tmp_path / "b", log=resumed.log)
+    assert resumed.points[0][0] == 11  # from the step-10 checkpoint
+    for key in ("train/loss", "grad/norm", "grad/cos_prev", "update/max_abs", "eval/code/loss"):
+        expected = reference.series(key)
+        got = {**broken.series(key), **resumed.series(key)}
+        assert got == expected, key  # exact equality: bitwise on CPU
+
+
+def test_exploding_lr_ends_as_diverged_without_crash(tmp_path):
+    result = train(tiny_spec("lr=30.0", "schedule.warmup_tokens=0"), tmp_path)
+    assert result.status == "diverged" and result.step < 20
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "diverged"
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    whole, accumulated = Recorder(), Recorder()
+    train(tiny_spec("tokens=8192"), tmp_path / "a", log=whole.log)
+    train(tiny_spec("tokens=8192", "micro_batch_tokens=512"), tmp_path / "b", log=accumulated.log)
+    for step, loss in whole.series("train/loss").items():
+        assert accumulated.series("train/loss")[step] == pytest.approx(loss, rel=1e-4)

@@ -1,0 +1,346 @@
+"""Specs: frozen dataclasses for model shapes, data and training, loaded from YAML with clear errors.
+
+A model ladder is a YAML file in `models/` with a `defaults:` mapping and a `models:` mapping of
+name → shape fields. Every bad key, type or shape is rejected with a `SpecError` that names the file,
+the key, the value and what is allowed, before anything is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from windtunnel.errors import SpecError, WindtunnelError
+from windtunnel.schedules import ScheduleSpec
+
+__all__ = [
+    "ModelSpec", "DataSpec", "TrainSpec", "PaperRun",
+    "load_ladder", "load_models", "get_model", "build", "apply_overrides", "spec_hash", "models_dir",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaperRun:
+    """What the paper reports about how a full model was trained (DESIGN §3); used by `plan` to compare."""
+
+    tokens: float
+    """training tokens of the published run"""
+    batch_tokens: tuple[int, ...]
+    """batch size in tokens; several values = the batch-size warmup (1.2B: 2M → 4M)"""
+    lr: float
+    """maximum learning rate"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """One MiniCPM-style decoder shape and its parametrization (DESIGN §3, Table 7 and Table 8)."""
+
+    name: str
+    """the ladder name, e.g. "9M" or "minicpm-1.2b" """
+    d_model: int
+    """residual-stream width"""
+    n_layers: int
+    """number of transformer blocks"""
+    n_heads: int
+    """query heads"""
+    n_kv_heads: int | None = None
+    """key/value heads for grouped-query attention; None = n_heads (plain multi-head attention)"""
+    d_head: int = 64
+    """width of one attention head; d_model must equal n_heads · d_head"""
+    d_ff: int | None = None
+    """SwiGLU hidden width; None = 2.5 · d_model (the paper's shape rule)"""
+    vocab_size: int = 32_768
+    """tokenizer vocabulary; the LM head is the tied embedding"""
+    parametrization: Literal["mup", "sp"] = "mup"
+    """"mup" applies every operation of Table 7; "sp" is standard parametrization for comparison"""
+    d_base: int = 256
+    """µP base width: width multiplier m = d_model / d_base"""
+    scale_emb: float = 12.0
+    """µP: embedding output multiplier (best on the 9M model: 12)"""
+    scale_depth: float = 1.4
+    """µP: each residual branch × scale_depth / sqrt(n_layers)"""
+    init_std: float = 0.1
+    """µP: init std of every 2-D weight is init_std / sqrt(m)"""
+    rope_theta: float = 10_000.0
+    """RoPE base frequency"""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon"""
+    paper_n: float | None = None
+    """the paper's non-embedding N in billions (Table 8's N(B) column), for checking the counts"""
+    paper_run: PaperRun | None = None
+    """the published training facts of a full-size model"""
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", int(2.5 * self.d_model))
+
+    @property
+    def width_mult(self) -> float:
+        """µP width multiplier m = d_model / d_base (1 under SP, where nothing scales with width)."""
+        return self.d_model / self.d_base if self.parametrization == "mup" else 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Which text a run trains and evaluates on (DESIGN §7)."""
+
+    corpus: str = "stdlib"
+    """"stdlib" (the interpreter's own source, no download), a .txt/.jsonl/.parquet file or folder, or "hf:NAME" """
+    text_key: str = "text"
+    """field holding the text in .jsonl, .parquet and Hugging Face rows"""
+    valid_percent: int = 5
+    """percent of documents held out for evaluation, chosen by a hash of the document id"""
+    tokenizer_sample_bytes: int = 4_000_000
+    """bytes of training text sampled to train the tokenizer"""
+    eval_tokens: int = 32_768
+    """tokens of each held-out set scored at every evaluation"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """One training segment. Fields above `device` change the run's numbers and so its id (`spec_hash`)."""
+
+    model: ModelSpec
+    """the shape being trained"""
+    tokens: int | None = None
+    """training tokens; None = 20 tokens per non-embedding parameter (Chinchilla's ratio)"""
+    batch_tokens: int = 4096
+    """tokens per optimizer step (batch size in tokens, as in the paper's §3.2)"""
+    micro_batch_tokens: int | None = None
+    """tokens per forward/backward pass; None = batch_tokens (no gradient accumulation)"""
+    seq_len: int = 128
+    """context length in tokens"""
+    lr: float = 0.01
+    """base (maximum) learning rate; under µP hidden 2-D weights use lr / m"""
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    """learning-rate schedule (kind, warmup and decay in tokens)"""
+    weight_decay: float = 0.1
+    """AdamW weight decay on 2-D weights"""
+    independent_wd: bool = False
+    """decay multiplied by the schedule but not by the max LR (weight_decay is then per step at peak)"""
+    beta1: float = 0.9
+    """AdamW β1"""
+    beta2: float = 0.95
+    """AdamW β2"""
+    eps: float = 1e-8
+    """AdamW ε"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this; 0 disables"""
+    seed: int = 0
+    """seed of the initialisation and of the data order"""
+    eval_every: int = 100
+    """steps between evaluations on every held-out set (the last step is always evaluated)"""
+    diverge_ratio: float = 2.5
+    """a smoothed train loss above this × its minimum so far ends the run as diverged"""
+    data: DataSpec = field(default_factory=DataSpec)
+    """corpus and tokenizer"""
+    checkpoint_every: int = 250
+    """steps between resumable checkpoints (only the newest periodic one is kept)"""
+    checkpoint_steps: tuple[int, ...] = ()
+    """steps whose checkpoints are always kept (decay branches fork from them)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """where to train; not part of the run's identity"""
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """"auto" = bf16 autocast on CUDA, fp32 on CPU"""
+    compile: bool = False
+    """torch.compile the model (worth it on CUDA and for long CPU runs)"""
+    peak_flops: float | None = None
+    """declared peak FLOP/s for MFU; None = a table for known GPUs, a measured fp32 matmul peak on CPU"""
+
+
+def models_dir() -> Path:
+    """The ladder folder: ./models of the working directory (the repository root)."""
+    return Path("models").resolve()
+
+
+# ---------------------------------------------------------------- building from mappings
+
+
+def _type_ok(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is typing.Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    name = getattr(hint, "__name__", None)
+    return f"a value of type {name or hint}"
+
+
+def _coerce(value, hint):
+    """YAML reads 1e6 as a string and 2e+6 as a float: accept both where an int or float is wanted."""
+    wants = set(typing.get_args(hint)) | {hint}
+    if isinstance(value, str) and wants & {int, float}:
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            return value
+    if isinstance(value, float) and int in wants and float not in wants and value.is_integer():
+        return int(value)
+    return value
+
+
+def build(cls, mapping: dict, *, file, prefix: str = ""):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types with a SpecError."""
+    if not isinstance(mapping, dict):
+        raise SpecError(file, prefix.rstrip(".") or "<top>", mapping, "a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in mapping.items():
+        if key not in names:
+            raise SpecError(file, prefix + str(key), value, "known keys: " + ", ".join(names))
+        hint = hints[key]
+        value = _coerce(value, hint)
+        if dataclasses.is_dataclass(hint) and isinstance(value, hint):
+            pass  # already built and checked
+        elif hasattr(hint, "from_dict"):  # a spec that validates itself (ScheduleSpec)
+            value = hint.from_dict(value, file=file)
+        elif dataclasses.is_dataclass(hint):
+            value = build(hint, value, file=file, prefix=f"{prefix}{key}.")
+        elif hint == (PaperRun | None) and value is not None:
+            value = build(PaperRun, value, file=file, prefix=f"{prefix}{key}.")
+        elif not _type_ok(value, hint):
+            raise SpecError(file, prefix + key, value, _describe(hint))
+        if isinstance(value, list):
+            value = tuple(value)
+        if hint is float and isinstance(value, int):
+            value = float(value)
+        kwargs[key] = value
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise SpecError(file, prefix + missing[0], None, f"{prefix}{missing[0]} is required")
+    return cls(**kwargs)
+
+
+def _check_model(spec: ModelSpec, *, file, key: str | None = None) -> ModelSpec:
+    """Reject impossible shapes before anything is allocated; `key` prefixes the error's key."""
+    key = key or f"models.{spec.name}"
+    for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab_size", "d_base"):
+        if getattr(spec, name) <= 0:
+            raise SpecError(file, f"{key}.{name}", getattr(spec, name), "a positive integer")
+    if spec.d_model % spec.d_head:
+        raise SpecError(file, f"{key}.d_model", spec.d_model, f"a multiple of d_head={spec.d_head}")
+    if spec.n_heads * spec.d_head != spec.d_model:
+        raise SpecError(file, f"{key}.n_heads", spec.n_heads, f"d_model / d_head = {spec.d_model // spec.d_head}")
+    if spec.n_heads % spec.n_kv_heads:
+        raise SpecError(file, f"{key}.n_kv_heads", spec.n_kv_heads, f"a divisor of n_heads={spec.n_heads}")
+    if spec.d_head % 2:
+        raise SpecError(file, f"{key}.d_head", spec.d_head, "an even number (RoPE rotates pairs)")
+    return spec
+
+
+# ---------------------------------------------------------------- ladders
+
+
+def _read_yaml(path: Path):
+    if not path.is_file():
+        raise WindtunnelError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def load_ladder(path: Path) -> dict[str, ModelSpec]:
+    """Every shape of one ladder file, validated, by name."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict) or set(raw) - {"defaults", "models"} or "models" not in raw:
+        raise SpecError(path, "<top>", sorted(raw) if isinstance(raw, dict) else raw, "keys: defaults, models")
+    defaults = raw.get("defaults") or {}
+    ladder = {}
+    for name, fields in (raw["models"] or {}).items():
+        if not isinstance(fields, dict):
+            raise SpecError(path, f"models.{name}", fields, "a mapping of shape fields")
+        spec = build(ModelSpec, {**defaults, **fields, "name": str(name)}, file=path, prefix=f"models.{name}.")
+        ladder[str(name)] = _check_model(spec, file=path)
+    return ladder
+
+
+def load_models(folder: Path | None = None) -> dict[str, ModelSpec]:
+    """Every shape in every `models/*.yaml`, by name; a name defined twice is an error."""
+    folder = Path(folder) if folder else models_dir()
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        raise WindtunnelError(f"{folder}: no model ladders (*.yaml) found; run from the repository root")
+    models: dict[str, ModelSpec] = {}
+    for path in files:
+        for name, spec in load_ladder(path).items():
+            if name in models:
+                raise SpecError(path, f"models.{name}", name, "a name not used by another ladder file")
+            models[name] = spec
+    return models
+
+
+def get_model(name: str, folder: Path | None = None) -> ModelSpec:
+    """One shape by name, with the list of known names when it is unknown."""
+    models = load_models(folder)
+    if name not in models:
+        where = Path(folder) if folder else models_dir()
+        raise SpecError(f"{where}/*.yaml", "model", name, "known models: " + ", ".join(models))
+    return models[name]
+
+
+# ---------------------------------------------------------------- overrides and identity
+
+
+def apply_overrides(spec, overrides: list[str], *, source: str = "--set"):
+    """Apply `key=value` overrides (dotted keys reach nested specs: `schedule.kind=wsd`, `model.d_model=64`)."""
+    raw = dataclasses.asdict(spec)
+    raw["schedule"] = _non_default(spec.schedule)  # ScheduleSpec refuses keys its kind does not use
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SpecError(source, item, item, "key=value")
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise SpecError(source, key, text, f"{part!r} is not a nested spec")
+            node = node[part]
+        node[leaf] = yaml.safe_load(text)
+    model = build(ModelSpec, raw.pop("model"), file=source, prefix="model.")
+    return build(type(spec), {**raw, "model": _check_model(model, file=source, key="model")}, file=source)
+
+
+def _non_default(obj) -> dict:
+    """The fields of a dataclass that differ from their defaults."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if f.default is dataclasses.MISSING or getattr(obj, f.name) != f.default}
+
+
+def spec_hash(spec: TrainSpec, *extra: str) -> str:
+    """Content hash of everything that changes a run's numbers (runtime settings excluded), 12 hex chars."""
+    raw = dataclasses.asdict(spec)
+    for key in ("device", "compile", "peak_flops"):
+        raw.pop(key)
+    raw["model"].pop("paper_n"), raw["model"].pop("paper_run")
+    blob = json.dumps([raw, *extra], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

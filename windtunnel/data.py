@@ -1,0 +1,564 @@
+"""Corpora, the sentencepiece tokenizer, token shards and training/evaluation windows (DESIGN §7).
+
+`prepare(spec, vocab_size=...)` turns a `DataSpec` into a `Corpus`: it loads the documents, holds
+out `valid_percent` of them by a hash of each document's id, trains a BPE tokenizer on a sample of
+the training documents and tokenizes every set once into a memmap shard. Tokenizers and shards are
+cached under `results/cache/` by content hash, so a second call only reads and hashes the text.
+
+Corpora (`DataSpec.corpus`):
+- "stdlib": the .py files of the running interpreter's standard library (~1800 files, ~31 MB; no
+  download). Held-out sets: "code" (the held-out files) and "docstrings" (their docstrings and
+  comments). A document's id is its path relative to the standard library.
+- a .txt file (one document), a .jsonl file (one JSON object per line, text under `text_key`), a
+  .parquet file (column `text_key`), or a folder searched recursively for these three kinds (other
+  files are ignored), read in sorted order. Ids are "relative/path" or "relative/path#row".
+- "hf:NAME" or "hf:NAME:CONFIG": the "train" split of a Hugging Face dataset. NAME is a folder
+  written by `save_to_disk` (read with `load_from_disk`), or else whatever `datasets.load_dataset`
+  takes: a local folder of data files, or a hub name resolved through the local cache (set
+  HF_DATASETS_OFFLINE=1 to forbid downloads). Ids are row numbers.
+User corpora have one held-out set, "valid". Empty documents are dropped.
+
+Every set is stored as its documents' tokens, each document followed by the end-of-document token
+`tokenizer.eos_id`, so training windows may cross documents. `sample_windows` and `eval_windows`
+cut such arrays into int64 windows of seq_len+1 tokens: inputs x = w[:, :-1], targets y = w[:, 1:].
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import os
+import sys
+import sysconfig
+import tempfile
+import tokenize
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from windtunnel.config import DataSpec
+from windtunnel.errors import SpecError, WindtunnelError
+from windtunnel.paths import results_dir
+
+__all__ = ["Corpus", "Tokenizer", "prepare", "sample_windows", "eval_windows"]
+
+FORMAT = 1  # bump when document extraction or the shard layout changes: old caches are then ignored
+EXTENSIONS = (".txt", ".jsonl", ".parquet")
+_CORPUS_HELP = "use 'stdlib', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.parquet file or a folder of them"
+_META = "\u2581"  # sentencepiece's space symbol "▁": a literal one in the text is encoded as its 3 bytes
+_SENTENCE_CHARS = 2_000  # tokenizer training sentences: whole lines, at most this many characters
+_BATCH_CHARS = 4_000_000  # characters per sentencepiece encode call: bounds the memory of id lists
+_SPM_OPTIONS = dict(
+    model_type="bpe",
+    normalization_rule_name="identity",  # no NFKC: the text is kept character for character
+    remove_extra_whitespaces=False,  # indentation, blank lines and trailing spaces are content in code
+    add_dummy_prefix=False,  # no invented leading space, so decode(encode(text)) == text
+    allow_whitespace_only_pieces=True,  # a run of indentation spaces can be one piece
+    split_digits=True,  # numbers as digit sequences, as in Llama's tokenizer
+    byte_fallback=True,  # characters outside the vocabulary are spelled as UTF-8 byte pieces
+    character_coverage=0.9995,  # the rarest 0.05% of characters go to byte pieces instead of ids
+    max_sentence_length=4 * _SENTENCE_CHARS,  # bytes; a UTF-8 character takes at most 4
+    input_sentence_size=0,  # train on the whole (already deterministic) sample, in order
+    shuffle_input_sentence=False,
+    num_threads=2,  # fixed: the count is stored in the model file, which the fingerprint hashes
+    unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+)
+
+
+# 1) Documents ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Document:
+    id: str  # what the train/held-out split hashes: a relative path, "path#row" or a row number
+    text: str
+
+
+def _load_documents(spec: DataSpec) -> list[_Document]:
+    """The corpus's non-empty documents, in a deterministic order."""
+    if spec.corpus == "stdlib":
+        docs = _stdlib_documents()
+    elif spec.corpus.startswith("hf:"):
+        docs = _hf_documents(spec)
+    else:
+        docs = _local_documents(spec)
+    return [doc for doc in docs if doc.text]
+
+
+def _stdlib_documents() -> list[_Document]:
+    """The standard library's .py files (without site-packages), sorted by relative path."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [s for s in subfolders if s not in ("site-packages", "dist-packages")]
+        paths += [Path(folder, f) for f in files if f.endswith(".py")]
+    rel = sorted((p.relative_to(root).as_posix(), p) for p in paths)
+    return [_Document(name, _read_source(path)) for name, path in rel]
+
+
+def _read_source(path: Path) -> str:
+    """A .py file's text: UTF-8 (PEP 3120), else its coding cookie, else UTF-8 with U+FFFD for bad bytes."""
+    raw = path.read_bytes()  # bytes, not read_text: "\r\n" must survive
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        return raw.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError):
+        return raw.decode("utf-8", errors="replace")
+
+
+def _local_documents(spec: DataSpec) -> list[_Document]:
+    """Documents of a .txt/.jsonl/.parquet file, or of every such file under a folder."""
+    root = Path(spec.corpus).expanduser()
+    if root.is_file():
+        if root.suffix.lower() not in EXTENSIONS:
+            raise SpecError("DataSpec", "corpus", spec.corpus, f"file types read: {', '.join(EXTENSIONS)}")
+        files, base = [root], root.parent
+    elif root.is_dir():
+        files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS]
+        files.sort(key=lambda p: p.relative_to(root).as_posix())
+        if not files:
+            raise SpecError("DataSpec", "corpus", spec.corpus, f"the folder holds no {'/'.join(EXTENSIONS)} file")
+        base = root
+    else:
+        raise SpecError("DataSpec", "corpus", spec.corpus, f"no such file or folder; {_CORPUS_HELP}")
+    return [doc for path in files for doc in _file_documents(path, path.relative_to(base).as_posix(), spec.text_key)]
+
+
+def _file_documents(path: Path, rel: str, text_key: str) -> list[_Document]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [_Document(rel, path.read_bytes().decode("utf-8", errors="replace"))]
+    rows = _jsonl_rows(path, text_key) if suffix == ".jsonl" else _parquet_rows(path, text_key)
+    return [_Document(f"{rel}#{row}", text) for row, text in rows if text]
+
+
+def _jsonl_rows(path: Path, text_key: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a .jsonl file."""
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise WindtunnelError(
+                    f"{path}:{number}: not JSON ({exc.msg}); a .jsonl corpus has one JSON object per line"
+                ) from exc
+            if not isinstance(row, dict) or not isinstance(row.get(text_key), str):
+                found = sorted(row) if isinstance(row, dict) else type(row).__name__
+                allowed = f"each line needs a string under text_key; this line has {found}"
+                raise SpecError(f"{path}:{number}", "text_key", text_key, allowed)
+            yield number, row[text_key]
+
+
+def _parquet_rows(path: Path, text_key: str) -> list[tuple[int, str | None]]:
+    """(row index, text) of a .parquet file's `text_key` column; nulls come back as None."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        columns = pq.read_schema(path)
+    except pa.ArrowException as exc:
+        raise WindtunnelError(f"{path}: not a readable parquet file ({exc})") from exc
+    if text_key not in columns.names:
+        raise SpecError(str(path), "text_key", text_key, f"columns here: {columns.names}")
+    kind = columns.field(text_key).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise SpecError(str(path), "text_key", text_key, f"the column must hold strings, not {kind}")
+    return list(enumerate(pq.read_table(path, columns=[text_key]).column(text_key).to_pylist()))
+
+
+def _hf_documents(spec: DataSpec) -> list[_Document]:
+    """Rows of a Hugging Face dataset's "train" split; the id is the row number."""
+    dataset = _hf_dataset(spec.corpus)
+    key = spec.text_key
+    if key not in dataset.column_names:
+        raise SpecError(spec.corpus, "text_key", key, f"columns here: {dataset.column_names}")
+    texts = (text for batch in dataset.select_columns([key]).iter(batch_size=1024) for text in batch[key])
+    docs = []
+    for row, text in enumerate(texts):
+        if text is not None and not isinstance(text, str):
+            raise SpecError(spec.corpus, "text_key", key, f"the column must hold strings, not {type(text).__name__}")
+        docs.append(_Document(str(row), text or ""))
+    return docs
+
+
+def _hf_dataset(corpus: str):
+    """`hf:NAME[:CONFIG]` → a `datasets.Dataset`: a save_to_disk folder, else `load_dataset(NAME, CONFIG)`."""
+    import datasets
+
+    name, _, config = corpus.removeprefix("hf:").partition(":")
+    folder = Path(name).expanduser()
+    saved = (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+    try:
+        if saved:
+            loaded = datasets.load_from_disk(str(folder))
+        else:
+            loaded = datasets.load_dataset(name, config or None, split="train")
+    except Exception as exc:  # datasets raises many kinds: FileNotFoundError, ConnectionError, ValueError...
+        raise WindtunnelError(
+            f"{corpus}: could not load the dataset ({type(exc).__name__}: {exc}); NAME must be a save_to_disk "
+            "folder, a local data folder, or a dataset already in the Hugging Face cache"
+        ) from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise SpecError("DataSpec", "corpus", corpus, f"the dataset needs a 'train' split; it has {list(loaded)}")
+        loaded = loaded["train"]
+    return loaded
+
+
+# 2) Train / held-out split and evaluation sets ---------------------------------------------------
+
+def _held_out(doc_id: str, valid_percent: int) -> bool:
+    """Whether a document is held out: a stable hash of its id (not Python's salted hash) mod 100."""
+    digest = hashlib.sha256(doc_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "little") % 100 < valid_percent
+
+
+def _split(spec: DataSpec, docs: list[_Document]) -> tuple[list[_Document], list[_Document]]:
+    """The training documents and the held-out documents; neither may be empty."""
+    held = [_held_out(doc.id, spec.valid_percent) for doc in docs]
+    train = [doc for doc, h in zip(docs, held) if not h]
+    valid = [doc for doc, h in zip(docs, held) if h]
+    for name, part in (("train", train), ("held-out", valid)):
+        if not part:
+            raise WindtunnelError(
+                f"{spec.corpus}: the {name} set is empty ({len(docs)} documents, valid_percent={spec.valid_percent}); "
+                "use more documents (e.g. a .jsonl with one per line) or a valid_percent within 1..99"
+            )
+    return train, valid
+
+
+def _eval_sets(spec: DataSpec, held: list[_Document]) -> dict[str, Callable[[], list[str]]]:
+    """The evaluation sets by name, each a function giving its texts (called only when not cached)."""
+    texts = [doc.text for doc in held]
+    if spec.corpus != "stdlib":
+        return {"valid": lambda: texts}
+    return {"code": lambda: texts, "docstrings": lambda: _docstrings(texts)}
+
+
+def _docstrings(sources: list[str]) -> list[str]:
+    """The prose of each source that parses (~1 s for the stdlib's held-out 2 MB: hence only on a cache miss)."""
+    prose = [p for p in map(_docstrings_and_comments, sources) if p]
+    if not prose:
+        raise WindtunnelError(
+            f"none of the {len(sources)} held-out files parses, so there is no 'docstrings' set; raise valid_percent"
+        )
+    return prose
+
+
+_DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _docstrings_and_comments(source: str) -> str:
+    """The prose of a .py file: docstrings and comments in source order; "" if it does not parse."""
+    try:
+        with warnings.catch_warnings():  # invalid escape sequences in test files warn while parsing
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (SyntaxError, ValueError, RecursionError, tokenize.TokenError):  # ValueError: null bytes
+        return ""
+    comments = [(t.start[0], t.string.lstrip("#").strip()) for t in tokens if t.type == tokenize.COMMENT]
+    docstrings = [
+        (node.body[0].lineno, ast.get_docstring(node))
+        for node in ast.walk(tree)
+        if isinstance(node, _DOCSTRING_OWNERS) and ast.get_docstring(node)
+    ]
+    return "\n".join(text for _, text in sorted(docstrings + comments) if text)
+
+
+# 3) Tokenizer ------------------------------------------------------------------------------------
+
+class Tokenizer:
+    """A sentencepiece BPE model for which decode(encode(text)) == text, whitespace and all."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._load(self.path.read_bytes())
+
+    def _load(self, proto: bytes) -> None:
+        self._proto = proto
+        self._sp = spm.SentencePieceProcessor(model_proto=proto)
+        # a literal "▁" would decode as a space; its UTF-8 bytes as byte pieces decode as "▁"
+        self._meta_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode()]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    @property
+    def eos_id(self) -> int:
+        """The end-of-document token written after every document in the shards."""
+        return self._sp.eos_id()
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str], *, num_threads: int = 1) -> list[list[int]]:
+        """Token ids of each text, encoded by `num_threads` sentencepiece threads."""
+        parts = [text.split(_META) for text in texts]
+        flat = self._sp.encode([p for ps in parts for p in ps], num_threads=num_threads)
+        out, i = [], 0
+        for ps in parts:
+            ids = flat[i]
+            for j in range(1, len(ps)):
+                ids += self._meta_ids + flat[i + j]
+            out.append(ids)
+            i += len(ps)
+        return out
+
+    def decode(self, ids) -> str:
+        return self._sp.decode(np.asarray(ids, dtype=np.int64).tolist())
+
+    def __getstate__(self) -> dict:  # pickles carry the model itself: workers need not share the cache
+        return {"path": str(self.path), "proto": self._proto}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = Path(state["path"])
+        self._load(state["proto"])
+
+
+def _tokenizer(
+    train: list[_Document], *, vocab_size: int, sample_bytes: int, cache_dir: Path, progress: bool
+) -> Tokenizer:
+    """The tokenizer trained on a sample of `train`, from cache_dir/tokenizers/<hash of sample + settings>/."""
+    sentences = _tokenizer_sample(train, sample_bytes)
+    options = {**_SPM_OPTIONS, "vocab_size": vocab_size}
+    key = _hash(json.dumps(options, sort_keys=True), spm.__version__, *sentences)
+    path = cache_dir / "tokenizers" / key / "tokenizer.model"
+    if not path.is_file():
+        if progress:
+            chars = sum(map(len, sentences))
+            print(f"training a {vocab_size}-token tokenizer on {chars:,} characters", file=sys.stderr)
+        model = _train_sentencepiece(sentences, options)
+        with _atomic_file(path) as f:
+            f.write(model)
+    return Tokenizer(path)
+
+
+def _tokenizer_sample(train: list[_Document], sample_bytes: int) -> list[str]:
+    """Sentences to train on: training documents in a stable pseudo-random order up to `sample_bytes`."""
+    order = sorted(train, key=lambda doc: hashlib.sha256(doc.id.encode("utf-8", "surrogatepass")).digest())
+    sentences, size = [], 0
+    for doc in order:
+        for sentence in _sentences(doc.text):
+            if size >= sample_bytes:
+                return sentences
+            sentences.append(sentence)
+            size += len(sentence.encode("utf-8", "surrogatepass"))
+    return sentences
+
+
+def _sentences(text: str) -> Iterator[str]:
+    """`text` cut at line ends into pieces of <= _SENTENCE_CHARS characters (longer lines are cut anywhere)."""
+    pieces, size = [], 0
+    for line in text.splitlines(keepends=True):
+        for i in range(0, len(line), _SENTENCE_CHARS):
+            chunk = line[i:i + _SENTENCE_CHARS]
+            if size + len(chunk) > _SENTENCE_CHARS:
+                yield "".join(pieces)
+                pieces, size = [], 0
+            pieces.append(chunk)
+            size += len(chunk)
+    if pieces:
+        yield "".join(pieces)
+
+
+def _train_sentencepiece(sentences: list[str], options: dict) -> bytes:
+    """The serialized model that sentencepiece trains on `sentences` (quietly)."""
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=model, minloglevel=2, **options
+        )
+    except RuntimeError as exc:
+        raise WindtunnelError(
+            f"sentencepiece cannot train vocab_size={options['vocab_size']} on {sum(map(len, sentences)):,} characters "
+            f"({str(exc).strip()}); lower vocab_size or raise tokenizer_sample_bytes"
+        ) from exc
+    return model.getvalue()
+
+
+# 4) Shards ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Corpus:
+    """A prepared corpus: token arrays to train and evaluate on, and the tokenizer that made them."""
+
+    train: np.ndarray
+    """1-D memmap of token ids (uint16 if vocab_size <= 65535, else uint32); each document ends with eos"""
+    evals: dict[str, np.ndarray]
+    """held-out token arrays by name: "code" and "docstrings" for stdlib, "valid" for other corpora"""
+    bytes_per_token: dict[str, float]
+    """UTF-8 bytes of the documents / tokens (end-of-document tokens included), for "train" and each eval set"""
+    tokenizer: Tokenizer
+    fingerprint: str
+    """content hash of the documents, the split and the tokenizer model: part of a run's id"""
+
+
+def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, progress: bool = True) -> Corpus:
+    """Load, split, tokenize and cache `spec`'s corpus (cache_dir defaults to results/cache)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
+    docs = _load_documents(spec)
+    train, held = _split(spec, docs)
+    tokenizer = _tokenizer(
+        train, vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes, cache_dir=cache_dir, progress=progress
+    )
+    kind = "stdlib" if spec.corpus == "stdlib" else "user"  # decides which eval sets exist
+    fingerprint = _hash(f"format={FORMAT}", kind, f"valid_percent={spec.valid_percent}", tokenizer._proto,
+                        *(part for doc in docs for part in (doc.id, doc.text)))
+    shards = cache_dir / "shards" / fingerprint
+    sets = {"train": lambda: [doc.text for doc in train], **_eval_sets(spec, held)}
+    tokens, meta = {}, {}
+    for name, make_texts in sets.items():
+        tokens[name], meta[name] = _shard(shards, name, make_texts, tokenizer, progress=progress)
+    return Corpus(
+        train=tokens.pop("train"),
+        evals=tokens,
+        bytes_per_token={name: m["n_bytes"] / m["n_tokens"] for name, m in meta.items()},
+        tokenizer=tokenizer,
+        fingerprint=fingerprint,
+    )
+
+
+def _shard(folder: Path, name: str, make_texts: Callable[[], list[str]], tokenizer: Tokenizer, *,
+           progress: bool) -> tuple[np.ndarray, dict]:
+    """The memmap of `name`'s tokens and its metadata, tokenizing make_texts() unless folder/name.bin exists."""
+    meta_path, bin_path = folder / f"{name}.json", folder / f"{name}.bin"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if meta is None or bin_path.stat().st_size != meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+        meta = _write_shard(bin_path, make_texts(), tokenizer, desc=f"tokenizing {name}", progress=progress)
+        with _atomic_file(meta_path) as f:  # written last: its presence means the .bin is complete
+            f.write(json.dumps(meta, indent=1).encode())
+    return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)), meta
+
+
+def _write_shard(path: Path, texts: list[str], tokenizer: Tokenizer, *, desc: str, progress: bool) -> dict:
+    """Tokenize `texts` into `path` (each followed by eos), in batches; returns the shard's metadata."""
+    from tqdm import tqdm
+
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
+    n_tokens = n_bytes = 0
+    with _atomic_file(path) as f, tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True,
+                                       desc=desc, disable=not progress, file=sys.stderr) as bar:
+        for batch in _batches(texts, _BATCH_CHARS):
+            ids = []
+            for doc in tokenizer.encode_batch(batch, num_threads=_threads()):
+                ids += doc
+                ids.append(tokenizer.eos_id)
+            f.write(np.asarray(ids, dtype=dtype).tobytes())
+            n_tokens += len(ids)
+            n_bytes += sum(len(text.encode("utf-8", "surrogatepass")) for text in batch)
+            bar.update(sum(map(len, batch)))
+    return {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_documents": len(texts), "dtype": dtype.name,
+            "eos_id": tokenizer.eos_id}
+
+
+def _batches(texts: list[str], max_chars: int) -> Iterator[list[str]]:
+    """Consecutive runs of `texts` of about `max_chars` characters (at least one text each)."""
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+@contextmanager
+def _atomic_file(path: Path):
+    """A binary file that appears at `path` only once fully written (temp file, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _hash(*parts: str | bytes) -> str:
+    """16 hex digits of SHA-256 over length-prefixed parts (so ("ab", "c") and ("a", "bc") differ)."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def _threads() -> int:
+    """CPU cores this process may use (affinity-aware where the OS tells), at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cores)
+
+
+# 5) Windows --------------------------------------------------------------------------------------
+
+def sample_windows(tokens: np.ndarray, *, start: int, count: int, seq_len: int, seed: int) -> np.ndarray:
+    """Training windows number start..start+count-1, int64 [count, seq_len+1].
+
+    `tokens` is cut into (len-1) // seq_len windows at stride seq_len (each token is a target once per
+    epoch); epoch e visits them in the order of a permutation seeded by (seed, e). Window k is
+    position k mod n of epoch k // n, so `start` (windows consumed so far) is the whole data position.
+    """
+    if start < 0 or count < 0 or seed < 0:
+        raise ValueError(f"start, count and seed must be >= 0, got start={start} count={count} seed={seed}")
+    n_windows = _n_windows(tokens, seq_len)
+    epochs, positions = np.divmod(np.arange(start, start + count, dtype=np.int64), n_windows)
+    picks = np.empty(count, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        here = epochs == epoch
+        picks[here] = _permutation(n_windows, seed, int(epoch))[positions[here]]
+    return _gather(tokens, picks * seq_len, seq_len)
+
+
+def eval_windows(tokens: np.ndarray, *, seq_len: int, max_tokens: int) -> np.ndarray:
+    """Fixed evaluation windows, int64 [n, seq_len+1]: n = max_tokens // seq_len (at least 1, at most
+    all) windows at stride-seq_len positions spread evenly over `tokens`, so n·seq_len tokens are scored."""
+    n_windows = _n_windows(tokens, seq_len)
+    n = min(n_windows, max(1, max_tokens // seq_len))
+    picks = np.arange(n, dtype=np.int64) * n_windows // n  # distinct because n <= n_windows
+    return _gather(tokens, picks * seq_len, seq_len)
+
+
+def _n_windows(tokens: np.ndarray, seq_len: int) -> int:
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    n = (len(tokens) - 1) // seq_len
+    if n < 1:
+        raise WindtunnelError(
+            f"a token set of {len(tokens)} tokens is too short for seq_len={seq_len} (one window needs "
+            f"{seq_len + 1}); use a bigger corpus or a shorter seq_len"
+        )
+    return n
+
+
+@lru_cache(maxsize=4)
+def _permutation(n_windows: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s order of the windows: a fresh seeded shuffle each pass over the data."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_windows)
+    order.flags.writeable = False  # shared by the cache
+    return order
+
+
+def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
+    """Rows tokens[s : s+seq_len+1] for each start s, as int64 (what torch embeddings index with)."""
+    return np.asarray(tokens)[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64)

@@ -1,0 +1,15 @@
+"""The one exception family windtunnel raises for bad input; the CLI prints it as one line."""
+
+__all__ = ["WindtunnelError", "SpecError"]
+
+
+class WindtunnelError(Exception):
+    """Any error a user can fix; its message says what is wrong and what is allowed."""
+
+
+class SpecError(WindtunnelError):
+    """A bad value in a spec: names the file, the key, the value and what is allowed."""
+
+    def __init__(self, file, key: str, value, allowed: str):
+        self.file, self.key, self.value, self.allowed = file, key, value, allowed
+        super().__init__(f"{file}: {key}={value!r} is not allowed; {allowed}")

@@ -1,0 +1,158 @@
+"""The µP MiniCPM decoder (DESIGN §3): RMSNorm pre-norm, RoPE, SwiGLU, grouped-query attention,
+no biases, tied embeddings, with every µP operation of the paper's Table 7 and an SP switch.
+
+µP with width multiplier m = d_model / d_base (Table 7):
+  embedding output × scale_emb · residual branches × scale_depth / sqrt(n_layers) ·
+  init std of 2-D weights = init_std / sqrt(m) · LR of hidden 2-D weights = lr / m · logits × 1/m.
+Under SP (`parametrization: sp`) the multipliers are 1 and every tensor uses the base LR; the init
+keeps std ∝ 1/sqrt(fan_in) (init_std / sqrt(m)), the usual SP initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from windtunnel.config import ModelSpec
+
+__all__ = ["MiniCPM", "count_params", "flops_per_token", "param_groups"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(seq_len: int, d_head: int, theta: float, device=None):
+    """cos and sin of the rotary angles, each [seq_len, d_head / 2]."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, d_head, 2, device=device, dtype=torch.float32) / d_head)
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (first half, second half) of each head: x is [batch, heads, seq, d_head]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.n_heads, self.n_kv, self.d_head = spec.n_heads, spec.n_kv_heads, spec.d_head
+        self.wqkv = nn.Linear(spec.d_model, (spec.n_heads + 2 * spec.n_kv_heads) * spec.d_head, bias=False)
+        self.wo = nn.Linear(spec.n_heads * spec.d_head, spec.d_model, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.n_heads * self.d_head, self.n_kv * self.d_head,
+                                      self.n_kv * self.d_head], dim=-1)
+        q = apply_rope(q.view(b, t, self.n_heads, self.d_head).transpose(1, 2), cos, sin)
+        k = apply_rope(k.view(b, t, self.n_kv, self.d_head).transpose(1, 2), cos, sin)
+        v = v.view(b, t, self.n_kv, self.d_head).transpose(1, 2)
+        # plain 1/sqrt(d_head) softmax scale: MiniCPM does not use µP's 1/d_head (Table 7)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.w13 = nn.Linear(spec.d_model, 2 * spec.d_ff, bias=False)  # gate and up in one matmul
+        self.w2 = nn.Linear(spec.d_ff, spec.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.attn_norm, self.mlp_norm = RMSNorm(spec.d_model, spec.norm_eps), RMSNorm(spec.d_model, spec.norm_eps)
+        self.attn, self.mlp = Attention(spec), SwiGLU(spec)
+        mup = spec.parametrization == "mup"
+        self.branch_scale = spec.scale_depth / math.sqrt(spec.n_layers) if mup else 1.0  # Table 7
+
+    def forward(self, x, cos, sin):
+        x = x + self.branch_scale * self.attn(self.attn_norm(x), cos, sin)
+        return x + self.branch_scale * self.mlp(self.mlp_norm(x))
+
+
+class MiniCPM(nn.Module):
+    """Decoder-only LM; `forward(idx)` returns logits [batch, seq, vocab] in fp32."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
+        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
+        self.norm = RMSNorm(spec.d_model, spec.norm_eps)
+        mup = spec.parametrization == "mup"
+        self.emb_scale = spec.scale_emb if mup else 1.0
+        self.logit_scale = 1.0 / spec.width_mult  # µP: logits × 1/m; SP: width_mult is 1
+        self._rope: tuple | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Hidden 2-D weights: std init_std / sqrt(m) (Table 7; also SP's ∝ 1/sqrt(fan_in)). The embedding
+        keeps init_std: its fan-in is the vocabulary, not the width, so µP leaves it width-independent
+        (Tensor Programs V, Table 3) — scaling it too makes the residual stream shrink as 1/sqrt(m)."""
+        hidden_std = self.spec.init_std / math.sqrt(self.spec.d_model / self.spec.d_base)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, mean=0.0, std=self.spec.init_std if name == "embed.weight" else hidden_std)
+
+    def rope(self, seq_len: int, device):
+        if self._rope is None or self._rope[0].shape[0] < seq_len or self._rope[0].device != device:
+            self._rope = rope_tables(seq_len, self.spec.d_head, self.spec.rope_theta, device)
+        cos, sin = self._rope
+        return cos[:seq_len], sin[:seq_len]
+
+    def forward(self, idx):
+        cos, sin = self.rope(idx.shape[1], idx.device)
+        x = self.embed(idx) * self.emb_scale
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        x = self.norm(x) * self.logit_scale
+        return F.linear(x, self.embed.weight).float()  # tied LM head
+
+
+def param_groups(model: MiniCPM, *, weight_decay: float) -> list[dict]:
+    """AdamW groups with an `lr_scale`: µP hidden 2-D weights get 1/m, the embedding and norms 1 (Table 7).
+
+    Weight decay applies to 2-D weights only; the trainer sets each group's lr = schedule(step) · lr_scale.
+    """
+    hidden = [p for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("embed")]
+    groups = [
+        {"params": hidden, "lr_scale": 1.0 / model.spec.width_mult, "weight_decay": weight_decay},
+        {"params": [model.embed.weight], "lr_scale": 1.0, "weight_decay": weight_decay},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "lr_scale": 1.0, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def count_params(spec: ModelSpec, *, embedding: bool = False) -> int:
+    """Exact parameter count, built on the meta device (no memory); non-embedding unless embedding=True."""
+    with torch.device("meta"):
+        model = MiniCPM(spec)
+    total = sum(p.numel() for p in model.parameters())
+    return total if embedding else total - model.embed.weight.numel()
+
+
+def flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): 6·(N + d·V) + 12·L·d·T.
+
+    6N for the non-embedding weights, 6·d·V for the tied LM head, and 12·L·d·T for the attention
+    scores and values (PaLM appendix B; causal masking not subtracted).
+    """
+    n = count_params(spec)
+    return 6.0 * (n + spec.d_model * spec.vocab_size) + 12.0 * spec.n_layers * spec.d_model * seq_len

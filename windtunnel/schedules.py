@@ -1,0 +1,241 @@
+"""Learning-rate schedules of MiniCPM (arXiv 2404.06395 §4): constant, Cosine(T), CosineLoop(T), WSD(T; D).
+
+Each schedule is a pure function of the integer optimizer step s (0 = the first update) returning the LR.
+Shared conventions:
+- warmup of W steps: lr(s) = η·(s+1)/W for s < W, so step 0 already trains and step W−1 reaches η;
+  from s = W on the schedule's own formula holds, which gives exactly η at s = W;
+- final_ratio: the LR the schedule ends at, as a fraction of η.
+`ScheduleSpec` is the YAML `schedule:` section (in tokens); `make_schedule` turns it into steps.
+"""
+
+import difflib
+import functools
+import math
+from dataclasses import dataclass, fields
+from typing import Callable
+
+from windtunnel.errors import SpecError, WindtunnelError
+
+__all__ = ["constant", "cosine", "cosine_loop", "wsd", "SCHEDULES", "DECAY_SHAPES", "EXP_HALF_LIVES",
+           "ScheduleSpec", "make_schedule"]
+
+EXP_HALF_LIVES = 5  # default exp decay: 5 half-lives over the decay (η/32 at its end); MiniCPM's 10% of
+#                     1.1T tokens at 4M tokens/step is ~27K steps ≈ 5.5 half-lives of 5000 steps (DESIGN §3)
+
+# WSD decay shapes g(x, half_lives): x ∈ [0, 1] is the decay's progress, g falls from 1 (§4.2, DESIGN §3)
+DECAY_SHAPES = {
+    "exp": lambda x, half_lives: 0.5 ** (x * half_lives),  # MiniCPM's f = 0.5^((s−T)/half_life)
+    "linear": lambda x, half_lives: 1.0 - x,
+    "cosine": lambda x, half_lives: (1.0 + math.cos(math.pi * x)) / 2,
+    "sqrt": lambda x, half_lives: 1.0 - math.sqrt(x),
+}
+
+
+def _require(ok: bool, name: str, value, allowed: str) -> None:
+    if not ok:
+        raise WindtunnelError(f"schedule argument {name}={value!r} is not allowed; allowed: {allowed}")
+
+
+def _check_common(step: int, lr: float, warmup: int) -> None:
+    _require(step >= 0, "step", step, "an integer >= 0")
+    _require(lr > 0, "lr", lr, "a number > 0")
+    _require(warmup >= 0, "warmup", warmup, "an integer number of steps >= 0")
+
+
+def _blend(lr: float, final_ratio: float, g: float) -> float:
+    """η·(final + (1 − final)·g): η at g = 1 (exactly: f + (1 − f) == 1.0 in floats), final·η at g = 0."""
+    return lr * (final_ratio + (1.0 - final_ratio) * g)
+
+
+def constant(step: int, *, lr: float, warmup: int) -> float:
+    """Linear warmup, then η for ever."""
+    _check_common(step, lr, warmup)
+    return lr * (step + 1) / warmup if step < warmup else lr
+
+
+def _cosine_checked(step, lr, warmup, period, final_ratio) -> float | None:
+    """Checks the cosine arguments; returns the warmup LR when step < warmup, else None."""
+    _check_common(step, lr, warmup)
+    _require(period > warmup, "period", period, f"an integer number of steps > warmup ({warmup})")
+    _require(0.0 <= final_ratio <= 1.0, "final_ratio", final_ratio, "a number in [0, 1]")
+    return lr * (step + 1) / warmup if step < warmup else None
+
+
+def cosine(step: int, *, lr: float, warmup: int, period: int, final_ratio: float = 0.1) -> float:
+    """Cosine(T) of §4.1 in its intended form (DESIGN §3): η → final·η over [W, T], then final·η.
+
+    lr(s) = 0.1η + 0.9η·(1 + cos(π(s−W)/(T−W)))/2 for W ≤ s ≤ T (final_ratio 0.1); the paper prints
+    0.9η·cos(πs/T) + 0.1η, which would go negative.
+    """
+    warm = _cosine_checked(step, lr, warmup, period, final_ratio)
+    if warm is not None:
+        return warm
+    g = (1.0 + math.cos(math.pi * (step - warmup) / (period - warmup))) / 2 if step < period else 0.0
+    return _blend(lr, final_ratio, g)
+
+
+def cosine_loop(step: int, *, lr: float, warmup: int, period: int, final_ratio: float = 0.1) -> float:
+    """CosineLoop(T) of §4.1: Cosine(T)'s formula for every s ≥ W, so past T it rises back to η.
+
+    It oscillates between η (at s = W + 2k(T−W)) and final·η (at s = W + (2k+1)(T−W)): period 2(T−W) steps.
+    """
+    warm = _cosine_checked(step, lr, warmup, period, final_ratio)
+    if warm is not None:
+        return warm
+    return _blend(lr, final_ratio, (1.0 + math.cos(math.pi * (step - warmup) / (period - warmup))) / 2)
+
+
+def wsd(step: int, *, lr: float, warmup: int, decay_start: int, decay_steps: int, shape: str = "exp",
+        half_life: float | None = None, final_ratio: float = 0.0) -> float:
+    """WSD(T; D) of §4.2: warmup, η until T = decay_start, then η·f(s − T) over decay_steps, then flat.
+
+    f = final + (1 − final)·g(x), x = (s − T)/decay_steps clipped to [0, 1], g from DECAY_SHAPES.
+    With shape "exp" and final 0 this is MiniCPM's f = 0.5^((s−T)/half_life); half_life None means
+    decay_steps/EXP_HALF_LIVES. Past T + decay_steps every shape stays at its value there (exp does not
+    keep decaying), so the decay length means the same for all shapes.
+    """
+    _check_common(step, lr, warmup)
+    _require(decay_start >= warmup, "decay_start", decay_start, f"an integer number of steps >= warmup ({warmup})")
+    _require(decay_steps > 0, "decay_steps", decay_steps, "an integer number of steps > 0")
+    _require(shape in DECAY_SHAPES, "shape", shape, " | ".join(DECAY_SHAPES))
+    _require(half_life is None or (shape == "exp" and half_life > 0), "half_life", half_life,
+             "None, or a number of steps > 0 with shape='exp'")
+    _require(0.0 <= final_ratio <= 1.0, "final_ratio", final_ratio, "a number in [0, 1]")
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if step < decay_start:
+        return lr
+    x = min((step - decay_start) / decay_steps, 1.0)
+    half_lives = EXP_HALF_LIVES if half_life is None else decay_steps / half_life
+    return _blend(lr, final_ratio, DECAY_SHAPES[shape](x, half_lives))
+
+
+SCHEDULES: dict[str, Callable[..., float]] = {  # YAML `kind:` → function (levanter-style registry)
+    "constant": constant, "cosine": cosine, "cosine_loop": cosine_loop, "wsd": wsd}
+
+_TOKEN_MIN = {"warmup_tokens": 0, "period_tokens": 1, "decay_start_tokens": 0, "half_life_tokens": 1}
+_COSINE = {"period_tokens", "final_ratio"}
+_KIND_KEYS = {  # the keys each kind uses beyond kind and warmup_tokens; giving any other one is an error
+    "constant": set(), "cosine": _COSINE, "cosine_loop": _COSINE,
+    "wsd": {"decay_start_tokens", "decay_fraction", "decay_shape", "half_life_tokens", "final_ratio"}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSpec:
+    """The `schedule:` section of a run spec, in tokens so it does not depend on the batch size."""
+
+    kind: str = "wsd"
+    # which schedule: "constant" | "cosine" | "cosine_loop" | "wsd" (a key of SCHEDULES)
+    warmup_tokens: int = 0
+    # tokens of linear warmup from 0 to the max LR η
+    period_tokens: int | None = None
+    # cosine, cosine_loop: T in tokens, where the cosine reaches final_ratio·η; None = the run's total tokens (T = S)
+    decay_start_tokens: int | None = None
+    # wsd: T in tokens, end of the stable stage; the decay then lasts until the run ends (decay_fraction unused).
+    # None = start the decay decay_fraction of the run's tokens before its end
+    decay_fraction: float = 0.1
+    # wsd without decay_start_tokens: fraction of the run's tokens spent decaying, in (0, 1];
+    # 10% reaches the cosine optimum, 2.5% falls short (§4.3, DESIGN §3)
+    decay_shape: str = "exp"
+    # wsd: "exp" | "linear" | "cosine" | "sqrt" (a key of DECAY_SHAPES)
+    half_life_tokens: int | None = None
+    # wsd with decay_shape "exp": half-life of the decay in tokens; None = decay length / EXP_HALF_LIVES
+    final_ratio: float | None = None
+    # the LR at the end, as a fraction of η, in [0, 1]; None = the function's default (cosine 0.1, wsd 0.0)
+
+    def __post_init__(self):
+        def bad(key, allowed):
+            raise SpecError("ScheduleSpec", f"schedule.{key}", getattr(self, key), allowed)
+
+        def is_number(value, low, high):  # bools are ints in Python: refuse them
+            return type(value) in (int, float) and low <= value <= high
+
+        if not isinstance(self.kind, str) or self.kind not in SCHEDULES:
+            bad("kind", " | ".join(SCHEDULES))
+        for key, low in _TOKEN_MIN.items():
+            value = getattr(self, key)
+            if (value is not None or key == "warmup_tokens") and (type(value) is not int or value < low):
+                bad(key, f"an integer number of tokens >= {low} (write 1_000_000, not 1e6)")
+        if not is_number(self.decay_fraction, 0, 1) or self.decay_fraction == 0:
+            bad("decay_fraction", "a number in (0, 1]")
+        if self.final_ratio is not None and not is_number(self.final_ratio, 0, 1):
+            bad("final_ratio", "None or a number in [0, 1]")
+        if not isinstance(self.decay_shape, str) or self.decay_shape not in DECAY_SHAPES:
+            bad("decay_shape", " | ".join(DECAY_SHAPES))
+        for key in ("period_tokens", "decay_start_tokens", "half_life_tokens", "final_ratio"):
+            if getattr(self, key) is not None and key not in _KIND_KEYS[self.kind]:
+                bad(key, f"leave it out: kind {self.kind!r} does not use it")
+        if self.half_life_tokens is not None and self.decay_shape != "exp":
+            bad("half_life_tokens", "leave it out: only decay_shape 'exp' has a half-life")
+
+    @classmethod
+    def from_dict(cls, d, *, file) -> "ScheduleSpec":
+        """Builds the spec from a parsed YAML mapping; bad keys, kinds, types or values raise SpecError(file, ...)."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(d, dict):
+            raise SpecError(file, "schedule", d, f"a mapping with keys {', '.join(names)}")
+        for key in d:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise SpecError(file, f"schedule.{key}", d[key], f"{hint}keys: {', '.join(names)}")
+        try:
+            spec = cls(**d)
+        except SpecError as e:
+            raise SpecError(file, e.key, e.value, e.allowed) from None
+        for key in sorted(d.keys() - {"kind", "warmup_tokens"} - _KIND_KEYS[spec.kind]):  # e.g. decay_shape on cosine
+            raise SpecError(file, f"schedule.{key}", d[key], f"leave it out: kind {spec.kind!r} does not use it")
+        if "decay_start_tokens" in d and "decay_fraction" in d:
+            raise SpecError(file, "schedule.decay_fraction", d["decay_fraction"],
+                            "leave it out when decay_start_tokens is set (the decay then lasts until the run ends)")
+        return spec
+
+
+def make_schedule(spec: ScheduleSpec, *, lr: float, total_steps: int, batch_tokens: int) -> Callable[[int], float]:
+    """The spec's schedule as step → LR, for a run of total_steps steps of batch_tokens tokens each.
+
+    A token boundary t becomes step ceil(t / batch_tokens): the first step whose batch starts at or after
+    token t. The WSD decay length is round(decay_fraction · total_steps) steps (at least 1), ending at total_steps.
+    """
+    if total_steps < 1 or batch_tokens < 1:
+        raise WindtunnelError(f"make_schedule needs total_steps >= 1 and batch_tokens >= 1, "
+                              f"got {total_steps} and {batch_tokens}")
+    total_tokens = total_steps * batch_tokens
+
+    def bad(key, allowed):
+        raise SpecError("schedule", f"schedule.{key}", getattr(spec, key), f"{allowed} (run of {total_tokens} tokens)")
+
+    warmup = _steps(spec.warmup_tokens, batch_tokens)
+    if warmup > total_steps:
+        bad("warmup_tokens", "at most the run's tokens")
+    kwargs = {} if spec.final_ratio is None else {"final_ratio": spec.final_ratio}
+    if spec.kind in ("cosine", "cosine_loop"):
+        kwargs["period"] = total_steps if spec.period_tokens is None else _steps(spec.period_tokens, batch_tokens)
+        if kwargs["period"] <= warmup:
+            bad("period_tokens", f"more than warmup_tokens ({spec.warmup_tokens})")
+    elif spec.kind == "wsd":
+        kwargs.update(_wsd_steps(spec, warmup, total_steps, batch_tokens, bad))
+    schedule = functools.partial(SCHEDULES[spec.kind], lr=lr, warmup=warmup, **kwargs)  # picklable, unlike a lambda
+    schedule(0)  # checks every argument now rather than at the first training step
+    return schedule
+
+
+def _steps(tokens: int, batch_tokens: int) -> int:
+    return -(-tokens // batch_tokens)  # ceil, in integers (no float rounding)
+
+
+def _wsd_steps(spec: ScheduleSpec, warmup: int, total_steps: int, batch_tokens: int, bad) -> dict:
+    """decay_start, decay_steps, shape and half_life of a WSD spec, in steps."""
+    if spec.decay_start_tokens is None:
+        decay_steps = max(1, math.floor(spec.decay_fraction * total_steps + 0.5))  # nearest step, halves up
+        decay_start = total_steps - decay_steps
+        if decay_start < warmup:
+            bad("decay_fraction", f"small enough that the decay starts after warmup_tokens ({spec.warmup_tokens})")
+    else:
+        decay_start = _steps(spec.decay_start_tokens, batch_tokens)
+        decay_steps = total_steps - decay_start
+        if not warmup <= decay_start < total_steps:
+            bad("decay_start_tokens", f">= warmup_tokens ({spec.warmup_tokens}) and less than the run's tokens")
+    # a half-life is a rate, not a boundary: kept as a fractional number of steps
+    half_life = None if spec.half_life_tokens is None else spec.half_life_tokens / batch_tokens
+    return {"decay_start": decay_start, "decay_steps": decay_steps, "shape": spec.decay_shape, "half_life": half_life}

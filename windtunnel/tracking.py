@@ -1,0 +1,360 @@
+"""The one place windtunnel talks to MLflow: log runs' params and per-step metrics, read runs back as DataFrames,
+and serve the MLflow UI.
+
+The store is $MLFLOW_TRACKING_URI, else the sqlite file results/mlflow.db (DESIGN §5): one parent MLflow run per sweep,
+one child per training run (`parent_run_id`). mlflow and pandas are imported inside functions, so importing this
+module stays cheap.
+
+    with RunLogger(experiment="sweep-lr", run_name="w64-lr0.01", params=spec, tags={"sweep": "lr"}) as run:
+        run.log({"train/loss": 3.21}, step=10)   # the trainer's `log` callback
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from windtunnel.errors import WindtunnelError
+from windtunnel.paths import results_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["tracking_uri", "RunLogger", "runs_dataframe", "metric_history", "serve_ui"]
+
+FLUSH_POINTS = 200  # buffered points that trigger a flush: one log_batch call
+FLUSH_SECONDS = 5.0  # ... or seconds since the last flush, checked on each log()
+BATCH_METRICS = 1000  # metrics per log_batch call (MLflow's MAX_METRICS_PER_BATCH)
+BATCH_PARAMS_TAGS = 100  # params or tags per log_batch call (MLflow's MAX_PARAMS_TAGS_PER_BATCH)
+PARAM_CHARS = 6000  # longest param value MLflow 3.17 stores (MAX_PARAM_VAL_LENGTH; it was 500 before 2.x)
+TAG_CHARS = 8000  # longest tag value (MAX_TAG_VAL_LENGTH)
+PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests child runs under
+STATUSES = ("FINISHED", "FAILED", "KILLED")  # the terminal MLflow run statuses
+BASE_COLUMNS = ["run_id", "run_name", "status", "start_time", "parent_run_id"]
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the sqlite file results_dir()/mlflow.db (its folder is created)."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    root = results_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+_OPENED: set[str] = set()  # sqlite store URIs this process has opened (MLflow caches the store per process)
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///") or uri in _OPENED:
+        return MlflowClient(uri)
+    with _sqlite_init_lock(uri):  # MlflowClient() opens the store, creating a new file's tables
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    _OPENED.add(uri)
+    return client
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str):
+    """A file lock beside the sqlite file: MLflow 3.17 creates a new file's tables without one, so processes
+    opening a fresh store at once fail with "table ... already exists" (seen with 4 spawned processes)."""
+    path = uri.removeprefix("sqlite:///").split("?")[0]  # a sqlite URL may carry ?timeout=... options
+    if os.name == "nt" or path in ("", ":memory:"):  # no fcntl; nothing shared
+        yield
+        return
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _artifact_location() -> str | None:
+    """results/mlartifacts for the default store; else the store's own default (MLflow's is ./mlruns of the cwd)."""
+    return None if os.environ.get("MLFLOW_TRACKING_URI") else (results_dir() / "mlartifacts").as_uri()
+
+
+def _experiment_id(client, name: str, *, create: bool) -> str | None:
+    """The id of live experiment `name`; created when missing if `create` (safe when processes race to create it)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None and create:
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location())
+        except MlflowException as err:  # another process created it between our read and our write
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        if not create:
+            return None
+        raise WindtunnelError(
+            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted in {tracking_uri()}; "
+            f"restore it with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+            "or use another name"
+        )
+    return experiment.experiment_id if experiment else None
+
+
+def _strings(values: dict, limit: int) -> dict[str, str]:
+    """MLflow stores params and tags as strings of at most `limit` characters."""
+    return {str(key): str(value)[:limit] for key, value in values.items()}
+
+
+class RunLogger:
+    """One MLflow run: params and tags set at the start, metrics buffered and sent with log_batch.
+
+    Each metric key's steps only move forward: a point whose step is <= the last step stored or logged for that key
+    is dropped. A trainer resumed from a checkpoint on a reopened run (`run_id=...`) replays steps already logged;
+    they are dropped, so every step is stored exactly once.
+    Non-finite values are stored, not dropped: NaN as NaN, ±inf as ±1.8e308 (MLflow's sql store clamps them).
+    As a context manager the run ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises.
+    """
+
+    def __init__(
+        self,
+        *,
+        experiment: str,
+        run_name: str,
+        params: dict,
+        tags: dict,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ):
+        self._client = _client()
+        self._buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp in ms, step) not yet sent
+        self._last_step: dict[str, float] = {}  # key -> highest step stored or buffered
+        self._stored_keys: set[str] = set()  # keys a reopened run already holds; their last step is read on first use
+        self._last_flush = time.monotonic()
+        self._finished = False
+        tags = _strings(tags, TAG_CHARS) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
+        params = _strings(params, PARAM_CHARS)
+        if run_id is None:
+            experiment_id = _experiment_id(self._client, experiment, create=True)
+            self.run_id: str = self._client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+        else:
+            self.run_id = run_id
+            params = self._reopen(experiment, params)
+            self._log_entities({}, tags)
+        self._log_entities(params, {})
+
+    def _reopen(self, experiment: str, params: dict[str, str]) -> dict[str, str]:
+        """Mark the stored run RUNNING again; return the params it does not hold yet (stored params cannot change)."""
+        run = self._get_run()
+        stored_in = self._client.get_experiment(run.info.experiment_id).name
+        if stored_in != experiment:
+            raise WindtunnelError(
+                f"MLflow run {self.run_id} is in experiment {stored_in!r}, not {experiment!r}; "
+                "pass the right run_id or experiment"
+            )
+        self._stored_keys = set(run.data.metrics)
+        self._client.update_run(self.run_id, status="RUNNING")
+        stored = run.data.params
+        changed = sorted(key for key in params.keys() & stored.keys() if params[key] != stored[key])
+        if changed:
+            message = f"MLflow run {self.run_id} keeps its stored values of params {changed} (params are immutable)"
+            warnings.warn(message, stacklevel=3)
+        return {key: value for key, value in params.items() if key not in stored}
+
+    def _get_run(self):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_run(self.run_id)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise WindtunnelError(
+                f"MLflow run {self.run_id} is not in {tracking_uri()}; start a new run (run_id=None) "
+                "or point MLFLOW_TRACKING_URI / WINDTUNNEL_RESULTS at the store that holds it"
+            ) from err
+
+    def _log_entities(self, params: dict[str, str], tags: dict[str, str]) -> None:
+        """Store params and tags, BATCH_PARAMS_TAGS entities per log_batch call."""
+        from mlflow.entities import Param, RunTag
+
+        entities = [Param(k, v) for k, v in params.items()] + [RunTag(k, v) for k, v in tags.items()]
+        for start in range(0, len(entities), BATCH_PARAMS_TAGS):
+            chunk = entities[start : start + BATCH_PARAMS_TAGS]
+            self._client.log_batch(
+                self.run_id,
+                params=[e for e in chunk if isinstance(e, Param)],
+                tags=[e for e in chunk if isinstance(e, RunTag)],
+                synchronous=True,
+            )
+
+    def _max_step(self, key: str) -> float:
+        """The highest step logged for `key`; read from the store once for keys a reopened run already holds."""
+        if key not in self._last_step:
+            history = self._client.get_metric_history(self.run_id, key) if key in self._stored_keys else []
+            self._last_step[key] = max((m.step for m in history), default=float("-inf"))
+        return self._last_step[key]
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer one point per metric at `step`, dropping steps already logged for a key; flush when full or stale."""
+        step, now_ms = int(step), int(time.time() * 1000)
+        for key, value in metrics.items():
+            if step > self._max_step(key):
+                self._last_step[key] = step
+                self._buffer.append((key, float(value), now_ms, step))
+        if len(self._buffer) >= FLUSH_POINTS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every buffered point, BATCH_METRICS per log_batch call; points stay buffered if a call fails."""
+        from mlflow.entities import Metric
+
+        while self._buffer:
+            chunk = self._buffer[:BATCH_METRICS]
+            self._client.log_batch(self.run_id, metrics=[Metric(*point) for point in chunk], synchronous=True)
+            del self._buffer[: len(chunk)]
+        self._last_flush = time.monotonic()
+
+    def finish(self, status: str, *, tag_status: str | None = None) -> None:
+        """Flush, set tag `status` (windtunnel's status, default status.lower()) and end the run as `status`."""
+        if status not in STATUSES:
+            raise WindtunnelError(f"RunLogger.finish: status={status!r} is not allowed; allowed: {', '.join(STATUSES)}")
+        self.flush()
+        self._end(status, tag_status or status.lower())
+
+    def _end(self, status: str, tag_status: str) -> None:
+        self._client.set_tag(self.run_id, "status", tag_status)
+        self._client.set_terminated(self.run_id, status=status)
+        self._finished = True
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._finished:
+            return
+        if exc_type is None:
+            self.finish("FINISHED")
+            return
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            self.flush()
+        except Exception as err:  # the block's own error propagates; a logging error must not replace it
+            lost = len(self._buffer)
+            warnings.warn(f"MLflow run {self.run_id}: {lost} metric points not stored ({err})", stacklevel=2)
+        self._end(status, status.lower())
+
+
+def _all_runs(client, experiment_id: str) -> list:
+    """Every live run of the experiment, oldest first, paging through search_runs (1000 runs a page)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], max_results=1000, order_by=["attributes.start_time ASC"], page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _run_row(run) -> dict:
+    tags = run.data.tags
+    row = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": run.info.start_time,  # ms since the epoch; made a UTC timestamp below
+        "parent_run_id": tags.get(PARENT_TAG),
+    }
+    row |= {f"params.{k}": v for k, v in run.data.params.items()}
+    row |= {f"tags.{k}": v for k, v in tags.items()}
+    return row | {f"metrics.{k}": v for k, v in run.data.metrics.items()}  # latest value: that of the highest step
+
+
+def runs_dataframe(*, experiment: str) -> pd.DataFrame:
+    """One row per run of `experiment`: BASE_COLUMNS, then params.*, tags.*, metrics.* (latest values) in name order.
+
+    Empty, with BASE_COLUMNS only, when the experiment does not exist.
+    """
+    import pandas as pd
+
+    client = _client()
+    experiment_id = _experiment_id(client, experiment, create=False)
+    rows = [_run_row(run) for run in _all_runs(client, experiment_id)] if experiment_id else []
+    frame = pd.DataFrame(rows, columns=None if rows else BASE_COLUMNS)
+    extra = [c for prefix in ("params.", "tags.", "metrics.") for c in sorted(frame.columns) if c.startswith(prefix)]
+    frame = frame[BASE_COLUMNS + extra]
+    frame["start_time"] = pd.to_datetime(frame["start_time"], unit="ms", utc=True)
+    return frame
+
+
+def metric_history(run_id: str, key: str) -> pd.DataFrame:
+    """Every stored point of metric `key` of a run: columns step (int64), value (float64), sorted by step."""
+    import pandas as pd
+
+    points = sorted(_client().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))  # MLflow pages
+    steps = pd.Series([m.step for m in points], dtype="int64")
+    return pd.DataFrame({"step": steps, "value": pd.Series([m.value for m in points], dtype="float64")})
+
+
+def serve_ui(*, port: int = 5000) -> None:
+    """Serve the MLflow UI of tracking_uri() on http://127.0.0.1:PORT only; block until Ctrl-C or SIGTERM."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://", "databricks")):
+        raise WindtunnelError(
+            f"MLFLOW_TRACKING_URI={uri} is already a tracking server: open it in a browser, "
+            f"or unset MLFLOW_TRACKING_URI to serve {results_dir()}"
+        )
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        "--host", "127.0.0.1",  # loopback only; MLflow's default host check then allows just localhost names
+        "--port", str(port),
+        "--workers", "1",  # one reader is plenty for a local UI; the default 4 slows start-up on 2 cores
+        "--artifacts-destination", str(results_dir() / "mlartifacts"),
+    ]  # fmt: skip
+    # The job runner (GenAI jobs, a pool of huey processes) is unused here and outlives `mlflow server` on SIGTERM.
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, env=env, start_new_session=True)  # own process group: stopped as a whole below
+    print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    _wait_then_stop(server, port)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _wait_then_stop(server: subprocess.Popen, port: int) -> None:
+    """Wait for the server; on Ctrl-C or SIGTERM stop its whole process group (mlflow server + uvicorn)."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_group(server)
+    if code != 0:
+        raise WindtunnelError(f"mlflow server exited with code {code}; if port {port} is in use, pick another port")
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:  # the group is already gone
+            return
+        try:
+            server.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,320 @@
+"""One training segment: the loop, evaluation per token and per byte, gradient statistics, divergence
+detection, atomic checkpoints and bitwise resume.
+
+`train(spec, run_dir, log=...)` trains `spec` in `run_dir`, resuming from the newest checkpoint there.
+It imports neither MLflow nor Ray: metrics leave through the `log(metrics, step)` callback, and
+`flush()` (if given) is called before each checkpoint so that what a checkpoint covers is durable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from windtunnel.config import TrainSpec
+from windtunnel.data import eval_windows, prepare, sample_windows
+from windtunnel.errors import SpecError
+from windtunnel.model import MiniCPM, count_params, flops_per_token, param_groups
+from windtunnel.schedules import make_schedule
+
+__all__ = ["train", "TrainResult", "read_status", "peak_flops", "total_tokens"]
+
+Log = Callable[[dict, int], None]
+# dense bf16 peak FLOP/s of known accelerators, by a substring of torch.cuda.get_device_name()
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a segment ended; also stored in `run_dir/status.json`."""
+
+    status: str           # "finished" | "diverged"
+    step: int             # optimizer steps done
+    tokens: int           # training tokens seen
+    train_loss: float     # smoothed train loss at the end, nats per token
+    eval: dict            # {set: {"loss": nats/token, "bpb": bits/byte}} at the last evaluation
+    tokens_per_s: float   # training throughput of this process, evaluation excluded
+    mfu: float | None     # model FLOPs utilisation against peak_flops
+    wall_s: float         # wall time of this process's share of the segment
+
+
+def total_tokens(spec: TrainSpec) -> int:
+    """Tokens the segment trains: spec.tokens, or 20 per non-embedding parameter."""
+    return spec.tokens if spec.tokens is not None else 20 * count_params(spec.model)
+
+
+@cache
+def peak_flops(device: str, dtype: str) -> float | None:
+    """Declared peak FLOP/s: a table for known GPUs (bf16), a measured fp32 matmul on CPU."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None) if dtype == "bf16" else None
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b  # warm up the BLAS threads
+    start, reps = time.perf_counter(), 8
+    for _ in range(reps):
+        a @ b
+    return reps * 2 * 1024**3 / (time.perf_counter() - start)
+
+
+def read_status(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _resolve_runtime(spec: TrainSpec) -> tuple[str, str]:
+    device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--set", "device", "cuda", "'cpu' or 'auto': no CUDA device is visible")
+    dtype = spec.dtype if spec.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
+    return device, dtype
+
+
+def _check_batch(spec: TrainSpec) -> int:
+    """Rows (sequences) per micro-batch, after checking that batch sizes fit together."""
+    micro = spec.micro_batch_tokens or spec.batch_tokens
+    if micro % spec.seq_len:
+        raise SpecError("train spec", "micro_batch_tokens", micro, f"a multiple of seq_len={spec.seq_len}")
+    if spec.batch_tokens % micro:
+        raise SpecError("train spec", "batch_tokens", spec.batch_tokens, f"a multiple of micro_batch_tokens={micro}")
+    return micro // spec.seq_len
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step_*.pt"))
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def _save(run_dir: Path, step: int, state: dict, *, keep: set[int]) -> None:
+    """Write atomically (temporary file, fsync, rename), then drop older periodic checkpoints."""
+    path = checkpoint_path(run_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in _checkpoints(run_dir):
+        old_step = int(old.stem.split("_")[1])
+        if old_step < step and old_step not in keep:
+            old.unlink()
+
+
+def _load_latest(run_dir: Path) -> dict | None:
+    found = _checkpoints(run_dir)
+    return torch.load(found[-1], map_location="cpu", weights_only=True) if found else None
+
+
+# ---------------------------------------------------------------- statistics
+
+
+class GradStats:
+    """Per step: global grad norm, max |Δw| of the update, cosine between consecutive gradients (§4.4)."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = params
+        self.before = [p.detach().clone() for p in params]
+        self.prev_grad: torch.Tensor | None = None
+
+    def grad_cosine(self) -> torch.Tensor:
+        grad = torch.cat([p.grad.detach().flatten().float() for p in self.params])
+        cos = (torch.nn.functional.cosine_similarity(grad, self.prev_grad, dim=0)
+               if self.prev_grad is not None else torch.tensor(float("nan"), device=grad.device))
+        self.prev_grad = grad
+        return cos
+
+    def snapshot(self) -> None:
+        torch._foreach_copy_(self.before, [p.detach() for p in self.params])
+
+    def max_update(self) -> torch.Tensor:
+        torch._foreach_sub_(self.before, [p.detach() for p in self.params])
+        return torch.stack(torch._foreach_norm(self.before, float("inf"))).max()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, windows: dict[str, torch.Tensor], bytes_per_token: dict[str, float], *,
+             rows: int, autocast) -> dict[str, float]:
+    """Mean loss per token (nats) and per byte (bits) on every held-out set."""
+    model.eval()
+    metrics = {}
+    for name, w in windows.items():
+        total, count = 0.0, 0
+        for chunk in w.split(rows):
+            with autocast():
+                logits = model(chunk[:, :-1])
+            total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
+            count += chunk[:, 1:].numel()
+        loss = total / count
+        metrics[f"eval/{name}/loss"] = loss
+        metrics[f"eval/{name}/bpb"] = loss / math.log(2) / bytes_per_token[name]  # bits per UTF-8 byte
+    model.train()
+    return metrics
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(spec: TrainSpec, run_dir: Path, *, log: Log | None = None, flush: Callable[[], None] | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train `spec` in `run_dir`, resuming from its newest checkpoint; a finished run returns its result."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status and status["status"] in ("finished", "diverged"):
+        return TrainResult(**status["result"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "spec.json", dataclasses.asdict(spec))
+    _write_json(run_dir / "status.json", {"status": "running"})
+    try:
+        result = _train(spec, run_dir, log or (lambda metrics, step: None), flush or (lambda: None), progress)
+    except BaseException as err:
+        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        _write_json(run_dir / "status.json", {"status": state, "error": f"{type(err).__name__}: {err}"})
+        raise
+    _write_json(run_dir / "status.json", {"status": result.status, "result": dataclasses.asdict(result)})
+    return result
+
+
+def _train(spec: TrainSpec, run_dir: Path, log: Log, flush: Callable[[], None], progress: bool) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    # 1) runtime, sizes, schedule
+    started = time.perf_counter()
+    device, dtype = _resolve_runtime(spec)
+    rows = _check_batch(spec)
+    accum = spec.batch_tokens // (rows * spec.seq_len)
+    steps = math.ceil(total_tokens(spec) / spec.batch_tokens)
+    lr_at = make_schedule(spec.schedule, lr=spec.lr, total_steps=steps, batch_tokens=spec.batch_tokens)
+    keep = set(spec.checkpoint_steps) | {steps}
+    autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")  # noqa: E731
+
+    # 2) data, model, optimizer
+    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size, progress=progress)
+    evals = {k: torch.from_numpy(eval_windows(v, seq_len=spec.seq_len, max_tokens=spec.data.eval_tokens)).to(device)
+             for k, v in corpus.evals.items()}
+    torch.manual_seed(spec.seed)
+    model = MiniCPM(spec.model).to(device)
+    groups = param_groups(model, weight_decay=spec.weight_decay)
+    if spec.independent_wd:  # decay ∝ schedule(step)/lr, not ∝ lr: lr·wd_eff = wd·schedule/lr_max
+        for g in groups:
+            g["weight_decay"] /= spec.lr * g["lr_scale"]
+    opt = torch.optim.AdamW(groups, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
+                            fused=device == "cuda" or None)
+    params = [p for p in model.parameters()]
+    stats = GradStats(params)
+    fwd = torch.compile(model) if spec.compile else model
+    flops = flops_per_token(spec.model, seq_len=spec.seq_len)
+    peak = spec.peak_flops or peak_flops(device, dtype)
+
+    # 3) resume
+    step, ema, best = 0, None, math.inf
+    ckpt = _load_latest(run_dir)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, ema, best = ckpt["step"], ckpt["loss_ema"], ckpt["loss_min"]
+        torch.set_rng_state(ckpt["rng_cpu"])
+        stats.prev_grad = ckpt["prev_grad"].to(device) if ckpt["prev_grad"] is not None else None
+    position = ckpt["data_position"] if ckpt else 0  # windows consumed: the whole data position
+
+    # 4) loop
+    bar = tqdm(total=steps * spec.batch_tokens, initial=step * spec.batch_tokens, unit="tok", unit_scale=True,
+               disable=not progress, dynamic_ncols=True, desc=spec.model.name)
+    status, metrics, train_time, trained = "finished", {}, 0.0, 0
+    while step < steps:
+        t0 = time.perf_counter()
+        lr = lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(accum):
+            batch = torch.from_numpy(sample_windows(corpus.train, start=position, count=rows,
+                                                    seq_len=spec.seq_len, seed=spec.seed)).to(device)
+            position += rows
+            with autocast():
+                loss = F.cross_entropy(fwd(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+            (loss / accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip or math.inf)
+        grad_cos = stats.grad_cosine()
+        stats.snapshot()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_v, grad_norm_v, grad_cos_v, update_v = torch.stack(
+            [loss_sum / accum, grad_norm, grad_cos, stats.max_update()]).tolist()
+        step += 1
+        dt = time.perf_counter() - t0
+        train_time, trained = train_time + dt, trained + spec.batch_tokens
+
+        # 5) divergence: non-finite, or the smoothed loss far above its minimum (§ runaway LR)
+        ema = loss_v if ema is None else 0.9 * ema + 0.1 * loss_v
+        best = min(best, ema)
+        tok_s = spec.batch_tokens / dt
+        metrics = {"train/loss": loss_v, "lr": lr, "grad/norm": grad_norm_v, "grad/cos_prev": grad_cos_v,
+                   "update/max_abs": update_v, "tokens": step * spec.batch_tokens, "perf/tokens_per_s": tok_s}
+        if peak:
+            metrics["perf/mfu"] = tok_s * flops / peak
+        if not math.isfinite(loss_v) or ema > spec.diverge_ratio * best:
+            status = "diverged"
+        if status == "diverged" or step % spec.eval_every == 0 or step == steps:
+            metrics.update(evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
+                           if status != "diverged" else {})
+        log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
+        bar.update(spec.batch_tokens)
+        if step % 10 == 0 or step == steps:
+            bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{trained / train_time:,.0f}")
+        if status == "diverged":
+            break
+
+        # 6) checkpoint: metrics first (flush), then the state they lead up to
+        if step % spec.checkpoint_every == 0 or step in keep:
+            flush()
+            _save(run_dir, step, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "data_position": position, "loss_ema": ema, "loss_min": best, "rng_cpu": torch.get_rng_state(),
+                "prev_grad": stats.prev_grad.cpu() if stats.prev_grad is not None else None,
+            }, keep=keep)
+    bar.close()
+    if status == "finished" and not any(k.startswith("eval/") for k in metrics):  # resumed at the very end
+        metrics = evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
+    flush()
+    tok_s = trained / train_time if train_time else 0.0
+    return TrainResult(
+        status=status, step=step, tokens=step * spec.batch_tokens, train_loss=ema if ema is not None else math.nan,
+        eval=_eval_table(metrics), tokens_per_s=tok_s, mfu=tok_s * flops / peak if peak and tok_s else None,
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _eval_table(metrics: dict) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("eval/"):
+            _, name, kind = key.split("/")
+            table.setdefault(name, {})[kind] = value
+    return table
