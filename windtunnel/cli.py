@@ -62,7 +62,7 @@ def cmd_train(args) -> None:
     n, d = count_params(spec.model), total_tokens(spec)
     params = {**_flat("", dataclasses.asdict(spec)), "N": n, "D": d}
     logger = RunLogger(experiment="train", run_name=f"{spec.model.name}-{run_id}", params=params,
-                       tags={"windtunnel.run": run_id, "model": spec.model.name, "scale": "cli"},
+                       tags={"windtunnel.run": run_id, "model": spec.model.name, "parametrization": spec.model.parametrization},
                        run_id=id_file.read_text().strip() if id_file.exists() else None)
     id_file.write_text(logger.run_id)
     try:
