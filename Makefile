@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_MODEL ?= micro-142k
 
-.PHONY: setup demo test bench mlflow-ui clean
+.PHONY: setup demo test bench mlflow-ui clean sweep-lr sweep-bs sweep-wsd scaling-law
+SCALE ?= micro
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,19 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+# the studies: each resumes where it stopped when run again; SCALE=paper for GPUs or a Ray cluster (RAY_ADDRESS)
+sweep-lr: $(STAMP)
+	$(BIN)/windtunnel sweep sweeps/lr.yaml --scale $(SCALE)
+
+sweep-bs: $(STAMP)
+	$(BIN)/windtunnel sweep sweeps/batch_size.yaml --scale $(SCALE)
+
+sweep-wsd: $(STAMP)
+	$(BIN)/windtunnel sweep sweeps/wsd.yaml --scale $(SCALE)
+
+scaling-law: $(STAMP)
+	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale $(SCALE)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/windtunnel ui

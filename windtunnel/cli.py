@@ -2,6 +2,7 @@
 
     windtunnel models [--json]
     windtunnel train MODEL [--set key=value ...]
+    windtunnel sweep SPEC.yaml [--scale micro|paper] [--dry-run] [--json]
     windtunnel ui [--port 5000]
 """
 
@@ -78,6 +79,48 @@ def cmd_train(args) -> None:
           f"run {run_dir}, MLflow run {logger.run_id} (windtunnel ui)")
 
 
+def cmd_sweep(args) -> None:
+    from windtunnel.graph import expand, load_sweep, summarize
+
+    sweep, scale = load_sweep(args.spec, scale=args.scale)
+    runs = expand(sweep, scale, file=args.spec, scale_name=args.scale)
+    summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs)}
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(summary))
+            return
+        _print_graph(runs, summary)
+        return
+    from windtunnel.orchestrate import run_graph
+
+    outcomes = run_graph(runs, sweep=sweep.name, scale=args.scale, description=sweep.description,
+                         retries=args.retries, num_cpus=args.num_cpus)
+    _print_outcomes(outcomes)
+    if any(o.status == "failed" for o in outcomes):
+        raise WindtunnelError(f"{sum(o.status == 'failed' for o in outcomes)} run(s) failed; run the same command "
+                              "again to retry them (finished runs are kept)")
+
+
+def _print_graph(runs, summary) -> None:
+    print(f"{'run id':<14}{'name':<44}{'tokens':>14}{'own tokens':>14}  forks from")
+    for r in runs:
+        fork = f"{r.parent} step {r.fork_step}" if r.parent else ""
+        print(f"{r.id:<14}{r.name[:42]:<44}{r.tokens:>14,}{r.own_tokens:>14,}  {fork}")
+    print(f"{summary['n_runs']} runs; {summary['tokens']:,} tokens ({summary['flops']:.3g} FLOPs) against "
+          f"{summary['tokens_from_scratch']:,} from scratch ({summary['tokens_from_scratch'] / summary['tokens']:.2f}x)")
+
+
+def _print_outcomes(outcomes) -> None:
+    print(f"{'status':<10}{'name':<44}{'tokens':>12}{'train loss':>12}  {'eval bits/byte':<22}{'tok/s':>9}")
+    for o in outcomes:
+        res = o.result or {}
+        bpb = " ".join(f"{k} {v['bpb']:.3f}" for k, v in (res.get("eval") or {}).items())
+        loss = f"{res['train_loss']:.3f}" if res.get("train_loss") is not None else ""
+        tok_s = f"{res['tokens_per_s']:,.0f}" if res.get("tokens_per_s") else ""
+        print(f"{o.status:<10}{o.run.name[:42]:<44}{o.run.tokens:>12,}{loss:>12}  {bpb:<22}{tok_s:>9}"
+              + (f"  {o.error}" if o.error else ""))
+
+
 def cmd_ui(args) -> None:
     from windtunnel.tracking import serve_ui
 
@@ -95,6 +138,14 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainSpec field (dotted for nested: schedule.kind=wsd, model.d_base=64)")
     tr.set_defaults(func=cmd_train)
+    sw = sub.add_parser("sweep", help="run a sweep's graph on Ray (skips finished runs, resumes the rest)")
+    sw.add_argument("spec", help="a sweep file, e.g. sweeps/lr.yaml")
+    sw.add_argument("--scale", default="micro", help="which scale section of the sweep (micro | paper)")
+    sw.add_argument("--dry-run", action="store_true", help="print the run graph, tokens and FLOPs; train nothing")
+    sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
+    sw.add_argument("--retries", type=int, default=2, help="retries of a run that raises before it is marked failed")
+    sw.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    sw.set_defaults(func=cmd_sweep)
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)

@@ -311,23 +311,41 @@ def get_model(name: str, folder: Path | None = None) -> ModelSpec:
 # ---------------------------------------------------------------- overrides and identity
 
 
-def apply_overrides(spec, overrides: list[str], *, source: str = "--set"):
-    """Apply `key=value` overrides (dotted keys reach nested specs: `schedule.kind=wsd`, `model.d_model=64`)."""
+def apply_overrides(spec, overrides: list[str] | dict, *, source: str = "--set"):
+    """Apply overrides: `key=value` strings (dotted keys reach nested specs: `schedule.kind=wsd`,
+    `model.d_model=64`), or a YAML mapping, whose nested mappings merge key by key except `schedule`,
+    which is replaced whole (a schedule's fields only make sense together)."""
     raw = dataclasses.asdict(spec)
     raw["schedule"] = _non_default(spec.schedule)  # ScheduleSpec refuses keys its kind does not use
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SpecError(source, item, item, "key=value")
+    pairs = _pairs(overrides) if isinstance(overrides, dict) else [_parse(item, source) for item in overrides]
+    for key, value in pairs:
         node = raw
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = key.split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise SpecError(source, key, text, f"{part!r} is not a nested spec")
+                raise SpecError(source, key, value, f"{part!r} is not a nested spec")
             node = node[part]
-        node[leaf] = yaml.safe_load(text)
+        node[leaf] = value
     model = build(ModelSpec, raw.pop("model"), file=source, prefix="model.")
     return build(type(spec), {**raw, "model": _check_model(model, file=source, key="model")}, file=source)
+
+
+def _parse(item: str, source) -> tuple[str, object]:
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise SpecError(source, item, item, "key=value")
+    return key.strip(), yaml.safe_load(text)
+
+
+def _pairs(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """A nested override mapping as (dotted key, value) pairs; `schedule` stays one value."""
+    pairs = []
+    for key, value in mapping.items():
+        if isinstance(value, dict) and f"{prefix}{key}" != "schedule":
+            pairs += _pairs(value, f"{prefix}{key}.")
+        else:
+            pairs.append((f"{prefix}{key}", value))
+    return pairs
 
 
 def _non_default(obj) -> dict:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -180,9 +181,13 @@ def evaluate(model, windows: dict[str, torch.Tensor], bytes_per_token: dict[str,
 # ---------------------------------------------------------------- the loop
 
 
-def train(spec: TrainSpec, run_dir: Path, *, log: Log | None = None, flush: Callable[[], None] | None = None,
-          progress: bool = False) -> TrainResult:
-    """Train `spec` in `run_dir`, resuming from its newest checkpoint; a finished run returns its result."""
+def train(spec: TrainSpec, run_dir: Path, *, init_from: Path | None = None, log: Log | None = None,
+          flush: Callable[[], None] | None = None, progress: bool = False) -> TrainResult:
+    """Train `spec` in `run_dir`, resuming from its newest checkpoint; a finished run returns its result.
+
+    `init_from`: a checkpoint of another run to start from when this run has none of its own (a decay
+    branch forks from its stable run's checkpoint: model, optimizer, step, data position, RNG).
+    """
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     if status and status["status"] in ("finished", "diverged"):
@@ -191,7 +196,8 @@ def train(spec: TrainSpec, run_dir: Path, *, log: Log | None = None, flush: Call
     _write_json(run_dir / "spec.json", dataclasses.asdict(spec))
     _write_json(run_dir / "status.json", {"status": "running"})
     try:
-        result = _train(spec, run_dir, log or (lambda metrics, step: None), flush or (lambda: None), progress)
+        result = _train(spec, run_dir, init_from, log or (lambda metrics, step: None), flush or (lambda: None),
+                        progress)
     except BaseException as err:
         state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         _write_json(run_dir / "status.json", {"status": state, "error": f"{type(err).__name__}: {err}"})
@@ -200,7 +206,8 @@ def train(spec: TrainSpec, run_dir: Path, *, log: Log | None = None, flush: Call
     return result
 
 
-def _train(spec: TrainSpec, run_dir: Path, log: Log, flush: Callable[[], None], progress: bool) -> TrainResult:
+def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flush: Callable[[], None],
+           progress: bool) -> TrainResult:
     from tqdm.auto import tqdm
 
     # 1) runtime, sizes, schedule
@@ -234,6 +241,8 @@ def _train(spec: TrainSpec, run_dir: Path, log: Log, flush: Callable[[], None], 
     # 3) resume
     step, ema, best = 0, None, math.inf
     ckpt = _load_latest(run_dir)
+    if ckpt is None and init_from is not None:
+        ckpt = torch.load(init_from, map_location="cpu", weights_only=True)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -244,7 +253,8 @@ def _train(spec: TrainSpec, run_dir: Path, log: Log, flush: Callable[[], None], 
 
     # 4) loop
     bar = tqdm(total=steps * spec.batch_tokens, initial=step * spec.batch_tokens, unit="tok", unit_scale=True,
-               disable=not progress, dynamic_ncols=True, desc=spec.model.name)
+               disable=not progress, dynamic_ncols=True, desc=spec.model.name,
+               mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line per 30 s
     status, metrics, train_time, trained = "finished", {}, 0.0, 0
     while step < steps:
         t0 = time.perf_counter()
@@ -299,6 +309,7 @@ def _train(spec: TrainSpec, run_dir: Path, log: Log, flush: Callable[[], None], 
                 "data_position": position, "loss_ema": ema, "loss_min": best, "rng_cpu": torch.get_rng_state(),
                 "prev_grad": stats.prev_grad.cpu() if stats.prev_grad is not None else None,
             }, keep=keep)
+            _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": step * spec.batch_tokens})
     bar.close()
     if status == "finished" and not any(k.startswith("eval/") for k in metrics):  # resumed at the very end
         metrics = evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)

@@ -1,0 +1,103 @@
+"""Sweeps on Ray: branches fork from checkpoints, four concurrent runs log to MLflow exactly once,
+failed runs are retried then recorded, diverged runs are recorded, finished runs are skipped, and a
+SIGKILLed sweep resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from windtunnel import tracking
+from windtunnel.graph import expand, load_sweep
+from windtunnel.orchestrate import run_dir, run_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = """
+name: {name}
+base: {{batch_tokens: 2048, seq_len: 64, eval_every: 10, checkpoint_every: 10, data: {{eval_tokens: 2048}},
+        schedule: {{kind: constant, warmup_tokens: 4096}}}}
+scales:
+  micro:
+    models: [micro-24k]
+    tokens_per_param: {tpp}
+    grid: {{lr: {lrs}}}
+    branches: {{at_tokens_per_param: {at}, decay_fractions: [0.2]}}
+"""
+
+
+@pytest.fixture()
+def results(tmp_path, monkeypatch):
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+def sweep_runs(tmp_path, *, name="t", lrs="[0.01, 0.02]", tpp=2, at="[1, 2]"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SWEEP.format(name=name, lrs=lrs, tpp=tpp, at=at))
+    sweep, section = load_sweep(path, scale="micro")
+    return expand(sweep, section, file=path), path
+
+
+def assert_each_step_once(experiment: str, runs) -> None:
+    frame = tracking.runs_dataframe(experiment=experiment)
+    children = frame[frame["tags.kind"] != "sweep"]
+    assert len(children) == len(runs)
+    for _, row in children.iterrows():
+        history = tracking.metric_history(row["run_id"], "train/loss")
+        run = next(r for r in runs if r.id == row["tags.windtunnel.run"])
+        first = (run.fork_step or 0) + 1
+        assert list(history["step"]) == list(range(first, run.spec.tokens // 2048 + 1)), run.name
+        assert row["parent_run_id"] == frame[frame["tags.kind"] == "sweep"].iloc[0]["run_id"]
+
+
+def test_sweep_runs_forks_logs_once_and_skips_when_done(tmp_path, results):
+    runs, _ = sweep_runs(tmp_path)
+    outcomes = run_graph(runs, sweep="t", scale="micro", num_cpus=4, progress=False)  # 4 runs at once
+    assert [o.status for o in outcomes] == ["finished"] * 6
+    assert_each_step_once("t", runs)
+    stable, branch = runs[0], runs[1]
+    assert (run_dir(stable) / "checkpoints" / f"step_{branch.fork_step:08d}.pt").exists()
+    assert not (run_dir(branch) / "checkpoints" / f"step_{branch.fork_step:08d}.pt").exists()  # started from the parent's
+    again = run_graph(runs, sweep="t", scale="micro", progress=False)
+    assert all(o.attempts == 0 and o.status == "finished" for o in again)
+
+
+def test_raising_run_is_retried_then_failed_and_diverged_is_recorded(tmp_path, results):
+    runs, _ = sweep_runs(tmp_path, name="bad", lrs="[0.01, 30.0]")
+    broken = runs[0].spec.__class__(**{**runs[0].spec.__dict__, "micro_batch_tokens": 100})  # not a multiple of seq_len
+    runs[0] = runs[0].__class__(**{**runs[0].__dict__, "spec": broken})
+    outcomes = {o.run.name: o for o in run_graph(runs, sweep="bad", scale="micro", retries=1, progress=False)}
+    stable = outcomes["micro-24k lr=0.01 stable"]
+    assert stable.status == "failed" and stable.attempts == 2 and "micro_batch_tokens" in stable.error
+    assert outcomes["micro-24k lr=0.01 1N+20.0% exp"].status == "failed"  # its parent never made the checkpoint
+    assert outcomes["micro-24k lr=30.0 stable"].status == "diverged"
+    assert outcomes["micro-24k lr=30.0 stable"].attempts == 1  # not retried
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_sweep_then_the_same_command_finishes_everything_once(tmp_path, results):
+    runs, path = sweep_runs(tmp_path, name="kill", tpp=24, at="[4, 24]")
+    cmd = [sys.executable, "-m", "windtunnel.cli", "sweep", str(path), "--num-cpus", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(
+            (run_dir(r) / "status.json").exists() and "finished" in (run_dir(r) / "status.json").read_text()
+            for r in runs):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = {r.id: (run_dir(r) / "status.json").stat().st_mtime for r in runs
+                       if (run_dir(r) / "status.json").exists()
+                       and '"finished"' in (run_dir(r) / "status.json").read_text()}
+    assert 0 < len(finished_before) < len(runs), "killed too early or too late to test resume"
+    time.sleep(3)  # let Ray's reaper stop the orphaned workers
+    out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for run_id, mtime in finished_before.items():
+        assert (results / "runs" / run_id / "status.json").stat().st_mtime == mtime  # not trained again
+    assert_each_step_once("kill", runs)
