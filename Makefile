@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-DEMO_MODEL ?= micro-142k
 
 .PHONY: setup demo test bench mlflow-ui clean sweep-lr sweep-bs sweep-wsd scaling-law
 SCALE ?= micro
@@ -21,9 +20,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/windtunnel models
 	$(BIN)/python analysis/schedules_plot.py
-	$(BIN)/windtunnel train $(DEMO_MODEL)
+	$(BIN)/windtunnel sweep sweeps/lr.yaml --scale demo
+	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale demo
 	@echo
 	@echo "Runs and checkpoints: results/runs/   MLflow store: results/mlflow.db   Plots: results/plots/"
+	@echo "MLflow experiments: 'lr' and 'scaling_law' (one parent run per sweep, one child per run)"
 	@echo "Compare runs in the browser: make mlflow-ui  (http://127.0.0.1:5000)"
 
 test: $(STAMP)
