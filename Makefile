@@ -30,8 +30,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP)  # one after the other: benchmarks must not share the 2 cores
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/sweep_overhead.py
 
 # the studies: each resumes where it stopped when run again; SCALE=paper for GPUs or a Ray cluster (RAY_ADDRESS)
 sweep-lr: $(STAMP)
