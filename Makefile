@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench mlflow-ui clean sweep-lr sweep-bs sweep-wsd scaling-law
+.PHONY: setup demo test bench mlflow-ui ui-check clean sweep-lr sweep-bs sweep-wsd scaling-law
 SCALE ?= micro
 
 $(STAMP): pyproject.toml
@@ -49,6 +49,10 @@ scaling-law: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/windtunnel ui
+
+# read the newest sweep back through the MLflow UI's REST API, check it, screenshot the UI to results/ui/
+ui-check: $(STAMP)
+	$(BIN)/python -m windtunnel.uicheck
 
 clean:
 	find results -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from windtunnel import uicheck
 from windtunnel.tracking import RunLogger
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: put on PYTHONPATH of the subprocess
@@ -28,7 +29,7 @@ def test_uicheck_lists_every_child_of_the_sweep(tmp_path, monkeypatch):
     with RunLogger(experiment="tiny", run_name="tiny (micro)", params={}, tags={"kind": "sweep"}) as parent:
         for name in ("w64 lr=0.01", "w64 lr=0.02"):
             with RunLogger(experiment="tiny", run_name=name, params={}, tags={}, parent_run_id=parent.run_id) as run:
-                for step, loss in enumerate([4.0, 3.5, 3.25]):  # step 0 included: the REST API leaves it out
+                for step, loss in enumerate([4.0, 3.5, 3.25]):
                     run.log({"train/loss": loss}, step=step)
 
     check = _uicheck(results)
@@ -49,3 +50,17 @@ def test_uicheck_fails_in_one_line_without_a_sweep(tmp_path):
     assert check.returncode != 0
     assert len(check.stderr.strip().splitlines()) == 1
     assert "no sweep" in check.stderr
+
+
+@pytest.mark.parametrize(("points", "problem"), [([], "no train/loss points"),
+                                                 ([(0, 4.0), (1, 3.5), (1, 3.4)], "duplicated train/loss steps"),
+                                                 ([(0, 4.0), (1, 3.5)], None)])
+def test_check_child_flags_empty_and_duplicated_histories(points, problem, monkeypatch, capsys):
+    monkeypatch.setattr(uicheck, "_loss_steps", lambda base, run_id: points)
+    run = {"info": {"run_id": "abc", "run_name": "w64"}, "data": {"tags": [{"key": "status", "value": "finished"}]}}
+
+    found = uicheck._check_child("http://unused", run)
+
+    assert found == (problem and f"run 'w64' has {problem}")
+    assert capsys.readouterr().out.split() == ["w64", "finished", "train/loss", "points", str(len(points)), "last",
+                                               f"{points[-1][1]:.4f}" if points else "-"]

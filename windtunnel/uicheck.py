@@ -123,7 +123,7 @@ def _loss_steps(base: str, run_id: str) -> list[tuple[int, float]]:
     """(step, value) of every train/loss point of the run, sorted by step."""
     query = {"run_id": run_id, "metric_key": "train/loss", "max_results": 25000}
     points = _pages(base, "metrics/get-history", "metrics", query=query)
-    return sorted((int(m.get("step", 0)), m["value"]) for m in points)  # the API omits step 0 (proto default)
+    return sorted((int(m["step"]), m["value"]) for m in points)
 
 
 def _check_child(base: str, run: dict) -> str | None:
