@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -36,47 +35,24 @@ def cmd_models(args) -> None:
               f"{r['n_kv_heads']:>5}{r['n_layers']:>8}{r['vocab_size']:>8}")
 
 
-def _flat(prefix: str, obj) -> dict:
-    out = {}
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            out.update(_flat(f"{prefix}{key}.", value))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def cmd_train(args) -> None:
     from windtunnel.config import TrainSpec, apply_overrides, get_model, spec_hash
     from windtunnel.data import prepare
+    from windtunnel.graph import Run
     from windtunnel.model import count_params
-    from windtunnel.paths import results_dir
-    from windtunnel.tracking import RunLogger
-    from windtunnel.train import total_tokens, train
+    from windtunnel.orchestrate import run_dir, train_one
 
     spec = apply_overrides(TrainSpec(model=get_model(args.model)), args.set)
     corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # bad data fails here, before any run exists
-    run_id = spec_hash(spec, corpus.fingerprint)
-    run_dir = results_dir() / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    id_file = run_dir / "mlflow_run_id"
-    n, d = count_params(spec.model), total_tokens(spec)
-    params = {**_flat("", dataclasses.asdict(spec)), "N": n, "D": d}
-    logger = RunLogger(experiment="train", run_name=f"{spec.model.name}-{run_id}", params=params,
-                       tags={"windtunnel.run": run_id, "model": spec.model.name, "parametrization": spec.model.parametrization},
-                       run_id=id_file.read_text().strip() if id_file.exists() else None)
-    id_file.write_text(logger.run_id)
-    try:
-        result = train(spec, run_dir, log=logger.log, flush=logger.flush, progress=True)
-    except BaseException:
-        logger.finish("KILLED", tag_status="interrupted")
-        raise
-    logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
-    evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result.eval.items())
-    mfu = f", MFU {result.mfu:.1%}" if result.mfu else ""
-    print(f"{spec.model.name} N={n:,} {result.status}: {result.step} steps, {result.tokens:,} tokens, "
-          f"train loss {result.train_loss:.3f}; eval {evals}; {result.tokens_per_s:,.0f} tok/s{mfu}; "
-          f"run {run_dir}, MLflow run {logger.run_id} (windtunnel ui)")
+    run = Run(id=spec_hash(spec, corpus.fingerprint), name=spec.model.name, spec=spec, coords={"model": spec.model.name})
+    result = train_one(run, init_from=None, experiment="train", parent_mlflow_id=None,
+                       tags={"parametrization": spec.model.parametrization}, progress=True)
+    evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result["eval"].items())
+    mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] else ""
+    mlflow_id = (run_dir(run) / "mlflow_run_id").read_text()
+    print(f"{spec.model.name} N={count_params(spec.model):,} {result['status']}: {result['step']} steps, "
+          f"{result['tokens']:,} tokens, train loss {result['train_loss']:.3f}; eval {evals}; "
+          f"{result['tokens_per_s']:,.0f} tok/s{mfu}; run {run_dir(run)}, MLflow run {mlflow_id} (windtunnel ui)")
 
 
 def cmd_sweep(args) -> None:

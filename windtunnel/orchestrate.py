@@ -19,7 +19,7 @@ from pathlib import Path
 
 from windtunnel.graph import Run
 from windtunnel.paths import results_dir
-from windtunnel.train import checkpoint_path, read_status
+from windtunnel.train import checkpoint_path, read_status, total_tokens
 
 __all__ = ["run_graph", "RunOutcome"]
 
@@ -55,14 +55,14 @@ def run_params(run: Run) -> dict:
     """MLflow params of a run: its spec flattened, plus N, D, the branch step and the sweep coordinates."""
     from windtunnel.model import count_params
 
-    return {**_flat("", asdict(run.spec)), "N": count_params(run.spec.model), "D": run.tokens,
+    return {**_flat("", asdict(run.spec)), "N": count_params(run.spec.model), "D": total_tokens(run.spec),
             "fork_step": run.fork_step, "parent_run": run.parent,
             **{f"coord.{k}": v for k, v in run.coords.items()}}
 
 
 def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow_id: str | None, tags: dict,
-              threads: int | None = None) -> dict:
-    """Train one Run with MLflow logging (the body of a Ray task; also callable directly)."""
+              threads: int | None = None, progress: bool = False) -> dict:
+    """Train one Run with MLflow logging (the body of a Ray task; `windtunnel train` calls it directly)."""
     import torch
 
     from windtunnel.tracking import RunLogger
@@ -80,9 +80,10 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
     id_file.write_text(logger.run_id)
     try:
         result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
-                       log=logger.log, flush=logger.flush)
-    except BaseException:
-        logger.finish("FAILED", tag_status="failed")
+                       log=logger.log, flush=logger.flush, progress=progress)
+    except BaseException as err:
+        stopped = isinstance(err, KeyboardInterrupt)
+        logger.finish("KILLED" if stopped else "FAILED", tag_status="interrupted" if stopped else "failed")
         raise
     logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
     return asdict(result)
