@@ -13,6 +13,7 @@ resumed run drops the steps MLflow already holds, so each step is stored once).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,7 +139,7 @@ class _Board:
         self.runs, self.outcomes = runs, outcomes
         total = sum(r.own_tokens for r in runs if r.id not in outcomes)
         self.bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True,
-                        desc="sweep", smoothing=0.05)
+                        desc="sweep", smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30)
 
     def update(self, pending: dict) -> None:
         new = [r for r in self.runs if self.outcomes.get(r.id) is None or self.outcomes[r.id].attempts]
@@ -150,9 +151,9 @@ class _Board:
         counts = {s: sum(o.status == s for o in self.outcomes.values()) for s in ("finished", "failed", "diverged")}
         running = sum((read_status(run_dir(r)) or {}).get("status") == "running" for r in pending.values())
         queued = len(self.runs) - len(self.outcomes) - running
-        self.bar.n = min(trained, self.bar.total)
         self.bar.set_postfix_str(f"done {counts['finished']} running {running} queued {queued} "
-                                 f"failed {counts['failed']} diverged {counts['diverged']}", refresh=True)
+                                 f"failed {counts['failed']} diverged {counts['diverged']}", refresh=False)
+        self.bar.update(min(trained, self.bar.total) - self.bar.n)  # redraws at most every mininterval
 
     def close(self) -> None:
         self.bar.close()
