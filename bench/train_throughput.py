@@ -217,6 +217,18 @@ def _tree_jiffies() -> dict[int, int]:
     return tree
 
 
+def wait_for_quiet(*, limit: float = 0.1, max_s: float = 300.0) -> float:
+    """Wait (at most max_s) until other processes use under `limit` of the CPU over 2 s; returns seconds waited.
+    Two threads on 2 cores collapse 10× or more when a neighbour takes a core, so measure when it is quiet."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_s:
+        with OtherLoad() as load:
+            time.sleep(2.0)
+        if load.share < limit:
+            break
+    return time.perf_counter() - start - 2.0
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
@@ -242,10 +254,14 @@ def bench_shape(name: str, batch_tokens: int, *, reps: int, target_s: float, pea
             "checkpoint_every=1000000000", "data.eval_tokens=1024", "peak_flops=1.0", "device=cpu"]
     spec = apply_overrides(TrainSpec(model=get_model(name)), base)
     corpus = prepare(spec.data, vocab_size=spec.model.vocab_size, progress=False)
+    wait_for_quiet()
     steps = calibrate(spec, corpus.train, target_s=target_s, min_steps=3 if reps == 1 else 4)
     warm = warm_steps(steps)
     runs = {v: [] for v in VARIANTS}
     for rep in range(reps):  # interleaved: each rep runs every variant once, back to back
+        waited = wait_for_quiet()
+        if waited > 1:
+            print(f"  waited {waited:.0f} s for other processes to quiet down", flush=True)
         for variant in VARIANTS:
             with OtherLoad() as load:
                 if variant == "plain":
@@ -324,8 +340,9 @@ def write(out: Path, report: dict, text: str) -> None:
           f"{report['matmul_peak_flops'] / 1e9:.0f} GFLOP/s. Mode: {report['mode']}, "
           f"T={SEQ_LEN}, 4096-token batches, fp32. tok/s: medians over interleaved reps of steady-state "
           f"steps (warm-up steps left out); ratios: medians of per-rep ratios. Compile s: the compiled run's "
-          f"warm-up steps minus steady ones (cold = first rep, fresh inductor cache; warm = later reps, FX "
-          f"graph cache hits). TrainResult tok/s: windtunnel's own figure, which counts the compile steps.\n\n"
+          f"warm-up steps minus steady ones (cold = first rep, fresh inductor cache; warm = later reps in "
+          f"the same process after torch._dynamo.reset(), in-memory and FX graph caches; a fresh process with "
+          f"a warm disk cache takes ~2 s on micro-24k). TrainResult tok/s: windtunnel's own figure, which counts the compile steps.\n\n"
           f"{text}\n")
     (out / "train_throughput.md").write_text(md)
 
