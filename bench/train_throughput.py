@@ -7,13 +7,17 @@ process so that a noisy neighbour hits every variant alike:
   plain     — a nanoGPT-style Llama of the same shape and parameter count (separate q/k/v/o and
               gate/up/down linears, nn.RMSNorm, RoPE, tied embedding), torch.optim.AdamW defaults, fp32,
               loss.backward / opt.step / zero_grad and nothing else;
-  wt        — windtunnel.train.train (eager) in a fresh run directory, evaluation pushed past the end;
+  wt        — windtunnel.train.train (eager) in a fresh run directory, evaluating only after the last
+              step (untimed: TrainResult.tokens_per_s and the per-step log exclude evaluation);
   wt+comp   — the same with compile=true (CPU inductor).
 Both see the same token windows (windtunnel.data.sample_windows over the prepared train array).
 Steady tokens/s leaves out the first warm-up steps; windtunnel's own TrainResult.tokens_per_s (which
 counts the compile step) and the compile seconds are reported beside it. Achieved FLOP/s =
-tokens/s × flops_per_token, as a fraction of a measured 2048³ fp32 matmul. Writes
-<out>/train_throughput.json and .md (default bench/results/).
+tokens/s × flops_per_token, as a fraction of a measured 2048³ fp32 matmul. Each rep first waits (at
+most 5 min) for other processes to leave the CPU; the CPU share they took during each measurement and
+the minor page faults per step (glibc hands freed 16–512 MB buffers back to the OS, and eager steps
+re-fault them) are recorded beside the figures. Writes <out>/train_throughput.json and .md
+(default bench/results/).
 """
 
 from __future__ import annotations
@@ -38,14 +42,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from windtunnel.config import DataSpec, TrainSpec, apply_overrides, get_model  # noqa: E402
+from windtunnel.config import TrainSpec, apply_overrides, get_model  # noqa: E402
 from windtunnel.data import prepare, sample_windows  # noqa: E402
 from windtunnel.model import count_params, flops_per_token  # noqa: E402
 from windtunnel.train import train  # noqa: E402
 
 SEQ_LEN = 128
 # shape → (tokens per optimizer step, seconds per measurement in full mode, reps in full mode); the 9M
-# model trains at ~0.4K tokens/s on 2 cores (10 s a step), so it gets a few steps and two reps
+# model (vocab 32768) trains at ~1.5K tokens/s on 2 cores (~3 s a step), so it gets a few steps and two reps
 SHAPES = {"micro-24k": (4096, 15.0, 3), "micro-142k": (4096, 15.0, 3), "9M": (4096, 25.0, 2)}
 VARIANTS = ("plain", "wt", "wt+comp")
 
@@ -250,6 +254,7 @@ def calibrate(spec, train_tokens, *, target_s: float, min_steps: int) -> int:
 
 
 def bench_shape(name: str, batch_tokens: int, *, reps: int, target_s: float, peak: float) -> dict:
+    """Every variant `reps` times, interleaved, with steps sized so a plain measurement takes ~target_s."""
     base = [f"batch_tokens={batch_tokens}", f"seq_len={SEQ_LEN}", "eval_every=1000000000",
             "checkpoint_every=1000000000", "data.eval_tokens=1024", "peak_flops=1.0", "device=cpu"]
     spec = apply_overrides(TrainSpec(model=get_model(name)), base)
@@ -342,7 +347,8 @@ def write(out: Path, report: dict, text: str) -> None:
           f"steps (warm-up steps left out); ratios: medians of per-rep ratios. Compile s: the compiled run's "
           f"warm-up steps minus steady ones (cold = first rep, fresh inductor cache; warm = later reps in "
           f"the same process after torch._dynamo.reset(), in-memory and FX graph caches; a fresh process with "
-          f"a warm disk cache takes ~2 s on micro-24k). TrainResult tok/s: windtunnel's own figure, which counts the compile steps.\n\n"
+          f"a warm disk cache takes ~2 s on micro-24k). TrainResult tok/s: windtunnel's own figure, which "
+          f"counts the compile steps.\n\n"
           f"{text}\n")
     (out / "train_throughput.md").write_text(md)
 
