@@ -321,14 +321,15 @@ def table(results: list[dict]) -> str:
         v = r["variants"]
         each = lambda get, fmt: " · ".join(format(get(v[k]), fmt) for k in VARIANTS)  # noqa: E731
         comp = v["wt+comp"]
-        warm_compile = statistics.median(comp["warmup_extra_s_each"][1:]) if r["reps"] > 1 else math.nan
+        later = comp["warmup_extra_s_each"][1:]
+        warm_compile = f"{statistics.median(later):.1f}" if later else "n/a"
         rows.append(
             f"| {r['shape']} | {r['n_params']:,} | {r['steps']} × {r['reps']} | {v['plain']['steady_tok_s']:,.0f} "
             f"| {v['wt']['steady_tok_s']:,.0f} | {comp['steady_tok_s']:,.0f} | {v['wt']['ratio_vs_plain']:.2f}× "
             f"| {comp['ratio_vs_plain']:.2f}× | {each(lambda x: x['gflop_s'], '.1f')} "
             f"| {each(lambda x: 100 * x['frac_of_matmul_peak'], '.1f')} |")
         conds.append(
-            f"| {r['shape']} | {comp['warmup_extra_s_each'][0]:.1f}, {warm_compile:.1f} "
+            f"| {r['shape']} | {comp['warmup_extra_s_each'][0]:.1f}, {warm_compile} "
             f"| {statistics.median(comp['reported_tok_s_each']):,.0f} "
             f"| {each(lambda x: statistics.median(x['faults_per_step_each']), ',.0f')} "
             f"| {100 * max(max(x['others_cpu_each']) for x in v.values()):.0f} |")

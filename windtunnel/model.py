@@ -99,7 +99,6 @@ class MiniCPM(nn.Module):
         mup = spec.parametrization == "mup"
         self.emb_scale = spec.scale_emb if mup else 1.0
         self.logit_scale = 1.0 / spec.width_mult  # µP: logits × 1/m; SP: width_mult is 1
-        self._rope: tuple | None = None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -111,14 +110,9 @@ class MiniCPM(nn.Module):
             if p.dim() == 2:
                 nn.init.normal_(p, mean=0.0, std=self.spec.init_std if name == "embed.weight" else hidden_std)
 
-    def rope(self, seq_len: int, device):
-        if self._rope is None or self._rope[0].shape[0] < seq_len or self._rope[0].device != device:
-            self._rope = rope_tables(seq_len, self.spec.d_head, self.spec.rope_theta, device)
-        cos, sin = self._rope
-        return cos[:seq_len], sin[:seq_len]
-
     def forward(self, idx):
-        cos, sin = self.rope(idx.shape[1], idx.device)
+        # computed per call, not cached: a cache filled at step 1 makes torch.compile build a second graph
+        cos, sin = rope_tables(idx.shape[1], self.spec.d_head, self.spec.rope_theta, idx.device)
         x = self.embed(idx) * self.emb_scale
         for block in self.blocks:
             x = block(x, cos, sin)

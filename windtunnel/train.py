@@ -155,6 +155,11 @@ class GradStats:
         return torch.stack(torch._foreach_norm(self.before, float("inf"))).max()
 
 
+def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) of windows [rows, seq_len + 1]."""
+    return F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -234,7 +239,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
                             fused=device == "cuda" or None)
     params = [p for p in model.parameters()]
     stats = GradStats(params)
-    fwd = torch.compile(model) if spec.compile else model
+    loss_fn = torch.compile(lm_loss) if spec.compile else lm_loss  # model + loss in one graph: fuses the logits
     flops = flops_per_token(spec.model, seq_len=spec.seq_len)
     peak = spec.peak_flops or peak_flops(device, dtype)
 
@@ -267,7 +272,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
                                                     seq_len=spec.seq_len, seed=spec.seed)).to(device)
             position += rows
             with autocast():
-                loss = F.cross_entropy(fwd(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+                loss = loss_fn(model, batch)
             (loss / accum).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip or math.inf)
