@@ -27,7 +27,8 @@ from windtunnel.paths import results_dir
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["tracking_uri", "RunLogger", "runs_dataframe", "metric_history", "serve_ui"]
+__all__ = ["tracking_uri", "RunLogger", "runs_dataframe", "metric_history", "serve_ui", "start_ui_server",
+           "stop_ui_server"]
 
 FLUSH_POINTS = 200  # buffered points that trigger a flush: one log_batch call
 FLUSH_SECONDS = 5.0  # ... or seconds since the last flush, checked on each log()
@@ -306,8 +307,9 @@ def metric_history(run_id: str, key: str) -> pd.DataFrame:
     return pd.DataFrame({"step": steps, "value": pd.Series([m.value for m in points], dtype="float64")})
 
 
-def serve_ui(*, port: int = 5000) -> None:
-    """Serve the MLflow UI of tracking_uri() on http://127.0.0.1:PORT only; block until Ctrl-C or SIGTERM."""
+def start_ui_server(*, port: int, stdout=None) -> subprocess.Popen:
+    """Start `mlflow server` on tracking_uri(), bound to 127.0.0.1:PORT only, in its own process group
+    (stop it with `stop_ui_server`)."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://", "databricks")):
         raise WindtunnelError(
@@ -324,8 +326,14 @@ def serve_ui(*, port: int = 5000) -> None:
     ]  # fmt: skip
     # The job runner (GenAI jobs, a pool of huey processes) is unused here and outlives `mlflow server` on SIGTERM.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, env=env, start_new_session=True)  # own process group: stopped as a whole below
-    print(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
+                            start_new_session=True)  # own process group: stopped as a whole
+
+
+def serve_ui(*, port: int = 5000) -> None:
+    """Serve the MLflow UI of tracking_uri() on http://127.0.0.1:PORT only; block until Ctrl-C or SIGTERM."""
+    server = start_ui_server(port=port)
+    print(f"MLflow UI: http://127.0.0.1:{port}  (store {tracking_uri()}; Ctrl-C to stop)", flush=True)
     _wait_then_stop(server, port)
 
 
@@ -342,12 +350,13 @@ def _wait_then_stop(server: subprocess.Popen, port: int) -> None:
         code = 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_group(server)
+        stop_ui_server(server)
     if code != 0:
         raise WindtunnelError(f"mlflow server exited with code {code}; if port {port} is in use, pick another port")
 
 
-def _stop_group(server: subprocess.Popen) -> None:
+def stop_ui_server(server: subprocess.Popen) -> None:
+    """Stop the server's whole process group (mlflow server + uvicorn): SIGTERM, then SIGKILL."""
     for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         try:
             os.killpg(server.pid, sig)

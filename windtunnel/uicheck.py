@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -30,7 +29,7 @@ import urllib.request
 
 from windtunnel.errors import WindtunnelError
 from windtunnel.paths import results_dir
-from windtunnel.tracking import PARENT_TAG, _stop_group, tracking_uri
+from windtunnel.tracking import PARENT_TAG, start_ui_server, stop_ui_server, tracking_uri
 
 __all__ = ["main"]
 
@@ -41,22 +40,16 @@ RENDER_MS = 15000  # Chromium's virtual-time budget: the UI is a JS app that loa
 @contextlib.contextmanager
 def _ui(port: int | None):
     """Serve tracking_uri() like tracking.serve_ui, on `port` or a free one; yield its base URL; stop its group."""
-    uri = tracking_uri()
-    if uri.startswith(("http://", "https://", "databricks")):
-        raise WindtunnelError(f"MLFLOW_TRACKING_URI={uri} is a tracking server; unset it to check {results_dir()}")
     port = port or _free_port()
     (results_dir() / "ui").mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--artifacts-destination", str(results_dir() / "mlartifacts")]
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as serve_ui: no job-runner processes
     log = results_dir() / "ui" / "server.log"
     with log.open("w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = start_ui_server(port=port, stdout=out)
     try:
         _wait_healthy(server, f"http://127.0.0.1:{port}", log)
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop_group(server)
+        stop_ui_server(server)
 
 
 def _free_port() -> int:
