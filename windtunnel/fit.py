@@ -1,0 +1,746 @@
+"""Every fit of the wind tunnel: pure functions from arrays/DataFrames to small frozen results.
+
+MiniCPM (arXiv 2404.06395) sections implemented here:
+- §5   scaling law L(N, D) = C_N·N^-α + C_D·D^-β + L0, compute-optimal N and D, back-test;
+- §3.2 batch-size law bs_opt = k / L^γ from tokens-to-reach-a-loss curves;
+- §3.3 learning-rate transfer across widths (µP against SP);
+- §4.3 the WSD loss envelope: power law against exponential;
+- §4.4 decay dynamics: D1, D2 and curvature of a loss curve.
+
+Only numpy, scipy, pandas and the stdlib are imported (never torch, ray, mlflow or matplotlib).
+Bad input raises `FitError` with a one-line message that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, signal, stats
+
+from windtunnel.errors import WindtunnelError
+
+__all__ = [
+    "FitError", "validate",
+    "ScalingLawFit", "fit_scaling_law", "compute_optimal", "d_over_n", "Backtest", "backtest_scaling_law",
+    "BatchSizeFit", "tokens_to_reach", "fit_batch_size_law",
+    "LRTransferFit", "fit_lr_transfer",
+    "EnvelopeFit", "fit_envelope",
+    "decay_dynamics",
+]
+
+PARAMS = ("C_N", "alpha", "C_D", "beta", "L0")  # column order of ScalingLawFit.samples
+
+
+class FitError(WindtunnelError):
+    """Input a fit cannot use (too few points, NaN, non-positive sizes, missing columns)."""
+
+
+# ---------------------------------------------------------------- validation
+
+def validate(frame: pd.DataFrame, columns: Sequence[str], *, what: str, min_rows: int = 1,
+             positive: Sequence[str] = (), finite: Sequence[str] | None = None) -> pd.DataFrame:
+    """Check `frame` for a fit and return its `columns`, numeric ones as float, index reset.
+
+    `what` names the fit in messages ("scaling-law fit"). `finite` lists the columns that must
+    have no NaN/inf (default: every numeric column); `positive` those that must be > 0.
+    """
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise FitError(f"{what}: missing column '{missing[0]}'; columns are: {', '.join(map(str, frame.columns))}")
+    out = frame[list(columns)].reset_index(drop=True).copy()
+    if len(out) < min_rows:
+        raise FitError(f"{what} needs at least {min_rows} points (got {len(out)})")
+    numeric = [c for c in columns if c not in ("model", "parametrization")]
+    for c in numeric:
+        values = pd.to_numeric(out[c], errors="coerce")
+        bad = np.flatnonzero(values.isna() & out[c].notna())
+        if bad.size:
+            raise FitError(f"column '{c}' is not numeric (row {bad[0]}: {out[c].iloc[bad[0]]!r}); give numbers")
+        out[c] = values.astype(float)
+    for c in numeric if finite is None else finite:
+        _check_finite(out[c].to_numpy(), c)
+    for c in positive:
+        _check_positive(out[c].to_numpy(), c)
+    return out
+
+
+def _check_finite(values: np.ndarray, name: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        kind = "NaN" if np.isnan(values[bad]).all() else "NaN/inf"
+        rows = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
+        raise FitError(f"column '{name}' has {bad.size} {kind} values (rows {rows}); drop or fill those rows")
+
+
+def _check_positive(values: np.ndarray, name: str) -> None:
+    bad = np.flatnonzero(~(values > 0))
+    if bad.size:
+        raise FitError(f"{name} must be > 0 (row {bad[0]}: {name}={values[bad[0]]:g}); drop that row or fix its units")
+
+
+def _arrays(what: str, min_rows: int, **columns) -> list[np.ndarray]:
+    """Validate equal-length positive arrays given by name; return them as float arrays."""
+    lengths = {k: np.size(v) for k, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise FitError(f"{what}: arrays differ in length ({', '.join(f'{k}={n}' for k, n in lengths.items())}); pass one value per point")
+    frame = pd.DataFrame({k: np.ravel(np.asarray(v, dtype=float)) for k, v in columns.items()})
+    checked = validate(frame, list(columns), what=what, min_rows=min_rows, positive=list(columns))
+    return [checked[c].to_numpy() for c in columns]
+
+
+def _percentiles(samples: np.ndarray, names: Sequence[str], level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile interval of each column of `samples` (rows = bootstrap draws), NaN rows ignored."""
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
+
+
+def _jsonable(intervals: dict) -> dict:
+    return {k: [float(lo), float(hi)] for k, (lo, hi) in intervals.items()}
+
+
+# ---------------------------------------------------------------- §5 scaling law
+
+@dataclass(frozen=True)
+class ScalingLawFit:
+    """L(N, D) = C_N·N^-α + C_D·D^-β + L0 (§5); N = non-embedding parameters, D = training tokens."""
+
+    method: str                      # "huber" (log-residual Huber, L-BFGS-B) or "curve_fit" (least squares on loss)
+    C_N: float
+    alpha: float
+    C_D: float
+    beta: float
+    L0: float                        # irreducible loss, same unit as the fitted loss
+    n_points: int
+    n_bootstrap: int = 0             # bootstrap refits behind `intervals` and `samples`
+    intervals: dict = field(default_factory=dict)   # name -> (low, high), 95% percentile; empty without bootstrap
+    samples: np.ndarray | None = field(default=None, compare=False, repr=False)  # (K, 5) rows in PARAMS order
+
+    @property
+    def K(self) -> float:
+        """K = (α·C_N / (β·C_D))^(1/(α+β)); N_opt/D_opt = K²·(C/6)^η (§5)."""
+        return _K(self.alpha, self.C_N, self.beta, self.C_D)
+
+    @property
+    def eta(self) -> float:
+        """η = (β − α)/(α + β) (§5)."""
+        return (self.beta - self.alpha) / (self.alpha + self.beta)
+
+    def predict(self, N, D) -> np.ndarray:
+        """Predicted loss at N parameters and D tokens (broadcasting)."""
+        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+        return self.C_N * N ** -self.alpha + self.C_D * D ** -self.beta + self.L0
+
+    def predict_interval(self, N, D, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile interval of the predicted loss over the bootstrap refits."""
+        if self.samples is None:
+            raise FitError("predict_interval needs bootstrap samples; refit with bootstrap=1000 or more")
+        N, D = np.asarray(N, dtype=float)[..., None], np.asarray(D, dtype=float)[..., None]
+        c_n, a, c_d, b, l0 = self.samples.T
+        preds = c_n * N ** -a + c_d * D ** -b + l0
+        tail = 100 * (1 - level) / 2
+        low, high = np.nanpercentile(preds, [tail, 100 - tail], axis=-1)
+        return low, high
+
+    def optimal_n(self, compute: float) -> float:
+        """Compute-optimal N at budget C = 6ND (closed form of `compute_optimal`)."""
+        return float(self.K * (compute / 6) ** (self.beta / (self.alpha + self.beta)))
+
+    def optimal_tokens(self, n: float) -> float:
+        """The D for which N is compute-optimal: invert N_opt = K·(C/6)^(β/(α+β)), then D = (C/6)/N."""
+        return float((n / self.K) ** ((self.alpha + self.beta) / self.beta) / n)
+
+    def to_dict(self, *, samples: bool = False) -> dict:
+        """JSON-ready summary (the `fit scaling-law --json` payload, DESIGN §6); samples=True adds the
+        bootstrap refits so `from_dict` can give prediction intervals (fit.json keeps them)."""
+        out = {name: float(getattr(self, name)) for name in PARAMS}
+        out.update(K=float(self.K), eta=float(self.eta), n_points=self.n_points, method=self.method,
+                   n_bootstrap=self.n_bootstrap, intervals=_jsonable(self.intervals))
+        if samples and self.samples is not None:
+            out["samples"] = self.samples.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScalingLawFit:
+        """The inverse of to_dict (e.g. results/scaling_law/fit.json)."""
+        samples = np.asarray(data["samples"], dtype=float) if data.get("samples") else None
+        return cls(data["method"], *(float(data[name]) for name in PARAMS), n_points=int(data["n_points"]),
+                   n_bootstrap=int(data.get("n_bootstrap", 0)), samples=samples,
+                   intervals={k: tuple(v) for k, v in data.get("intervals", {}).items()})
+
+
+def _K(alpha, C_N, beta, C_D):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (alpha * C_N / (beta * C_D)) ** (1 / (alpha + beta))
+
+
+def fit_scaling_law(N, D, loss, *, method: str = "huber", delta: float = 1e-3, bootstrap: int = 0,
+                    seed: int = 0) -> ScalingLawFit:
+    """Fit L(N, D) = C_N·N^-α + C_D·D^-β + L0 (§5) to final losses of (N, D) runs.
+
+    method="huber": Huber loss (`delta`) on log(pred) − log(loss) with pred = exp(LSE(a − α·log N,
+    b − β·log D, e)), C_N = e^a, C_D = e^b, L0 = e^e (Hoffmann et al. 2022, Epoch's replication);
+    every point of a grid of starts is scored and the best few are refined with L-BFGS-B.
+    method="curve_fit": least squares on the loss itself, as the paper did, started from the Huber fit.
+    bootstrap=K resamples the points K times, refits from the full-data optimum and stores 95%
+    percentile intervals of every parameter and of K and η.
+    """
+    if method not in ("huber", "curve_fit"):
+        raise FitError(f"method={method!r} is not allowed; use 'huber' or 'curve_fit'")
+    N, D, loss = _arrays("scaling-law fit", 6, N=N, D=D, loss=loss)
+    for name, values in (("N", N), ("D", D)):
+        if np.unique(values).size < 2:
+            raise FitError(f"scaling-law fit needs at least 2 distinct {name} values (got 1); add runs of other sizes")
+    problem = _Problem(N, D, loss, delta)
+    theta = problem.fit_huber(problem.starts())
+    if method == "curve_fit":
+        theta = problem.fit_curve(theta)
+    samples = problem.bootstrap(theta, method, bootstrap, seed) if bootstrap else None
+    intervals = {}
+    if samples is not None:
+        derived = np.column_stack([samples, _K(samples[:, 1], samples[:, 0], samples[:, 3], samples[:, 2]),
+                                   (samples[:, 3] - samples[:, 1]) / (samples[:, 1] + samples[:, 3])])
+        intervals = _percentiles(derived, PARAMS + ("K", "eta"))
+    return ScalingLawFit(method, *problem.natural(theta), n_points=len(loss), n_bootstrap=int(bootstrap),
+                         intervals=intervals, samples=samples)
+
+
+class _Problem:
+    """One scaling-law data set in centred logs: θ = (a', α, b', β, e) with log N − mean, log D − mean.
+
+    Centring (dividing N and D by their geometric means) makes the start grid independent of units;
+    `natural` maps back: C_N = exp(a' + α·mean log N), likewise C_D.
+    """
+
+    def __init__(self, N, D, loss, delta):
+        self.mN, self.mD = np.log(N).mean(), np.log(D).mean()
+        self.x, self.y = np.log(N) - self.mN, np.log(D) - self.mD
+        self.loss, self.log_loss, self.delta = loss, np.log(loss), delta
+
+    def natural(self, theta) -> tuple[float, ...]:
+        a, alpha, b, beta, e = theta
+        return (float(np.exp(a + alpha * self.mN)), float(alpha), float(np.exp(b + beta * self.mD)),
+                float(beta), float(np.exp(e)))
+
+    def starts(self) -> np.ndarray:
+        """Start grid (θ rows): exponents 0.05–1.5, L0 5–97% of the lowest loss, terms 0.3–100% of the mean."""
+        exps = [0.05, 0.2, 0.4, 0.7, 1.0, 1.5]
+        e = np.log(self.loss.min() * np.array([0.05, 0.3, 0.6, 0.85, 0.97]))
+        ab = np.log(self.loss.mean() * np.array([0.003, 0.03, 0.1, 0.3, 1.0]))
+        grid = np.meshgrid(ab, exps, ab, exps, e, indexing="ij")
+        return np.stack([g.ravel() for g in grid], axis=1)
+
+    def objective(self, theta, w):
+        """Weighted Huber loss of the log residuals (w sums to 1) and its gradient in θ, for L-BFGS-B."""
+        r, jac = self.residuals(np.asarray(theta)[None])
+        h, dh = _huber(r[0], self.delta)
+        return float(w @ h), (w * dh) @ jac[0]
+
+    def lbfgs(self, theta0, w):
+        # α, β ≥ 0 keep both terms decreasing; the log-scale constants are free
+        bounds = [(None, None), (0.0, 5.0), (None, None), (0.0, 5.0), (None, None)]
+        res = optimize.minimize(self.objective, theta0, args=(w,), jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"ftol": 1e-12, "gtol": 1e-9, "maxiter": 500})
+        return res.x, res.fun
+
+    def fit_huber(self, starts, n_refine: int = 8):
+        """Score every start, refine the `n_refine` best with L-BFGS-B; keep the lowest objective."""
+        w = np.full(self.x.size, 1 / self.x.size)
+        best = starts[np.argsort(self.batch_objective(starts, w[None]))[:n_refine]]
+        fits = [self.lbfgs(theta0, w) for theta0 in best]
+        return min(fits, key=lambda f: f[1])[0]
+
+    def fit_curve(self, theta0, idx=None):
+        """Least squares on the loss (§5, as the paper did) from θ0; parameters kept ≥ 0."""
+        idx = slice(None) if idx is None else idx
+        x, y, loss = self.x[idx], self.y[idx], self.loss[idx]
+
+        def model(_, c_n, alpha, c_d, beta, l0):
+            return c_n * np.exp(-alpha * x) + c_d * np.exp(-beta * y) + l0
+
+        a, alpha, b, beta, e = theta0
+        p0 = [np.exp(a), alpha, np.exp(b), beta, np.exp(e)]
+        p, _ = optimize.curve_fit(model, None, loss, p0=p0, bounds=(0, [np.inf, 5, np.inf, 5, np.inf]), maxfev=5000)
+        c_n, alpha, c_d, beta, l0 = np.maximum(p, 1e-300)   # log of a bound-hugging 0 stays finite
+        return np.array([np.log(c_n), alpha, np.log(c_d), beta, np.log(l0)])
+
+    def bootstrap(self, theta, method, n_samples, seed):
+        """Refit on `n_samples` resamples (with replacement) from the full-data θ; rows in PARAMS order."""
+        rng = np.random.default_rng(seed)
+        n = self.x.size
+        idx = rng.integers(0, n, (n_samples, n))
+        if method == "huber":
+            weights = np.stack([np.bincount(row, minlength=n) for row in idx]) / n   # resampling = integer weights
+            # blocks of 256 refits bound memory (Jacobian 256 × n × 5) and stay cache-friendly
+            thetas = np.concatenate([self.refit_batch(theta, weights[i : i + 256]) for i in range(0, n_samples, 256)])
+        else:
+            thetas = np.full((n_samples, 5), np.nan)
+            for k, row in enumerate(idx):
+                try:
+                    thetas[k] = self.fit_curve(theta, row)
+                except (RuntimeError, ValueError):   # a resample curve_fit cannot fit stays NaN
+                    pass
+        a, alpha, b, beta, e = thetas.T
+        return np.column_stack([np.exp(a + alpha * self.mN), alpha, np.exp(b + beta * self.mD), beta, np.exp(e)])
+
+    def refit_batch(self, theta0, weights, *, max_iter: int = 200, tol: float = 1e-7):
+        """Minimise the Huber objective for every row of `weights` at once, all started from θ0.
+
+        Levenberg–Marquardt on the IRLS majoriser of the Huber loss (weights ψ(r)/r), steps
+        accepted per row only when the true objective falls: the same optimum as L-BFGS-B,
+        but one numpy pass serves all K bootstrap refits (scipy's per-call overhead would cost
+        ~50 ms per refit, minutes for K = 4000). Rows not converged after `max_iter` finish with L-BFGS-B.
+        """
+        theta = np.tile(np.asarray(theta0, float), (len(weights), 1))
+        f, lam = self.batch_objective(theta, weights), np.full(len(weights), 1e-3)
+        active = np.ones(len(weights), bool)
+        for _ in range(max_iter):
+            if not active.any():
+                break
+            th, w = theta[active], weights[active]
+            r, jac = self.residuals(th)
+            omega = w * np.where(np.abs(r) <= self.delta, 1 / self.delta, 1 / np.maximum(np.abs(r), 1e-300))
+            jw = jac * omega[..., None]
+            hess, grad = jw.transpose(0, 2, 1) @ jac, np.einsum("kni,kn->ki", jw, r)
+            damp = lam[active, None, None] * (hess * np.eye(5) + 1e-12 * np.eye(5))
+            step = np.linalg.solve(hess + damp, -grad[..., None])[..., 0]
+            trial = th + step
+            trial[:, [1, 3]] = np.clip(trial[:, [1, 3]], 0.0, 5.0)           # α, β ≥ 0 as in the L-BFGS-B bounds
+            f_trial = self.batch_objective(trial, w)
+            ok = f_trial <= f[active]
+            rows = np.flatnonzero(active)
+            theta[rows[ok]], f[rows[ok]] = trial[ok], f_trial[ok]
+            lam[rows] = np.where(ok, lam[rows] * 0.3, lam[rows] * 10)
+            done = (ok & (np.abs(trial - th).max(axis=1) < tol)) | (lam[rows] > 1e12)
+            active[rows[done]] = False
+        for k in np.flatnonzero(active):   # the few rows (flat directions) LM left unconverged
+            theta[k] = self.lbfgs(theta[k], weights[k])[0]
+        return theta
+
+    def residuals(self, thetas):
+        """log(pred) − log(loss) for each θ row (K, n) and its Jacobian in θ (K, n, 5)."""
+        a, alpha, b, beta, e = (thetas[:, i : i + 1] for i in range(5))
+        t0, t1 = a - alpha * self.x, b - beta * self.y
+        top = np.maximum(np.maximum(t0, t1), e)                          # log-sum-exp, shifted for range
+        s0, s1, s2 = np.exp(t0 - top), np.exp(t1 - top), np.exp(e - top)
+        total = s0 + s1 + s2
+        s0, s1, s2 = s0 / total, s1 / total, s2 / total                  # d log pred / d(each term)
+        jac = np.stack([s0, -s0 * self.x, s1, -s1 * self.y, s2], axis=-1)
+        return top + np.log(total) - self.log_loss, jac
+
+    def batch_objective(self, thetas, weights):
+        """Weighted Huber objective of each θ row with its weight row (or one row for all)."""
+        a, alpha, b, beta, e = (thetas[:, i : i + 1] for i in range(5))
+        log_pred = np.logaddexp(np.logaddexp(a - alpha * self.x, b - beta * self.y), e)
+        return (weights * _huber(log_pred - self.log_loss, self.delta)[0]).sum(axis=1)
+
+
+def _huber(r, delta):
+    """Huber loss divided by delta (reads like |r| for |r| > delta) and its derivative in r."""
+    small = np.abs(r) <= delta
+    return (np.where(small, 0.5 * r * r / delta, np.abs(r) - 0.5 * delta),
+            np.where(small, r / delta, np.sign(r)))
+
+def compute_optimal(fit: ScalingLawFit, compute) -> pd.DataFrame:
+    """Compute-optimal N and D for each budget C (FLOPs, C = 6ND), closed form beside a numeric check.
+
+    Closed form (§5): minimising L(N, C/6N) gives α·C_N·N^-α = β·C_D·D^-β, so
+    N_opt = K·(C/6)^(β/(α+β)) and D_opt = (C/6)/N_opt, i.e. N_opt/D_opt = K²·(C/6)^η.
+    Numeric: bounded Brent on log N ∈ [0, log(C/6)] (L is convex in log N). DESIGN §3 notes that the
+    paper's published averages are not mutually consistent, so both are always reported.
+    """
+    C = np.atleast_1d(np.asarray(compute, dtype=float))
+    _check_positive(C, "C")
+    n_closed = fit.K * (C / 6) ** (fit.beta / (fit.alpha + fit.beta))
+    n_numeric = np.array([_numeric_n_opt(fit, c) for c in C])
+    d_closed, d_numeric = C / 6 / n_closed, C / 6 / n_numeric
+    return pd.DataFrame({
+        "C": C, "N_opt_closed": n_closed, "D_opt_closed": d_closed, "N_opt_numeric": n_numeric,
+        "D_opt_numeric": d_numeric, "ratio_closed": d_closed / n_closed, "ratio_numeric": d_numeric / n_numeric,
+        "rel_diff": n_closed / n_numeric - 1,   # relative difference of N_opt (closed vs numeric)
+    })
+
+
+def _numeric_n_opt(fit: ScalingLawFit, c: float) -> float:
+    def loss_at(log_n):
+        return fit.C_N * np.exp(-fit.alpha * log_n) + fit.C_D * (c / 6 / np.exp(log_n)) ** -fit.beta
+    res = optimize.minimize_scalar(loss_at, bounds=(0.0, math.log(c / 6)), method="bounded",
+                                   options={"xatol": 1e-10})
+    return float(np.exp(res.x))
+
+
+def d_over_n(fit: ScalingLawFit, compute: float) -> float:
+    """Compute-optimal tokens per parameter D_opt/N_opt at budget `compute` (numeric minimisation)."""
+    return float(compute_optimal(fit, compute)["ratio_numeric"].iloc[0])
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """A scaling law fitted without the largest N, scored on that size's points."""
+
+    held_out_N: float
+    n_train: int
+    n_test: int
+    rel_errors: tuple            # (pred − true)/true, one per held-out point, in input order
+    mean_abs_rel_err: float
+    max_abs_rel_err: float
+    fit: ScalingLawFit = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"held_out_N": self.held_out_N, "n_train": self.n_train, "n_test": self.n_test,
+                "rel_errors": list(self.rel_errors), "mean_abs_rel_err": self.mean_abs_rel_err,
+                "max_abs_rel_err": self.max_abs_rel_err, "fit": self.fit.to_dict()}
+
+
+def backtest_scaling_law(N, D, loss, *, method: str = "huber", delta: float = 1e-3) -> Backtest:
+    """Fit on every point except those of the largest N, predict that size's points (§5 extrapolation)."""
+    N, D, loss = _arrays("scaling-law back-test", 7, N=N, D=D, loss=loss)
+    test = N == N.max()
+    if (~test).sum() < 6:
+        raise FitError(f"scaling-law back-test needs at least 6 points below the largest N (got {(~test).sum()}); add runs of smaller sizes")
+    fit = fit_scaling_law(N[~test], D[~test], loss[~test], method=method, delta=delta)
+    rel = (fit.predict(N[test], D[test]) - loss[test]) / loss[test]
+    return Backtest(float(N.max()), int((~test).sum()), int(test.sum()), tuple(map(float, rel)),
+                    float(np.abs(rel).mean()), float(np.abs(rel).max()), fit)
+
+
+# ---------------------------------------------------------------- §3.2 batch-size law
+
+CURVE_COLUMNS = ("model", "N", "batch_tokens", "tokens", "loss")
+
+
+@dataclass(frozen=True)
+class BatchSizeFit:
+    """bs_opt = k / L^γ (§3.2, Fig. 2; paper: k = 1.21e9 tokens, γ = 6.24 on C4 loss)."""
+
+    k: float                     # batch tokens at loss 1
+    gamma: float
+    optima: pd.DataFrame = field(compare=False, repr=False)   # model, N, level, bs_opt, tokens_at_opt
+    n_skipped: int = 0           # parabolas skipped: opening downward or vertex > 1 grid step outside the batches
+    n_concave: int = 0
+    n_outside: int = 0
+    n_bootstrap: int = 0
+    intervals: dict = field(default_factory=dict)   # "k", "gamma" -> (low, high), 95% percentile
+    reach: pd.DataFrame | None = field(default=None, compare=False, repr=False)  # tokens_to_reach rows (Fig. 1)
+    samples: np.ndarray | None = field(default=None, compare=False, repr=False)  # bootstrap (k, γ) rows
+
+    def predict(self, loss) -> np.ndarray:
+        """Optimal batch size in tokens at a target loss."""
+        return self.k / np.asarray(loss, dtype=float) ** self.gamma
+
+    def predict_interval(self, loss, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile interval of bs_opt at `loss` over the bootstrap lines (k and γ move together)."""
+        if self.samples is None:
+            raise FitError("predict_interval needs bootstrap samples; refit with bootstrap=1000 or more")
+        k, gamma = self.samples.T
+        preds = k / np.asarray(loss, dtype=float)[..., None] ** gamma
+        tail = 100 * (1 - level) / 2
+        low, high = np.nanpercentile(preds, [tail, 100 - tail], axis=-1)
+        return low, high
+
+    def to_dict(self, *, samples: bool = False) -> dict:
+        out = {"k": self.k, "gamma": self.gamma, "n_optima": len(self.optima), "n_skipped": self.n_skipped,
+               "n_concave": self.n_concave, "n_outside": self.n_outside, "n_bootstrap": self.n_bootstrap,
+               "intervals": _jsonable(self.intervals), "optima": self.optima.to_dict(orient="records")}
+        if self.reach is not None:
+            out["reach"] = self.reach.replace({np.nan: None}).to_dict(orient="records")
+        if samples and self.samples is not None:
+            out["samples"] = self.samples.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BatchSizeFit:
+        """The inverse of to_dict (e.g. results/batch_size/fit.json)."""
+        samples = np.asarray(data["samples"], dtype=float) if data.get("samples") else None
+        return cls(float(data["k"]), float(data["gamma"]), pd.DataFrame(data["optima"]), int(data["n_skipped"]),
+                   int(data["n_concave"]), int(data["n_outside"]), int(data["n_bootstrap"]),
+                   {k: tuple(v) for k, v in data["intervals"].items()}, samples=samples)
+
+
+def tokens_to_reach(curves: pd.DataFrame, levels) -> pd.DataFrame:
+    """First tokens at which each curve's running-minimum loss reaches each level (§3.2, Fig. 1).
+
+    Between the two evaluations that bracket a level, log tokens are interpolated linearly in loss.
+    A level never reached gets NaN; one already reached at the first evaluation gets that evaluation's tokens.
+    One row per (curve, level): model, N, batch_tokens, level, tokens.
+    """
+    frame = validate(curves, CURVE_COLUMNS, what="tokens-to-reach", positive=("N", "batch_tokens", "tokens"))
+    levels = np.asarray(levels, dtype=float).ravel()
+    rows = []
+    for (model, batch), curve in frame.groupby(["model", "batch_tokens"], sort=True):
+        curve = curve.sort_values("tokens")
+        reach = _first_crossing(curve["tokens"].to_numpy(), curve["loss"].to_numpy(), levels)
+        rows += [(model, curve["N"].iloc[0], batch, lv, t) for lv, t in zip(levels, reach)]
+    return pd.DataFrame(rows, columns=["model", "N", "batch_tokens", "level", "tokens"])
+
+
+def _first_crossing(tokens: np.ndarray, loss: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    best = np.minimum.accumulate(loss)                      # running minimum: noise cannot un-reach a level
+    i = np.argmax(best[:, None] <= levels[None, :], axis=0)  # first index at or below each level
+    reached = best[i] <= levels
+    prev = np.maximum(i - 1, 0)
+    span = best[prev] - best[i]
+    frac = np.where(span > 0, (best[prev] - levels) / np.where(span > 0, span, 1), 1.0)
+    log_t = np.log(tokens[prev]) + frac * (np.log(tokens[i]) - np.log(tokens[prev]))
+    return np.where(reached, np.exp(log_t), np.nan)
+
+
+def _default_levels(frame: pd.DataFrame, n_levels: int) -> dict:
+    """Per model: n_levels log-spaced losses from just under the highest level every curve starts above,
+    down to the median of its curves' lowest losses (a level most curves reach)."""
+    out = {}
+    for model, group in frame.groupby("model"):
+        by_curve = group.sort_values("tokens").groupby("batch_tokens")["loss"]
+        top, bottom = by_curve.first().min(), by_curve.min().median()
+        out[model] = np.geomspace(top, bottom, n_levels + 1)[1:] if top > bottom else np.array([])
+    return out
+
+
+def fit_batch_size_law(curves: pd.DataFrame, *, levels=None, n_levels: int = 8, bootstrap: int = 0,
+                       seed: int = 0) -> BatchSizeFit:
+    """Fit bs_opt = k / L^γ (§3.2) from loss curves of several models × batch sizes.
+
+    1) tokens to reach each loss level, per curve (`tokens_to_reach`);
+    2) per (model, level) with ≥ 3 batch sizes: parabola of log tokens in log batch size; its vertex
+       is the optimal batch size (skipped if it opens downward or lies more than one grid step outside
+       the sampled batch sizes: both counted);
+    3) a line log bs_opt = log k − γ·log L through the optima of all models.
+    `levels=None` gives each model `n_levels` levels (see `_default_levels`). bootstrap=K resamples the
+    optima K times for 95% intervals on k and γ.
+    """
+    frame = validate(curves, CURVE_COLUMNS, what="batch-size law", min_rows=3,
+                     positive=("N", "batch_tokens", "tokens", "loss"))
+    per_model = _default_levels(frame, n_levels) if levels is None else None
+    reach = pd.concat([tokens_to_reach(group, per_model[model] if per_model is not None else levels)
+                       for model, group in frame.groupby("model")], ignore_index=True)
+    optima, n_concave, n_outside = _batch_optima(reach)
+    if optima["level"].nunique() < 2:
+        raise FitError(f"batch-size law needs optima at ≥2 loss levels; found {optima['level'].nunique()} — "
+                       "add batch sizes around the optimum or more evaluations")
+    log_k, gamma = _power_line(optima["level"].to_numpy(), optima["bs_opt"].to_numpy())
+    samples = _bootstrap_line(optima, bootstrap, seed) if bootstrap else None
+    intervals = _percentiles(samples, ("k", "gamma")) if bootstrap else {}
+    return BatchSizeFit(float(np.exp(log_k)), float(gamma), optima, n_concave + n_outside, n_concave, n_outside,
+                        int(bootstrap), intervals, reach=reach, samples=samples)
+
+
+def _batch_optima(reach: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Vertex of the log–log parabola per (model, level); counts of concave and out-of-range ones."""
+    rows, n_concave, n_outside = [], 0, 0
+    for (model, level), group in reach.dropna(subset=["tokens"]).groupby(["model", "level"]):
+        x, y = np.log(group["batch_tokens"].to_numpy()), np.log(group["tokens"].to_numpy())
+        if np.unique(x).size < 3:
+            continue
+        c2, c1, c0 = np.polyfit(x, y, 2)
+        if c2 <= 0:
+            n_concave += 1
+            continue
+        vertex, step = -c1 / (2 * c2), np.median(np.diff(np.unique(x)))
+        if not x.min() - step <= vertex <= x.max() + step:
+            n_outside += 1
+            continue
+        rows.append((model, group["N"].iloc[0], level, np.exp(vertex), np.exp(c0 - c1 * c1 / (4 * c2))))
+    optima = pd.DataFrame(rows, columns=["model", "N", "level", "bs_opt", "tokens_at_opt"])
+    return optima, n_concave, n_outside
+
+
+def _power_line(level: np.ndarray, bs_opt: np.ndarray) -> tuple[float, float]:
+    """Least-squares log bs = log k − γ·log L; returns (log k, γ)."""
+    slope, intercept = np.polyfit(np.log(level), np.log(bs_opt), 1)
+    return intercept, -slope
+
+
+def _bootstrap_line(optima: pd.DataFrame, n_samples: int, seed: int) -> np.ndarray:
+    """(k, γ) of the line through each resample of the optima; NaN rows where a resample has one level."""
+    rng = np.random.default_rng(seed)
+    level, bs = optima["level"].to_numpy(), optima["bs_opt"].to_numpy()
+    out = np.full((n_samples, 2), np.nan)
+    for s in range(n_samples):
+        idx = rng.integers(0, len(level), len(level))
+        if np.unique(level[idx]).size >= 2:              # a line needs two distinct levels
+            log_k, gamma = _power_line(level[idx], bs[idx])
+            out[s] = np.exp(log_k), gamma
+    return out
+
+
+# ---------------------------------------------------------------- §3.3 learning-rate transfer
+
+@dataclass(frozen=True)
+class LRTransferFit:
+    """Optimal learning rate per width and parametrization (§3.3, Fig. 3)."""
+
+    optima: pd.DataFrame = field(compare=False, repr=False)
+    # parametrization, model, [N/width], lr_opt, low, high, loss_opt, n_points, n_dropped, at_edge
+    spread: dict = field(default_factory=dict)   # parametrization -> {"ratio": max/min lr_opt, "std_log10": ..., "n_models": ...}
+    interval_method: str = "delta"               # "delta" (polyfit covariance) or "bootstrap" (residual bootstrap)
+
+    def best_lr(self, parametrization: str = "mup") -> float:
+        """Geometric mean of the per-width optimal learning rates."""
+        rows = self.optima[self.optima["parametrization"] == parametrization]
+        if rows.empty:
+            have = ", ".join(sorted(self.optima["parametrization"].unique()))
+            raise FitError(f"no runs with parametrization '{parametrization}'; have: {have}")
+        return float(np.exp(np.log(rows["lr_opt"]).mean()))
+
+    def to_dict(self) -> dict:
+        best = {p: self.best_lr(p) for p in self.optima["parametrization"].unique()}
+        return {"best_lr": best, "spread": self.spread, "interval_method": self.interval_method,
+                "optima": self.optima.replace({np.nan: None}).to_dict(orient="records")}
+
+
+def fit_lr_transfer(frame: pd.DataFrame, *, bootstrap: int = 0, seed: int = 0) -> LRTransferFit:
+    """Per (parametrization, model): parabola of loss in log10 lr; its vertex is the optimal lr (§3.3).
+
+    Diverged runs (NaN/inf loss) are dropped and counted. The optimum is the vertex when the parabola
+    opens upward and the vertex lies inside the sampled lr range; otherwise the best sampled lr,
+    flagged `at_edge` (no interval). 95% interval on lr_opt: bootstrap=0 uses the delta method on the
+    polyfit covariance (t quantile, n − 3 dof; needs ≥ 4 points); bootstrap=K refits K residual
+    resamples and takes percentiles. `parametrization` defaults to "mup"; `N`/`width` columns are kept.
+    """
+    extra = [c for c in ("N", "width") if c in frame.columns]
+    frame = frame.assign(parametrization=frame.get("parametrization", "mup"))
+    data = validate(frame, ["parametrization", "model", "lr", "loss", *extra], what="LR transfer", min_rows=3,
+                    positive=["lr"], finite=["lr", *extra])
+    rng = np.random.default_rng(seed)
+    rows = [_lr_optimum(group, extra, bootstrap, rng) for _, group in data.groupby(["parametrization", "model"], sort=False)]
+    optima = pd.DataFrame(rows)
+    spread = {p: _spread(g["lr_opt"].to_numpy()) for p, g in optima.groupby("parametrization")}
+    return LRTransferFit(optima, spread, "bootstrap" if bootstrap else "delta")
+
+
+def _lr_optimum(group: pd.DataFrame, extra: list, n_boot: int, rng) -> dict:
+    ok = np.isfinite(group["loss"].to_numpy())
+    x, y = np.log10(group["lr"].to_numpy()[ok]), group["loss"].to_numpy()[ok]
+    head = {"parametrization": group["parametrization"].iloc[0], "model": group["model"].iloc[0],
+            **{c: group[c].iloc[0] for c in extra}}
+    if x.size == 0:
+        raise FitError(f"LR transfer: every run of model '{head['model']}' ({head['parametrization']}) diverged; add smaller learning rates")
+    best = {"lr_opt": 10 ** x[np.argmin(y)], "low": np.nan, "high": np.nan, "loss_opt": y.min(), "at_edge": True}
+    if np.unique(x).size >= 3:
+        coef = np.polyfit(x, y, 2)
+        vertex = -coef[1] / (2 * coef[0])
+        if coef[0] > 0 and x.min() <= vertex <= x.max():
+            low, high = _vertex_interval(x, y, coef, n_boot, rng)
+            best = {"lr_opt": 10 ** vertex, "low": 10 ** low, "high": 10 ** high,
+                    "loss_opt": np.polyval(coef, vertex), "at_edge": False}
+    return {**head, **best, "n_points": int(x.size), "n_dropped": int((~ok).sum())}
+
+
+def _vertex_interval(x, y, coef, n_boot: int, rng) -> tuple[float, float]:
+    """95% interval on the vertex −b/(2a) in log10 lr: delta method, or residual bootstrap if n_boot."""
+    dof = x.size - 3
+    if n_boot:
+        fitted, resid = np.polyval(coef, x), y - np.polyval(coef, x)
+        ys = fitted + rng.choice(resid, (n_boot, x.size)) * np.sqrt(x.size / max(dof, 1))  # inflate for lost dof
+        c = np.polyfit(x, ys.T, 2)
+        vert = np.where(c[0] > 0, -c[1] / (2 * c[0]), np.nan)
+        return tuple(np.nanpercentile(vert, [2.5, 97.5]))
+    if dof < 1:
+        return np.nan, np.nan
+    a, b, _ = coef
+    resid = y - np.polyval(coef, x)
+    design = np.vander(x, 3)
+    cov = np.linalg.inv(design.T @ design) * (resid @ resid) / dof
+    grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])          # d vertex / d(a, b, c)
+    half = stats.t.ppf(0.975, dof) * math.sqrt(grad @ cov @ grad)
+    vertex = -b / (2 * a)
+    return vertex - half, vertex + half
+
+
+def _spread(lr_opt: np.ndarray) -> dict:
+    return {"ratio": float(lr_opt.max() / lr_opt.min()), "std_log10": float(np.log10(lr_opt).std()),
+            "n_models": int(lr_opt.size)}
+
+
+# ---------------------------------------------------------------- §4.3 loss envelope
+
+@dataclass(frozen=True)
+class EnvelopeFit:
+    """The WSD loss envelope over compute: power law β·C^-α + L0 against exponential α·e^(-β·C) + L0 (§4.3)."""
+
+    power: dict          # alpha, beta, L0 of L = beta·C^-alpha + L0
+    exponential: dict    # alpha, beta, L0 of L = alpha·exp(-beta·C) + L0
+    rss: dict            # kind -> residual sum of squares
+    aic: dict            # kind -> n·log(RSS/n) + 2k, k = 3
+    better: str          # kind with the lower AIC
+    n_points: int
+
+    def predict(self, kind: str, C) -> np.ndarray:
+        if kind not in ("power", "exponential"):
+            raise FitError(f"kind={kind!r} is not allowed; use 'power' or 'exponential'")
+        C = np.asarray(C, dtype=float)
+        p = getattr(self, kind)
+        if kind == "power":
+            return p["beta"] * C ** -p["alpha"] + p["L0"]
+        return p["alpha"] * np.exp(-p["beta"] * C) + p["L0"]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EnvelopeFit:
+        """The inverse of to_dict."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def fit_envelope(C, loss) -> EnvelopeFit:
+    """Fit both envelope forms by least squares (C scaled by its maximum for conditioning) and compare AIC."""
+    C, loss = _arrays("envelope fit", 4, C=C, loss=loss)
+    scale = C.max()
+    c = C / scale
+    power = _best_curve_fit(lambda c, b, a, l0: b * c ** -a + l0, c, loss,
+                            [[loss.max() - loss.min(), a, 0.9 * loss.min()] for a in (0.1, 0.3, 0.7, 1.5)])
+    expo = _best_curve_fit(lambda c, a, b, l0: a * np.exp(-b * c) + l0, c, loss,
+                           [[loss.max() - loss.min(), b, 0.9 * loss.min()] for b in (0.3, 1.0, 3.0, 10.0, 30.0)])
+    (b, a, l0), rss_p = power
+    (ea, eb, el0), rss_e = expo
+    rss = {"power": rss_p, "exponential": rss_e}
+    aic = {k: C.size * math.log(max(v, 1e-300) / C.size) + 2 * 3 for k, v in rss.items()}
+    return EnvelopeFit(
+        power={"alpha": float(a), "beta": float(b * scale ** a), "L0": float(l0)},   # b·(C/s)^-a = b·s^a·C^-a
+        exponential={"alpha": float(ea), "beta": float(eb / scale), "L0": float(el0)},
+        rss=rss, aic=aic, better=min(aic, key=aic.get), n_points=int(C.size))
+
+
+def _best_curve_fit(model, x, y, starts) -> tuple[np.ndarray, float]:
+    """curve_fit from each start (all parameters ≥ 0); keep the lowest RSS."""
+    best = (None, np.inf)
+    for p0 in starts:
+        try:
+            p, _ = optimize.curve_fit(model, x, y, p0=p0, bounds=(0, np.inf), maxfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        rss = float(((model(x, *p) - y) ** 2).sum())
+        best = min(best, (p, rss), key=lambda t: t[1])
+    if best[0] is None:
+        raise FitError("envelope fit did not converge from any start; check that loss falls with C")
+    return best
+
+
+# ---------------------------------------------------------------- §4.4 decay dynamics
+
+def decay_dynamics(tokens, loss, *, window: int | None = None, polyorder: int = 3) -> pd.DataFrame:
+    """D1 = dL/dx, D2 = d²L/dx² and curvature K = |D2|/(1 + D1²)^1.5 along a loss curve (§4.4).
+
+    x = (tokens − tokens[0]) / (tokens[-1] − tokens[0]) ∈ [0, 1], so derivatives are per whole
+    curve span and comparable across runs of any length. Loss is smoothed by a Savitzky–Golay
+    filter (`window` points, odd; default ≈ 5% of the points, at least polyorder + 2) which also
+    gives the derivatives; uneven token spacing is resampled to an even grid first.
+    """
+    tokens, loss = _arrays("decay dynamics", 5, tokens=tokens, loss=loss)
+    order = np.argsort(tokens)
+    tokens, loss = tokens[order], loss[order]
+    window = window or max(polyorder + 2, int(0.05 * tokens.size)) | 1
+    if window > tokens.size or window % 2 == 0 or window <= polyorder:
+        raise FitError(f"decay dynamics: window={window} must be odd, > polyorder={polyorder} and ≤ the {tokens.size} points")
+    x = (tokens - tokens[0]) / (tokens[-1] - tokens[0])
+    grid = np.linspace(0, 1, x.size)
+    even = np.interp(grid, x, loss)
+    d1, d2 = (signal.savgol_filter(even, window, polyorder, deriv=k, delta=grid[1]) for k in (1, 2))
+    d1, d2 = np.interp(x, grid, d1), np.interp(x, grid, d2)
+    return pd.DataFrame({"tokens": tokens, "loss": loss, "D1": d1, "D2": d2, "K": np.abs(d2) / (1 + d1 ** 2) ** 1.5})
