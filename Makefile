@@ -6,8 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench mlflow-ui ui-check clean sweep-lr sweep-bs sweep-wsd scaling-law
+.PHONY: setup demo test bench mlflow-ui ui-check clean sweep-lr sweep-bs sweep-wsd scaling-law fit plots report plan hparam-search
 SCALE ?= micro
+TARGET ?= minicpm-1.2b
+STUDIES := lr_transfer batch_size wsd scaling_law decay_dynamics
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +23,13 @@ demo: $(STAMP)
 	$(BIN)/windtunnel models
 	$(BIN)/python analysis/schedules_plot.py
 	$(BIN)/windtunnel sweep sweeps/lr.yaml --scale demo
+	$(BIN)/windtunnel sweep sweeps/batch_size.yaml --scale demo
 	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale demo
+	$(MAKE) --no-print-directory report SCALE=demo
 	@echo
 	@echo "Runs and checkpoints: results/runs/   MLflow store: results/mlflow.db   Plots: results/plots/"
-	@echo "MLflow experiments: 'lr' and 'scaling_law' (one parent run per sweep, one child per run)"
+	@echo "Fits and figures: results/<study>/fit.json   Plan: results/plans/$(TARGET).yaml   Report: results/report.html"
+	@echo "MLflow experiments: 'lr', 'batch_size', 'scaling_law' (one parent run per sweep, one child per run)"
 	@echo "Compare runs in the browser: make mlflow-ui  (http://127.0.0.1:5000)"
 
 test: $(STAMP)
@@ -46,6 +51,21 @@ sweep-wsd: $(STAMP)
 
 scaling-law: $(STAMP)
 	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale $(SCALE)
+
+# the analysis: every study whose sweep ran at $(SCALE) (a study not run is skipped: its script exits 3)
+fit: $(STAMP)
+	@for s in $(STUDIES); do $(BIN)/python analysis/$$s.py --scale $(SCALE) --no-plots; rc=$$?; \
+	  if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; done
+
+plots: $(STAMP)
+	@for s in $(STUDIES); do $(BIN)/python analysis/$$s.py --scale $(SCALE); rc=$$?; \
+	  if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; done
+
+plan: $(STAMP)
+	$(BIN)/windtunnel plan $(TARGET)
+
+report: plots plan
+	$(BIN)/windtunnel report
 
 mlflow-ui: $(STAMP)
 	$(BIN)/windtunnel ui

@@ -90,6 +90,10 @@ def finished_results(tmp_path_factory):
     (["train", "micro-24k", "--set", "model.d_model=40"], "model.d_model=40 is not allowed; a multiple of d_head=16"),
     (["train", "micro-24k", "--set", "model.n_kv_heads=3"], "model.n_kv_heads=3 is not allowed; a divisor of n_heads=2"),
     (["train", "micro-24k", "--set", "data.corpus=/no/such/corpus.jsonl"], "/no/such/corpus.jsonl"),
+    (["train", "micro-24k", "--set-file", "/no/such/best.yaml"], "/no/such/best.yaml: override file not found"),
+    (["sweep", "sweeps/lr.yaml", "--set-file", "/no/such/best.yaml"], "/no/such/best.yaml: override file not found"),
+    (["fit", "lr", "--csv", "/no/such/runs.csv"], "/no/such/runs.csv: cannot read as CSV"),
+    (["fit", "scaling-law", "--sweep", "--scale", "nowhere"], "no runs of sweep 'scaling_law' at scale 'nowhere'"),
 ])
 def test_bad_input_is_one_line_and_touches_no_result(finished_results, args, expected):
     before = _tree_digest(finished_results)

@@ -62,7 +62,10 @@ def test_scaling_law_graph_costs_about_81n_against_231n_from_scratch():
     assert summary["n_runs"] == 5 * 7 and summary["n_final_points"] == 30
 
 
-@pytest.mark.parametrize("spec", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+GRAPH_SWEEPS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.stem != "mup_search")  # that one is a search
+
+
+@pytest.mark.parametrize("spec", GRAPH_SWEEPS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("scale", ["micro", "paper"])
 def test_every_sweep_expands_at_every_scale(spec, scale):
     sweep, section = load_sweep(spec, scale=scale)
@@ -98,3 +101,23 @@ def test_dry_run_json_from_the_cli():
     summary = json.loads(out.stdout)
     assert {"n_runs", "tokens", "tokens_from_scratch", "flops"} <= set(summary)
     assert summary["tokens_from_scratch"] > 2.5 * summary["tokens"]
+
+
+def test_a_scale_with_only_runs_is_exactly_that_list(tmp_path):
+    text = SWEEP.replace("    grid: {lr: [0.01, 0.02]}\n    branches: {at_tokens_per_param: [2, 4, 6], decay_fractions: [0.1]}\n",
+                         "    runs: [{batch_tokens: 1024, eval_every: 4}, {batch_tokens: 4096, eval_every: 1}]\n")
+    runs = graph(tmp_path, text)
+    assert [(r.spec.batch_tokens, r.spec.eval_every) for r in runs] == [(1024, 4), (4096, 1)]
+
+
+def test_base_may_name_an_override_file(tmp_path):
+    best = tmp_path / "best.yaml"
+    best.write_text("train: {lr: 0.02, model: {scale_emb: 8.0}}\nvalue: 1.5\n")
+    runs = graph(tmp_path, SWEEP.replace("base: {batch_tokens: 2048, seq_len: 64, schedule: {kind: constant, warmup_tokens: 4096}}",
+                                         f"base: {best}").replace("grid: {lr: [0.01, 0.02]}", "grid: {seed: [0]}")
+                 .replace("tokens_per_param: 6", "tokens_per_param: 60"))
+    assert {(r.spec.lr, r.spec.model.scale_emb) for r in runs} == {(0.02, 8.0)}
+    best.write_text("[1, 2]\n")
+    with pytest.raises(SpecError, match="best.yaml: train=\\[1, 2\\] is not allowed; a mapping"):
+        graph(tmp_path, SWEEP.replace("base: {batch_tokens: 2048, seq_len: 64, schedule: {kind: constant, warmup_tokens: 4096}}",
+                                      f"base: {best}"))

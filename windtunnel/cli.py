@@ -1,14 +1,18 @@
 """The `windtunnel` command: parse, call one function, print. Bad input is one line on stderr, exit 2.
 
     windtunnel models [--json]
-    windtunnel train MODEL [--set key=value ...]
-    windtunnel sweep SPEC.yaml [--scale micro|paper] [--dry-run] [--json]
+    windtunnel train MODEL [--set-file FILE] [--set key=value ...]
+    windtunnel sweep SPEC.yaml [--scale micro|paper] [--set-file FILE] [--dry-run] [--json]
+    windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
+    windtunnel plan TARGET [--tokens T | --compute FLOPS]
+    windtunnel report
     windtunnel ui [--port 5000]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -36,13 +40,16 @@ def cmd_models(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from windtunnel.config import TrainSpec, apply_overrides, get_model, spec_hash
+    from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides, spec_hash
     from windtunnel.data import prepare
     from windtunnel.graph import Run
     from windtunnel.model import count_params
     from windtunnel.orchestrate import run_dir, train_one
 
-    spec = apply_overrides(TrainSpec(model=get_model(args.model)), args.set)
+    spec = TrainSpec(model=get_model(args.model))
+    if args.set_file:
+        spec = apply_overrides(spec, load_overrides(args.set_file), source=args.set_file)
+    spec = apply_overrides(spec, args.set)
     corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # bad data fails here, before any run exists
     run = Run(id=spec_hash(spec, corpus.fingerprint), name=spec.model.name, spec=spec, coords={"model": spec.model.name})
     result = train_one(run, init_from=None, experiment="train", parent_mlflow_id=None,
@@ -59,6 +66,10 @@ def cmd_sweep(args) -> None:
     from windtunnel.graph import expand, load_sweep, summarize
 
     sweep, scale = load_sweep(args.spec, scale=args.scale)
+    if args.set_file:  # e.g. the search's best µP hyper-parameters as the base of every run
+        from windtunnel.config import load_overrides, merge_overrides
+
+        sweep = dataclasses.replace(sweep, base=merge_overrides(sweep.base, load_overrides(args.set_file)))
     runs = expand(sweep, scale, file=args.spec, scale_name=args.scale)
     summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs)}
     if args.dry_run:
@@ -97,6 +108,118 @@ def _print_outcomes(outcomes) -> None:
               + (f"  {o.error}" if o.error else ""))
 
 
+FIT_COLUMNS = {"scaling-law": ("N", "D", "loss"), "batch-size": ("model", "batch_tokens", "tokens", "loss"),
+               "lr": ("model", "lr", "loss"), "envelope": ("C", "loss")}
+
+
+def cmd_fit(args) -> None:
+    from windtunnel import studies
+
+    if args.csv:
+        frame, excluded = _csv_frame(args), {}
+    else:
+        frame, excluded = studies.final_points(args.sweep or studies.SWEEP_OF[args.kind], scale=args.scale)
+        if args.kind in ("scaling-law", "envelope"):
+            frame = studies.decay_points(frame)
+        if args.kind == "batch-size":
+            frame = studies.loss_curves(frame, metric="eval")
+    if args.kind == "scaling-law":
+        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap)
+    elif args.kind == "batch-size":
+        result = studies.fit_batch_size_study(frame, bootstrap=args.bootstrap)
+    elif args.kind == "lr":
+        result = studies.fit_lr_study(frame, bootstrap=args.bootstrap)
+    else:
+        result = studies.fit_envelope_study(frame)
+    result = {**{k: v for k, v in result.items() if k != "samples"}, "excluded": excluded}  # samples: fit.json only
+    if excluded:
+        print("left out: " + ", ".join(f"{n} {why}" for why, n in excluded.items()), file=sys.stderr)
+    print(studies.dumps(result, indent=None if args.json else 1))
+
+
+def _csv_frame(args):
+    """The CSV's columns renamed to what the fit takes; C (compute) gives D = C / 6N for the scaling law."""
+    import pandas as pd
+
+    from windtunnel.fit import FitError
+
+    try:
+        raw = pd.read_csv(args.csv)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise WindtunnelError(f"{args.csv}: cannot read as CSV ({str(err).splitlines()[0]})") from None
+    names = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "loss": args.loss_col, "model": args.model_col,
+             "batch_tokens": args.batch_col, "tokens": args.tokens_col, "lr": args.lr_col}
+    need = list(FIT_COLUMNS[args.kind])
+    if args.kind == "scaling-law" and args.c_col and not args.d_col:
+        need = ["N", "C", "loss"]
+    for col in need + [c for c in ("N", "parametrization") if c not in need]:
+        source = names.get(col) or col
+        if source not in raw:
+            if col in need:
+                raise FitError(f"{args.csv}: missing column {source!r} (set it with --{_flag(col)}); "
+                               f"columns are: {', '.join(raw.columns)}")
+            continue
+        raw[col] = raw[source]
+    if "C" in need and args.kind == "scaling-law":
+        raw["D"] = raw["C"] / (6 * raw["N"])
+    if args.kind == "envelope":
+        raw = raw.assign(N=1.0, D=raw["C"] / 6.0, model=raw.get("model", "csv"))  # so 6·N·D = C
+    return raw
+
+
+def _flag(col: str) -> str:
+    return {"N": "n-col", "D": "d-col", "C": "c-col", "loss": "loss-col", "model": "model-col",
+            "batch_tokens": "batch-col", "tokens": "tokens-col", "lr": "lr-col"}[col]
+
+
+def cmd_plan(args) -> None:
+    from windtunnel.config import get_model
+    from windtunnel.paths import results_dir
+    from windtunnel.plan import PlanLimits, make_plan, render_yaml
+    from windtunnel.studies import read_fit
+
+    fits = {name: read_fit(name) for name in ("scaling_law", "batch_size", "lr")}
+    limits = PlanLimits(mfu=args.mfu, gpu_flops=args.gpu_flops, max_loss_rel_interval=args.max_loss_interval)
+    plan = make_plan(get_model(args.target), scaling=fits["scaling_law"], batch=fits["batch_size"], lr=fits["lr"],
+                     tokens=args.tokens, compute=args.compute, limits=limits)
+    sources = {name: f"results/{name}/fit.json ({fit['scale']} scale)" if fit else "missing" for name, fit in fits.items()}
+    path = results_dir() / "plans" / f"{args.target}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_yaml(plan, sources=sources))
+    _print_plan(plan, path)
+
+
+def _print_plan(plan: dict, path) -> None:
+    train, loss, cost = plan["train"], plan["predicted_loss"], plan["cost"]
+    print(f"plan for {plan['target']} (N = {plan['n_params']:,}): {plan['status']}")
+    if "tokens" in train:
+        print(f"  tokens        {train['tokens']:.4g}  ({plan['tokens_basis']})")
+    if loss:
+        print(f"  final loss    {loss['value']:.4f} bits/byte, 95% [{loss['interval95'][0]:.4f}, {loss['interval95'][1]:.4f}]"
+              + ("" if loss["usable"] else "  (too uncertain to plan with)"))
+    if "batch_tokens" in train:
+        warm = " → ".join(f"{b['batch_tokens']:,}" for b in plan["batch_warmup"])
+        print(f"  batch tokens  {warm}")
+    if "lr" in train:
+        print(f"  max LR        {train['lr']:.4g} (the µP base LR, transferred across widths)")
+    if "schedule" in train:
+        print(f"  schedule      WSD, warmup {train['schedule']['warmup_tokens']:.3g} tokens, "
+              f"{train['schedule']['decay_fraction']:.0%} exp decay at the end")
+    if cost:
+        steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
+        print(f"  cost          {steps}{cost['flops']:.3g} FLOPs, {cost['gpu_hours']:,.0f} GPU-hours at "
+              f"{cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s")
+    for gap in plan["gaps"]:
+        print(f"  not planned:  {gap}")
+    print(f"written: {path}")
+
+
+def cmd_report(args) -> None:
+    from windtunnel.report import write_report
+
+    print(f"written: {write_report()}")
+
+
 def cmd_ui(args) -> None:
     from windtunnel.tracking import serve_ui
 
@@ -111,21 +234,53 @@ def parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
     tr = sub.add_parser("train", help="train one model (resumes if interrupted)")
     tr.add_argument("model", help="a model name from `windtunnel models`")
+    tr.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides (a plan, best.yaml), before --set")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainSpec field (dotted for nested: schedule.kind=wsd, model.d_base=64)")
     tr.set_defaults(func=cmd_train)
     sw = sub.add_parser("sweep", help="run a sweep's graph on Ray (skips finished runs, resumes the rest)")
     sw.add_argument("spec", help="a sweep file, e.g. sweeps/lr.yaml")
     sw.add_argument("--scale", default="micro", help="which scale section of the sweep (micro | paper)")
+    sw.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides merged into the sweep's base")
     sw.add_argument("--dry-run", action="store_true", help="print the run graph, tokens and FLOPs; train nothing")
     sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
     sw.add_argument("--retries", type=int, default=2, help="retries of a run that raises before it is marked failed")
     sw.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     sw.set_defaults(func=cmd_sweep)
+    _fit_parser(sub)
+    pl = sub.add_parser("plan", help="the full run's tokens, batch, LR, schedule, loss and cost from the fits")
+    pl.add_argument("target", help="a model name, e.g. minicpm-1.2b")
+    budget = pl.add_mutually_exclusive_group()
+    budget.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
+    budget.add_argument("--compute", type=float, help="a FLOPs budget: tokens = C / 6N")
+    pl.add_argument("--mfu", type=float, default=0.4, help="MFU the GPU-hours are costed at")
+    pl.add_argument("--gpu-flops", type=float, default=989e12, help="peak FLOP/s of one GPU (H100 bf16 dense)")
+    pl.add_argument("--max-loss-interval", type=float, default=0.15,
+                    help="largest relative half-width of the predicted loss's 95%% interval the plan accepts")
+    pl.set_defaults(func=cmd_plan)
+    rp = sub.add_parser("report", help="one HTML page of every fit, figure and plan: results/report.html")
+    rp.set_defaults(func=cmd_report)
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
     return p
+
+
+def _fit_parser(sub) -> None:
+    fit = sub.add_parser("fit", help="fit a law to a stored sweep or a CSV and print it as JSON")
+    fit.add_argument("kind", choices=list(FIT_COLUMNS))
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sweep", nargs="?", const="", metavar="NAME",
+                        help="a sweep's name (default for the kind: scaling_law, batch_size, lr)")
+    source.add_argument("--csv", metavar="PATH", help="a CSV with one row per point (per evaluation for batch-size)")
+    fit.add_argument("--scale", default="micro", help="with --sweep: the scale the sweep ran at")
+    for col, what in (("n", "N (non-embedding parameters)"), ("d", "D (training tokens)"),
+                      ("c", "compute C in FLOPs (D = C / 6N)"), ("loss", "final loss"), ("model", "model name"),
+                      ("batch", "batch size in tokens"), ("tokens", "tokens seen at each evaluation"), ("lr", "learning rate")):
+        fit.add_argument(f"--{col}-col", help=f"CSV column of {what}")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
+    fit.add_argument("--json", action="store_true", help="one line of JSON")
+    fit.set_defaults(func=cmd_fit)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from windtunnel.schedules import ScheduleSpec
 __all__ = [
     "ModelSpec", "DataSpec", "TrainSpec", "PaperRun",
     "load_ladder", "load_models", "get_model", "build", "apply_overrides", "spec_hash", "models_dir",
+    "load_overrides", "merge_overrides",
 ]
 
 
@@ -346,6 +347,31 @@ def _pairs(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
         else:
             pairs.append((f"{prefix}{key}", value))
     return pairs
+
+
+def load_overrides(path) -> dict:
+    """A YAML file of TrainSpec overrides (`--set-file`, a sweep's `base: FILE`): the mapping itself, or its
+    `train:` section when it has one (the plans of `windtunnel plan` and the search's best.yaml)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WindtunnelError(f"{path}: override file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = raw.get("train", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict):
+        raise SpecError(path, "train", raw, "a mapping of TrainSpec overrides, e.g. {lr: 0.01, model: {scale_emb: 12}}")
+    return raw
+
+
+def merge_overrides(first: dict, then: dict) -> dict:
+    """One override mapping equal to applying `first`, then `then` (nested specs merge; `schedule` is replaced)."""
+    out = dict(first)
+    for key, value in then.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "schedule"
+        out[key] = merge_overrides(out[key], value) if nested else value
+    return out
 
 
 def _non_default(obj) -> dict:

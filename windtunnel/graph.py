@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from windtunnel.config import TrainSpec, apply_overrides, build, get_model, spec_hash
+from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load_overrides, spec_hash
 from windtunnel.errors import SpecError, WindtunnelError
 
 __all__ = ["BranchSpec", "ScaleSpec", "SweepSpec", "Run", "load_sweep", "expand", "summarize"]
@@ -116,6 +116,8 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if isinstance(raw, dict) and isinstance(raw.get("base"), str):  # `base: results/search/best.yaml`
+        raw = {**raw, "base": load_overrides(raw["base"])}  # a path relative to the working directory
     sweep = build(SweepSpec, raw, file=path)
     if scale not in sweep.scales:
         raise SpecError(path, "scales", scale, "scales defined here: " + ", ".join(sweep.scales))
@@ -130,12 +132,15 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
 
 def _variants(scale: ScaleSpec, *, file) -> list[tuple[dict, bool]]:
     """(overrides, branched) per grid combination — branched when the scale has branches — plus the
-    extra `runs`, which always train alone (e.g. Cosine(T) baselines beside WSD branches)."""
+    extra `runs`, which always train alone (e.g. Cosine(T) baselines beside WSD branches). A scale with
+    only `runs` (no grid, no branches) is exactly that list."""
     for key, values in scale.grid.items():
         if not isinstance(values, list) or not values:
             raise SpecError(file, f"grid.{key}", values, "a non-empty list of values")
     keys = list(scale.grid)
     combos = [dict(zip(keys, values)) for values in itertools.product(*(scale.grid[k] for k in keys))]
+    if not keys and scale.runs and scale.branches is None:  # only an explicit list of runs: no default run beside it
+        combos = []
     return [(c, scale.branches is not None) for c in combos] + [(dict(r), False) for r in scale.runs]
 
 

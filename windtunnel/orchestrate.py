@@ -123,8 +123,8 @@ def _parent_logger(sweep: str, scale: str, runs: list[Run], description: str):
     folder.mkdir(parents=True, exist_ok=True)
     id_file = folder / "mlflow_run_id"
     logger = RunLogger(experiment=sweep, run_name=f"{sweep} ({scale})",
-                       params={"n_runs": len(runs), "scale": scale, "description": description},
-                       tags={"sweep": sweep, "scale": scale, "kind": "sweep"},
+                       params={"scale": scale, "description": description},
+                       tags={"sweep": sweep, "scale": scale, "kind": "sweep", "n_runs": str(len(runs))},  # a sweep may grow
                        run_id=id_file.read_text().strip() if id_file.exists() else None)
     id_file.write_text(logger.run_id)
     return logger

@@ -1,0 +1,187 @@
+"""End to end from stored runs to a plan: synthetic sweeps drawn from known laws are logged to a real MLflow store,
+then the analysis scripts, `windtunnel fit --sweep`, `windtunnel plan` and `windtunnel report` run on them."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from windtunnel import cli, studies
+from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides
+from windtunnel.tracking import RunLogger
+
+ROOT = Path(__file__).resolve().parents[1]
+LAW = {"C_N": 20.0, "alpha": 0.3, "C_D": 60.0, "beta": 0.3, "L0": 1.0}  # the scaling law the runs are drawn from
+SIZES = {"s1": 2e4, "s2": 5e4, "s3": 1.2e5, "s4": 2.5e5, "s5": 5e5}
+K_BS, GAMMA = 3.0e4, 2.0  # batch-size law of the synthetic curves (tokens)
+
+
+def _log(sweep, name, params, metrics, *, status="finished", steps=(1,), run=None, parent=""):
+    logger = RunLogger(experiment=sweep, run_name=name, params=params,
+                       tags={"sweep": sweep, "scale": "micro", "windtunnel.run": run or name, "parent": parent})
+    for step in steps:
+        logger.log(metrics(step), step=step)
+    logger.finish("FINISHED" if status == "finished" else "FAILED", tag_status=status)
+
+
+def _law(n, d):
+    return LAW["C_N"] * n ** -LAW["alpha"] + LAW["C_D"] * d ** -LAW["beta"] + LAW["L0"]
+
+
+def _scaling_law_runs(rng):
+    for model, n in SIZES.items():
+        _log("scaling_law", f"{model} stable", {"N": n, "D": 60 * n, "model.name": model, "coord.stage": "stable",
+                                                "batch_tokens": 1024},
+             lambda s: {"train/loss": 4.0 - s * 1e-4, "grad/norm": 0.4, "eval/code/bpb": 3.0, "eval/docs/bpb": 3.0},
+             steps=range(1, int(60 * n / 1024) + 1, 50), run=f"{model}-st")
+        for at in (10, 20, 30, 40, 50, 60):
+            d = 1.1 * at * n
+            loss = _law(n, d) * (1 + rng.normal(0, 0.002))
+            fork = int(at * n / 1024)
+            _log("scaling_law", f"{model} {at}N+10.0% exp",
+                 {"N": n, "D": d, "model.name": model, "coord.stage": "decay", "coord.decay_fraction": 0.1,
+                  "schedule.decay_shape": "exp", "coord.branch_tokens_per_param": at, "batch_tokens": 1024,
+                  "fork_step": fork},
+                 lambda s, loss=loss: {"eval/code/bpb": loss * 0.98, "eval/docs/bpb": loss * 1.02, "train/loss": loss,
+                                       "grad/norm": 0.3},
+                 steps=range(fork + 1, fork + 12), parent=f"{model}-st")
+    _log("scaling_law", "s1 broken", {"N": 2e4, "D": 1e6, "model.name": "s1", "coord.stage": "decay"},
+         lambda s: {"train/loss": 9.0}, status="failed")
+    _log("scaling_law", "s1 exploded", {"N": 2e4, "D": 2e6, "model.name": "s1", "coord.stage": "decay"},
+         lambda s: {"train/loss": 99.0}, status="diverged")
+
+
+def _lr_runs(rng):
+    for model, n in list(SIZES.items())[:3]:
+        for lr in np.geomspace(0.0025, 0.04, 5):
+            loss = 3.0 + 0.3 * (np.log10(lr) - np.log10(0.01)) ** 2 + rng.normal(0, 0.002)
+            _log("lr", f"{model} lr={lr:.4g}", {"N": n, "lr": lr, "model.name": model, "model.parametrization": "mup",
+                                                "batch_tokens": 1024},
+                 lambda s, loss=loss: {"eval/code/bpb": loss, "eval/docs/bpb": loss})
+
+
+def _batch_size_runs():
+    """Held-out curves whose tokens to reach L at batch B are log-parabolic in B around k / L^γ."""
+    for model, floor in (("s1", 1.6), ("s2", 1.5)):
+        losses = np.linspace(3.0, floor + 0.1, 40)
+        for b in (256, 512, 1024, 2048, 4096, 8192):
+            log_t = np.log(3e4) - 3 * np.log((losses - floor) / (3 - floor)) + 0.1 * (np.log(b) - np.log(K_BS / losses ** GAMMA)) ** 2
+            steps = np.maximum(1, np.round(np.exp(log_t) / b)).astype(int)
+            curve = dict(zip(steps.tolist(), losses.tolist()))  # per step, the lowest loss reached by then
+            _log("batch_size", f"{model} batch={b}", {"N": SIZES[model], "batch_tokens": b, "model.name": model},
+                 lambda s, curve=curve: {"eval/code/bpb": curve[s], "eval/docs/bpb": curve[s]}, steps=sorted(curve))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    old = os.environ["WINDTUNNEL_RESULTS"]
+    os.environ["WINDTUNNEL_RESULTS"] = str(root)
+    rng = np.random.default_rng(0)
+    _scaling_law_runs(rng)
+    _lr_runs(rng)
+    _batch_size_runs()
+    yield root
+    os.environ["WINDTUNNEL_RESULTS"] = old
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "analysis" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_final_points_leave_out_failed_and_diverged_runs_and_say_why(store):
+    frame, excluded = studies.final_points("scaling_law", scale="micro")
+    assert excluded == {"diverged": 1, "failed": 1}
+    assert len(studies.decay_points(frame)) == 30
+    assert (frame["stage"] == "stable").sum() == 5
+    with pytest.raises(studies.NoRuns, match="no runs of sweep 'wsd' at scale 'micro'"):
+        studies.final_points("wsd", scale="micro")
+
+
+@pytest.fixture(scope="module")
+def fitted(store):
+    """Every analysis script run once on the store (as `make plots` does)."""
+    for name in ("scaling_law", "lr_transfer", "batch_size", "decay_dynamics"):
+        script = _script(name)
+        assert studies.run_script(script.main, script.__doc__, ["--bootstrap", "300"]) == 0, name
+    return store
+
+
+def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
+    store = fitted
+    law = json.loads((store / "scaling_law" / "fit.json").read_text())
+    assert law["alpha"] == pytest.approx(0.3, rel=0.15) and law["beta"] == pytest.approx(0.3, rel=0.15)  # 0.2% noise
+    assert law["L0"] == pytest.approx(1.0, rel=0.05)
+    assert law["intervals"]["alpha"][0] < 0.3 < law["intervals"]["alpha"][1]
+    assert law["backtest"]["mean_abs_rel_err"] < 0.01 and law["excluded"] == {"diverged": 1, "failed": 1}
+    assert law["envelope"]["s3"]["better"] in ("power", "exponential")
+    lr = json.loads((store / "lr" / "fit.json").read_text())
+    assert all(o["lr_opt"] == pytest.approx(0.01, rel=0.1) and not o["at_edge"] for o in lr["optima"])
+    bs = json.loads((store / "batch_size" / "fit.json").read_text())
+    assert bs["gamma"] == pytest.approx(GAMMA, rel=0.15) and bs["k"] == pytest.approx(K_BS, rel=0.3)
+    for png in ("scaling_law/fig10_iso_loss.png", "scaling_law/fig17_loss_vs_tokens.png", "scaling_law/fig6_envelope.png",
+                "lr/fig3_lr_transfer.png", "batch_size/fig1_tokens_vs_batch.png", "batch_size/fig2_batch_size_law.png",
+                "decay_dynamics/decay_dynamics.png"):
+        assert (store / png).stat().st_size > 10_000, png
+
+
+def test_fit_cli_on_a_sweep_prints_the_design_keys(store, capsys):
+    assert cli.main(["fit", "scaling-law", "--sweep", "--bootstrap", "50", "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert {"alpha", "beta", "C_N", "C_D", "L0", "K", "eta", "n_points", "intervals"} <= set(result)
+    assert result["n_points"] == 30 and "left out: 1 diverged, 1 failed" in err
+
+
+def test_plan_from_the_fits_and_the_report(fitted, capsys):
+    store = fitted
+    assert cli.main(["plan", "s5-target", "--tokens", "3e7"]) == 2  # unknown model: one-line error
+    assert "s5-target" in capsys.readouterr().err
+    assert cli.main(["plan", "micro-425k", "--tokens", "2.5e7"]) == 0
+    plan = yaml.safe_load((store / "plans" / "micro-425k.yaml").read_text())
+    assert plan["status"] == "complete", plan["gaps"]
+    n = plan["n_params"]
+    predicted = _law(n, plan["train"]["tokens"])
+    assert plan["predicted_loss"]["value"] == pytest.approx(predicted, rel=0.01)
+    low, high = plan["predicted_loss"]["interval95"]
+    assert low < plan["predicted_loss"]["value"] < high
+    assert plan["train"]["lr"] == pytest.approx(0.01, rel=0.1)
+    batch = plan["train"]["batch_tokens"]  # k / L^γ at the predicted loss, rounded to a power of two of sequences
+    assert batch / (K_BS / predicted ** GAMMA) == pytest.approx(1, abs=0.5)
+    assert plan["train"]["schedule"]["kind"] == "wsd" and plan["cost"]["gpu_hours"] > 0
+    spec = apply_overrides(TrainSpec(model=get_model("micro-425k")), load_overrides(store / "plans" / "micro-425k.yaml"))
+    assert (spec.tokens, spec.batch_tokens, spec.lr) == (plan["train"]["tokens"], batch, plan["train"]["lr"])
+    assert cli.main(["report"]) == 0
+    page = (store / "report.html").read_text()
+    assert page.count("data:image/png;base64") >= 7 and "micro-425k" in page and "Backtest" in page
+
+
+def test_plan_without_fits_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
+    assert cli.main(["plan", "minicpm-1.2b"]) == 0
+    out = capsys.readouterr().out
+    assert "incomplete" in out and "no scaling-law fit" in out and "no LR-transfer fit" in out
+    plan = yaml.safe_load((tmp_path / "plans" / "minicpm-1.2b.yaml").read_text())
+    assert plan["train"] == {"seq_len": 4096} and plan["predicted_loss"] is None
+
+
+def test_fit_cli_on_a_csv_with_compute_column(tmp_path, capsys):
+    n = np.repeat([1e5, 3e5, 1e6, 3e6], 4)
+    d = np.tile([2e6, 5e6, 1e7, 3e7], 4)
+    rows = ["size,flops,final"] + [f"{a},{6 * a * b},{_law(a, b)}" for a, b in zip(n, d)]
+    (tmp_path / "runs.csv").write_text("\n".join(rows))
+    assert cli.main(["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--n-col", "size", "--c-col", "flops",
+                     "--loss-col", "final", "--bootstrap", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["alpha"] == pytest.approx(0.3, rel=0.05) and result["n_points"] == 16
+    assert cli.main(["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--json"]) == 2
+    assert "missing column 'N' (set it with --n-col); columns are: size, flops, final" in capsys.readouterr().err
+    assert cli.main(["fit", "lr", "--csv", str(tmp_path / "nope.csv")]) == 2
+    assert "nope.csv: cannot read as CSV" in capsys.readouterr().err

@@ -1,0 +1,195 @@
+"""The paper's figures, drawn from the studies' tables and fits (matplotlib, Agg backend, PNG files).
+
+Each function takes the DataFrames of `windtunnel.studies` and the fit dicts it wrote to fit.json, saves one
+figure and returns its path. Figure numbers are those of the MiniCPM paper (arXiv 2404.06395).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["batch_size_curves", "batch_size_law", "lr_transfer", "wsd_curves", "decay_fractions", "envelope",
+           "iso_loss", "loss_vs_tokens", "decay_dynamics"]
+
+
+def _figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _colors(n: int):
+    import matplotlib
+
+    return matplotlib.colormaps["viridis"](np.linspace(0.05, 0.9, max(n, 1)))
+
+
+def batch_size_curves(reach: pd.DataFrame, optima: pd.DataFrame, path: Path) -> Path:
+    """Fig. 1: tokens to reach each loss against batch size, one panel per model, coloured by loss; optima joined."""
+    models = list(dict.fromkeys(reach["model"]))
+    fig, axes = _figure(len(models))
+    levels = sorted(reach["level"].unique())
+    colors = dict(zip(levels, _colors(len(levels))))
+    for ax, model in zip(axes, models):
+        for level, group in reach[reach["model"] == model].groupby("level"):
+            ax.plot(group["batch_tokens"], group["tokens"], "o-", ms=3, lw=1, color=colors[level], label=f"{level:.3f}")
+        best = optima[optima["model"] == model].sort_values("level")
+        ax.plot(best["bs_opt"], best["tokens_at_opt"], "k*--", ms=8, lw=1, label="optimum")
+        ax.set(xscale="log", yscale="log", xlabel="batch size (tokens)", ylabel="tokens to reach the loss", title=model)
+    axes[0].legend(title="loss (bits/byte)", fontsize=7)
+    return _save(fig, path)
+
+
+def batch_size_law(optima: pd.DataFrame, fit: dict, path: Path) -> Path:
+    """Fig. 2: the optimal batch size of every model and loss level, and the line bs_opt = k / L^γ."""
+    fig, (ax,) = _figure()
+    for (model, group), color in zip(optima.groupby("model", sort=False), _colors(optima["model"].nunique())):
+        ax.plot(group["level"], group["bs_opt"], "o", color=color, label=model)
+    loss = np.geomspace(optima["level"].min() * 0.95, optima["level"].max() * 1.05, 50)
+    ax.plot(loss, fit["k"] / loss ** fit["gamma"], "k-", lw=1,
+            label=f"bs = {fit['k']:.3g} / L^{fit['gamma']:.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="loss (bits/byte)", ylabel="optimal batch size (tokens)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def lr_transfer(points: pd.DataFrame, optima: list[dict], path: Path) -> Path:
+    """Fig. 3: final loss against base LR per width, µP beside SP, with each width's optimum and interval."""
+    kinds = [k for k in ("mup", "sp") if (points["parametrization"] == k).any()]
+    fig, axes = _figure(len(kinds))
+    for ax, kind in zip(axes, kinds):
+        part = points[points["parametrization"] == kind]
+        models = list(dict.fromkeys(part.sort_values("N")["model"]))
+        for model, color in zip(models, _colors(len(models))):
+            group = part[part["model"] == model].sort_values("lr")
+            ax.plot(group["lr"], group["loss"], "o-", color=color, ms=4, label=model)
+            for best in (o for o in optima if o["parametrization"] == kind and o["model"] == model):
+                xerr = None if best["low"] is None else [[best["lr_opt"] - best["low"]], [best["high"] - best["lr_opt"]]]
+                ax.errorbar([best["lr_opt"]], [best["loss_opt"]], xerr=xerr, fmt="*", color=color, ms=10, capsize=3)
+        ax.set(xscale="log", xlabel="base learning rate", ylabel="final loss (bits/byte)",
+               title="µP" if kind == "mup" else "standard parametrization")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def wsd_curves(curves: pd.DataFrame, labels: dict[str, str], path: Path) -> Path:
+    """Fig. 4: loss against tokens of Cosine(T) runs and WSD decay branches (each branch leaves the stable run)."""
+    fig, (ax,) = _figure(width=7)
+    ids = list(labels)
+    for run_id, color in zip(ids, _colors(len(ids))):
+        group = curves[curves["run_id"] == run_id]
+        style = "--" if "cosine" in labels[run_id] else "-"
+        ax.plot(group["tokens"], group["loss"], style, color=color, lw=1, label=labels[run_id])
+    ax.set(xlabel="tokens", ylabel="held-out loss (bits/byte)")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def decay_fractions(points: pd.DataFrame, path: Path) -> Path:
+    """Fig. 5: final loss against the decay's share of the tokens, per branch point and decay shape."""
+    fig, (ax,) = _figure()
+    groups = list(points.groupby(["branch_tokens_per_param", "decay_shape"]))
+    for ((at, shape), group), color in zip(groups, _colors(len(groups))):
+        group = group.sort_values("decay_fraction")
+        ax.plot(group["decay_fraction"], group["loss"], "o-", color=color, ms=4, label=f"{at:g}N {shape}")
+    ax.set(xscale="log", xlabel="decay length / branch-point tokens", ylabel="final loss (bits/byte)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def envelope(points: pd.DataFrame, fits: dict, path: Path) -> Path:
+    """Fig. 6: the series WSD(D, 0.1D) per model, fit by β·C^−α + L0 and by α·e^(−β·C) + L0."""
+    from windtunnel.fit import EnvelopeFit
+
+    models = [m for m in fits if "skipped" not in fits[m]]
+    fig, axes = _figure(max(len(models), 1))
+    for ax, model in zip(axes, models):
+        group = points[points["model"] == model]
+        compute = 6 * group["N"] * group["D"]
+        ax.plot(compute, group["loss"], "ko", ms=4, label="WSD(D, 0.1D)")
+        grid = np.geomspace(compute.min(), compute.max() * 3, 80)
+        result = EnvelopeFit.from_dict(fits[model])
+        for kind, style in (("power", "-"), ("exponential", "--")):
+            ax.plot(grid, result.predict(kind, grid), style, lw=1,
+                    label=f"{kind} (AIC {fits[model]['aic'][kind]:.1f})")
+        ax.set(xscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="loss (bits/byte)", title=model)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def iso_loss(fit: dict, points: pd.DataFrame, path: Path) -> Path:
+    """Fig. 10: contours of L(N, C/6N) over compute and model size, with the compute-optimal N line."""
+    from windtunnel.fit import ScalingLawFit
+
+    law = ScalingLawFit.from_dict(fit)
+    compute = 6 * points["N"] * points["D"]
+    c = np.geomspace(compute.min() / 10, compute.max() * 1e3, 120)
+    n = np.geomspace(points["N"].min() / 10, points["N"].max() * 100, 120)
+    cc, nn = np.meshgrid(c, n)
+    fig, (ax,) = _figure(width=6)
+    levels = np.geomspace(points["loss"].min() * 0.85, points["loss"].max() * 1.15, 12)  # around the data, not the corners
+    contour = ax.contour(cc, nn, law.predict(nn, cc / (6 * nn)), levels=levels, cmap="viridis", linewidths=0.8)
+    ax.clabel(contour, fontsize=6, fmt="%.2f")
+    ax.plot(c, [law.optimal_n(x) for x in c], "r-", lw=1.5, label="N_opt(C)")
+    ax.plot(compute, points["N"], "k.", ms=4, label="fitted runs")
+    ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="non-embedding parameters N")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def loss_vs_tokens(fit: dict, points: pd.DataFrame, path: Path) -> Path:
+    """Fig. 17: final loss against training tokens per model size, with the fitted L(N, D) curves."""
+    from windtunnel.fit import ScalingLawFit
+
+    law = ScalingLawFit.from_dict(fit)
+    fig, (ax,) = _figure(width=6)
+    groups = list(points.groupby("N"))
+    for (n, group), color in zip(groups, _colors(len(groups))):
+        d = np.geomspace(group["D"].min() / 1.5, group["D"].max() * 3, 60)
+        ax.plot(group["D"], group["loss"], "o", color=color, ms=4, label=f"{group['model'].iloc[0]} (N={n:,.0f})")
+        ax.plot(d, law.predict(n, d), "-", color=color, lw=1)
+    ax.set(xscale="log", xlabel="training tokens D", ylabel="final loss (bits/byte)",
+           title=f"L = {fit['C_N']:.3g}·N^-{fit['alpha']:.3f} + {fit['C_D']:.3g}·D^-{fit['beta']:.3f} + {fit['L0']:.3f}")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def decay_dynamics(dynamics: dict[str, pd.DataFrame], path: Path) -> Path:
+    """§4.4: around each decay, loss, its slope D1 and curvature K beside the logged gradient statistics.
+
+    `dynamics` maps a branch's name to decay_dynamics' frame, whose attrs["curve"] holds the logged steps."""
+    panels = [("loss", "train loss (nats/token)"), ("K", "curvature K"), ("D1", "first derivative D1"),
+              ("grad/norm", "gradient norm"), ("update/max_abs", "max |Δw| per step"), ("grad/cos_prev", "cos(g_t, g_t-1)")]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    for (label, frame), color in zip(dynamics.items(), _colors(len(dynamics))):
+        for ax, (key, title) in zip(axes.flat, panels):
+            source = frame if key in ("loss", "K", "D1") else frame.attrs["curve"]
+            ax.plot(source["tokens"], source[key], lw=0.8, color=color, label=label)
+            ax.set(title=title, xlabel="tokens", xscale="log")
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, path)

@@ -1,0 +1,95 @@
+"""One HTML page with every study's fitted laws, intervals, backtest, figures and the plans (`windtunnel report`).
+
+Reads results/<study>/fit.json, the PNGs beside them and results/plans/*.yaml; writes results/report.html with the
+figures embedded (base64), so the page can be mailed or attached on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from windtunnel.paths import results_dir
+
+__all__ = ["write_report"]
+
+STUDIES = [("scaling_law", "Scaling law L(N, D) — §5"), ("batch_size", "Batch-size law — §3.2"),
+           ("lr", "LR transfer, µP against SP — §3.3"), ("wsd", "WSD against Cosine(T) — §4"),
+           ("decay_dynamics", "Decay dynamics — §4.4"), ("search", "µP hyper-parameter search — §3.1")]
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
+img{max-width:100%;border:1px solid #eee;margin:4px 0}code,pre{background:#f4f4f4;white-space:pre-wrap}.gap{color:#a40}"""
+
+
+def write_report(path: Path | None = None) -> Path:
+    """Gather everything under results/ into one page; studies that were not run are listed as such."""
+    root = results_dir()
+    path = path or root / "report.html"
+    parts = [f"<html><head><meta charset='utf-8'><title>windtunnel report</title><style>{STYLE}</style></head><body>",
+             "<h1>windtunnel report</h1>", _plans(root / "plans")]
+    for study, title in STUDIES:
+        parts.append(_study(root / study, title))
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts))
+    return path
+
+
+def _study(folder: Path, title: str) -> str:
+    fit = folder / "fit.json"
+    if not fit.is_file():
+        return f"<h2>{title}</h2><p class='gap'>not fitted yet (no {html.escape(str(fit))})</p>"
+    data = json.loads(fit.read_text())
+    body = [f"<h2>{title}</h2>", f"<p>scale <b>{html.escape(str(data.get('scale', '?')))}</b>; runs left out: "
+            f"{html.escape(json.dumps(data.get('excluded', {})))}</p>", _summary(folder.name, data)]
+    body += [f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' alt='{p.name}'>"
+             for p in sorted(folder.glob("*.png"))]
+    body.append(f"<details><summary>fit.json</summary><pre>{html.escape(_trimmed(data))}</pre></details>")
+    return "\n".join(body)
+
+
+def _summary(study: str, data: dict) -> str:
+    """The headline numbers of a study, with their 95% intervals where bootstrapped."""
+    if study == "scaling_law":
+        rows = [(k, data[k], data.get("intervals", {}).get(k)) for k in ("alpha", "beta", "C_N", "C_D", "L0", "K", "eta")]
+        bt = data["backtest"]
+        optimal = "".join(f"<tr><td>{r['C']:.3g}</td><td>{r['ratio_closed']:.3g}</td><td>{r['ratio_numeric']:.3g}</td></tr>"
+                          for r in data["compute_optimal"])
+        return (_table(rows) + f"<p>curve_fit: α {data['curve_fit']['alpha']:.4g}, β {data['curve_fit']['beta']:.4g}, "
+                f"L0 {data['curve_fit']['L0']:.4g}. Backtest (fit without the largest size N={bt['held_out_N']:,.0f}, "
+                f"predict it): mean |error| {bt['mean_abs_rel_err']:.2%}, max {bt['max_abs_rel_err']:.2%}.</p>"
+                "<table><tr><th>C (FLOPs)</th><th>D/N closed form</th><th>D/N numeric</th></tr>" + optimal + "</table>")
+    if study == "batch_size":
+        return _table([(k, data[k], data.get("intervals", {}).get(k)) for k in ("k", "gamma")])
+    if study == "lr":
+        rows = "".join(f"<tr><td>{o['parametrization']}</td><td>{o['model']}</td><td>{o['lr_opt']:.4g}</td>"
+                       f"<td>{_interval(o['low'], o['high'])}</td><td>{'edge' if o['at_edge'] else ''}</td></tr>"
+                       for o in data["optima"])
+        return "<table><tr><th>param.</th><th>model</th><th>optimal LR</th><th>95%</th><th></th></tr>" + rows + "</table>"
+    if study == "search" and "best" in data:
+        return _table([(k, v, None) for k, v in data["best"].items()])
+    return ""
+
+
+def _interval(low, high) -> str:
+    return "" if low is None else f"[{low:.4g}, {high:.4g}]"
+
+
+def _table(rows) -> str:
+    cells = "".join(f"<tr><td>{k}</td><td>{v:.5g}</td><td>{_interval(*(iv or (None, None)))}</td></tr>"
+                    for k, v, iv in rows)
+    return "<table><tr><th>parameter</th><th>value</th><th>95% interval</th></tr>" + cells + "</table>"
+
+
+def _plans(folder: Path) -> str:
+    plans = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    if not plans:
+        return "<h2>Plans</h2><p class='gap'>no plan yet (windtunnel plan minicpm-1.2b)</p>"
+    return "<h2>Plans</h2>" + "".join(f"<h3>{p.stem}</h3><pre>{html.escape(p.read_text())}</pre>" for p in plans)
+
+
+def _trimmed(data: dict) -> str:
+    """fit.json without its long arrays (bootstrap samples, per-point tables)."""
+    short = {k: v for k, v in data.items() if not (isinstance(v, list) and len(v) > 20) and k != "samples"}
+    return json.dumps(short, indent=1)
