@@ -67,6 +67,10 @@ plan: $(STAMP)
 report: plots plan
 	$(BIN)/windtunnel report
 
+# Bayesian µP search (paper §3.1); the same command resumes it; best values: results/search/best.yaml
+hparam-search: $(STAMP)
+	$(BIN)/windtunnel search sweeps/mup_search.yaml --scale $(SCALE)
+
 mlflow-ui: $(STAMP)
 	$(BIN)/windtunnel ui
 

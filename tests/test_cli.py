@@ -93,6 +93,7 @@ def finished_results(tmp_path_factory):
     (["train", "micro-24k", "--set-file", "/no/such/best.yaml"], "/no/such/best.yaml: override file not found"),
     (["sweep", "sweeps/lr.yaml", "--set-file", "/no/such/best.yaml"], "/no/such/best.yaml: override file not found"),
     (["fit", "lr", "--csv", "/no/such/runs.csv"], "/no/such/runs.csv: cannot read as CSV"),
+    (["search", "sweeps/mup_search.yaml", "--scale", "nope"], "scales='nope' is not allowed"),
     (["fit", "scaling-law", "--sweep", "--scale", "nowhere"], "no runs of sweep 'scaling_law' at scale 'nowhere'"),
 ])
 def test_bad_input_is_one_line_and_touches_no_result(finished_results, args, expected):

@@ -3,6 +3,7 @@
     windtunnel models [--json]
     windtunnel train MODEL [--set-file FILE] [--set key=value ...]
     windtunnel sweep SPEC.yaml [--scale micro|paper] [--set-file FILE] [--dry-run] [--json]
+    windtunnel search SPEC.yaml [--scale micro|paper] [--trials N]
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
     windtunnel report
@@ -106,6 +107,21 @@ def _print_outcomes(outcomes) -> None:
         tok_s = f"{res['tokens_per_s']:,.0f}" if res.get("tokens_per_s") else ""
         print(f"{o.status:<10}{o.run.name[:42]:<44}{o.run.tokens:>12,}{loss:>12}  {bpb:<22}{tok_s:>9}"
               + (f"  {o.error}" if o.error else ""))
+
+
+def cmd_search(args) -> None:
+    from windtunnel.search import load_search, run_search
+
+    spec = load_search(args.spec, scale=args.scale)  # a bad search space fails here, before anything runs
+    result = run_search(spec, file=args.spec, scale=args.scale, trials=args.trials, num_cpus=args.num_cpus)
+    print(f"{result.n_trials} trials: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed")
+    if result.best_params is None:
+        raise WindtunnelError("no trial completed; see the reasons above and results/search/"
+                              f"{result.name}-{result.scale}/trials.csv")
+    values = ", ".join(f"{k}={v:.4g}" for k, v in result.best_params.items())
+    print(f"best {result.objective} {result.best_value:.4f} (trial {result.best_trial}): {values}")
+    print(f"written: {result.best_yaml}  plots: {', '.join(str(p) for p in result.plots)}")
+    print(f"use it: windtunnel sweep SPEC --set-file {result.best_yaml}")
 
 
 FIT_COLUMNS = {"scaling-law": ("N", "D", "loss"), "batch-size": ("model", "batch_tokens", "tokens", "loss"),
@@ -247,6 +263,12 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--retries", type=int, default=2, help="retries of a run that raises before it is marked failed")
     sw.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     sw.set_defaults(func=cmd_sweep)
+    se = sub.add_parser("search", help="Bayesian µP hyper-parameter search (Optuna TPE through Ray Tune, ASHA)")
+    se.add_argument("spec", help="a search file, e.g. sweeps/mup_search.yaml")
+    se.add_argument("--scale", default="micro", help="which scale section (micro | paper)")
+    se.add_argument("--trials", type=int, default=None, help="trials in all; more than before continues the study")
+    se.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    se.set_defaults(func=cmd_search)
     _fit_parser(sub)
     pl = sub.add_parser("plan", help="the full run's tokens, batch, LR, schedule, loss and cost from the fits")
     pl.add_argument("target", help="a model name, e.g. minicpm-1.2b")

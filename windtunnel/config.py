@@ -24,7 +24,7 @@ from windtunnel.schedules import ScheduleSpec
 __all__ = [
     "ModelSpec", "DataSpec", "TrainSpec", "PaperRun",
     "load_ladder", "load_models", "get_model", "build", "apply_overrides", "spec_hash", "models_dir",
-    "load_overrides", "merge_overrides",
+    "load_overrides", "merge_overrides", "read_yaml",
 ]
 
 
@@ -260,9 +260,11 @@ def _check_model(spec: ModelSpec, *, file, key: str | None = None) -> ModelSpec:
 # ---------------------------------------------------------------- ladders
 
 
-def _read_yaml(path: Path):
+def read_yaml(path, *, what: str = "file"):
+    """A YAML file's content ({} when empty); a missing file or bad YAML is one line naming the file."""
+    path = Path(path)
     if not path.is_file():
-        raise WindtunnelError(f"{path}: file not found")
+        raise WindtunnelError(f"{path}: {what} not found")
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -272,7 +274,7 @@ def _read_yaml(path: Path):
 def load_ladder(path: Path) -> dict[str, ModelSpec]:
     """Every shape of one ladder file, validated, by name."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict) or set(raw) - {"defaults", "models"} or "models" not in raw:
         raise SpecError(path, "<top>", sorted(raw) if isinstance(raw, dict) else raw, "keys: defaults, models")
     defaults = raw.get("defaults") or {}
@@ -352,13 +354,7 @@ def _pairs(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
 def load_overrides(path) -> dict:
     """A YAML file of TrainSpec overrides (`--set-file`, a sweep's `base: FILE`): the mapping itself, or its
     `train:` section when it has one (the plans of `windtunnel plan` and the search's best.yaml)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WindtunnelError(f"{path}: override file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml(path, what="override file")
     raw = raw.get("train", raw) if isinstance(raw, dict) else raw
     if not isinstance(raw, dict):
         raise SpecError(path, "train", raw, "a mapping of TrainSpec overrides, e.g. {lr: 0.01, model: {scale_emb: 12}}")

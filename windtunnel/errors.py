@@ -13,3 +13,6 @@ class SpecError(WindtunnelError):
     def __init__(self, file, key: str, value, allowed: str):
         self.file, self.key, self.value, self.allowed = file, key, value, allowed
         super().__init__(f"{file}: {key}={value!r} is not allowed; {allowed}")
+
+    def __reduce__(self):  # so the error crosses process boundaries (Ray tasks, process pools) intact
+        return (SpecError, (self.file, self.key, self.value, self.allowed))

@@ -30,10 +30,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load_overrides, spec_hash
-from windtunnel.errors import SpecError, WindtunnelError
+from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load_overrides, read_yaml, spec_hash
+from windtunnel.errors import SpecError
 
 __all__ = ["BranchSpec", "ScaleSpec", "SweepSpec", "Run", "load_sweep", "expand", "summarize"]
 
@@ -110,12 +108,7 @@ class Run:
 def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
     """The sweep file and its section for `scale`, validated (names file, key and allowed values)."""
     path = Path(path)
-    if not path.is_file():
-        raise WindtunnelError(f"{path}: sweep file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml(path, what="sweep file")
     if isinstance(raw, dict) and isinstance(raw.get("base"), str):  # `base: results/search/best.yaml`
         raw = {**raw, "base": load_overrides(raw["base"])}  # a path relative to the working directory
     sweep = build(SweepSpec, raw, file=path)

@@ -17,7 +17,7 @@ __all__ = ["write_report"]
 
 STUDIES = [("scaling_law", "Scaling law L(N, D) — §5"), ("batch_size", "Batch-size law — §3.2"),
            ("lr", "LR transfer, µP against SP — §3.3"), ("wsd", "WSD against Cosine(T) — §4"),
-           ("decay_dynamics", "Decay dynamics — §4.4"), ("search", "µP hyper-parameter search — §3.1")]
+           ("decay_dynamics", "Decay dynamics — §4.4")]
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
 img{max-width:100%;border:1px solid #eee;margin:4px 0}code,pre{background:#f4f4f4;white-space:pre-wrap}.gap{color:#a40}"""
@@ -31,6 +31,7 @@ def write_report(path: Path | None = None) -> Path:
              "<h1>windtunnel report</h1>", _plans(root / "plans")]
     for study, title in STUDIES:
         parts.append(_study(root / study, title))
+    parts += [_search(folder) for folder in sorted((root / "search").glob("*/summary.json"))]
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path
@@ -43,10 +44,14 @@ def _study(folder: Path, title: str) -> str:
     data = json.loads(fit.read_text())
     body = [f"<h2>{title}</h2>", f"<p>scale <b>{html.escape(str(data.get('scale', '?')))}</b>; runs left out: "
             f"{html.escape(json.dumps(data.get('excluded', {})))}</p>", _summary(folder.name, data)]
-    body += [f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' alt='{p.name}'>"
-             for p in sorted(folder.glob("*.png"))]
+    body.append(_images(folder))
     body.append(f"<details><summary>fit.json</summary><pre>{html.escape(_trimmed(data))}</pre></details>")
     return "\n".join(body)
+
+
+def _images(folder: Path) -> str:
+    return "\n".join(f"<img src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}' alt='{p.name}'>"
+                     for p in sorted(folder.glob("*.png")))
 
 
 def _summary(study: str, data: dict) -> str:
@@ -67,9 +72,18 @@ def _summary(study: str, data: dict) -> str:
                        f"<td>{_interval(o['low'], o['high'])}</td><td>{'edge' if o['at_edge'] else ''}</td></tr>"
                        for o in data["optima"])
         return "<table><tr><th>param.</th><th>model</th><th>optimal LR</th><th>95%</th><th></th></tr>" + rows + "</table>"
-    if study == "search" and "best" in data:
-        return _table([(k, v, None) for k, v in data["best"].items()])
     return ""
+
+
+def _search(summary: Path) -> str:
+    """A µP search (§3.1): its best values, trial counts and optuna's plots."""
+    data = json.loads(summary.read_text())
+    best = "none complete" if data["best_value"] is None else f"{data['best_value']:.4f}"
+    head = (f"<h2>µP hyper-parameter search {html.escape(data['name'])} ({html.escape(data['scale'])}) — §3.1</h2>"
+            f"<p>{data['n_trials']} trials: {data['n_complete']} complete, {data['n_pruned']} pruned, "
+            f"{data['n_failed']} failed; best {html.escape(data['objective'])} {best}</p>")
+    rows = _table([(k, v, None) for k, v in (data["best_params"] or {}).items()])
+    return head + rows + _images(summary.parent)
 
 
 def _interval(low, high) -> str:

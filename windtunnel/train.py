@@ -204,7 +204,8 @@ def train(spec: TrainSpec, run_dir: Path, *, init_from: Path | None = None, log:
         result = _train(spec, run_dir, init_from, log or (lambda metrics, step: None), flush or (lambda: None),
                         progress)
     except BaseException as err:
-        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # SystemExit: asked to stop (Tune, ASHA)
+        state = "interrupted" if stopped else "failed"
         _write_json(run_dir / "status.json", {"status": state, "error": f"{type(err).__name__}: {err}"})
         raise
     _write_json(run_dir / "status.json", {"status": result.status, "result": dataclasses.asdict(result)})

@@ -1,0 +1,189 @@
+"""µP search: bad search files fail before anything runs; a tiny search runs end to end on Ray Tune with
+Optuna's TPE and ASHA, writes best.yaml and the plots, logs MLflow child runs; a larger `trials` continues
+the same study without retraining; a diverged trial is failed, never the best; a SIGKILLed search resumes."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from windtunnel import tracking
+from windtunnel.config import TrainSpec, apply_overrides, get_model
+from windtunnel.errors import SpecError
+from windtunnel.paths import results_dir
+from windtunnel.report import write_report
+from windtunnel.search import load_search, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+# micro-24k on 20K tokens (10 steps of 2048), evaluated at steps 3, 6, 9, 10. With seed 3 and 4 random
+# startup trials, trials 0-3 get lr 1.7, 0.085, 87, 0.052 whatever the timing; lr 87 diverges at step 2,
+# before its first evaluation, so ASHA cannot stop it first
+SEARCH = """
+name: {name}
+seed: 3
+startup_trials: 4
+space:
+  lr: {{low: 0.003, high: 300, log: true}}
+  model.scale_emb: {{low: 2, high: 20, log: true}}
+asha: {{grace_evals: 1, reduction_factor: 2}}
+base: {{batch_tokens: 2048, seq_len: 64, eval_every: 3, checkpoint_every: 5, data: {{eval_tokens: 2048}},
+        schedule: {{kind: cosine, warmup_tokens: 4096}}}}
+scales:
+  micro: {{model: micro-24k, tokens: {tokens}, trials: {trials}, concurrency: {concurrency}}}
+"""
+
+
+def write(tmp_path, name="tiny", *, tokens=20480, trials=4, concurrency=2, text=None) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text or SEARCH.format(name=name, tokens=tokens, trials=trials, concurrency=concurrency))
+    return path
+
+
+# ---------------------------------------------------------------- validation, before anything runs
+
+
+def test_the_shipped_search_loads_at_both_scales():
+    micro = load_search(ROOT / "sweeps/mup_search.yaml", scale="micro")
+    assert micro.template.model.name == "micro-53k" and micro.template.tokens == 130 * 4096  # 10 N, whole steps
+    assert {p.name for p in micro.space} >= {"lr", "model.scale_emb", "model.scale_depth", "model.init_std"}
+    assert all(p.log for p in micro.space)
+    assert load_search(ROOT / "sweeps/mup_search.yaml", scale="paper").template.model.name == "9M"
+
+
+BAD = [  # (replace this, with that) in SEARCH → expected key and words of the message
+    ("lr: {low: 0.003, high: 300, log: true}", "lr: {low: 0.1, high: 0.01}", "space.lr.low", "less than high=0.01"),
+    ("lr: {low: 0.003, high: 300, log: true}", "lr: {low: 0, high: 0.1, log: true}", "space.lr.low",
+     "> 0 on a log scale"),
+    ("model.scale_emb:", "model.scale_embed:", "space.model.scale_embed", "searchable keys: lr"),
+    ("model.scale_emb:", "model.d_model:", "space.model.d_model", "searchable keys"),
+    ("300, log: true}", "300, lg: true}", "space.lr.lg", "known keys: name, low, high, log"),
+    ("seed: 3", "sed: 3", "sed", "known keys: name, description"),
+    ("objective", "objective", "objective", "one of bpb, loss"),  # see below: objective added
+    ("model: micro-24k", "model: micro-99k", "scales.micro.model", "known models: "),
+    ("asha: {grace_evals: 1,", "asha: {grace_evals: 0,", "asha.grace_evals", "an integer >= 1"),
+    ("lr: {low: 0.003, high: 300, log: true}", "schedule.warmup_tokens: {low: 4096, high: 409600}",
+     "space.schedule.warmup_tokens.high", "at most the run's tokens"),
+]
+
+
+@pytest.mark.parametrize("old,new,key,words", BAD, ids=[b[2] for b in BAD])
+def test_bad_search_files_raise_spec_error_naming_file_key_and_allowed(tmp_path, old, new, key, words):
+    text = SEARCH.format(name="bad", tokens=20480, trials=2, concurrency=1)
+    text = text.replace("seed: 3", "seed: 3\nobjective: bits") if key == "objective" else text.replace(old, new)
+    path = write(tmp_path, text=text)
+    with pytest.raises(SpecError) as err:
+        load_search(path)
+    assert err.value.key == key and str(path) in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_unknown_scale_names_the_scales_defined(tmp_path):
+    with pytest.raises(SpecError, match="scales defined here: micro"):
+        load_search(write(tmp_path), scale="paper")
+
+
+# ---------------------------------------------------------------- searching
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def status_mtimes(result) -> dict[str, float]:
+    runs = results_dir() / "runs"
+    return {t.run_id: (runs / t.run_id / "status.json").stat().st_mtime for t in result.trials}
+
+
+@pytest.fixture(scope="module")
+def searched(ray_cluster, tmp_path_factory):
+    """The tiny search run with trials=2, then extended to trials=4 in the same folder."""
+    path = write(tmp_path_factory.mktemp("search"))
+    first = run_search(load_search(path), trials=2, progress=False)
+    before = status_mtimes(first)
+    second = run_search(load_search(path), trials=4, progress=False)
+    return first, before, second
+
+
+def test_search_runs_end_to_end_and_writes_best_yaml_and_plots(searched):
+    _, _, result = searched
+    assert result.n_trials == 4 and result.n_complete + result.n_pruned + result.n_failed == 4
+    assert result.n_complete >= 1 and result.best_value is not None
+    assert {p.name for p in result.plots} == {"history.png", "importances.png", "slice.png"}
+    best = yaml.safe_load(result.best_yaml.read_text())
+    assert best == {"lr": result.best_params["lr"], "model": {"scale_emb": result.best_params["model.scale_emb"]}}
+    assert (result.folder.parent / "best.yaml").read_text() == result.best_yaml.read_text()
+    spec = apply_overrides(TrainSpec(model=get_model("micro-53k")), best, source="best.yaml")  # as --set-file does
+    assert spec.lr == best["lr"] and spec.model.scale_emb == best["model"]["scale_emb"]
+    summary = json.loads((result.folder / "summary.json").read_text())
+    assert summary["n_trials"] == 4 and summary["best_value"] == result.best_value
+    frame = tracking.runs_dataframe(experiment="tiny")  # one parent run, a child per trial
+    parent = frame[frame["tags.kind"] == "search"]
+    children = frame[frame["tags.kind"] == "trial"]
+    assert len(parent) == 1 and len(children) == 4
+    assert set(children["parent_run_id"]) == {parent.iloc[0]["run_id"]}
+    assert parent.iloc[0]["metrics.best/objective"] == pytest.approx(result.best_value)
+    page = write_report().read_text()  # the report shows the search with its best values and optuna's plots
+    assert "µP hyper-parameter search tiny" in page and page.count("data:image/png") >= 3
+    statuses = dict(zip(children["tags.windtunnel.run"], children["tags.status"]))
+    for trial in result.trials:
+        expected = {"complete": "finished", "pruned": "pruned"}.get(trial.status, "diverged")
+        assert statuses[trial.run_id] == expected, trial
+
+
+def test_more_trials_continue_the_same_study_without_retraining(searched):
+    from ray.tune.search.optuna import OptunaSearch
+
+    first, before, second = searched
+    assert first.n_trials == 2 and [t.number for t in second.trials] == [0, 1, 2, 3]
+    assert second.trials[:2] == first.trials  # the first two are read back, not trained again
+    after = status_mtimes(second)
+    assert {k: after[k] for k in before} == before  # their run dirs were not touched
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(second.folder / "round-1"))
+    assert len(searcher._ot_study.trials) == 4  # one study across both rounds
+
+
+def test_a_diverged_trial_is_failed_with_a_reason_and_never_best(searched):
+    _, _, result = searched
+    diverged = [t for t in result.trials if "diverged" in t.reason]
+    assert any(t.params["lr"] > 50 for t in diverged)  # lr 87: diverged before ASHA saw it
+    assert all(t.status == "failed" and t.value is None for t in diverged)
+    assert result.best_run not in {t.run_id for t in diverged}
+    complete = [t.value for t in result.trials if t.status == "complete"]
+    assert result.best_value == min(complete) and all(math.isfinite(v) for v in complete)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_search_then_the_same_call_resumes_it(ray_cluster, tmp_path):
+    path = write(tmp_path, "killed", tokens=40960, trials=4, concurrency=1)
+    folder = results_dir() / "search" / "killed-micro"
+    code = f"from windtunnel.search import *; run_search(load_search({str(path)!r}), num_cpus=1, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"})
+    deadline = time.time() + 180
+    while time.time() < deadline and not (list(folder.glob("round-0/experiment_state-*.json")) and any(
+            '"finished"' in p.read_text() for p in folder.glob("round-0/trial-*/result.json"))):
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [p for p in folder.glob("round-0/trial-*/result.json") if '"finished"' in p.read_text()]
+    assert 0 < len(done) < 4, "killed too early or too late to test resume"
+    runs = results_dir() / "runs"
+    finished = {p.name: (p / "status.json").stat().st_mtime for p in runs.iterdir()
+                if (p / "status.json").exists() and '"finished"' in (p / "status.json").read_text()}
+    time.sleep(2)  # let Ray's reaper stop the killed driver's workers
+    result = run_search(load_search(path), progress=False)
+    assert result.n_trials == 4 and not (folder / "round-1").exists()  # the same Tune experiment, restored
+    for run_id, mtime in finished.items():
+        assert (runs / run_id / "status.json").stat().st_mtime == mtime  # not trained again
