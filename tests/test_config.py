@@ -89,3 +89,16 @@ def test_run_identity_ignores_runtime_settings_only():
     assert spec_hash(base) != spec_hash(apply_overrides(base, ["lr=0.02"]))
     assert spec_hash(base) != spec_hash(apply_overrides(base, ["model.scale_emb=10"]))
     assert len(spec_hash(base)) == 12
+
+
+def test_override_files_merge_nested_specs_and_replace_schedules(tmp_path):
+    from windtunnel.config import load_overrides, merge_overrides
+
+    base = {"lr": 0.01, "model": {"scale_emb": 12, "init_std": 0.1}, "schedule": {"kind": "wsd", "decay_fraction": 0.2}}
+    best = tmp_path / "best.yaml"
+    best.write_text("# comments are fine\nlr: 0.02\nmodel: {scale_emb: 8.5}\nschedule: {kind: constant}\n")
+    merged = merge_overrides(base, load_overrides(best))
+    assert merged == {"lr": 0.02, "model": {"scale_emb": 8.5, "init_std": 0.1}, "schedule": {"kind": "constant"}}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("target: x\ntrain: {tokens: 1000, lr: 0.03}\n")
+    assert load_overrides(plan) == {"tokens": 1000, "lr": 0.03}  # a plan's train: section

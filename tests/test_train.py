@@ -91,3 +91,21 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     train(tiny_spec("tokens=8192", "micro_batch_tokens=512"), tmp_path / "b", log=accumulated.log)
     for step, loss in whole.series("train/loss").items():
         assert accumulated.series("train/loss")[step] == pytest.approx(loss, rel=1e-4)
+
+
+def test_compiled_model_and_loss_train_like_eager(tmp_path):
+    """compile=true (model + loss in one inductor graph) follows the eager loss curve to float tolerance."""
+    eager, compiled = Recorder(), Recorder()
+    train(tiny_spec("tokens=20480", "compile=false"), tmp_path / "eager", log=eager.log)
+    result = train(tiny_spec("tokens=20480", "compile=true"), tmp_path / "compiled", log=compiled.log)
+    assert result.status == "finished"
+    a, b = eager.series("train/loss"), compiled.series("train/loss")
+    assert a.keys() == b.keys() and all(b[s] == pytest.approx(a[s], rel=2e-3) for s in a)
+
+
+def test_compile_auto_is_on_for_long_cpu_runs_only():
+    from windtunnel.train import COMPILE_CPU_TOKENS, _use_compile
+
+    assert not _use_compile(tiny_spec(), "cpu", COMPILE_CPU_TOKENS - 1)
+    assert _use_compile(tiny_spec(), "cpu", COMPILE_CPU_TOKENS) and _use_compile(tiny_spec(), "cuda", 1)
+    assert not _use_compile(tiny_spec("compile=false"), "cuda", 10**9)

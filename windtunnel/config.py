@@ -153,8 +153,9 @@ class TrainSpec:
     """where to train; not part of the run's identity"""
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """"auto" = bf16 autocast on CUDA, fp32 on CPU"""
-    compile: bool = False
-    """torch.compile the model (worth it on CUDA and for long CPU runs)"""
+    compile: bool | None = None
+    """torch.compile model + loss; None = auto: on CUDA, and on CPU for runs with ≥ 5M tokens left to train
+    (compiled micro shapes train 1.2–1.5× faster, but a cold compile costs 9–18 s: bench/train_throughput.py)"""
     peak_flops: float | None = None
     """declared peak FLOP/s for MFU; None = a table for known GPUs, a measured fp32 matmul peak on CPU"""
 
