@@ -64,6 +64,31 @@ def _lr_runs(rng):
                  lambda s, loss=loss: {"eval/code/bpb": loss, "eval/docs/bpb": loss})
 
 
+def _wsd_runs():
+    """One stable run, decay branches from 20N…80N over 5% and 10% in two shapes, and three Cosine(T) baselines."""
+    n = SIZES["s2"]
+    curve = lambda end: (lambda s: {"eval/code/bpb": 2 + 1 / s, "eval/docs/bpb": 2 + 1 / s, "train/loss": 2 + 1 / s})  # noqa: E731
+    _log("wsd", "s2 stable", {"N": n, "D": 80 * n, "model.name": "s2", "coord.stage": "stable", "batch_tokens": 1024,
+                              "schedule.kind": "constant"}, curve(0), steps=range(1, 4000, 100), run="w-st")
+    for at in (20, 40, 60, 80):
+        for fraction in (0.05, 0.1):
+            for shape in ("exp", "linear"):
+                d = (1 + fraction) * at * n
+                loss = _law(n, d) - 0.2 * fraction - (0.01 if shape == "exp" else 0)
+                _log("wsd", f"s2 {at}N+{fraction:.1%} {shape}",
+                     {"N": n, "D": d, "model.name": "s2", "coord.stage": "decay", "coord.decay_fraction": fraction,
+                      "schedule.decay_shape": shape, "coord.branch_tokens_per_param": at, "batch_tokens": 1024,
+                      "schedule.kind": "wsd", "fork_step": int(at * n / 1024)},
+                     lambda s, loss=loss: {"eval/code/bpb": loss, "eval/docs/bpb": loss, "train/loss": loss + 1 / s,
+                                           "grad/norm": 0.3, "grad/cos_prev": 0.1, "update/max_abs": 1e-3},
+                     steps=range(int(at * n / 1024) + 1, int(at * n / 1024) + 13), parent="w-st")
+    for period in (0.75, 1.0, 1.25):
+        loss = _law(n, 80 * n) + 0.02 * abs(period - 1)
+        _log("wsd", f"s2 cosine T={period}S", {"N": n, "D": 80 * n, "model.name": "s2", "batch_tokens": 1024,
+                                               "schedule.kind": "cosine"},
+             lambda s, loss=loss: {"eval/code/bpb": loss, "eval/docs/bpb": loss}, steps=(1, 2))
+
+
 def _batch_size_runs():
     """Held-out curves whose tokens to reach L at batch B are log-parabolic in B around k / L^γ."""
     for model, floor in (("s1", 1.6), ("s2", 1.5)):
@@ -85,6 +110,7 @@ def store(tmp_path_factory):
     _scaling_law_runs(rng)
     _lr_runs(rng)
     _batch_size_runs()
+    _wsd_runs()
     yield root
     os.environ["WINDTUNNEL_RESULTS"] = old
 
@@ -101,14 +127,14 @@ def test_final_points_leave_out_failed_and_diverged_runs_and_say_why(store):
     assert excluded == {"diverged": 1, "failed": 1}
     assert len(studies.decay_points(frame)) == 30
     assert (frame["stage"] == "stable").sum() == 5
-    with pytest.raises(studies.NoRuns, match="no runs of sweep 'wsd' at scale 'micro'"):
-        studies.final_points("wsd", scale="micro")
+    with pytest.raises(studies.NoRuns, match="no runs of sweep 'wsd' at scale 'paper'"):
+        studies.final_points("wsd", scale="paper")
 
 
 @pytest.fixture(scope="module")
 def fitted(store):
     """Every analysis script run once on the store (as `make plots` does)."""
-    for name in ("scaling_law", "lr_transfer", "batch_size", "decay_dynamics"):
+    for name in ("scaling_law", "lr_transfer", "batch_size", "wsd", "decay_dynamics"):
         script = _script(name)
         assert studies.run_script(script.main, script.__doc__, ["--bootstrap", "300"]) == 0, name
     return store
@@ -126,16 +152,21 @@ def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
     assert all(o["lr_opt"] == pytest.approx(0.01, rel=0.1) and not o["at_edge"] for o in lr["optima"])
     bs = json.loads((store / "batch_size" / "fit.json").read_text())
     assert bs["gamma"] == pytest.approx(GAMMA, rel=0.15) and bs["k"] == pytest.approx(K_BS, rel=0.3)
-    for png in ("scaling_law/fig10_iso_loss.png", "scaling_law/fig17_loss_vs_tokens.png", "scaling_law/fig6_envelope.png",
+    wsd = json.loads((store / "wsd" / "fit.json").read_text())
+    assert len(wsd["cosine"]) == 3 and len(wsd["branches"]) == 16 and wsd["envelope"]["s2"]["n_points"] == 4
+    for png in ("wsd/fig4_wsd_vs_cosine.png", "wsd/fig5_decay_fractions.png", "wsd/fig6_envelope.png",
+                "scaling_law/fig10_iso_loss.png", "scaling_law/fig17_loss_vs_tokens.png", "scaling_law/fig6_envelope.png",
                 "lr/fig3_lr_transfer.png", "batch_size/fig1_tokens_vs_batch.png", "batch_size/fig2_batch_size_law.png",
                 "decay_dynamics/decay_dynamics.png"):
         assert (store / png).stat().st_size > 10_000, png
 
 
 def test_fit_cli_on_a_sweep_prints_the_design_keys(store, capsys):
-    assert cli.main(["fit", "scaling-law", "--sweep", "--bootstrap", "50", "--json"]) == 0
+    assert cli.main(["fit", "scaling-law", "--sweep", "--bootstrap", "50", "--budget", "3e21", "--json"]) == 0
     out, err = capsys.readouterr()
     result = json.loads(out)
+    (optimal,) = result["compute_optimal"]  # the user's budget: D/N closed form beside the numeric minimum
+    assert optimal["C"] == 3e21 and optimal["ratio_closed"] == pytest.approx(optimal["ratio_numeric"], rel=1e-4)
     assert {"alpha", "beta", "C_N", "C_D", "L0", "K", "eta", "n_points", "intervals"} <= set(result)
     assert result["n_points"] == 30 and "left out: 1 diverged, 1 failed" in err
 

@@ -140,7 +140,8 @@ def cmd_fit(args) -> None:
         if args.kind == "batch-size":
             frame = studies.loss_curves(frame, metric="eval")
     if args.kind == "scaling-law":
-        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap)
+        budgets = {"budgets": args.budget} if args.budget else {}
+        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap, **budgets)
     elif args.kind == "batch-size":
         result = studies.fit_batch_size_study(frame, bootstrap=args.bootstrap)
     elif args.kind == "lr":
@@ -300,6 +301,8 @@ def _fit_parser(sub) -> None:
                       ("c", "compute C in FLOPs (D = C / 6N)"), ("loss", "final loss"), ("model", "model name"),
                       ("batch", "batch size in tokens"), ("tokens", "tokens seen at each evaluation"), ("lr", "learning rate")):
         fit.add_argument(f"--{col}-col", help=f"CSV column of {what}")
+    fit.add_argument("--budget", type=float, action="append", metavar="FLOPS",
+                     help="scaling-law: compute budgets for the compute-optimal N, D and D/N (default 1e18…1e24)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
     fit.add_argument("--json", action="store_true", help="one line of JSON")
     fit.set_defaults(func=cmd_fit)
