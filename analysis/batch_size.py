@@ -15,7 +15,7 @@ from windtunnel import plots, studies
 
 
 def main(args) -> None:
-    frame, excluded = studies.final_points("batch_size", scale=args.scale)
+    frame, excluded = studies.final_points("batch_size", scale=args.scale, current=not args.all_runs)
     curves = studies.loss_curves(frame, metric="eval")
     law = studies.fit_batch_size_study(curves, bootstrap=args.bootstrap)
     out = studies.study_dir("batch_size")

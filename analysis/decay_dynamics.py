@@ -18,13 +18,13 @@ LEAD = 1.0  # the parent's stable stretch shown before each decay, in units of t
 MIN_POINTS = 9  # fewer logged steps than this and the derivatives are noise: the branch is skipped
 
 
-def _runs(scale: str):
+def _runs(scale: str, current: bool):
     """The sweep read (wsd, else scaling_law), its 10%-exp decay branches and their stable parents."""
     try:
-        frame, excluded = studies.final_points("wsd", scale=scale)
+        frame, excluded = studies.final_points("wsd", scale=scale, current=current)
         sweep = "wsd"
     except studies.NoRuns:
-        frame, excluded = studies.final_points("scaling_law", scale=scale)
+        frame, excluded = studies.final_points("scaling_law", scale=scale, current=current)
         sweep = "scaling_law"
     branches = studies.decay_points(frame)
     branches = branches[(branches["decay_fraction"] == 0.1) & (branches["decay_shape"] == "exp")].sort_values(["N", "D"])
@@ -42,7 +42,7 @@ def _curve(branch, curves, stable):
 
 
 def main(args) -> None:
-    sweep, branches, stable, excluded = _runs(args.scale)
+    sweep, branches, stable, excluded = _runs(args.scale, not args.all_runs)
     curves = studies.loss_curves(pd.concat([branches, stable]), metric="train")
     dynamics, summary, skipped = {}, [], []
     for row in branches.itertuples():

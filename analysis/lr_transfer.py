@@ -12,7 +12,7 @@ from windtunnel import plots, studies
 
 
 def main(args) -> None:
-    frame, excluded = studies.final_points("lr", scale=args.scale)
+    frame, excluded = studies.final_points("lr", scale=args.scale, current=not args.all_runs)
     result = studies.fit_lr_study(frame, bootstrap=args.bootstrap)
     out = studies.study_dir("lr")
     studies.write_json(out / "fit.json", {**result, "scale": args.scale, "excluded": excluded})

@@ -15,7 +15,7 @@ COLUMNS = ["model", "N", "D", "loss", "branch_tokens_per_param", "name"]
 
 
 def main(args) -> None:
-    frame, excluded = studies.final_points("scaling_law", scale=args.scale)
+    frame, excluded = studies.final_points("scaling_law", scale=args.scale, current=not args.all_runs)
     points = studies.decay_points(frame)
     law = studies.fit_scaling_law_study(points, bootstrap=args.bootstrap)
     envelope = studies.fit_envelope_study(points)

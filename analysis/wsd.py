@@ -15,7 +15,7 @@ COLUMNS = ["name", "D", "loss", "branch_tokens_per_param", "decay_fraction", "de
 
 
 def main(args) -> None:
-    frame, excluded = studies.final_points("wsd", scale=args.scale)
+    frame, excluded = studies.final_points("wsd", scale=args.scale, current=not args.all_runs)
     branches = studies.decay_points(frame)
     cosines = frame[frame["schedule"] == "cosine"].sort_values("loss")
     ten_percent = branches[(branches["decay_fraction"] == 0.1) & (branches["decay_shape"] == "exp")]

@@ -123,12 +123,14 @@ def _script(name):
 
 
 def test_final_points_leave_out_failed_and_diverged_runs_and_say_why(store):
-    frame, excluded = studies.final_points("scaling_law", scale="micro")
+    frame, excluded = studies.final_points("scaling_law", scale="micro", current=False)
     assert excluded == {"diverged": 1, "failed": 1}
     assert len(studies.decay_points(frame)) == 30
     assert (frame["stage"] == "stable").sum() == 5
     with pytest.raises(studies.NoRuns, match="no runs of sweep 'wsd' at scale 'paper'"):
         studies.final_points("wsd", scale="paper")
+    frame, excluded = studies.final_points("lr", scale="micro")  # these runs are not those sweeps/lr.yaml makes
+    assert frame.empty and excluded == {"not in the graph of sweeps/lr.yaml any more (--all-runs keeps them)": 15}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def fitted(store):
     """Every analysis script run once on the store (as `make plots` does)."""
     for name in ("scaling_law", "lr_transfer", "batch_size", "wsd", "decay_dynamics"):
         script = _script(name)
-        assert studies.run_script(script.main, script.__doc__, ["--bootstrap", "300"]) == 0, name
+        assert studies.run_script(script.main, script.__doc__, ["--bootstrap", "300", "--all-runs"]) == 0, name
     return store
 
 
@@ -162,7 +164,7 @@ def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
 
 
 def test_fit_cli_on_a_sweep_prints_the_design_keys(store, capsys):
-    assert cli.main(["fit", "scaling-law", "--sweep", "--bootstrap", "50", "--budget", "3e21", "--json"]) == 0
+    assert cli.main(["fit", "scaling-law", "--sweep", "--all-runs", "--bootstrap", "50", "--budget", "3e21", "--json"]) == 0
     out, err = capsys.readouterr()
     result = json.loads(out)
     (optimal,) = result["compute_optimal"]  # the user's budget: D/N closed form beside the numeric minimum

@@ -134,7 +134,8 @@ def cmd_fit(args) -> None:
     if args.csv:
         frame, excluded = _csv_frame(args), {}
     else:
-        frame, excluded = studies.final_points(args.sweep or studies.SWEEP_OF[args.kind], scale=args.scale)
+        frame, excluded = studies.final_points(args.sweep or studies.SWEEP_OF[args.kind], scale=args.scale,
+                                               current=not args.all_runs)
         if args.kind in ("scaling-law", "envelope"):
             frame = studies.decay_points(frame)
         if args.kind == "batch-size":
@@ -297,6 +298,8 @@ def _fit_parser(sub) -> None:
                         help="a sweep's name (default for the kind: scaling_law, batch_size, lr)")
     source.add_argument("--csv", metavar="PATH", help="a CSV with one row per point (per evaluation for batch-size)")
     fit.add_argument("--scale", default="micro", help="with --sweep: the scale the sweep ran at")
+    fit.add_argument("--all-runs", action="store_true",
+                     help="with --sweep: also stored runs that sweeps/NAME.yaml no longer produces")
     for col, what in (("n", "N (non-embedding parameters)"), ("d", "D (training tokens)"),
                       ("c", "compute C in FLOPs (D = C / 6N)"), ("loss", "final loss"), ("model", "model name"),
                       ("batch", "batch size in tokens"), ("tokens", "tokens seen at each evaluation"), ("lr", "learning rate")):

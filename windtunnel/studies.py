@@ -48,8 +48,12 @@ def study_dir(study: str) -> Path:
     return folder
 
 
-def final_points(sweep: str, *, scale: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The finished runs of `sweep` at `scale`, one row each, and {reason: count} of the runs left out."""
+def final_points(sweep: str, *, scale: str, current: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The finished runs of `sweep` at `scale`, one row each, and {reason: count} of the runs left out.
+
+    current=True keeps only the runs of the graph sweeps/<sweep>.yaml expands to now (when that file is here):
+    runs of an earlier version of the spec (another grid, budget or base) are left out and counted.
+    """
     import pandas as pd
 
     from windtunnel.tracking import runs_dataframe
@@ -70,7 +74,17 @@ def final_points(sweep: str, *, scale: str) -> tuple[pd.DataFrame, dict[str, int
     for col in evals:
         frame[f"bpb_{col.split('/')[1]}"] = raw[col]
     frame["loss"] = raw[evals].mean(axis=1, skipna=False) if evals else float("nan")
-    return _keep_finished(frame.reset_index(drop=True))
+    frame, excluded = _keep_finished(frame.reset_index(drop=True))
+    spec_file = Path("sweeps") / f"{sweep}.yaml"
+    if current and spec_file.is_file():
+        from windtunnel.graph import expand, load_sweep
+
+        ids = {run.id for run in expand(*load_sweep(spec_file, scale=scale), file=spec_file, scale_name=scale)}
+        stale = ~frame["run"].isin(ids)
+        if stale.any():
+            excluded[f"not in the graph of {spec_file} any more (--all-runs keeps them)"] = int(stale.sum())
+        frame = frame[~stale].reset_index(drop=True)
+    return frame, excluded
 
 
 def _keep_finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -206,6 +220,8 @@ def run_script(main, doc: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="micro", help="the sweep's scale (micro, demo, paper)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--no-plots", action="store_true", help="write fit.json only")
+    parser.add_argument("--all-runs", action="store_true",
+                        help="also use stored runs that the sweep's spec file no longer produces")
     args = parser.parse_args(argv)
     try:
         main(args)
