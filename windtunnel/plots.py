@@ -38,6 +38,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _major_ticks_only(ax) -> None:
+    """A log x axis spanning about a decade labels every minor tick too, and the labels collide: label 1-2-5."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _colors(n: int):
     import matplotlib
 
@@ -56,6 +65,7 @@ def batch_size_curves(reach: pd.DataFrame, optima: pd.DataFrame, path: Path) -> 
         best = optima[optima["model"] == model].sort_values("level")
         ax.plot(best["bs_opt"], best["tokens_at_opt"], "k*--", ms=8, lw=1, label="optimum")
         ax.set(xscale="log", yscale="log", xlabel="batch size (tokens)", ylabel="tokens to reach the loss", title=model)
+        _major_ticks_only(ax)
     axes[0].legend(title="loss (bits/byte)", fontsize=7)
     return _save(fig, path)
 
@@ -88,6 +98,7 @@ def lr_transfer(points: pd.DataFrame, optima: list[dict], path: Path) -> Path:
                 ax.errorbar([best["lr_opt"]], [best["loss_opt"]], xerr=xerr, fmt="*", color=color, ms=10, capsize=3)
         ax.set(xscale="log", xlabel="base learning rate", ylabel="final loss (bits/byte)",
                title="µP" if kind == "mup" else "standard parametrization")
+        _major_ticks_only(ax)
         ax.legend(fontsize=8)
     return _save(fig, path)
 
