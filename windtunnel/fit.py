@@ -100,6 +100,19 @@ def _percentiles(samples: np.ndarray, names: Sequence[str], level: float = 0.95)
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
 
 
+def _bootstrap_interval(samples: np.ndarray | None, preds, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over the last axis of `preds`, one value per bootstrap refit in `samples`."""
+    if samples is None:
+        raise FitError("predict_interval needs bootstrap samples; refit with bootstrap=1000 or more")
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(preds(), [tail, 100 - tail], axis=-1)
+    return low, high
+
+
+def _samples_from(data: dict) -> np.ndarray | None:
+    return np.asarray(data["samples"], dtype=float) if data.get("samples") else None
+
+
 def _jsonable(intervals: dict) -> dict:
     return {k: [float(lo), float(hi)] for k, (lo, hi) in intervals.items()}
 
@@ -138,14 +151,12 @@ class ScalingLawFit:
 
     def predict_interval(self, N, D, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the predicted loss over the bootstrap refits."""
-        if self.samples is None:
-            raise FitError("predict_interval needs bootstrap samples; refit with bootstrap=1000 or more")
         N, D = np.asarray(N, dtype=float)[..., None], np.asarray(D, dtype=float)[..., None]
-        c_n, a, c_d, b, l0 = self.samples.T
-        preds = c_n * N ** -a + c_d * D ** -b + l0
-        tail = 100 * (1 - level) / 2
-        low, high = np.nanpercentile(preds, [tail, 100 - tail], axis=-1)
-        return low, high
+
+        def preds():
+            c_n, a, c_d, b, l0 = self.samples.T
+            return c_n * N ** -a + c_d * D ** -b + l0
+        return _bootstrap_interval(self.samples, preds, level)
 
     def optimal_n(self, compute: float) -> float:
         """Compute-optimal N at budget C = 6ND (closed form of `compute_optimal`)."""
@@ -153,7 +164,15 @@ class ScalingLawFit:
 
     def optimal_tokens(self, n: float) -> float:
         """The D for which N is compute-optimal: invert N_opt = K·(C/6)^(β/(α+β)), then D = (C/6)/N."""
-        return float((n / self.K) ** ((self.alpha + self.beta) / self.beta) / n)
+        return float(_optimal_tokens(n, self.alpha, self.C_N, self.beta, self.C_D))
+
+    def optimal_tokens_interval(self, n: float, *, level: float = 0.95) -> tuple[float, float]:
+        """Percentile interval of `optimal_tokens(n)` over the bootstrap refits."""
+        def preds():
+            c_n, a, c_d, b, _ = self.samples.T
+            return _optimal_tokens(n, a, c_n, b, c_d)
+        low, high = _bootstrap_interval(self.samples, preds, level)
+        return float(low), float(high)
 
     def to_dict(self, *, samples: bool = False) -> dict:
         """JSON-ready summary (the `fit scaling-law --json` payload, DESIGN §6); samples=True adds the
@@ -168,15 +187,19 @@ class ScalingLawFit:
     @classmethod
     def from_dict(cls, data: dict) -> ScalingLawFit:
         """The inverse of to_dict (e.g. results/scaling_law/fit.json)."""
-        samples = np.asarray(data["samples"], dtype=float) if data.get("samples") else None
         return cls(data["method"], *(float(data[name]) for name in PARAMS), n_points=int(data["n_points"]),
-                   n_bootstrap=int(data.get("n_bootstrap", 0)), samples=samples,
+                   n_bootstrap=int(data.get("n_bootstrap", 0)), samples=_samples_from(data),
                    intervals={k: tuple(v) for k, v in data.get("intervals", {}).items()})
 
 
 def _K(alpha, C_N, beta, C_D):
     with np.errstate(divide="ignore", invalid="ignore"):
         return (alpha * C_N / (beta * C_D)) ** (1 / (alpha + beta))
+
+
+def _optimal_tokens(n, alpha, C_N, beta, C_D):
+    with np.errstate(all="ignore"):
+        return (n / _K(alpha, C_N, beta, C_D)) ** ((alpha + beta) / beta) / n
 
 
 def fit_scaling_law(N, D, loss, *, method: str = "huber", delta: float = 1e-3, bootstrap: int = 0,
@@ -435,13 +458,10 @@ class BatchSizeFit:
 
     def predict_interval(self, loss, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of bs_opt at `loss` over the bootstrap lines (k and γ move together)."""
-        if self.samples is None:
-            raise FitError("predict_interval needs bootstrap samples; refit with bootstrap=1000 or more")
-        k, gamma = self.samples.T
-        preds = k / np.asarray(loss, dtype=float)[..., None] ** gamma
-        tail = 100 * (1 - level) / 2
-        low, high = np.nanpercentile(preds, [tail, 100 - tail], axis=-1)
-        return low, high
+        def preds():
+            k, gamma = self.samples.T
+            return k / np.asarray(loss, dtype=float)[..., None] ** gamma
+        return _bootstrap_interval(self.samples, preds, level)
 
     def to_dict(self, *, samples: bool = False) -> dict:
         out = {"k": self.k, "gamma": self.gamma, "n_optima": len(self.optima), "n_skipped": self.n_skipped,
@@ -456,10 +476,9 @@ class BatchSizeFit:
     @classmethod
     def from_dict(cls, data: dict) -> BatchSizeFit:
         """The inverse of to_dict (e.g. results/batch_size/fit.json)."""
-        samples = np.asarray(data["samples"], dtype=float) if data.get("samples") else None
         return cls(float(data["k"]), float(data["gamma"]), pd.DataFrame(data["optima"]), int(data["n_skipped"]),
                    int(data["n_concave"]), int(data["n_outside"]), int(data["n_bootstrap"]),
-                   {k: tuple(v) for k, v in data["intervals"].items()}, samples=samples)
+                   {k: tuple(v) for k, v in data["intervals"].items()}, samples=_samples_from(data))
 
 
 def tokens_to_reach(curves: pd.DataFrame, levels) -> pd.DataFrame:

@@ -52,15 +52,19 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
 
     if tokens is not None and compute is not None:
         raise WindtunnelError("plan: give a token budget (--tokens) or a FLOPs budget (--compute), not both")
+    from windtunnel.fit import ScalingLawFit
+
     n = count_params(model)
+    law = ScalingLawFit.from_dict(scaling) if scaling is not None else None  # parsed once: 4000 bootstrap rows
     gaps: list[str] = []
-    plan_tokens, basis = _tokens(n, scaling, limits, tokens=tokens, compute=compute, gaps=gaps)
-    loss = _loss(n, plan_tokens, scaling, limits, gaps) if plan_tokens else None
+    plan_tokens, basis = _tokens(n, law, limits, tokens=tokens, compute=compute, gaps=gaps)
+    loss = _loss(n, plan_tokens, law, scaling, limits, gaps) if plan_tokens else None
     if not plan_tokens:
         gaps.append("predicted loss: needs a token budget")
-    batch_tokens, warmup = _batch(n, plan_tokens, loss, batch, scaling, limits, gaps)
+    batch_tokens, warmup = _batch(n, plan_tokens, loss, batch, law, limits, gaps)
     max_lr = _lr(lr, limits, gaps)
     train: dict = {"seq_len": limits.seq_len}
+    steps = None
     if plan_tokens:
         steps = max(1, round(plan_tokens / (batch_tokens or 1)))
         train["tokens"] = int(steps * batch_tokens) if batch_tokens else int(plan_tokens)
@@ -79,7 +83,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         "predicted_loss": loss,
         "batch_warmup": warmup,
         "cost": None if flops is None else {
-            "flops": flops, "steps": round(train["tokens"] / batch_tokens) if batch_tokens else None,
+            "flops": flops, "steps": steps if batch_tokens else None,
             "gpu_hours": flops / (limits.mfu * limits.gpu_flops) / 3600, "mfu": limits.mfu, "gpu_flops": limits.gpu_flops},
         "paper": None if model.paper_run is None else {"tokens": model.paper_run.tokens,
                                                        "batch_tokens": list(model.paper_run.batch_tokens),
@@ -87,27 +91,20 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     }
 
 
-def _scaling_fit(scaling: dict):
-    from windtunnel.fit import ScalingLawFit
-
-    return ScalingLawFit.from_dict(scaling)
-
-
-def _tokens(n: int, scaling: dict | None, limits: PlanLimits, *, tokens, compute, gaps: list) -> tuple[float | None, str]:
+def _tokens(n: int, law, limits: PlanLimits, *, tokens, compute, gaps: list) -> tuple[float | None, str]:
     """1) the token budget: given, from a FLOPs budget (D = C/6N), or compute-optimal for N from the fit."""
     if tokens is not None:
         return float(tokens), "given (--tokens)"
     if compute is not None:
         return compute / (6 * n), f"FLOPs budget {compute:.3g} (D = C / 6N)"
-    if scaling is None:
+    if law is None:
         gaps.append("tokens: no scaling-law fit (make scaling-law fit), and no --tokens or --compute given")
         return None, "missing"
-    fit = _scaling_fit(scaling)
-    d = fit.optimal_tokens(n)
-    if fit.samples is None:
+    d = law.optimal_tokens(n)
+    if law.samples is None:
         gaps.append("tokens: the scaling-law fit has no bootstrap interval (fit with --bootstrap); give --tokens")
         return None, "missing"
-    low, high = _optimal_tokens_interval(fit.samples, n)
+    low, high = law.optimal_tokens_interval(n)
     basis = f"compute-optimal for N from the fit: D/N = {d / n:.3g}, 95% [{low / n:.3g}, {high / n:.3g}]"
     if not high / low <= limits.max_tokens_ratio:
         gaps.append(f"tokens: {basis} spans more than {limits.max_tokens_ratio:g}× — give --tokens or --compute")
@@ -115,29 +112,16 @@ def _tokens(n: int, scaling: dict | None, limits: PlanLimits, *, tokens, compute
     return d, basis
 
 
-def _optimal_tokens_interval(samples, n: float) -> tuple[float, float]:
-    """95% interval of the compute-optimal D for N over the bootstrap refits (rows C_N, α, C_D, β, L0)."""
-    import numpy as np
-
-    c_n, a, c_d, b, _ = samples.T
-    with np.errstate(all="ignore"):
-        k = (a * c_n / (b * c_d)) ** (1 / (a + b))
-        d = (n / k) ** ((a + b) / b) / n
-    low, high = np.nanpercentile(d, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def _loss(n: int, d: float, scaling: dict | None, limits: PlanLimits, gaps: list) -> dict | None:
+def _loss(n: int, d: float, law, scaling: dict | None, limits: PlanLimits, gaps: list) -> dict | None:
     """2) the predicted final loss (mean held-out bits per byte) with its bootstrap interval."""
-    if scaling is None:
+    if law is None:
         gaps.append("predicted loss: no scaling-law fit (make scaling-law fit)")
         return None
-    fit = _scaling_fit(scaling)
-    value = float(fit.predict(n, d))
-    if not fit.n_bootstrap:
+    value = float(law.predict(n, d))
+    if not law.n_bootstrap:
         gaps.append("predicted loss: the scaling-law fit has no bootstrap interval (fit with --bootstrap)")
         return None
-    low, high = (float(x) for x in fit.predict_interval(n, d))
+    low, high = (float(x) for x in law.predict_interval(n, d))
     half = (high - low) / 2 / value
     extrapolation = n / scaling["n_max"] if scaling.get("n_max") else None
     out = {"value": value, "interval95": [low, high], "unit": "bits per byte, mean over held-out sets",
@@ -149,7 +133,7 @@ def _loss(n: int, d: float, scaling: dict | None, limits: PlanLimits, gaps: list
     return {**out, "usable": True}
 
 
-def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, scaling: dict | None,
+def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, law,
            limits: PlanLimits, gaps: list) -> tuple[int | None, list | None]:
     """3) batch size from bs_opt = k / L^γ at the predicted loss (§3.2), and a warmup from the losses on the way."""
     if batch is None:
@@ -160,19 +144,18 @@ def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, scali
         return None, None
     from windtunnel.fit import BatchSizeFit
 
-    law = BatchSizeFit.from_dict(batch)
-    best = float(law.predict(loss["value"]))
-    low, high = (float(x) for x in law.predict_interval(loss["value"]))
+    bs_law = BatchSizeFit.from_dict(batch)
+    best = float(bs_law.predict(loss["value"]))
+    low, high = (float(x) for x in bs_law.predict_interval(loss["value"]))
     if not high / low <= limits.max_batch_ratio:
         gaps.append(f"batch size: 95% interval [{low:,.0f}, {high:,.0f}] tokens spans more than "
                     f"{limits.max_batch_ratio:g}× — add batch sizes or loss levels to the batch-size sweep")
         return None, None
     final = _round_batch(best, limits.seq_len)
-    fit = _scaling_fit(scaling)
     # the loss early in training is higher, so its optimal batch is smaller: start at half the final batch
     # until the predicted optimum passes the geometric middle (the paper's 1.2B run: 2M → 4M tokens)
     switch = next((t for t in (d * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
-                   if law.predict(float(fit.predict(n, t))) >= final / math.sqrt(2)), None)
+                   if bs_law.predict(float(law.predict(n, t))) >= final / math.sqrt(2)), None)
     if switch is None or switch <= 0.01 * d:
         return final, [{"from_tokens": 0, "batch_tokens": final}]
     return final, [{"from_tokens": 0, "batch_tokens": final // 2}, {"from_tokens": int(switch), "batch_tokens": final}]
