@@ -1,6 +1,6 @@
 """The one exception family windtunnel raises for bad input; the CLI prints it as one line."""
 
-__all__ = ["WindtunnelError", "SpecError"]
+__all__ = ["WindtunnelError", "SpecError", "one_line"]
 
 
 class WindtunnelError(Exception):
@@ -16,3 +16,9 @@ class SpecError(WindtunnelError):
 
     def __reduce__(self):  # so the error crosses process boundaries (Ray tasks, process pools) intact
         return (SpecError, (self.file, self.key, self.value, self.allowed))
+
+
+def one_line(err: BaseException) -> str:
+    """The last non-empty line of an error (a remote traceback's message), at most 300 characters."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:300]

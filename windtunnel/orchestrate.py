@@ -18,11 +18,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from windtunnel.errors import one_line
 from windtunnel.graph import Run
 from windtunnel.paths import results_dir
 from windtunnel.train import checkpoint_path, read_status, total_tokens
 
-__all__ = ["run_graph", "RunOutcome"]
+__all__ = ["run_graph", "RunOutcome", "init_ray"]
 
 POLL_SECONDS = 0.5  # how often the driver looks for new branch checkpoints and finished tasks
 
@@ -93,18 +94,20 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
 # ---------------------------------------------------------------- the driver
 
 
-def _init_ray(num_cpus: int | None):
-    """Embedded local Ray, or the cluster at $RAY_ADDRESS; workers get this process's results and MLflow paths."""
+def init_ray(num_cpus: int | None) -> bool:
+    """Embedded local Ray, or the cluster at $RAY_ADDRESS, unless Ray is already up; True when started here.
+
+    Workers get this process's results and MLflow paths."""
     import ray
 
     from windtunnel.tracking import tracking_uri
 
+    if ray.is_initialized():
+        return False
     env = {"WINDTUNNEL_RESULTS": str(results_dir()), "MLFLOW_TRACKING_URI": tracking_uri()}
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else num_cpus,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": env})
-    return ray
+    ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else num_cpus,
+             include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env})
+    return True
 
 
 def resources(run: Run, *, gpus: bool) -> dict:
@@ -193,8 +196,9 @@ def _drive(todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board
 
     for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # tokenize once, not per task
         prepare(data, vocab_size=vocab, progress=board.bar.disable is False)
-    started_ray = not __import__("ray").is_initialized()
-    ray = _init_ray(num_cpus)
+    import ray
+
+    started_ray = init_ray(num_cpus)
     try:
         _loop(ray, todo, by_id, outcomes, board, sweep=sweep, scale=scale, parent=parent, retries=retries)
     finally:
@@ -231,7 +235,7 @@ def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _B
             try:
                 result = ray.get(ref)
             except Exception as err:  # the task raised or its worker died: resume it from its checkpoint
-                errors[run.id] = _one_line(err)
+                errors[run.id] = one_line(err)
                 if attempts[run.id] <= retries:
                     todo.append(run)
                 else:
@@ -255,9 +259,3 @@ def _fork_point(run: Run, by_id: dict[str, Run], outcomes: dict):
     if parent is not None:
         return f"blocked: parent {run.parent} ended {parent.status} before step {run.fork_step}"
     return False
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    last = [line for line in text if line.strip()][-1] if text else type(err).__name__
-    return last[:300]

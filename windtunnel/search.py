@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from windtunnel.config import TrainSpec, apply_overrides, build, get_model, read_yaml, spec_hash
-from windtunnel.errors import SpecError, WindtunnelError
+from windtunnel.errors import SpecError, WindtunnelError, one_line
 from windtunnel.paths import results_dir
 
 __all__ = ["ParamRange", "AshaSpec", "SearchSpec", "TrialOutcome", "SearchResult", "SEARCHABLE", "OBJECTIVES",
@@ -407,7 +407,7 @@ def _outcome(result, number: int, spec: SearchSpec, max_evals: int) -> TrialOutc
         intermediate = {}
     run_id = spec_hash(trial_spec(spec.template, params)) if params else None
     if result.error is not None:
-        status, reason, value = "failed", _one_line(result.error), None
+        status, reason, value = "failed", one_line(result.error), None
     elif metrics.get("status") == "diverged":
         status, reason, value = "failed", metrics.get("reason", "diverged"), None
     elif metrics.get("status") == "finished":
@@ -416,11 +416,6 @@ def _outcome(result, number: int, spec: SearchSpec, max_evals: int) -> TrialOutc
         status, reason = "pruned", f"stopped by ASHA after {evals}/{max_evals} evaluations"
     intermediate = {int(k): float(v) for k, v in intermediate.items() if v != DIVERGED and math.isfinite(v)}
     return TrialOutcome(number, status, value, params, int(evals), reason, run_id, intermediate)
-
-
-def _one_line(err) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 def _trial_index(path) -> int:
@@ -443,6 +438,7 @@ def run_search(spec: SearchSpec, *, file=None, scale: str | None = None, trials:
     Ray is started embedded (or joins $RAY_ADDRESS) unless already initialised, and shut down if started here.
     """
     from windtunnel.data import prepare
+    from windtunnel.orchestrate import init_ray
 
     scale = scale or spec.scale
     file = file or spec.file
@@ -453,7 +449,7 @@ def run_search(spec: SearchSpec, *, file=None, scale: str | None = None, trials:
     _claim(folder, spec)
     prepare(spec.template.data, vocab_size=spec.template.model.vocab_size, progress=progress)  # once, not per trial
     parent = _parent_logger(spec, scale, folder, trials)
-    started = _start_ray(num_cpus)
+    started = init_ray(num_cpus)
     try:
         outcomes = _run_rounds(spec, folder, scale=scale, trials=trials, parent=parent.run_id, progress=progress)
     except BaseException:
@@ -493,17 +489,6 @@ def _claim(folder: Path, spec: SearchSpec) -> None:
             f"{folder} holds a study of a different search (space, objective, seed or trial spec changed in "
             f"{spec.file}); delete that folder to start again, or give the search another `name`")
     path.write_text(json.dumps(identity, indent=1))
-
-
-def _start_ray(num_cpus: int | None) -> bool:
-    """Embedded local Ray (or $RAY_ADDRESS) unless one is running; True when started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else num_cpus,
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return True
 
 
 def _parent_logger(spec: SearchSpec, scale: str, folder: Path, trials: int):
