@@ -46,6 +46,7 @@ def cmd_train(args) -> None:
     from windtunnel.graph import Run
     from windtunnel.model import count_params
     from windtunnel.orchestrate import run_dir, train_one
+    from windtunnel.tracking import RUN_ID_FILE
 
     spec = TrainSpec(model=get_model(args.model))
     if args.set_file:
@@ -57,7 +58,7 @@ def cmd_train(args) -> None:
                        tags={"parametrization": spec.model.parametrization}, progress=True)
     evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result["eval"].items())
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] else ""
-    mlflow_id = (run_dir(run) / "mlflow_run_id").read_text()
+    mlflow_id = (run_dir(run) / RUN_ID_FILE).read_text()
     print(f"{spec.model.name} N={count_params(spec.model):,} {result['status']}: {result['step']} steps, "
           f"{result['tokens']:,} tokens, train loss {result['train_loss']:.3f}; eval {evals}; "
           f"{result['tokens_per_s']:,.0f} tok/s{mfu}; run {run_dir(run)}, MLflow run {mlflow_id} (windtunnel ui)")

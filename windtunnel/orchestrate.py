@@ -74,12 +74,10 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         torch.set_num_threads(threads)
     folder = run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
-    id_file = folder / "mlflow_run_id"
-    logger = RunLogger(experiment=experiment, run_name=run.name, params=run_params(run),
-                       tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
-                             "parent": run.parent or ""},
-                       parent_run_id=parent_mlflow_id, run_id=id_file.read_text().strip() if id_file.exists() else None)
-    id_file.write_text(logger.run_id)
+    logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params=run_params(run),
+                                 tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
+                                       "parent": run.parent or ""},
+                                 parent_run_id=parent_mlflow_id)
     try:
         result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
                        log=logger.log, flush=logger.flush, progress=progress)
@@ -124,13 +122,9 @@ def _parent_logger(sweep: str, scale: str, runs: list[Run], description: str):
 
     folder = results_dir() / "sweeps" / f"{sweep}-{scale}"
     folder.mkdir(parents=True, exist_ok=True)
-    id_file = folder / "mlflow_run_id"
-    logger = RunLogger(experiment=sweep, run_name=f"{sweep} ({scale})",
-                       params={"scale": scale, "description": description},
-                       tags={"sweep": sweep, "scale": scale, "kind": "sweep", "n_runs": str(len(runs))},  # a sweep may grow
-                       run_id=id_file.read_text().strip() if id_file.exists() else None)
-    id_file.write_text(logger.run_id)
-    return logger
+    return RunLogger.in_folder(folder, experiment=sweep, run_name=f"{sweep} ({scale})",
+                               params={"scale": scale, "description": description},
+                               tags={"sweep": sweep, "scale": scale, "kind": "sweep", "n_runs": str(len(runs))})  # may grow
 
 
 class _Board:

@@ -340,18 +340,16 @@ def _label(model: str, params: dict) -> str:
 
 def _child_logger(run, folder: Path, params: dict, ctx: dict):
     """The trial's MLflow child run; a run dir's existing MLflow run is reopened (its steps are kept once)."""
-    from windtunnel.tracking import RunLogger
+    from windtunnel.tracking import RUN_ID_FILE, RunLogger
 
-    id_file = folder / "mlflow_run_id"
     kwargs = dict(experiment=ctx["experiment"], run_name=run.name, params=params, parent_run_id=ctx["parent"],
                   tags={"search": ctx["experiment"], "scale": ctx["scale"], "windtunnel.run": run.id,
                         "model": run.spec.model.name, "kind": "trial"})
     try:
-        logger = RunLogger(**kwargs, run_id=id_file.read_text().strip() if id_file.exists() else None)
+        return RunLogger.in_folder(folder, **kwargs)
     except WindtunnelError:  # the run dir's MLflow run belongs to another experiment or store: start one here
-        logger = RunLogger(**kwargs)
-    id_file.write_text(logger.run_id)
-    return logger
+        (folder / RUN_ID_FILE).unlink()
+        return RunLogger.in_folder(folder, **kwargs)
 
 
 # ---------------------------------------------------------------- outcomes
@@ -494,16 +492,12 @@ def _claim(folder: Path, spec: SearchSpec) -> None:
 def _parent_logger(spec: SearchSpec, scale: str, folder: Path, trials: int):
     from windtunnel.tracking import RunLogger
 
-    id_file = folder / "mlflow_run_id"
-    logger = RunLogger(experiment=spec.name, run_name=f"{spec.name} ({scale})",  # creates the experiment (DESIGN §8)
-                       params={"scale": scale, "model": spec.template.model.name, "tokens": spec.template.tokens,
-                               "objective": spec.objective, "seed": spec.seed, "description": spec.description,
-                               **{f"space.{p.name}": f"[{p.low:g}, {p.high:g}]{' log' if p.log else ''}"
-                                  for p in spec.space}},
-                       tags={"search": spec.name, "scale": scale, "kind": "search", "trials": trials},
-                       run_id=id_file.read_text().strip() if id_file.exists() else None)
-    id_file.write_text(logger.run_id)
-    return logger
+    space = {f"space.{p.name}": f"[{p.low:g}, {p.high:g}]{' log' if p.log else ''}" for p in spec.space}
+    return RunLogger.in_folder(  # creates the experiment before any trial logs to it (DESIGN §8)
+        folder, experiment=spec.name, run_name=f"{spec.name} ({scale})",
+        params={"scale": scale, "model": spec.template.model.name, "tokens": spec.template.tokens,
+                "objective": spec.objective, "seed": spec.seed, "description": spec.description, **space},
+        tags={"search": spec.name, "scale": scale, "kind": "search", "trials": trials})
 
 
 def _rounds(folder: Path) -> list[Path]:

@@ -39,6 +39,7 @@ TAG_CHARS = 8000  # longest tag value (MAX_TAG_VAL_LENGTH)
 PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests child runs under
 STATUSES = ("FINISHED", "FAILED", "KILLED")  # the terminal MLflow run statuses
 BASE_COLUMNS = ["run_id", "run_name", "status", "start_time", "parent_run_id"]
+RUN_ID_FILE = "mlflow_run_id"  # in a run dir or sweep folder: the id of its MLflow run (RunLogger.in_folder)
 
 
 def tracking_uri() -> str:
@@ -151,6 +152,15 @@ class RunLogger:
             params = self._reopen(experiment, params)
             self._log_entities({}, tags)
         self._log_entities(params, {})
+
+    @classmethod
+    def in_folder(cls, folder: Path, **kwargs) -> RunLogger:
+        """The MLflow run whose id `folder`/mlflow_run_id holds, reopened (a new run when there is none); the
+        file then holds this run's id. How a run dir or sweep folder keeps one MLflow run across restarts."""
+        id_file = Path(folder) / RUN_ID_FILE
+        logger = cls(**kwargs, run_id=id_file.read_text().strip() if id_file.exists() else None)
+        id_file.write_text(logger.run_id)
+        return logger
 
     def _reopen(self, experiment: str, params: dict[str, str]) -> dict[str, str]:
         """Mark the stored run RUNNING again; return the params it does not hold yet (stored params cannot change)."""
