@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from windtunnel.config import ModelSpec, load_models
-from windtunnel.model import MiniCPM, count_params, flops_per_token, param_groups
+from windtunnel.model import MiniCPM, count_params, flops_per_token, linear_cross_entropy, param_groups
 
 
 def tiny(d_model=32, parametrization="mup", **kw) -> ModelSpec:
@@ -55,6 +55,37 @@ def test_forward_shape_and_gqa():
     model = MiniCPM(tiny(d_model=64, n_kv_heads=1))
     logits = model(torch.randint(0, 256, (3, 10)))
     assert logits.shape == (3, 10, 256) and logits.dtype == torch.float32
+
+
+def test_chunked_lm_head_loss_matches_cross_entropy_and_its_gradients():
+    torch.manual_seed(0)
+    h = torch.randn(1001, 24, requires_grad=True)  # 1001 rows: the last chunk is short
+    w = torch.randn(300, 24, requires_grad=True)
+    targets = torch.randint(0, 300, (1001,))
+    ref = F.cross_entropy(h @ w.T, targets)
+    ref_h, ref_w = torch.autograd.grad(3 * ref, (h, w))
+    loss = linear_cross_entropy(h, w, targets)
+    got_h, got_w = torch.autograd.grad(3 * loss, (h, w))  # an outer factor (1/accum) reaches the grads
+    tol = 1e-5
+    assert abs(loss.item() - ref.item()) < tol * ref.item()
+    assert torch.allclose(got_h, ref_h, rtol=tol, atol=tol) and torch.allclose(got_w, ref_w, rtol=tol, atol=tol)
+
+
+def test_token_lookup_gradient_matches_embedding():
+    from windtunnel.model import _Embedding
+    weight = torch.randn(50, 8, requires_grad=True)
+    idx = torch.randint(0, 50, (4, 30))  # repeated ids: their rows must add up
+    grad = torch.randn(4, 30, 8)
+    got = torch.autograd.grad(_Embedding.apply(weight, idx), weight, grad)[0]
+    want = torch.autograd.grad(F.embedding(idx, weight), weight, grad)[0]
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_training_loss_is_the_logits_cross_entropy():
+    model = MiniCPM(tiny())
+    windows = torch.randint(0, 256, (4, 17))
+    ref = F.cross_entropy(model(windows[:, :-1]).flatten(0, 1), windows[:, 1:].flatten())
+    assert model.loss(windows).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_causal_future_tokens_do_not_change_the_past():
