@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_spec
-from windtunnel.train import checkpoint_path, read_status, train
+from windtunnel.train import GradStats, checkpoint_path, read_status, train
 
 
 class Recorder:
@@ -26,6 +26,21 @@ class Recorder:
 
     def series(self, key):
         return {step: m[key] for step, m in self.points if key in m}
+
+
+def test_grad_stats_cosine_and_max_update():
+    a, b = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(4))
+    stats = GradStats([a, b])
+    a.grad, b.grad = torch.ones(3, 2), torch.ones(4)
+    assert stats.grad_cosine().isnan()  # no previous gradient at the first step
+    a.grad, b.grad = torch.ones(3, 2), -torch.arange(4.0)
+    want = torch.nn.functional.cosine_similarity(torch.ones(10), torch.cat([torch.ones(6), -torch.arange(4.0)]), dim=0)
+    assert stats.grad_cosine().item() == pytest.approx(want.item())
+    stats.snapshot()
+    with torch.no_grad():
+        a += 0.5
+        b[2] -= 2.0
+    assert stats.max_update().item() == 2.0
 
 
 def test_run_end_to_end(tmp_path):

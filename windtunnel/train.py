@@ -142,31 +142,33 @@ def _load_latest(run_dir: Path) -> dict | None:
 
 
 class GradStats:
-    """Per step: global grad norm, max |Δw| of the update, cosine between consecutive gradients (§4.4)."""
+    """Per step: global grad norm, max |Δw| of the update, cosine between consecutive gradients (§4.4).
+
+    Gradients and weights are handled as one flat vector each: a handful of ops per step instead of
+    several per tensor, which is most of their cost on the small CPU models (0.8 → 0.3 ms on micro-142k).
+    """
 
     def __init__(self, params: list[torch.Tensor]):
         self.params = params
-        self.before = [p.detach().clone() for p in params]
+        self.before: torch.Tensor | None = None
         self.prev_grad: torch.Tensor | None = None
 
     def grad_cosine(self) -> torch.Tensor:
-        grad = torch.cat([p.grad.detach().flatten().float() for p in self.params])
-        cos = (torch.nn.functional.cosine_similarity(grad, self.prev_grad, dim=0)
-               if self.prev_grad is not None else torch.tensor(float("nan"), device=grad.device))
-        self.prev_grad = grad
-        return cos
+        grad = _flat([p.grad for p in self.params])
+        prev, self.prev_grad = self.prev_grad, grad
+        if prev is None:
+            return torch.tensor(float("nan"), device=grad.device)
+        return grad.dot(prev) / (grad.norm() * prev.norm()).clamp_min(1e-16)
 
     def snapshot(self) -> None:
-        torch._foreach_copy_(self.before, [p.detach() for p in self.params])
+        self.before = _flat(self.params)
 
     def max_update(self) -> torch.Tensor:
-        torch._foreach_sub_(self.before, [p.detach() for p in self.params])
-        return torch.stack(torch._foreach_norm(self.before, float("inf"))).max()
+        return (_flat(self.params) - self.before).abs().max()
 
 
-def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy (nats) of windows [rows, seq_len + 1]."""
-    return F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().flatten().float() for t in tensors])
 
 
 # ---------------------------------------------------------------- evaluation
@@ -246,7 +248,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         for g in groups:
             g["weight_decay"] /= spec.lr * g["lr_scale"]
     opt = torch.optim.AdamW(groups, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
-                            fused=device == "cuda" or None)
+                            fused=True)  # one kernel for all tensors: 1.0 → 0.3 ms a step on micro-142k
     params = [p for p in model.parameters()]
     stats = GradStats(params)
     flops = flops_per_token(spec.model, seq_len=spec.seq_len)
@@ -265,7 +267,8 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         stats.prev_grad = ckpt["prev_grad"].to(device) if ckpt["prev_grad"] is not None else None
     position = ckpt["data_position"] if ckpt else 0  # windows consumed: the whole data position
     compiled = _use_compile(spec, device, (steps - step) * spec.batch_tokens)
-    loss_fn = torch.compile(lm_loss) if compiled else lm_loss  # model + loss in one graph: fuses the logits
+    # model + loss in one graph; on CPU a C++ wrapper calls its kernels (Python's took ~2 ms a micro step)
+    loss_fn = torch.compile(MiniCPM.loss, options={"cpp_wrapper": device == "cpu"}) if compiled else MiniCPM.loss
 
     # 4) loop
     bar = tqdm(total=steps * spec.batch_tokens, initial=step * spec.batch_tokens, unit="tok", unit_scale=True,
