@@ -1,6 +1,7 @@
 """The trainer: a run end to end, checkpoints, bitwise resume, divergence, gradient accumulation."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -28,19 +29,22 @@ class Recorder:
         return {step: m[key] for step, m in self.points if key in m}
 
 
-def test_grad_stats_cosine_and_max_update():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_grad_stats_clip_cosine_and_max_update(compiled):
     a, b = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(4))
-    stats = GradStats([a, b])
+    stats = GradStats([a, b], compiled=compiled)
     a.grad, b.grad = torch.ones(3, 2), torch.ones(4)
-    assert stats.grad_cosine().isnan()  # no previous gradient at the first step
+    norm, cos = stats.before_step(math.inf)
+    assert norm.item() == pytest.approx(math.sqrt(10)) and cos.isnan()  # no previous gradient at the first step
     a.grad, b.grad = torch.ones(3, 2), -torch.arange(4.0)
     want = torch.nn.functional.cosine_similarity(torch.ones(10), torch.cat([torch.ones(6), -torch.arange(4.0)]), dim=0)
-    assert stats.grad_cosine().item() == pytest.approx(want.item())
-    stats.snapshot()
+    norm, cos = stats.before_step(1.0)  # clipped to norm 1, as clip_grad_norm_ does
+    assert cos.item() == pytest.approx(want.item())
+    assert math.hypot(a.grad.norm(), b.grad.norm()) == pytest.approx(1.0, rel=1e-5)
     with torch.no_grad():
         a += 0.5
         b[2] -= 2.0
-    assert stats.max_update().item() == 2.0
+    assert stats.after_step().item() == 2.0
 
 
 def test_run_end_to_end(tmp_path):
