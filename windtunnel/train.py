@@ -87,7 +87,7 @@ def _resolve_runtime(spec: TrainSpec) -> tuple[str, str]:
     return device, dtype
 
 
-COMPILE_CPU_TOKENS = 5_000_000  # auto-compile on CPU from here: a 9–18 s cold compile pays back after ~4M tokens
+COMPILE_CPU_TOKENS = 5_000_000  # auto-compile on CPU from here: a 22–37 s cold compile pays back after 3–7M tokens
 
 
 def _use_compile(spec: TrainSpec, device: str, tokens_left: int) -> bool:
