@@ -98,6 +98,7 @@ def test_sigkill_of_the_sweep_then_the_same_command_finishes_everything_once(tmp
     time.sleep(3)  # let Ray's reaper stop the orphaned workers
     out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "Token authentication" not in out.stderr  # Ray's notice, once per sweep, is kept off the terminal
     for run_id, mtime in finished_before.items():
         assert (results / "runs" / run_id / "status.json").stat().st_mtime == mtime  # not trained again
     assert_each_step_once("kill", runs)

@@ -12,6 +12,7 @@ resumed run drops the steps MLflow already holds, so each step is stored once).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -102,10 +103,16 @@ def init_ray(num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_auth_notice)
     env = {"WINDTUNNEL_RESULTS": str(results_dir()), "MLFLOW_TRACKING_URI": tracking_uri()}
     ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else num_cpus,
              include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env})
     return True
+
+
+def _not_auth_notice(record: logging.LogRecord) -> bool:
+    """Ray announces its default (token auth on) at every start; its warning when auth is off still shows."""
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def resources(run: Run, *, gpus: bool) -> dict:
