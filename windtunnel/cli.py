@@ -127,6 +127,11 @@ def cmd_search(args) -> None:
 
 FIT_COLUMNS = {"scaling-law": ("N", "D", "loss"), "batch-size": ("model", "batch_tokens", "tokens", "loss"),
                "lr": ("model", "lr", "loss"), "envelope": ("C", "loss")}
+CSV_COLUMNS = {  # a fit's column: (its --FLAG-col option, what it holds)
+    "N": ("n", "N (non-embedding parameters)"), "D": ("d", "D (training tokens)"),
+    "C": ("c", "compute C in FLOPs (D = C / 6N)"), "loss": ("loss", "final loss"), "model": ("model", "model name"),
+    "batch_tokens": ("batch", "batch size in tokens"), "tokens": ("tokens", "tokens seen at each evaluation"),
+    "lr": ("lr", "learning rate")}
 
 
 def cmd_fit(args) -> None:
@@ -166,8 +171,7 @@ def _csv_frame(args):
         raw = pd.read_csv(args.csv)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise WindtunnelError(f"{args.csv}: cannot read as CSV ({str(err).splitlines()[0]})") from None
-    names = {"N": args.n_col, "D": args.d_col, "C": args.c_col, "loss": args.loss_col, "model": args.model_col,
-             "batch_tokens": args.batch_col, "tokens": args.tokens_col, "lr": args.lr_col}
+    names = {col: getattr(args, f"{flag}_col") for col, (flag, _) in CSV_COLUMNS.items()}
     need = list(FIT_COLUMNS[args.kind])
     if args.kind == "scaling-law" and args.c_col and not args.d_col:
         need = ["N", "C", "loss"]
@@ -175,7 +179,7 @@ def _csv_frame(args):
         source = names.get(col) or col
         if source not in raw:
             if col in need:
-                raise FitError(f"{args.csv}: missing column {source!r} (set it with --{_flag(col)}); "
+                raise FitError(f"{args.csv}: missing column {source!r} (set it with --{CSV_COLUMNS[col][0]}-col); "
                                f"columns are: {', '.join(raw.columns)}")
             continue
         raw[col] = raw[source]
@@ -184,11 +188,6 @@ def _csv_frame(args):
     if args.kind == "envelope":
         raw = raw.assign(N=1.0, D=raw["C"] / 6.0, model=raw.get("model", "csv"))  # so 6·N·D = C
     return raw
-
-
-def _flag(col: str) -> str:
-    return {"N": "n-col", "D": "d-col", "C": "c-col", "loss": "loss-col", "model": "model-col",
-            "batch_tokens": "batch-col", "tokens": "tokens-col", "lr": "lr-col"}[col]
 
 
 def cmd_plan(args) -> None:
@@ -301,10 +300,8 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--scale", default="micro", help="with --sweep: the scale the sweep ran at")
     fit.add_argument("--all-runs", action="store_true",
                      help="with --sweep: also stored runs that sweeps/NAME.yaml no longer produces")
-    for col, what in (("n", "N (non-embedding parameters)"), ("d", "D (training tokens)"),
-                      ("c", "compute C in FLOPs (D = C / 6N)"), ("loss", "final loss"), ("model", "model name"),
-                      ("batch", "batch size in tokens"), ("tokens", "tokens seen at each evaluation"), ("lr", "learning rate")):
-        fit.add_argument(f"--{col}-col", help=f"CSV column of {what}")
+    for flag, what in CSV_COLUMNS.values():
+        fit.add_argument(f"--{flag}-col", help=f"CSV column of {what}")
     fit.add_argument("--budget", type=float, action="append", metavar="FLOPS",
                      help="scaling-law: compute budgets for the compute-optimal N, D and D/N (default 1e18…1e24)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
