@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from windtunnel.errors import WindtunnelError
-from windtunnel.paths import results_dir
+from windtunnel.paths import results_dir, write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,10 +180,7 @@ def decay_points(frame: pd.DataFrame) -> pd.DataFrame:
 def write_json(path: Path, payload: dict) -> Path:
     """Write atomically (temporary file, then rename): a report never reads half a fit."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dumps(payload) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, dumps(payload) + "\n")
 
 
 def dumps(payload: dict, *, indent: int | None = 1) -> str:

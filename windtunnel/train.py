@@ -26,6 +26,7 @@ from windtunnel.config import TrainSpec
 from windtunnel.data import eval_windows, prepare, sample_windows
 from windtunnel.errors import SpecError
 from windtunnel.model import MiniCPM, count_params, flops_per_token, param_groups
+from windtunnel.paths import write_atomic
 from windtunnel.schedules import make_schedule
 
 __all__ = ["train", "TrainResult", "read_status", "peak_flops", "total_tokens"]
@@ -74,9 +75,7 @@ def read_status(run_dir: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def _resolve_runtime(spec: TrainSpec) -> tuple[str, str]:
