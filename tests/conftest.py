@@ -22,7 +22,7 @@ def session_results(tmp_path_factory):
 
 
 def tiny_spec(*overrides: str) -> TrainSpec:
-    """micro-24k on the stdlib corpus, 2048-token batches of 64-token rows, short evaluations."""
+    """micro-24k on the embedded corpus, 2048-token batches of 64-token rows, short evaluations."""
     base = ["tokens=40960", "batch_tokens=2048", "seq_len=64", "eval_every=10", "checkpoint_every=10",
             "data.eval_tokens=4096", "schedule.warmup_tokens=4096"]
     return apply_overrides(TrainSpec(model=get_model("micro-24k")), base + list(overrides))

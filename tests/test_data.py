@@ -36,8 +36,8 @@ def _words(n_docs: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def stdlib(tmp_path_factory):
-    """The real stdlib corpus at a small vocabulary (5–10 s on 2 cores), and its cache folder."""
+def python(tmp_path_factory):
+    """The real embedded corpus (stdlib + torch source) at a small vocabulary (~15 s on 2 cores), and its cache."""
     cache = tmp_path_factory.mktemp("cache")
     spec = DataSpec(tokenizer_sample_bytes=1_000_000)
     return data.prepare(spec, vocab_size=512, cache_dir=cache, progress=False), spec, cache
@@ -97,11 +97,15 @@ def test_folder_mixes_kinds_in_sorted_order_and_keeps_bytes(tmp_path):
     ]
 
 
-def test_stdlib_documents_are_sorted_source_files():
+def test_python_documents_are_sorted_source_files_of_stdlib_then_torch():
     docs = data._load_documents(DataSpec())
     ids = [d.id for d in docs]
-    assert ids == sorted(ids) and len(ids) > 500
-    assert "os.py" in ids and not any("site-packages" in i for i in ids)
+    stdlib = [i for i in ids if i.startswith("stdlib/")]
+    torch = [i for i in ids if i.startswith("torch/")]
+    assert ids == stdlib + torch and stdlib == sorted(stdlib) and torch == sorted(torch)
+    assert len(stdlib) > 500 and len(torch) > 500
+    assert "stdlib/os.py" in ids and "torch/nn/modules/linear.py" in ids
+    assert not any("site-packages" in i for i in stdlib)
 
 
 def test_read_source_honours_coding_cookie(tmp_path):
@@ -175,12 +179,14 @@ def test_an_empty_held_out_set_is_refused(tmp_path):
 
 # Tokenizer, shards, cache ------------------------------------------------------------------------
 
-def test_stdlib_corpus(stdlib):
-    corpus, spec, _ = stdlib
+def test_python_corpus(python):
+    corpus, spec, _ = python
     _, held = data._split(spec, data._load_documents(spec))
     evals = {name: make_texts() for name, make_texts in data._eval_sets(spec, held).items()}
     assert 0 < len(evals["docstrings"]) <= len(held)
-    assert set(corpus.evals) == {"code", "docstrings"}
+    assert set(corpus.evals) == {"code", "docstrings", "torch"}
+    assert corpus.tokenizer.decode(corpus.evals["torch"]) == "".join(evals["torch"])
+    assert len(corpus.train) > 25_000_000  # no micro run needs a second epoch
     assert corpus.tokenizer.vocab_size == 512 and corpus.train.dtype == np.uint16
     assert isinstance(corpus.train, np.memmap) and len(corpus.fingerprint) == 16
     # one end-of-document token per document, and tokens decode back to the exact source
@@ -188,27 +194,27 @@ def test_stdlib_corpus(stdlib):
     assert corpus.tokenizer.decode(corpus.evals["code"]) == "".join(evals["code"])
     n_bytes = sum(len(t.encode()) for t in evals["docstrings"])
     assert corpus.bytes_per_token["docstrings"] == n_bytes / len(corpus.evals["docstrings"])
-    assert set(corpus.bytes_per_token) == {"train", "code", "docstrings"}
+    assert set(corpus.bytes_per_token) == {"train", "code", "docstrings", "torch"}
     assert all(1.5 < b < 4 for b in corpus.bytes_per_token.values())
 
 
 @pytest.mark.parametrize("text", TRICKY)
-def test_tokenizer_round_trip_is_exact(stdlib, text):
-    tokenizer = stdlib[0].tokenizer
+def test_tokenizer_round_trip_is_exact(python, text):
+    tokenizer = python[0].tokenizer
     ids = tokenizer.encode(text)
     assert all(0 <= i < tokenizer.vocab_size for i in ids)
     assert tokenizer.decode(ids) == text
     assert tokenizer.encode_batch([text, text], num_threads=2) == [ids, ids]
 
 
-def test_tokenizer_pickles_with_its_model(stdlib):
-    tokenizer = stdlib[0].tokenizer
+def test_tokenizer_pickles_with_its_model(python):
+    tokenizer = python[0].tokenizer
     copy = pickle.loads(pickle.dumps(tokenizer))
     assert copy.path == tokenizer.path and copy.encode(TRICKY[1]) == tokenizer.encode(TRICKY[1])
 
 
-def test_second_prepare_reads_the_cache(stdlib, monkeypatch):
-    corpus, spec, cache = stdlib
+def test_second_prepare_reads_the_cache(python, monkeypatch):
+    corpus, spec, cache = python
     def fail(*args, **kwargs):
         raise AssertionError("cache miss")
     monkeypatch.setattr(data, "_train_sentencepiece", fail)
@@ -282,8 +288,8 @@ def test_eval_windows_are_spread_and_capped():
     assert len(data.eval_windows(TOKENS, seq_len=10, max_tokens=3)) == 1
 
 
-def test_windows_on_a_memmap(stdlib):
-    corpus = stdlib[0]
+def test_windows_on_a_memmap(python):
+    corpus = python[0]
     w = data.sample_windows(corpus.train, start=10**6, count=8, seq_len=128, seed=1)
     assert w.shape == (8, 129) and w.max() < 512
     assert data.eval_windows(corpus.evals["code"], seq_len=128, max_tokens=32_768).shape == (256, 129)

@@ -51,7 +51,8 @@ def test_run_end_to_end(tmp_path):
     rec = Recorder()
     result = train(tiny_spec(), tmp_path, log=rec.log, flush=rec.flush)
     assert result.status == "finished" and result.step == 20 and result.tokens == 40960
-    assert set(result.eval) == {"code", "docstrings"}
+    assert set(result.eval) == {"code", "docstrings", "torch"}
+    assert result.epochs == pytest.approx(40960 / 30_553_366, rel=0.2)   # tokens seen / training tokens of the corpus
     for scores in result.eval.values():
         assert 0 < scores["bpb"] < 8 and scores["loss"] > 0
     steps = [s for s, _ in rec.points]
@@ -60,6 +61,7 @@ def test_run_end_to_end(tmp_path):
     assert {"train/loss", "lr", "grad/norm", "update/max_abs", "tokens", "perf/tokens_per_s"} <= set(first)
     assert "grad/cos_prev" in rec.points[1][1] and -1 <= rec.points[1][1]["grad/cos_prev"] <= 1
     assert set(rec.series("eval/code/bpb")) == {10, 20}
+    assert rec.series("data/epochs")[20] == pytest.approx(result.epochs)
     assert rec.series("train/loss")[20] < rec.series("train/loss")[1]
     assert read_status(tmp_path)["status"] == "finished"
     assert rec.flushes >= 2  # before each checkpoint

@@ -95,8 +95,9 @@ class ModelSpec:
 class DataSpec:
     """Which text a run trains and evaluates on (DESIGN §7)."""
 
-    corpus: str = "stdlib"
-    """"stdlib" (the interpreter's own source, no download), a .txt/.jsonl/.parquet file or folder, or "hf:NAME" """
+    corpus: str = "python"
+    """"python" (the standard library's and torch's own source, no download), a .txt/.jsonl/.parquet file or
+    folder, or "hf:NAME" """
     text_key: str = "text"
     """field holding the text in .jsonl, .parquet and Hugging Face rows"""
     valid_percent: int = 5

@@ -6,9 +6,12 @@ the training documents and tokenizes every set once into a memmap shard. Tokeniz
 cached under `results/cache/` by content hash, so a second call only reads and hashes the text.
 
 Corpora (`DataSpec.corpus`):
-- "stdlib": the .py files of the running interpreter's standard library (~1800 files, ~31 MB; no
-  download). Held-out sets: "code" (the held-out files) and "docstrings" (their docstrings and
-  comments). A document's id is its path relative to the standard library.
+- "python" (the default): the .py files of the running interpreter's standard library (~1800 files,
+  ~31 MB) and of the installed torch package (~2300 files, ~46 MB; the Makefile pins torch==2.13.0, so
+  every machine that runs `make setup` has the same text), ~30M training tokens at vocab 1024: no run of
+  the micro ladder sees a token twice (runs report `data/epochs`). No download. Held-out sets: "code"
+  (the held-out standard-library files), "docstrings" (their docstrings and comments) and "torch" (the
+  held-out torch files). A document's id is "stdlib/PATH" or "torch/PATH", PATH relative to its package.
 - a .txt file (one document), a .jsonl file (one JSON object per line, text under `text_key`), a
   .parquet file (column `text_key`), or a folder searched recursively for these three kinds (other
   files are ignored), read in sorted order. Ids are "relative/path" or "relative/path#row".
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -52,7 +56,7 @@ __all__ = ["Corpus", "Tokenizer", "prepare", "sample_windows", "eval_windows"]
 
 FORMAT = 1  # bump when document extraction or the shard layout changes: old caches are then ignored
 EXTENSIONS = (".txt", ".jsonl", ".parquet")
-_CORPUS_HELP = "use 'stdlib', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.parquet file or a folder of them"
+_CORPUS_HELP = "use 'python', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.parquet file or a folder of them"
 _META = "\u2581"  # sentencepiece's space symbol "▁": a literal one in the text is encoded as its 3 bytes
 _SENTENCE_CHARS = 2_000  # tokenizer training sentences: whole lines, at most this many characters
 _BATCH_CHARS = 4_000_000  # characters per sentencepiece encode call: bounds the memory of id lists
@@ -83,8 +87,8 @@ class _Document:
 
 def _load_documents(spec: DataSpec) -> list[_Document]:
     """The corpus's non-empty documents, in a deterministic order."""
-    if spec.corpus == "stdlib":
-        docs = _stdlib_documents()
+    if spec.corpus == "python":
+        docs = _python_documents()
     elif spec.corpus.startswith("hf:"):
         docs = _hf_documents(spec)
     else:
@@ -92,15 +96,28 @@ def _load_documents(spec: DataSpec) -> list[_Document]:
     return [doc for doc in docs if doc.text]
 
 
-def _stdlib_documents() -> list[_Document]:
-    """The standard library's .py files (without site-packages), sorted by relative path."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+EMBEDDED_PACKAGES = ("torch",)  # installed packages whose source joins the stdlib's; pinned by the Makefile
+
+
+def _python_documents() -> list[_Document]:
+    """The standard library's .py files (without site-packages), then each embedded package's, each sorted
+    by relative path; ids "stdlib/PATH", "torch/PATH". Packages are located without importing them."""
+    roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))]
+    for name in EMBEDDED_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise WindtunnelError(f"the 'python' corpus needs the {name} package's source; install it (make setup)")
+        roots.append((name, Path(list(spec.submodule_search_locations)[0])))
+    return [doc for prefix, root in roots for doc in _source_files(prefix, root)]
+
+
+def _source_files(prefix: str, root: Path) -> list[_Document]:
     paths = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [s for s in subfolders if s not in ("site-packages", "dist-packages")]
         paths += [Path(folder, f) for f in files if f.endswith(".py")]
     rel = sorted((p.relative_to(root).as_posix(), p) for p in paths)
-    return [_Document(name, _read_source(path)) for name, path in rel]
+    return [_Document(f"{prefix}/{name}", _read_source(path)) for name, path in rel]
 
 
 def _read_source(path: Path) -> str:
@@ -242,10 +259,13 @@ def _split(spec: DataSpec, docs: list[_Document]) -> tuple[list[_Document], list
 
 def _eval_sets(spec: DataSpec, held: list[_Document]) -> dict[str, Callable[[], list[str]]]:
     """The evaluation sets by name, each a function giving its texts (called only when not cached)."""
-    texts = [doc.text for doc in held]
-    if spec.corpus != "stdlib":
-        return {"valid": lambda: texts}
-    return {"code": lambda: texts, "docstrings": lambda: _docstrings(texts)}
+    if spec.corpus != "python":
+        return {"valid": lambda: [doc.text for doc in held]}
+    code = [doc.text for doc in held if doc.id.startswith("stdlib/")]
+    sets = {"code": lambda: code, "docstrings": lambda: _docstrings(code)}
+    for name in EMBEDDED_PACKAGES:
+        sets[name] = lambda name=name: [doc.text for doc in held if doc.id.startswith(f"{name}/")]
+    return sets
 
 
 def _docstrings(sources: list[str]) -> list[str]:
@@ -416,7 +436,7 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
     tokenizer = _tokenizer(
         train, vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes, cache_dir=cache_dir, progress=progress
     )
-    kind = "stdlib" if spec.corpus == "stdlib" else "user"  # decides which eval sets exist
+    kind = "python" if spec.corpus == "python" else "user"  # decides which eval sets exist
     fingerprint = _hash(f"format={FORMAT}", kind, f"valid_percent={spec.valid_percent}", tokenizer._proto,
                         *(part for doc in docs for part in (doc.id, doc.text)))
     shards = cache_dir / "shards" / fingerprint

@@ -48,6 +48,7 @@ class TrainResult:
     tokens_per_s: float   # training throughput of this process, evaluation excluded
     mfu: float | None     # model FLOPs utilisation against peak_flops
     wall_s: float         # wall time of this process's share of the segment
+    epochs: float = 0.0   # passes over the training tokens so far (> 1: some tokens were seen twice)
 
 
 def total_tokens(spec: TrainSpec) -> int:
@@ -332,6 +333,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         if status == "diverged" or step % spec.eval_every == 0 or step == steps:
             metrics.update(evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
                            if status != "diverged" else {})
+            metrics["data/epochs"] = position * spec.seq_len / len(corpus.train)
         log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
         bar.update(spec.batch_tokens)
         if step % 10 == 0 or step == steps:
@@ -356,7 +358,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     return TrainResult(
         status=status, step=step, tokens=step * spec.batch_tokens, train_loss=ema if ema is not None else math.nan,
         eval=_eval_table(metrics), tokens_per_s=tok_s, mfu=tok_s * flops / peak if peak and tok_s else None,
-        wall_s=time.perf_counter() - started,
+        wall_s=time.perf_counter() - started, epochs=position * spec.seq_len / len(corpus.train),
     )
 
 
