@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from windtunnel.fit import (FitError, ScalingLawFit, backtest_scaling_law, compute_optimal, d_over_n,
+from windtunnel.fit import (FitError, ScalingLawFit, compute_optimal, d_over_n, rolling_backtests,
                             decay_dynamics, fit_batch_size_law, fit_envelope, fit_lr_transfer, fit_scaling_law,
                             tokens_to_reach, validate)
 
@@ -141,12 +141,79 @@ def test_compute_optimal_closed_form_matches_numeric(clean_fit):
     assert d_over_n(f, 1e22) == pytest.approx(table["ratio_numeric"].iloc[2])
 
 
-def test_backtest_is_accurate_on_clean_data():
+def test_rolling_backtests_are_accurate_on_clean_data():
     N, D, loss = ladder(0.0)
-    bt = backtest_scaling_law(N, D, loss)
-    assert bt.held_out_N == pytest.approx(3e8) and (bt.n_train, bt.n_test) == (50, 10)
-    assert bt.mean_abs_rel_err < 0.005 and bt.max_abs_rel_err < 0.01   # noiseless: extrapolation within 0.5% / 1%
-    assert json.loads(json.dumps(bt.to_dict()))["n_test"] == 10
+    tests = rolling_backtests(N, D, loss, bootstrap=0)
+    assert [t.n_sizes for t in tests] == [3, 4, 5]                       # fit sizes 1..k, predict k+1, k ≥ 3
+    assert [t.held_out_N for t in tests] == pytest.approx(np.unique(N)[3:])
+    assert [(t.n_train, t.n_test) for t in tests] == [(30, 10), (40, 10), (50, 10)]
+    for t in tests:
+        assert t.mean_abs_rel_err < 0.005 and t.max_abs_rel_err < 0.01   # noiseless: extrapolation within 0.5% / 1%
+        assert t.covered == () and np.isnan(t.coverage)                  # no bootstrap: errors only
+    assert json.loads(json.dumps(tests[-1].to_dict()))["n_test"] == 10
+
+
+def grouped_ladder(seed: int, *, sd_group: float = 0.005, sd_point: float = 0.0005, seeds: int = 2):
+    """Six sizes × `seeds` stable runs × 6 branches: every stable run's branches share one log-loss offset."""
+    rng = np.random.default_rng(seed)
+    sizes = np.geomspace(1e7, 3e8, 6)
+    N = np.repeat(sizes, seeds * 6)
+    D = N * np.tile(np.linspace(10, 60, 6), 6 * seeds)
+    groups = np.repeat(np.arange(6 * seeds), 6)
+    offsets = rng.normal(0, sd_group, 6 * seeds)[groups] + rng.normal(0, sd_point, N.size)
+    return N, D, law(N, D) * np.exp(offsets), groups
+
+
+def test_group_bootstrap_resamples_whole_stable_runs():
+    N, D, loss, groups = grouped_ladder(3)
+    f = fit_scaling_law(N, D, loss, bootstrap=200, seed=1, groups=groups)
+    assert f.n_groups == 12 and f.group_dof == 12 - 3
+    assert 0.002 < f.group_sd < 0.012                                    # the 0.5% offset per stable run, recovered
+    ungrouped = fit_scaling_law(N, D, loss, bootstrap=200, seed=1)
+    assert ungrouped.n_groups == 72
+    width = lambda fit: np.subtract(*fit.intervals["alpha"][::-1])       # noqa: E731
+    assert width(f) > 1.5 * width(ungrouped)   # points of one run are not independent: 72 "points" overstate the data
+    low, high = f.predict_interval(6e8, 3e10)
+    law_low, law_high = f.predict_interval(6e8, 3e10, new_run=False)
+    assert low < law_low < law_high < high    # a new run's own offset widens the interval of the law
+    assert json.loads(json.dumps(f.to_dict()))["group_dof"] == 9
+    again = ScalingLawFit.from_dict(json.loads(json.dumps(f.to_dict(samples=True))))
+    assert again.predict_interval(6e8, 3e10) == pytest.approx((low, high))
+
+
+def test_group_intervals_cover_the_truth():
+    """Coverage on simulated ladders (bench/interval_coverage.py measures it on 200 micro-shaped replicates):
+    here 30 replicates of the grouped ladder; the 95% intervals of α and of a new run 2× beyond the largest
+    size must hold the truth in ≥ 90% of them (27 of 30: binomial sd ~4% around 95%)."""
+    alpha_hits = run_hits = 0
+    for seed in range(30):
+        N, D, loss, groups = grouped_ladder(100 + seed)
+        f = fit_scaling_law(N, D, loss, bootstrap=200, seed=seed, groups=groups)
+        low, high = f.intervals["alpha"]
+        alpha_hits += low <= TRUE["alpha"] <= high
+        new = law(6e8, 3e10) * np.exp(np.random.default_rng(seed).normal(0, 0.005))
+        low, high = f.predict_interval(6e8, 3e10)
+        run_hits += low <= new <= high
+    assert alpha_hits >= 27 and run_hits >= 27, (alpha_hits, run_hits)
+
+
+def test_prediction_interval_needs_enough_groups():
+    N, D, loss, groups = grouped_ladder(4, seeds=1)
+    f = fit_scaling_law(N[:18], D[:18], loss[:18], bootstrap=50, groups=groups[:18])   # 3 stable runs, 3 parameters
+    assert f.group_dof == 0
+    with pytest.raises(FitError, match="needs the spread between groups; 3 groups leave 0 degrees of freedom"):
+        f.predict_interval(1e9, 1e10)
+    with pytest.raises(FitError, match="groups has 2 labels for 18 points"):
+        fit_scaling_law(N[:18], D[:18], loss[:18], groups=[1, 2])
+
+
+def test_an_unidentified_floor_is_named_not_reported():
+    """Losses that fall as pure power laws (no floor in range) leave L0 at its bound 0: say so."""
+    N, D, _ = ladder(0.0)
+    f = fit_scaling_law(N, D, 400 * N ** -0.3 + 900 * D ** -0.28)
+    assert f.L0 < 1e-3 and set(f.not_identified) == {"L0"}
+    assert "lower bound" in f.not_identified["L0"]
+    assert fit_scaling_law(*ladder(0.003)).not_identified == {}
 
 
 @pytest.mark.parametrize("args, message", [

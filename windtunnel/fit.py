@@ -26,7 +26,7 @@ from windtunnel.errors import WindtunnelError
 
 __all__ = [
     "FitError", "validate",
-    "ScalingLawFit", "fit_scaling_law", "compute_optimal", "d_over_n", "Backtest", "backtest_scaling_law",
+    "ScalingLawFit", "fit_scaling_law", "compute_optimal", "d_over_n", "Backtest", "rolling_backtests",
     "BatchSizeFit", "tokens_to_reach", "fit_batch_size_law",
     "LRTransferFit", "fit_lr_transfer",
     "EnvelopeFit", "fit_envelope",
@@ -121,7 +121,7 @@ def _jsonable(intervals: dict) -> dict:
 
 @dataclass(frozen=True)
 class ScalingLawFit:
-    """L(N, D) = C_N·N^-α + C_D·D^-β + L0 (§5); N = non-embedding parameters, D = training tokens."""
+    """L(N, D) = C_N·N^-α + C_D·D^-β + L0 (§5); N = parameters (the caller's convention), D = training tokens."""
 
     method: str                      # "huber" (log-residual Huber, L-BFGS-B) or "curve_fit" (least squares on loss)
     C_N: float
@@ -133,6 +133,10 @@ class ScalingLawFit:
     n_bootstrap: int = 0             # bootstrap refits behind `intervals` and `samples`
     intervals: dict = field(default_factory=dict)   # name -> (low, high), 95% percentile; empty without bootstrap
     samples: np.ndarray | None = field(default=None, compare=False, repr=False)  # (K, 5) rows in PARAMS order
+    n_groups: int = 0                # independent groups the bootstrap resampled (stable runs); n_points if ungrouped
+    group_sd: float = math.nan       # sd of a new group's log-loss offset (seed, trajectory), from the group residuals
+    group_dof: int = 0               # degrees of freedom of group_sd (groups − parameters that absorb group offsets)
+    not_identified: dict = field(default_factory=dict)  # parameter -> why the data cannot pin it down
 
     @property
     def K(self) -> float:
@@ -149,13 +153,26 @@ class ScalingLawFit:
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
         return self.C_N * N ** -self.alpha + self.C_D * D ** -self.beta + self.L0
 
-    def predict_interval(self, N, D, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile interval of the predicted loss over the bootstrap refits."""
+    def predict_interval(self, N, D, *, level: float = 0.95, new_run: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile interval of the loss at (N, D) over the bootstrap refits.
+
+        new_run=True (a prediction interval): each refit's prediction also gets the offset of a new group
+        — a new stable run has its own seed and trajectory — drawn as group_sd × Student-t(group_dof), the
+        t because group_sd is estimated from few groups. new_run=False: the interval of the law itself.
+        """
         N, D = np.asarray(N, dtype=float)[..., None], np.asarray(D, dtype=float)[..., None]
+        if new_run and not (self.group_dof > 0 and math.isfinite(self.group_sd)):
+            raise FitError(f"a prediction interval needs the spread between groups; {self.n_groups} groups leave "
+                           f"{self.group_dof} degrees of freedom — add sizes or seeds")
 
         def preds():
             c_n, a, c_d, b, l0 = self.samples.T
-            return c_n * N ** -a + c_d * D ** -b + l0
+            pred = c_n * N ** -a + c_d * D ** -b + l0
+            if not new_run:
+                return pred
+            repeats = max(1, 4000 // len(self.samples))   # several offsets per refit: smooth percentiles
+            offsets = self.group_sd * np.random.default_rng(0).standard_t(self.group_dof, repeats * len(self.samples))
+            return np.repeat(pred, repeats, axis=-1) * np.exp(offsets)
         return _bootstrap_interval(self.samples, preds, level)
 
     def optimal_n(self, compute: float) -> float:
@@ -179,7 +196,9 @@ class ScalingLawFit:
         bootstrap refits so `from_dict` can give prediction intervals (fit.json keeps them)."""
         out = {name: float(getattr(self, name)) for name in PARAMS}
         out.update(K=float(self.K), eta=float(self.eta), n_points=self.n_points, method=self.method,
-                   n_bootstrap=self.n_bootstrap, intervals=_jsonable(self.intervals))
+                   n_bootstrap=self.n_bootstrap, intervals=_jsonable(self.intervals), n_groups=self.n_groups,
+                   group_sd=None if math.isnan(self.group_sd) else float(self.group_sd), group_dof=self.group_dof,
+                   not_identified=dict(self.not_identified))
         if samples and self.samples is not None:
             out["samples"] = self.samples.tolist()
         return out
@@ -187,9 +206,12 @@ class ScalingLawFit:
     @classmethod
     def from_dict(cls, data: dict) -> ScalingLawFit:
         """The inverse of to_dict (e.g. results/scaling_law/fit.json)."""
+        sd = data.get("group_sd")
         return cls(data["method"], *(float(data[name]) for name in PARAMS), n_points=int(data["n_points"]),
                    n_bootstrap=int(data.get("n_bootstrap", 0)), samples=_samples_from(data),
-                   intervals={k: tuple(v) for k, v in data.get("intervals", {}).items()})
+                   intervals={k: tuple(v) for k, v in data.get("intervals", {}).items()},
+                   n_groups=int(data.get("n_groups", 0)), group_sd=math.nan if sd is None else float(sd),
+                   group_dof=int(data.get("group_dof", 0)), not_identified=dict(data.get("not_identified", {})))
 
 
 def _K(alpha, C_N, beta, C_D):
@@ -202,15 +224,20 @@ def _optimal_tokens(n, alpha, C_N, beta, C_D):
         return (n / _K(alpha, C_N, beta, C_D)) ** ((alpha + beta) / beta) / n
 
 
+GROUP_PARAMS = 3  # parameters that can absorb a whole group's offset: C_N and α (across sizes) and L0 (their mean)
+
+
 def fit_scaling_law(N, D, loss, *, method: str = "huber", delta: float = 1e-3, bootstrap: int = 0,
-                    seed: int = 0) -> ScalingLawFit:
+                    seed: int = 0, groups=None) -> ScalingLawFit:
     """Fit L(N, D) = C_N·N^-α + C_D·D^-β + L0 (§5) to final losses of (N, D) runs.
 
     method="huber": Huber loss (`delta`) on log(pred) − log(loss) with pred = exp(LSE(a − α·log N,
     b − β·log D, e)), C_N = e^a, C_D = e^b, L0 = e^e (Hoffmann et al. 2022, Epoch's replication);
     every point of a grid of starts is scored and the best few are refined with L-BFGS-B.
     method="curve_fit": least squares on the loss itself, as the paper did, started from the Huber fit.
-    bootstrap=K resamples the points K times, refits from the full-data optimum and stores 95%
+    groups: one label per point; points with one label share their noise (the decay branches of one stable
+    run share its seed and trajectory) and are resampled together. None: every point is its own group.
+    bootstrap=K resamples the groups K times, refits from the full-data optimum and stores 95%
     percentile intervals of every parameter and of K and η.
     """
     if method not in ("huber", "curve_fit"):
@@ -219,18 +246,55 @@ def fit_scaling_law(N, D, loss, *, method: str = "huber", delta: float = 1e-3, b
     for name, values in (("N", N), ("D", D)):
         if np.unique(values).size < 2:
             raise FitError(f"scaling-law fit needs at least 2 distinct {name} values (got 1); add runs of other sizes")
+    group_ids = _group_ids(groups, len(loss))
     problem = _Problem(N, D, loss, delta)
     theta = problem.fit_huber(problem.starts())
     if method == "curve_fit":
         theta = problem.fit_curve(theta)
-    samples = problem.bootstrap(theta, method, bootstrap, seed) if bootstrap else None
+    samples = problem.bootstrap(theta, method, bootstrap, seed, group_ids) if bootstrap else None
     intervals = {}
     if samples is not None:
         derived = np.column_stack([samples, _K(samples[:, 1], samples[:, 0], samples[:, 3], samples[:, 2]),
                                    (samples[:, 3] - samples[:, 1]) / (samples[:, 1] + samples[:, 3])])
         intervals = _percentiles(derived, PARAMS + ("K", "eta"))
-    return ScalingLawFit(method, *problem.natural(theta), n_points=len(loss), n_bootstrap=int(bootstrap),
-                         intervals=intervals, samples=samples)
+    natural = problem.natural(theta)
+    n_groups = int(group_ids.max()) + 1
+    sd, dof = _group_spread(problem.residuals(theta[None])[0][0], group_ids, 5 if n_groups == len(loss) else GROUP_PARAMS)
+    return ScalingLawFit(method, *natural, n_points=len(loss), n_bootstrap=int(bootstrap), intervals=intervals,
+                         samples=samples, n_groups=n_groups, group_sd=sd, group_dof=dof,
+                         not_identified=_not_identified(dict(zip(PARAMS, natural)), loss))
+
+
+def _group_ids(groups, n: int) -> np.ndarray:
+    """Integer ids 0..G-1 of the group labels (any hashable values), or one group per point."""
+    if groups is None:
+        return np.arange(n)
+    labels = pd.Series(np.asarray(groups, dtype=object).ravel())
+    if len(labels) != n:
+        raise FitError(f"groups has {len(labels)} labels for {n} points; pass one label per point")
+    if labels.isna().any():
+        raise FitError(f"groups: row {int(np.flatnonzero(labels.isna())[0])} has no group label; label every point")
+    return pd.factorize(labels)[0]
+
+
+def _group_spread(residuals: np.ndarray, group_ids: np.ndarray, n_params: int) -> tuple[float, int]:
+    """sd of the groups' mean log residual, corrected for the parameters that absorbed part of it, and its dof."""
+    means = np.bincount(group_ids, weights=residuals) / np.bincount(group_ids)
+    dof = means.size - n_params
+    return (float(np.sqrt((means ** 2).sum() / dof)), int(dof)) if dof > 0 else (math.nan, 0)
+
+
+def _not_identified(params: dict, loss: np.ndarray) -> dict:
+    """The parameters the fit left at a bound, with the reason (a bound is where the data stopped informing it)."""
+    out = {}
+    if params["L0"] < 0.01 * loss.min():
+        out["L0"] = (f"fitted at its lower bound (≈0 against losses ≥ {loss.min():.3g}): the losses still fall at the "
+                     "largest N and D, so the floor is not measured; α and β are effective exponents of this range")
+    for name in ("alpha", "beta"):
+        if not 1e-3 < params[name] < 4.99:
+            out[name] = f"at its bound ({params[name]:.3g}; allowed 0..5): the loss does not follow a power law in " \
+                        f"{'N' if name == 'alpha' else 'D'} over this range"
+    return out
 
 
 class _Problem:
@@ -292,20 +356,26 @@ class _Problem:
         c_n, alpha, c_d, beta, l0 = np.maximum(p, 1e-300)   # log of a bound-hugging 0 stays finite
         return np.array([np.log(c_n), alpha, np.log(c_d), beta, np.log(l0)])
 
-    def bootstrap(self, theta, method, n_samples, seed):
-        """Refit on `n_samples` resamples (with replacement) from the full-data θ; rows in PARAMS order."""
+    def bootstrap(self, theta, method, n_samples, seed, group_ids):
+        """Refit on `n_samples` resamples of whole groups (with replacement) from the full-data θ; rows in
+        PARAMS order. A resample left with one distinct N or D cannot identify the law: its row is NaN."""
         rng = np.random.default_rng(seed)
-        n = self.x.size
-        idx = rng.integers(0, n, (n_samples, n))
+        n_groups = int(group_ids.max()) + 1
+        counts = np.stack([np.bincount(row, minlength=n_groups)
+                           for row in rng.integers(0, n_groups, (n_samples, n_groups))])
+        weights = counts[:, group_ids].astype(float)               # a point counts as often as its group was drawn
+        used = weights > 0
+        ok = np.array([np.unique(self.x[u]).size > 1 and np.unique(self.y[u]).size > 1 for u in used])
+        thetas = np.full((n_samples, 5), np.nan)
         if method == "huber":
-            weights = np.stack([np.bincount(row, minlength=n) for row in idx]) / n   # resampling = integer weights
+            w = weights[ok] / weights[ok].sum(axis=1, keepdims=True)
             # blocks of 256 refits bound memory (Jacobian 256 × n × 5) and stay cache-friendly
-            thetas = np.concatenate([self.refit_batch(theta, weights[i : i + 256]) for i in range(0, n_samples, 256)])
+            if ok.any():
+                thetas[ok] = np.concatenate([self.refit_batch(theta, w[i : i + 256]) for i in range(0, len(w), 256)])
         else:
-            thetas = np.full((n_samples, 5), np.nan)
-            for k, row in enumerate(idx):
+            for k in np.flatnonzero(ok):
                 try:
-                    thetas[k] = self.fit_curve(theta, row)
+                    thetas[k] = self.fit_curve(theta, np.repeat(np.arange(self.x.size), weights[k].astype(int)))
                 except (RuntimeError, ValueError):   # a resample curve_fit cannot fit stays NaN
                     pass
         a, alpha, b, beta, e = thetas.T
@@ -330,8 +400,12 @@ class _Problem:
             omega = w * np.where(np.abs(r) <= self.delta, 1 / self.delta, 1 / np.maximum(np.abs(r), 1e-300))
             jw = jac * omega[..., None]
             hess, grad = jw.transpose(0, 2, 1) @ jac, np.einsum("kni,kn->ki", jw, r)
-            damp = lam[active, None, None] * (hess * np.eye(5) + 1e-12 * np.eye(5))
-            step = np.linalg.solve(hess + damp, -grad[..., None])[..., 0]
+            diag = hess * np.eye(5)
+            damp = lam[active, None, None] * (diag + 1e-9 * diag.max(axis=(1, 2), keepdims=True) * np.eye(5))
+            try:
+                step = np.linalg.solve(hess + damp, -grad[..., None])[..., 0]
+            except np.linalg.LinAlgError:   # a resample that leaves a direction unconstrained (one D, say)
+                step = (np.linalg.pinv(hess + damp) @ -grad[..., None])[..., 0]
             trial = th + step
             trial[:, [1, 3]] = np.clip(trial[:, [1, 3]], 0.0, 5.0)           # α, β ≥ 0 as in the L-BFGS-B bounds
             f_trial = self.batch_objective(trial, w)
@@ -404,32 +478,58 @@ def d_over_n(fit: ScalingLawFit, compute: float) -> float:
 
 @dataclass(frozen=True)
 class Backtest:
-    """A scaling law fitted without the largest N, scored on that size's points."""
+    """A scaling law fitted on the sizes up to the k-th, scored on the next size's points (§5 extrapolation)."""
 
     held_out_N: float
+    n_sizes: int                 # sizes the law was fitted on (the k smallest)
     n_train: int
     n_test: int
-    rel_errors: tuple            # (pred − true)/true, one per held-out point, in input order
+    rel_errors: tuple            # (pred − actual)/actual, one per held-out point, in input order
     mean_abs_rel_err: float
     max_abs_rel_err: float
-    fit: ScalingLawFit = field(repr=False)
+    mean_rel_err: float          # signed: > 0 when the law predicted higher losses than the size reached
+    low: tuple = ()              # 95% prediction interval of each held-out point (a new run, see predict_interval)
+    high: tuple = ()
+    covered: tuple = ()          # whether each actual loss lies in its interval
+    fit: ScalingLawFit | None = field(default=None, repr=False)
+
+    @property
+    def coverage(self) -> float:
+        """Share of the held-out points inside their 95% prediction interval (NaN without intervals)."""
+        return float(np.mean(self.covered)) if self.covered else math.nan
 
     def to_dict(self) -> dict:
-        return {"held_out_N": self.held_out_N, "n_train": self.n_train, "n_test": self.n_test,
-                "rel_errors": list(self.rel_errors), "mean_abs_rel_err": self.mean_abs_rel_err,
-                "max_abs_rel_err": self.max_abs_rel_err, "fit": self.fit.to_dict()}
+        out = {k: getattr(self, k) for k in ("held_out_N", "n_sizes", "n_train", "n_test", "mean_abs_rel_err",
+                                              "max_abs_rel_err", "mean_rel_err")}
+        out.update(rel_errors=list(self.rel_errors), low=list(self.low), high=list(self.high),
+                   covered=[bool(c) for c in self.covered], coverage=None if not self.covered else self.coverage,
+                   fit=None if self.fit is None else self.fit.to_dict())
+        return out
 
 
-def backtest_scaling_law(N, D, loss, *, method: str = "huber", delta: float = 1e-3) -> Backtest:
-    """Fit on every point except those of the largest N, predict that size's points (§5 extrapolation)."""
+def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: int = 0, min_sizes: int = 3,
+                      method: str = "huber", delta: float = 1e-3) -> list[Backtest]:
+    """For every k ≥ min_sizes: fit the k smallest sizes, predict every point of size k+1 with its 95%
+    prediction interval (bootstrap over `groups`; bootstrap=0: errors only). One Backtest per k."""
     N, D, loss = _arrays("scaling-law back-test", 7, N=N, D=D, loss=loss)
-    test = N == N.max()
-    if (~test).sum() < 6:
-        raise FitError(f"scaling-law back-test needs at least 6 points below the largest N (got {(~test).sum()}); add runs of smaller sizes")
-    fit = fit_scaling_law(N[~test], D[~test], loss[~test], method=method, delta=delta)
-    rel = (fit.predict(N[test], D[test]) - loss[test]) / loss[test]
-    return Backtest(float(N.max()), int((~test).sum()), int(test.sum()), tuple(map(float, rel)),
-                    float(np.abs(rel).mean()), float(np.abs(rel).max()), fit)
+    group_ids = _group_ids(groups, len(loss))
+    sizes = np.unique(N)
+    if sizes.size <= min_sizes:
+        raise FitError(f"a rolling back-test needs more than {min_sizes} sizes (got {sizes.size}); add runs of other sizes")
+    out = []
+    for k in range(min_sizes, sizes.size):
+        train, test = N <= sizes[k - 1], N == sizes[k]
+        fit = fit_scaling_law(N[train], D[train], loss[train], method=method, delta=delta, bootstrap=bootstrap,
+                              seed=seed, groups=group_ids[train])
+        rel = (fit.predict(N[test], D[test]) - loss[test]) / loss[test]
+        low = high = covered = ()
+        if bootstrap and fit.group_dof > 0:
+            lo, hi = fit.predict_interval(N[test], D[test])
+            low, high, covered = tuple(map(float, lo)), tuple(map(float, hi)), tuple((lo <= loss[test]) & (loss[test] <= hi))
+        out.append(Backtest(float(sizes[k]), k, int(train.sum()), int(test.sum()), tuple(map(float, rel)),
+                            float(np.abs(rel).mean()), float(np.abs(rel).max()), float(rel.mean()),
+                            low, high, covered, fit))
+    return out
 
 
 # ---------------------------------------------------------------- §3.2 batch-size law
