@@ -53,13 +53,50 @@ def test_ids_are_content_hashes(tmp_path):
     assert first[0].id == changed[0].id and first[4].id != changed[4].id
 
 
-def test_scaling_law_graph_costs_about_81n_against_231n_from_scratch():
-    sweep, section = load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="micro")
-    summary = summarize(expand(sweep, section, file="scaling_law.yaml"))
+def test_paper_scaling_law_graph_costs_about_81n_against_231n_from_scratch():
+    sweep, section = load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="paper")
+    summary = summarize(expand(sweep, section, file="scaling_law.yaml", scale_name="paper"))
     n_total = sum(count_params(__import__("windtunnel.config").config.get_model(m)) for m in section.models)
     assert summary["tokens"] / n_total == pytest.approx(81, rel=0.02)
     assert summary["tokens_from_scratch"] / n_total == pytest.approx(231, rel=0.02)
-    assert summary["n_runs"] == 5 * 7 and summary["n_final_points"] == 30
+    assert summary["n_runs"] == 6 * 7 and summary["n_final_points"] == 36
+
+
+def test_micro_ladder_is_tuned_seeded_and_on_one_token_grid():
+    """Issue 11: per-size batch (from the batch-size law), the LR study's LR, two seeds, one absolute token grid,
+    no branch under 200 steps, and no run past one epoch of the embedded corpus (~30M tokens)."""
+    sweep, section = load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="micro")
+    runs = expand(sweep, section, file="scaling_law.yaml")
+    stables = [r for r in runs if r.coords["stage"] == "stable"]
+    assert sorted((r.coords["model"], r.spec.seed) for r in stables) == sorted(
+        (m, seed) for m in section.models for seed in (0, 1))
+    assert {r.spec.lr for r in runs} == {0.0222}
+    batches = {r.coords["model"]: r.spec.batch_tokens for r in stables}
+    assert list(batches.values()) == sorted(batches.values()) and batches["micro-24k"] < batches["micro-425k"]
+    branches = [r for r in runs if r.coords["stage"] == "decay"]
+    for at in (1, 2, 4, 8):   # the same D for every size, to within one of its steps
+        forks = [r.fork_step * r.spec.batch_tokens for r in branches if r.coords["branch_tokens"] == at * 2**20]
+        assert len(forks) == 10 and max(forks) - min(forks) <= 5120
+    assert min(r.fork_step for r in branches) >= 200 and max(r.tokens for r in runs) < 30_000_000
+    assert len({r.id for r in runs}) == len(runs) == 50
+
+
+def test_seeds_per_model_overrides_and_a_token_grid(tmp_path):
+    text = SWEEP.replace("    grid: {lr: [0.01, 0.02]}\n    branches: {at_tokens_per_param: [2, 4, 6], decay_fractions: [0.1]}\n",
+                         "    seeds: [0, 7]\n    per_model: {micro-24k: {batch_tokens: 1024}}\n"
+                         "    branches: {at_tokens: [40960, 81920], min_steps: 40}\n").replace("tokens_per_param: 6", "tokens: 81920")
+    runs = graph(tmp_path, text)
+    assert [(r.coords["stage"], r.spec.seed) for r in runs] == [("stable", 0), ("decay", 0), ("decay", 0),
+                                                                ("stable", 7), ("decay", 7), ("decay", 7)]
+    assert {r.spec.batch_tokens for r in runs} == {1024} and [r.fork_step for r in runs[1:3]] == [40, 80]
+    assert runs[1].parent == runs[0].id and runs[4].parent == runs[3].id and runs[0].id != runs[3].id
+    assert runs[1].name == "micro-24k seed=0 40K+10.0% exp"
+    with pytest.raises(SpecError, match=r"≥ min_steps=41 steps; it is 40 steps of micro-24k at batch_tokens=1024"):
+        graph(tmp_path, text.replace("min_steps: 40", "min_steps: 41"))
+    with pytest.raises(SpecError, match="exactly one of at_tokens and at_tokens_per_param"):
+        graph(tmp_path, text.replace("at_tokens: [40960, 81920]", "at_tokens: [40960], at_tokens_per_param: [2]"))
+    with pytest.raises(SpecError, match="scales.micro.per_model=.micro-9. is not allowed; models of this scale: micro-24k"):
+        graph(tmp_path, text.replace("per_model: {micro-24k:", "per_model: {micro-9:"))
 
 
 GRAPH_SWEEPS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.stem != "mup_search")  # that one is a search
@@ -99,8 +136,9 @@ def test_dry_run_json_from_the_cli():
                           "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert {"n_runs", "tokens", "tokens_from_scratch", "flops"} <= set(summary)
-    assert summary["tokens_from_scratch"] > 2.5 * summary["tokens"]
+    assert {"n_runs", "tokens", "tokens_from_scratch", "flops", "runs"} <= set(summary)
+    assert summary["tokens_from_scratch"] > 1.5 * summary["tokens"]
+    assert len(summary["runs"]) == summary["n_runs"] and {"id", "name"} <= set(summary["runs"][0])
 
 
 def test_a_scale_with_only_runs_is_exactly_that_list(tmp_path):

@@ -16,10 +16,13 @@ Sweep file layout:
         set: {...}               # overrides for this scale only
         grid: {lr: [...], model.parametrization: [mup, sp]}   # cartesian product of dotted keys
         runs: [{...}, ...]       # extra runs per model, each a mapping of overrides (e.g. baselines)
+        per_model: {micro-24k: {lr: 0.02, batch_tokens: 2048}}   # overrides for one model (tuned LR, batch)
+        seeds: [0, 1]            # every run once per seed (independent stable runs: honest intervals)
         branches:                # decay branches forked from each stable run
-          at_tokens_per_param: [10, 20, 30, 40, 50, 60]
+          at_tokens_per_param: [10, 20, 30, 40, 50, 60]   # or at_tokens: [1048576, ...] (one grid for all sizes)
           decay_fractions: [0.1]       # decay length as a fraction of the branch point's tokens
           decay_shapes: [exp]
+          min_steps: 250               # refuse a branch point with fewer optimizer steps than this
 """
 
 from __future__ import annotations
@@ -40,8 +43,12 @@ __all__ = ["BranchSpec", "ScaleSpec", "SweepSpec", "Run", "load_sweep", "expand"
 class BranchSpec:
     """WSD decay branches forked from the stable run's checkpoints (paper §4.3, §5)."""
 
-    at_tokens_per_param: tuple[float, ...]
+    at_tokens_per_param: tuple[float, ...] = ()
     """branch points, in tokens per non-embedding parameter (10 = 10N tokens into the stable run)"""
+    at_tokens: tuple[int, ...] = ()
+    """branch points in tokens, the same for every size (so D does not move with N); instead of at_tokens_per_param"""
+    min_steps: int = 0
+    """the fewest optimizer steps a branch point may have (shorter runs are dominated by warmup and noise)"""
     decay_fractions: tuple[float, ...] = (0.1,)
     """each decay lasts this fraction of its branch point's tokens (0.1: ~10%, which reaches the cosine optimum)"""
     decay_shapes: tuple[str, ...] = ("exp",)
@@ -66,6 +73,10 @@ class ScaleSpec:
     """extra runs per model, each a mapping of overrides"""
     branches: BranchSpec | None = None
     """decay branches forked from each stable run"""
+    per_model: dict = field(default_factory=dict)
+    """model name → overrides for that model only (its tuned LR and batch size), after `set`"""
+    seeds: tuple[int, ...] = ()
+    """run every variant once per seed (each seed its own stable run); empty = the spec's seed only"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +145,8 @@ def _variants(scale: ScaleSpec, *, file) -> list[tuple[dict, bool]]:
     combos = [dict(zip(keys, values)) for values in itertools.product(*(scale.grid[k] for k in keys))]
     if not keys and scale.runs and scale.branches is None:  # only an explicit list of runs: no default run beside it
         combos = []
-    return [(c, scale.branches is not None) for c in combos] + [(dict(r), False) for r in scale.runs]
+    variants = [(c, scale.branches is not None) for c in combos] + [(dict(r), False) for r in scale.runs]
+    return [({**v, "seed": seed}, b) for v, b in variants for seed in scale.seeds] if scale.seeds else variants
 
 
 def _coords(model: str, variant: dict) -> dict:
@@ -149,13 +161,16 @@ def _coords(model: str, variant: dict) -> dict:
 
 def _label(coords: dict) -> str:
     """Readable run name: "micro-24k lr=0.01 sp", "micro-24k stable", "micro-24k 20N+10% exp"."""
-    branch = {"stage", "branch_tokens_per_param", "decay_fraction", "decay_shape"}
+    branch = {"stage", "branch_tokens_per_param", "branch_tokens", "decay_fraction", "decay_shape"}
     words = [str(coords["model"])] + [f"{k.split('.')[-1]}={v}" for k, v in coords.items()
                                        if k != "model" and k not in branch]
     if coords.get("stage") == "stable":
         words.append("stable")
     elif coords.get("stage") == "decay":
-        words.append(f"{coords['branch_tokens_per_param']:g}N+{coords['decay_fraction']:.1%} {coords['decay_shape']}")
+        tokens = coords.get("branch_tokens", 0)
+        at = (f"{coords['branch_tokens_per_param']:g}N" if "branch_tokens_per_param" in coords
+              else f"{tokens / 2**20:g}M" if tokens >= 2**20 else f"{tokens / 2**10:g}K")
+        words.append(f"{at}+{coords['decay_fraction']:.1%} {coords['decay_shape']}")
     return " ".join(words)
 
 
@@ -163,33 +178,49 @@ def _round_steps(tokens: float, batch_tokens: int) -> int:
     return max(1, round(tokens / batch_tokens))
 
 
+def _fork_steps(branches: BranchSpec, n: int, batch_tokens: int) -> list[int]:
+    """The branch points in optimizer steps, in the order given."""
+    points = branches.at_tokens or [at * n for at in branches.at_tokens_per_param]
+    return [_round_steps(tokens, batch_tokens) for tokens in points]
+
+
 def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, *, file) -> list[Run]:
     """One WSD run per (branch point, decay fraction, shape), each forked from the stable run."""
     runs, batch = [], stable.batch_tokens
-    for at in branches.at_tokens_per_param:
-        fork = _round_steps(at * n, batch)
+    per_param = not branches.at_tokens
+    for at, fork in zip(branches.at_tokens_per_param if per_param else branches.at_tokens,
+                        _fork_steps(branches, n, batch)):
         for fraction, shape in itertools.product(branches.decay_fractions, branches.decay_shapes):
             decay = max(1, math.ceil(fraction * fork))
             schedule = {"kind": "wsd", "warmup_tokens": stable.schedule.warmup_tokens,
                         "decay_start_tokens": fork * batch, "decay_shape": shape}
             spec = apply_overrides(stable, {"tokens": (fork + decay) * batch, "schedule": schedule,
                                             "checkpoint_steps": []}, source=file)
-            coords = {**stable_run.coords, "stage": "decay", "branch_tokens_per_param": at,
-                      "decay_fraction": fraction, "decay_shape": shape}
+            point = {"branch_tokens_per_param": at} if per_param else {"branch_tokens": at}
+            coords = {**stable_run.coords, "stage": "decay", **point, "decay_fraction": fraction, "decay_shape": shape}
             runs.append(Run(id=spec_hash(spec, stable_run.id, str(fork)), name=_label(coords), spec=spec,
                             coords=coords, parent=stable_run.id, fork_step=fork))
     return runs
 
 
-def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_tokens: int, *, file, scale: str) -> None:
+def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_tokens: int, *, file, scale: str,
+                    model: str) -> None:
     key = f"scales.{scale}.branches"
-    if not branches.at_tokens_per_param or not branches.decay_fractions or not branches.decay_shapes:
-        raise SpecError(file, key, dataclasses.asdict(branches), "non-empty at_tokens_per_param, decay_fractions, decay_shapes")
-    beyond = [at for at in branches.at_tokens_per_param  # compared in whole steps, as the runs are
-              if at <= 0 or _round_steps(at * n, batch_tokens) > _round_steps(stable_tokens, batch_tokens)]
-    if beyond:
-        raise SpecError(file, f"{key}.at_tokens_per_param", beyond[0],
-                        f"branch points within the stable run: 0 < at ≤ {stable_tokens / n:g} tokens per parameter")
+    if bool(branches.at_tokens) == bool(branches.at_tokens_per_param):
+        raise SpecError(file, key, dataclasses.asdict(branches), "exactly one of at_tokens and at_tokens_per_param")
+    if not branches.decay_fractions or not branches.decay_shapes:
+        raise SpecError(file, key, dataclasses.asdict(branches), "non-empty decay_fractions and decay_shapes")
+    field_name = "at_tokens" if branches.at_tokens else "at_tokens_per_param"
+    given = branches.at_tokens or branches.at_tokens_per_param
+    last = _round_steps(stable_tokens, batch_tokens)
+    for at, steps in zip(given, _fork_steps(branches, n, batch_tokens)):  # compared in whole steps, as the runs are
+        if at <= 0 or steps > last:
+            unit = "tokens" if branches.at_tokens else "tokens per parameter"
+            top = stable_tokens if branches.at_tokens else stable_tokens / n
+            raise SpecError(file, f"{key}.{field_name}", at, f"branch points within the stable run: 0 < at ≤ {top:g} {unit}")
+        if steps < branches.min_steps:
+            raise SpecError(file, f"{key}.{field_name}", at, f"≥ min_steps={branches.min_steps} steps; it is {steps} "
+                            f"steps of {model} at batch_tokens={batch_tokens}")
     bad = [f for f in branches.decay_fractions if not 0 < f <= 1]
     if bad:
         raise SpecError(file, f"{key}.decay_fractions", bad[0], "fractions in (0, 1]")
@@ -212,6 +243,7 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             raise SpecError(file, f"scales.{scale_name}.models", name, err.allowed) from None
         n = count_params(model)
         base = apply_overrides(apply_overrides(TrainSpec(model=model), sweep.base, source=file), scale.set, source=file)
+        base = apply_overrides(base, _per_model(scale, name, file=file, scale_name=scale_name), source=file)
         tokens = scale.tokens or scale.tokens_per_param * n
         for variant, branched in _variants(scale, file=file):
             spec = apply_overrides(base, variant, source=file)
@@ -221,8 +253,8 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             if not branched:
                 runs.append(Run(id=spec_hash(spec), name=_label(coords), spec=spec, coords=coords))
                 continue
-            _check_branches(scale.branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name)
-            forks = sorted({_round_steps(at * n, spec.batch_tokens) for at in scale.branches.at_tokens_per_param})
+            _check_branches(scale.branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name, model=name)
+            forks = sorted(set(_fork_steps(scale.branches, n, spec.batch_tokens)))
             stable = apply_overrides(spec, {"schedule": {"kind": "constant", "warmup_tokens": spec.schedule.warmup_tokens},
                                             "tokens": forks[-1] * spec.batch_tokens, "checkpoint_steps": forks}, source=file)
             stable_run = Run(id=spec_hash(stable), name=_label({**coords, "stage": "stable"}), spec=stable,
@@ -230,6 +262,16 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file)]
     _check_unique(runs, file=file)
     return runs
+
+
+def _per_model(scale: ScaleSpec, name: str, *, file, scale_name: str) -> dict:
+    unknown = sorted(set(scale.per_model) - set(scale.models))
+    if unknown:
+        raise SpecError(file, f"scales.{scale_name}.per_model", unknown[0], "models of this scale: " + ", ".join(scale.models))
+    overrides = scale.per_model.get(name, {})
+    if not isinstance(overrides, dict):
+        raise SpecError(file, f"scales.{scale_name}.per_model.{name}", overrides, "a mapping of overrides")
+    return overrides
 
 
 def _check_unique(runs: list[Run], *, file) -> None:
@@ -241,12 +283,17 @@ def _check_unique(runs: list[Run], *, file) -> None:
 
 
 def summarize(runs: list[Run]) -> dict:
-    """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6)."""
-    from windtunnel.model import flops_per_token
+    """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6).
+    FLOPs are C = 6·N_total·D, the count of the scaling law and the plan; attention's share is given apart."""
+    from windtunnel.model import attention_flops_per_token, count_params
 
     parents = {r.parent for r in runs if r.parent}
     finals = [r for r in runs if r.id not in parents]
-    flops = sum(r.own_tokens * flops_per_token(r.spec.model, seq_len=r.spec.seq_len) for r in runs)
-    flops_scratch = sum(r.tokens * flops_per_token(r.spec.model, seq_len=r.spec.seq_len) for r in finals)
+    per_token = {r.id: 6.0 * count_params(r.spec.model, embedding=True) for r in runs}
+    attention = sum(r.own_tokens * attention_flops_per_token(r.spec.model, seq_len=r.spec.seq_len) for r in runs)
     return {"n_runs": len(runs), "n_final_points": len(finals), "tokens": sum(r.own_tokens for r in runs),
-            "tokens_from_scratch": sum(r.tokens for r in finals), "flops": flops, "flops_from_scratch": flops_scratch}
+            "tokens_from_scratch": sum(r.tokens for r in finals),
+            "flops": sum(r.own_tokens * per_token[r.id] for r in runs),
+            "flops_from_scratch": sum(r.tokens * per_token[r.id] for r in finals), "attention_flops": attention,
+            "runs": [{"id": r.id, "name": r.name, "tokens": r.tokens, "own_tokens": r.own_tokens, "parent": r.parent}
+                     for r in runs]}
