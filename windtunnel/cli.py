@@ -1,11 +1,13 @@
 """The `windtunnel` command: parse, call one function, print. Bad input is one line on stderr, exit 2.
 
     windtunnel models [--json]
+    windtunnel peak
     windtunnel train MODEL [--set-file FILE] [--set key=value ...]
     windtunnel sweep SPEC.yaml [--scale micro|paper] [--set-file FILE] [--dry-run] [--json]
     windtunnel search SPEC.yaml [--scale micro|paper] [--trials N]
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
+    windtunnel validate TARGET [--tokens T | --compute FLOPS]
     windtunnel report
     windtunnel ui [--port 5000]
 """
@@ -40,22 +42,29 @@ def cmd_models(args) -> None:
               f"{r['n_kv_heads']:>5}{r['n_layers']:>8}{r['vocab_size']:>8}")
 
 
+def cmd_peak(args) -> None:
+    import os
+
+    import torch
+
+    from windtunnel.train import peak_flops
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"this machine: fp32 matmul peak {peak_flops('cpu', 'fp32') / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} "
+          f"threads ({cores} cores); compare wall times only at a like peak (here: ~125 to ~340 GFLOP/s)")
+
+
 def cmd_train(args) -> None:
-    from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides, spec_hash
-    from windtunnel.data import prepare
-    from windtunnel.graph import Run
+    from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides
     from windtunnel.model import count_params
-    from windtunnel.orchestrate import run_dir, train_one
+    from windtunnel.orchestrate import run_dir, train_spec
     from windtunnel.tracking import RUN_ID_FILE
 
     spec = TrainSpec(model=get_model(args.model))
     if args.set_file:
         spec = apply_overrides(spec, load_overrides(args.set_file), source=args.set_file)
     spec = apply_overrides(spec, args.set)
-    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # bad data fails here, before any run exists
-    run = Run(id=spec_hash(spec, corpus.fingerprint), name=spec.model.name, spec=spec, coords={"model": spec.model.name})
-    result = train_one(run, init_from=None, experiment="train", parent_mlflow_id=None,
-                       tags={"parametrization": spec.model.parametrization}, progress=True)
+    run, result = train_spec(spec, experiment="train", tags={})
     evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result["eval"].items())
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] else ""
     mlflow_id = (run_dir(run) / RUN_ID_FILE).read_text()
@@ -95,7 +104,7 @@ def _print_graph(runs, summary) -> None:
     for r in runs:
         fork = f"{r.parent} step {r.fork_step}" if r.parent else ""
         print(f"{r.id:<14}{r.name[:42]:<44}{r.tokens:>14,}{r.own_tokens:>14,}  {fork}")
-    print(f"{summary['n_runs']} runs; {summary['tokens']:,} tokens ({summary['flops']:.3g} FLOPs) against "
+    print(f"{summary['n_runs']} runs; {summary['tokens']:,} tokens (C = 6·N_total·D = {summary['flops']:.3g} FLOPs) against "
           f"{summary['tokens_from_scratch']:,} from scratch ({summary['tokens_from_scratch'] / summary['tokens']:.2f}x)")
 
 
@@ -131,12 +140,15 @@ CSV_COLUMNS = {  # a fit's column: (its --FLAG-col option, what it holds)
     "N": ("n", "N (non-embedding parameters)"), "D": ("d", "D (training tokens)"),
     "C": ("c", "compute C in FLOPs (D = C / 6N)"), "loss": ("loss", "final loss"), "model": ("model", "model name"),
     "batch_tokens": ("batch", "batch size in tokens"), "tokens": ("tokens", "tokens seen at each evaluation"),
-    "lr": ("lr", "learning rate")}
+    "lr": ("lr", "learning rate"),
+    "group": ("group", "a group label: rows sharing it (the branches of one stable run) are resampled together")}
 
 
 def cmd_fit(args) -> None:
     from windtunnel import studies
 
+    if args.group_col and args.kind != "scaling-law":
+        raise WindtunnelError(f"--group-col applies to scaling-law fits only (its bootstrap), not to {args.kind}")
     if args.csv:
         frame, excluded = _csv_frame(args), {}
     else:
@@ -144,11 +156,17 @@ def cmd_fit(args) -> None:
                                                current=not args.all_runs)
         if args.kind in ("scaling-law", "envelope"):
             frame = studies.decay_points(frame)
+        if args.group_col:  # the stable run by default; e.g. `model` resamples whole sizes
+            if args.group_col not in frame:
+                raise WindtunnelError(f"--group-col {args.group_col!r} is not a column of the sweep's table; "
+                                      f"columns: {', '.join(frame.columns)}")
+            frame = frame.assign(group=frame[args.group_col])
         if args.kind == "batch-size":
             frame = studies.loss_curves(frame, metric="eval")
     if args.kind == "scaling-law":
         budgets = {"budgets": args.budget} if args.budget else {}
-        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap, **budgets)
+        n_kind = "given" if args.csv else args.n_kind
+        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap, n_kind=n_kind, **budgets)
     elif args.kind == "batch-size":
         result = studies.fit_batch_size_study(frame, bootstrap=args.bootstrap)
     elif args.kind == "lr":
@@ -158,6 +176,8 @@ def cmd_fit(args) -> None:
     result = {**{k: v for k, v in result.items() if k != "samples"}, "excluded": excluded}  # samples: fit.json only
     if excluded:
         print("left out: " + ", ".join(f"{n} {why}" for why, n in excluded.items()), file=sys.stderr)
+    for name, why in result.get("not_identified", {}).items():
+        print(f"{name} is not identified (its value is a bound, not a measurement): {why}", file=sys.stderr)
     print(studies.dumps(result, indent=None if args.json else 1))
 
 
@@ -175,7 +195,7 @@ def _csv_frame(args):
     need = list(FIT_COLUMNS[args.kind])
     if args.kind == "scaling-law" and args.c_col and not args.d_col:
         need = ["N", "C", "loss"]
-    for col in need + [c for c in ("N", "parametrization") if c not in need]:
+    for col in need + [c for c in ("N", "parametrization", "group") if c not in need]:
         source = names.get(col) or col
         if source not in raw:
             if col in need:
@@ -183,6 +203,8 @@ def _csv_frame(args):
                                f"columns are: {', '.join(raw.columns)}")
             continue
         raw[col] = raw[source]
+    if args.group_col and args.group_col not in raw:
+        raise FitError(f"{args.csv}: missing column {args.group_col!r} (--group-col); columns are: {', '.join(raw.columns)}")
     if "C" in need and args.kind == "scaling-law":
         raw["D"] = raw["C"] / (6 * raw["N"])
     if args.kind == "envelope":
@@ -191,45 +213,50 @@ def _csv_frame(args):
 
 
 def cmd_plan(args) -> None:
-    from windtunnel.config import get_model
-    from windtunnel.paths import results_dir
-    from windtunnel.plan import PlanLimits, make_plan, render_yaml
-    from windtunnel.studies import read_fit
+    from windtunnel.plan import PlanLimits, plan_from_fits
 
-    fits = {name: read_fit(name) for name in ("scaling_law", "batch_size", "lr")}
     limits = PlanLimits(mfu=args.mfu, gpu_flops=args.gpu_flops, max_loss_rel_interval=args.max_loss_interval)
-    plan = make_plan(get_model(args.target), scaling=fits["scaling_law"], batch=fits["batch_size"], lr=fits["lr"],
-                     tokens=args.tokens, compute=args.compute, limits=limits)
-    sources = {name: f"results/{name}/fit.json ({fit['scale']} scale)" if fit else "missing" for name, fit in fits.items()}
-    path = results_dir() / "plans" / f"{args.target}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_yaml(plan, sources=sources))
+    plan, path = plan_from_fits(args.target, tokens=args.tokens, compute=args.compute, limits=limits)
     _print_plan(plan, path)
 
 
 def _print_plan(plan: dict, path) -> None:
     train, loss, cost = plan["train"], plan["predicted_loss"], plan["cost"]
-    print(f"plan for {plan['target']} (N = {plan['n_params']:,}): {plan['status']}")
+    print(f"plan for {plan['target']} (N = {plan['n_params']:,}, {plan['n_kind']}): {plan['status']}")
     if "tokens" in train:
         print(f"  tokens        {train['tokens']:.4g}  ({plan['tokens_basis']})")
     if loss:
-        print(f"  final loss    {loss['value']:.4f} bits/byte, 95% [{loss['interval95'][0]:.4f}, {loss['interval95'][1]:.4f}]"
+        print(f"  final loss    {loss['value']:.4f} bits/byte, 95% prediction interval [{loss['interval95'][0]:.4f}, "
+              f"{loss['interval95'][1]:.4f}] ({loss['n_extrapolation']:.2g}× the ladder's largest N)"
               + ("" if loss["usable"] else "  (too uncertain to plan with)"))
     if "batch_tokens" in train:
         warm = " → ".join(f"{b['batch_tokens']:,}" for b in plan["batch_warmup"])
-        print(f"  batch tokens  {warm}")
+        print(f"  batch tokens  {warm}  (sequences of {train['seq_len']} tokens)")
     if "lr" in train:
-        print(f"  max LR        {train['lr']:.4g} (the µP base LR, transferred across widths)")
+        print(f"  max LR        {train['lr']:.4g}: the ladder's µP base LR, exact in its base: "
+              + ", ".join(f"{k} {v}" for k, v in train.get("model", {}).items()))
     if "schedule" in train:
-        print(f"  schedule      WSD, warmup {train['schedule']['warmup_tokens']:.3g} tokens, "
-              f"{train['schedule']['decay_fraction']:.0%} exp decay at the end")
+        sched = train["schedule"]
+        print(f"  schedule      WSD, warmup {sched['warmup_tokens']:.3g} tokens, exp decay from {sched['decay_start_tokens']:.4g} "
+              f"tokens to the end (as the ladder's branches)")
     if cost:
         steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
-        print(f"  cost          {steps}{cost['flops']:.3g} FLOPs, {cost['gpu_hours']:,.0f} GPU-hours at "
-              f"{cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s")
+        print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}; attention +{cost['attention_flops']:.3g}), "
+              f"{cost['gpu_hours']:,.3g} GPU-hours at {cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s")
     for gap in plan["gaps"]:
         print(f"  not planned:  {gap}")
     print(f"written: {path}")
+
+
+def cmd_validate(args) -> None:
+    from windtunnel.validate import validate
+
+    out = validate(args.target, tokens=args.tokens, compute=args.compute)
+    verdict = "inside" if out["inside"] else "OUTSIDE"
+    print(f"{out['target']} (N = {out['n_params']:,}, {out['n_extrapolation']:.2g}× the ladder's largest) on "
+          f"{out['tokens']:,} tokens: predicted {out['predicted']:.4f} bits/byte, 95% [{out['low']:.4f}, {out['high']:.4f}]; "
+          f"actual {out['actual']:.4f} ({out['rel_error']:+.2%}, {verdict} the interval)")
+    print(f"written: {out['written']}  (MLflow experiment 'validate', run {out['mlflow_run']})")
 
 
 def cmd_report(args) -> None:
@@ -250,6 +277,8 @@ def parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="every shape in models/*.yaml with its exact non-embedding N")
     models.add_argument("--json", action="store_true", help="one JSON list of objects")
     models.set_defaults(func=cmd_models)
+    pk = sub.add_parser("peak", help="this machine's measured fp32 matmul peak (state it with any wall time)")
+    pk.set_defaults(func=cmd_peak)
     tr = sub.add_parser("train", help="train one model (resumes if interrupted)")
     tr.add_argument("model", help="a model name from `windtunnel models`")
     tr.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides (a plan, best.yaml), before --set")
@@ -274,14 +303,18 @@ def parser() -> argparse.ArgumentParser:
     _fit_parser(sub)
     pl = sub.add_parser("plan", help="the full run's tokens, batch, LR, schedule, loss and cost from the fits")
     pl.add_argument("target", help="a model name, e.g. minicpm-1.2b")
-    budget = pl.add_mutually_exclusive_group()
-    budget.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
-    budget.add_argument("--compute", type=float, help="a FLOPs budget: tokens = C / 6N")
+    pl.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
+    pl.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it: D = C / 6N")
     pl.add_argument("--mfu", type=float, default=0.4, help="MFU the GPU-hours are costed at")
     pl.add_argument("--gpu-flops", type=float, default=989e12, help="peak FLOP/s of one GPU (H100 bf16 dense)")
     pl.add_argument("--max-loss-interval", type=float, default=0.15,
                     help="largest relative half-width of the predicted loss's 95%% interval the plan accepts")
     pl.set_defaults(func=cmd_plan)
+    va = sub.add_parser("validate", help="plan a target beyond the ladder, train it as planned, compare with the prediction")
+    va.add_argument("target", help="a model name, e.g. micro-1.3m")
+    va.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
+    va.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it")
+    va.set_defaults(func=cmd_validate)
     rp = sub.add_parser("report", help="one HTML page of every fit, figure and plan: results/report.html")
     rp.set_defaults(func=cmd_report)
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
@@ -305,6 +338,9 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--budget", type=float, action="append", metavar="FLOPS",
                      help="scaling-law: compute budgets for the compute-optimal N, D and D/N (default 1e18…1e24)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
+    fit.add_argument("--n-kind", choices=["total", "non_embedding"], default="total",
+                     help="scaling-law --sweep: N with the tied embedding (default: it backtests better on the micro "
+                          "ladder) or without it (the paper's); both are fitted and reported")
     fit.add_argument("--json", action="store_true", help="one line of JSON")
     fit.set_defaults(func=cmd_fit)
 

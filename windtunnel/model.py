@@ -18,7 +18,8 @@ from torch import nn
 
 from windtunnel.config import ModelSpec
 
-__all__ = ["MiniCPM", "count_params", "flops_per_token", "linear_cross_entropy", "param_groups"]
+__all__ = ["MiniCPM", "count_params", "flops_per_token", "attention_flops_per_token", "linear_cross_entropy",
+           "param_groups"]
 
 
 class RMSNorm(nn.Module):
@@ -218,10 +219,15 @@ def count_params(spec: ModelSpec, *, embedding: bool = False) -> int:
 
 
 def flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward): 6·(N + d·V) + 12·L·d·T.
+    """Training FLOPs per token, attention included (what MFU counts): 6·(N + d·V) + 12·L·d·T.
 
-    6N for the non-embedding weights, 6·d·V for the tied LM head, and 12·L·d·T for the attention
-    scores and values (PaLM appendix B; causal masking not subtracted).
+    6·N_total: 2 FLOPs forward and 4 backward per weight per token, the tied LM head (d·V) included — the
+    count C = 6·N·D of the scaling law, the plan and every budget. 12·L·d·T: the attention scores and values
+    (PaLM appendix B; causal masking not subtracted), which C leaves out as the paper does.
     """
-    n = count_params(spec)
-    return 6.0 * (n + spec.d_model * spec.vocab_size) + 12.0 * spec.n_layers * spec.d_model * seq_len
+    return 6.0 * count_params(spec, embedding=True) + attention_flops_per_token(spec, seq_len=seq_len)
+
+
+def attention_flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
+    """12·L·d·T: forward and backward of QKᵀ and AV per token at context T (not in C = 6·N·D)."""
+    return 12.0 * spec.n_layers * spec.d_model * seq_len

@@ -24,7 +24,7 @@ from windtunnel.graph import Run
 from windtunnel.paths import results_dir
 from windtunnel.train import checkpoint_path, read_status, total_tokens
 
-__all__ = ["run_graph", "RunOutcome", "init_ray"]
+__all__ = ["run_graph", "RunOutcome", "init_ray", "train_one", "train_spec", "run_dir"]
 
 POLL_SECONDS = 0.5  # how often the driver looks for new branch checkpoints and finished tasks
 
@@ -55,17 +55,20 @@ def _flat(prefix: str, obj: dict) -> dict:
 
 
 def run_params(run: Run) -> dict:
-    """MLflow params of a run: its spec flattened, plus N, D, the branch step and the sweep coordinates."""
+    """MLflow params of a run: its spec flattened, plus N (non-embedding), N_total (with the tied embedding), D,
+    the branch step and the sweep coordinates."""
     from windtunnel.model import count_params
 
-    return {**_flat("", asdict(run.spec)), "N": count_params(run.spec.model), "D": total_tokens(run.spec),
+    return {**_flat("", asdict(run.spec)), "N": count_params(run.spec.model),
+            "N_total": count_params(run.spec.model, embedding=True), "D": total_tokens(run.spec),
             "fork_step": run.fork_step, "parent_run": run.parent,
             **{f"coord.{k}": v for k, v in run.coords.items()}}
 
 
 def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow_id: str | None, tags: dict,
-              threads: int | None = None, progress: bool = False) -> dict:
-    """Train one Run with MLflow logging (the body of a Ray task; `windtunnel train` calls it directly)."""
+              threads: int | None = None, progress: bool = False, params: dict | None = None) -> dict:
+    """Train one Run with MLflow logging (the body of a Ray task; `windtunnel train` calls it directly).
+    `params` are logged beside the run's own (a validation's prediction)."""
     import torch
 
     from windtunnel.tracking import RunLogger
@@ -75,7 +78,7 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         torch.set_num_threads(threads)
     folder = run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
-    logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params=run_params(run),
+    logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params={**run_params(run), **(params or {})},
                                  tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
                                        "parent": run.parent or ""},
                                  parent_run_id=parent_mlflow_id)
@@ -88,6 +91,19 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         raise
     logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
     return asdict(result)
+
+
+def train_spec(spec, *, experiment: str, tags: dict, params: dict | None = None, progress: bool = True) -> tuple[Run, dict]:
+    """Train one spec outside a sweep (`windtunnel train`, `windtunnel validate`): its id hashes the spec and the
+    corpus fingerprint, so editing the corpus trains anew; returns the Run and its TrainResult fields."""
+    from windtunnel.config import spec_hash
+    from windtunnel.data import prepare
+
+    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # bad data fails here, before any run exists
+    run = Run(id=spec_hash(spec, corpus.fingerprint), name=spec.model.name, spec=spec, coords={"model": spec.model.name})
+    result = train_one(run, init_from=None, experiment=experiment, parent_mlflow_id=None,
+                       tags={"parametrization": spec.model.parametrization, **tags}, progress=progress, params=params)
+    return run, result
 
 
 # ---------------------------------------------------------------- the driver

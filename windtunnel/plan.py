@@ -1,24 +1,41 @@
 """From the fitted laws to the configuration of a full run (DESIGN §1 step 5; paper §3.2, §3.3, §5).
 
-    windtunnel plan minicpm-1.2b                       # compute-optimal tokens for the model's N
-    windtunnel plan minicpm-1.2b --tokens 1.1e12       # a token budget
-    windtunnel plan minicpm-1.2b --compute 1e22        # a FLOPs budget: D = C / 6N
+    windtunnel plan micro-1.3m                         # compute-optimal tokens for the model's N
+    windtunnel plan micro-1.3m --tokens 9e6            # a token budget
+    windtunnel plan micro-1.3m --compute 8e13          # a FLOPs budget: D = C / 6N
 
-Every number says where it comes from. A quantity whose fit is missing, or whose 95% interval is wider than the
-stated limit, is left out with the reason — never guessed — and the plan's status says `incomplete`.
+Every number says where it comes from, and a number that would be wrong is left out with the reason — never
+guessed — and the plan's status says `incomplete`:
+- µP transfer is exact or refused: the ladder's base hyper-parameters hold only for a target in the same µP
+  base. d_base, scale_emb, scale_depth and init_std are written into the plan (so the target's per-tensor LR
+  and init are exactly µP's from the ladder's optimum); a target of another head width or vocabulary is not
+  in the ladder's family, and nothing fitted on the ladder is used for it.
+- one FLOP convention: C = 6·N·D with N in the scaling fit's convention (N_total by default: every weight's
+  matmul, the tied LM head included); `--compute C` plans a run that costs C, and the compute-optimal
+  allocation uses the same count. Attention scores (12·L·d·T per token) are not in C, as in the paper; the
+  GPU-hours add them.
+- the predicted loss has a 95% prediction interval (a new run: its own seed), and the plan extrapolates N
+  only so far beyond the ladder (`max_n_extrapolation`).
 The `train:` section is a TrainSpec override mapping: `windtunnel train TARGET --set-file PLAN.yaml` runs it.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from windtunnel.config import ModelSpec
 from windtunnel.errors import WindtunnelError
 
-__all__ = ["PlanLimits", "make_plan", "render_yaml"]
+__all__ = ["PlanLimits", "make_plan", "render_yaml", "check_budget", "plan_from_fits", "TRANSFERRED", "FAMILY"]
+STUDIES = ("scaling_law", "batch_size", "lr")  # the fits a plan reads: results/<study>/fit.json
+
+TRANSFERRED = ("d_base", "scale_emb", "scale_depth", "init_std")  # µP base values the plan writes into the target
+FAMILY = ("d_head", "vocab_size")  # the target's own shape: a ladder of another head width or vocabulary is another family
+N_KIND_LABEL = {"total": "N_total (with the tied embedding)", "non_embedding": "non-embedding N"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,62 +50,124 @@ class PlanLimits:
     """largest high/low ratio of the batch size's 95% interval"""
     max_lr_ratio: float = 4.0
     """largest high/low ratio of an LR optimum's 95% interval"""
+    max_n_extrapolation: float = 10.0
+    """largest N of the target over the largest N of the ladder the scaling law is extrapolated to"""
     mfu: float = 0.4
     """model FLOPs utilisation the GPU-hours are costed at"""
     gpu_flops: float = 989e12
     """peak FLOP/s of one GPU (H100 SXM dense bf16)"""
     seq_len: int = 4096
-    """context length of the full run (MiniCPM: 4096)"""
+    """context length when no fit says at which length the ladder ran (MiniCPM: 4096)"""
     decay_fraction: float = 0.1
-    """WSD: share of the tokens spent decaying (~10% reaches the cosine optimum, §4.3)"""
+    """WSD: decay over this fraction of the stable stage's tokens, as the ladder's branches (~10% reaches the
+    cosine optimum, §4.3)"""
     warmup_fraction: float = 0.01
     """share of the tokens spent warming the LR up"""
+
+
+def check_budget(tokens: float | None, compute: float | None) -> None:
+    """A budget must be one positive, finite number of tokens or FLOPs."""
+    if tokens is not None and compute is not None:
+        raise WindtunnelError("plan: give a token budget (--tokens) or a FLOPs budget (--compute), not both")
+    for flag, value in (("--tokens", tokens), ("--compute", compute)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise WindtunnelError(f"plan: {flag} {value:g} is not allowed; give a positive number "
+                                  f"({'tokens' if flag == '--tokens' else 'FLOPs'}, e.g. {flag} 1e9)")
 
 
 def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr: dict | None,
               tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
     """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
-    from windtunnel.model import count_params, flops_per_token
-
-    if tokens is not None and compute is not None:
-        raise WindtunnelError("plan: give a token budget (--tokens) or a FLOPs budget (--compute), not both")
     from windtunnel.fit import ScalingLawFit
+    from windtunnel.model import attention_flops_per_token, count_params
 
-    n = count_params(model)
-    law = ScalingLawFit.from_dict(scaling) if scaling is not None else None  # parsed once: 4000 bootstrap rows
+    check_budget(tokens, compute)
     gaps: list[str] = []
+    fits = {"scaling law": scaling, "batch-size law": batch, "LR transfer": lr}
+    usable = {name: _in_family(model, fit, name, gaps) for name, fit in fits.items()}
+    n_kind = scaling.get("n_kind", "non_embedding") if scaling else "total"
+    n = count_params(model, embedding=n_kind == "total")
+    law = ScalingLawFit.from_dict(scaling) if usable["scaling law"] else None
+    if scaling is not None and n / scaling["n_max"] > limits.max_n_extrapolation:
+        gaps.append(f"scaling law: N = {n:,} is {n / scaling['n_max']:,.0f}× the ladder's largest ({scaling['n_max']:,.0f}), "
+                    f"beyond the {limits.max_n_extrapolation:g}× the plan extrapolates — fit a ladder that reaches N/{limits.max_n_extrapolation:g}")
+        law = None
     plan_tokens, basis = _tokens(n, law, limits, tokens=tokens, compute=compute, gaps=gaps)
     loss = _loss(n, plan_tokens, law, scaling, limits, gaps) if plan_tokens else None
     if not plan_tokens:
         gaps.append("predicted loss: needs a token budget")
-    batch_tokens, warmup = _batch(n, plan_tokens, loss, batch, law, limits, gaps)
-    max_lr = _lr(lr, limits, gaps)
-    train: dict = {"seq_len": limits.seq_len}
+    seq_len = _ladder_seq_len(scaling, limits)
+    batch_tokens, warmup = (_batch(n, plan_tokens, loss, batch, law, seq_len, limits, gaps)
+                            if batch is None or usable["batch-size law"] else (None, None))
+    max_lr = _lr(lr, limits, gaps) if lr is None or usable["LR transfer"] else None
+    train: dict = {"seq_len": seq_len}
+    base = _base(scaling, lr)
+    if base is not None and (usable["scaling law"] or usable["LR transfer"]):
+        train["model"] = {"parametrization": "mup", **{k: base[k] for k in TRANSFERRED}}
     steps = None
     if plan_tokens:
-        steps = max(1, round(plan_tokens / (batch_tokens or 1)))
-        train["tokens"] = int(steps * batch_tokens) if batch_tokens else int(plan_tokens)
+        steps = max(1, round(plan_tokens / (batch_tokens or seq_len)))
+        train["tokens"] = int(steps * (batch_tokens or seq_len))
+        stable = round(steps / (1 + limits.decay_fraction))  # the ladder's branches: decay = fraction of the stable stage
         train["schedule"] = {"kind": "wsd", "warmup_tokens": int(limits.warmup_fraction * train["tokens"]),
-                             "decay_fraction": limits.decay_fraction, "decay_shape": "exp"}
+                             "decay_start_tokens": int(stable * (batch_tokens or seq_len)), "decay_shape": "exp"}
     if batch_tokens:
         train["batch_tokens"] = batch_tokens
     if max_lr:
         train["lr"] = max_lr
-    flops = flops_per_token(model, seq_len=limits.seq_len) * train["tokens"] if "tokens" in train else None
+    cost = None
+    if "tokens" in train:
+        flops = 6.0 * n * train["tokens"]  # C = 6·N·D, N as the fit counts it (DESIGN §3)
+        attention = attention_flops_per_token(model, seq_len=seq_len) * train["tokens"]
+        cost = {"flops": flops, "convention": f"C = 6·N·D, N = {N_KIND_LABEL[n_kind]}",
+                "attention_flops": attention, "steps": steps if batch_tokens else None,
+                "gpu_hours": (flops + attention) / (limits.mfu * limits.gpu_flops) / 3600,
+                "mfu": limits.mfu, "gpu_flops": limits.gpu_flops}
     return {
-        "target": model.name, "n_params": n, "made": datetime.date.today().isoformat(),
+        "target": model.name, "n_params": n, "n_kind": n_kind, "made": datetime.date.today().isoformat(),
         "status": "complete" if not gaps else "incomplete", "gaps": gaps,
         "train": train,
         "tokens_basis": basis,
         "predicted_loss": loss,
         "batch_warmup": warmup,
-        "cost": None if flops is None else {
-            "flops": flops, "steps": steps if batch_tokens else None,
-            "gpu_hours": flops / (limits.mfu * limits.gpu_flops) / 3600, "mfu": limits.mfu, "gpu_flops": limits.gpu_flops},
+        "cost": cost,
         "paper": None if model.paper_run is None else {"tokens": model.paper_run.tokens,
                                                        "batch_tokens": list(model.paper_run.batch_tokens),
                                                        "lr": model.paper_run.lr},
     }
+
+
+def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list) -> bool:
+    """Whether a fit's ladder is the target's family: one µP base, the target's head width and vocabulary, µP."""
+    if fit is None or fit.get("mup_base") is None:
+        return fit is not None  # a fit without ladder facts (a CSV) is taken as given
+    base = fit["mup_base"]
+    if isinstance(base, list):
+        gaps.append(f"{name}: its ladder mixes µP bases ({len(base)} of them); hyper-parameters transfer only within one")
+        return False
+    target = {k: getattr(model, k) for k in FAMILY}
+    differ = [f"{k} {base[k]} vs {target[k]}" for k in FAMILY if base[k] != target[k]]
+    if base.get("parametrization") != "mup":
+        differ.append(f"parametrization {base.get('parametrization')} (only µP transfers across widths)")
+    if differ:
+        gaps.append(f"{name}: the ladder is not {model.name}'s family (ladder vs target: {', '.join(differ)}); "
+                    "nothing fitted on it transfers — fit a ladder with the target's head width and tokenizer")
+        return False
+    return True
+
+
+def _base(scaling: dict | None, lr: dict | None) -> dict | None:
+    """The ladder's µP base (the LR fit's, else the scaling fit's) when it is one mapping."""
+    for fit in (lr, scaling):
+        if fit and isinstance(fit.get("mup_base"), dict):
+            return fit["mup_base"]
+    return None
+
+
+def _ladder_seq_len(scaling: dict | None, limits: PlanLimits) -> int:
+    """The context length the ladder was trained at (the law holds at it), else the default."""
+    lengths = (scaling or {}).get("seq_len") or []
+    return int(lengths[0]) if len(lengths) == 1 else limits.seq_len
 
 
 def _tokens(n: int, law, limits: PlanLimits, *, tokens, compute, gaps: list) -> tuple[float | None, str]:
@@ -98,12 +177,12 @@ def _tokens(n: int, law, limits: PlanLimits, *, tokens, compute, gaps: list) -> 
     if compute is not None:
         return compute / (6 * n), f"FLOPs budget {compute:.3g} (D = C / 6N)"
     if law is None:
-        gaps.append("tokens: no scaling-law fit (make scaling-law fit), and no --tokens or --compute given")
+        gaps.append("tokens: no usable scaling-law fit, and no --tokens or --compute given")
         return None, "missing"
-    d = law.optimal_tokens(n)
     if law.samples is None:
         gaps.append("tokens: the scaling-law fit has no bootstrap interval (fit with --bootstrap); give --tokens")
         return None, "missing"
+    d = law.optimal_tokens(n)
     low, high = law.optimal_tokens_interval(n)
     basis = f"compute-optimal for N from the fit: D/N = {d / n:.3g}, 95% [{low / n:.3g}, {high / n:.3g}]"
     if not high / low <= limits.max_tokens_ratio:
@@ -113,19 +192,20 @@ def _tokens(n: int, law, limits: PlanLimits, *, tokens, compute, gaps: list) -> 
 
 
 def _loss(n: int, d: float, law, scaling: dict | None, limits: PlanLimits, gaps: list) -> dict | None:
-    """2) the predicted final loss (mean held-out bits per byte) with its bootstrap interval."""
+    """2) the predicted final loss (mean held-out bits per byte) with its 95% prediction interval."""
     if law is None:
-        gaps.append("predicted loss: no scaling-law fit (make scaling-law fit)")
+        gaps.append("predicted loss: no usable scaling-law fit (make scaling-law fit)")
         return None
     value = float(law.predict(n, d))
-    if not law.n_bootstrap:
-        gaps.append("predicted loss: the scaling-law fit has no bootstrap interval (fit with --bootstrap)")
+    if not law.n_bootstrap or not law.group_dof:
+        gaps.append("predicted loss: the scaling-law fit has no bootstrap prediction interval (fit with --bootstrap, "
+                    "≥ 4 stable runs)")
         return None
     low, high = (float(x) for x in law.predict_interval(n, d))
     half = (high - low) / 2 / value
-    extrapolation = n / scaling["n_max"] if scaling.get("n_max") else None
     out = {"value": value, "interval95": [low, high], "unit": "bits per byte, mean over held-out sets",
-           "n_extrapolation": extrapolation}
+           "interval": "prediction interval of a new run (law bootstrap over stable runs + a new run's offset)",
+           "n_extrapolation": n / scaling["n_max"], "not_identified": sorted(law.not_identified)}
     if not math.isfinite(half) or half > limits.max_loss_rel_interval:
         gaps.append(f"predicted loss: 95% interval [{low:.3g}, {high:.3g}] is ±{half:.0%} of {value:.3g}, "
                     f"wider than the ±{limits.max_loss_rel_interval:.0%} limit — fit more sizes or larger ones")
@@ -133,11 +213,11 @@ def _loss(n: int, d: float, law, scaling: dict | None, limits: PlanLimits, gaps:
     return {**out, "usable": True}
 
 
-def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, law,
-           limits: PlanLimits, gaps: list) -> tuple[int | None, list | None]:
+def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, law, seq_len: int, limits: PlanLimits,
+           gaps: list) -> tuple[int | None, list | None]:
     """3) batch size from bs_opt = k / L^γ at the predicted loss (§3.2), and a warmup from the losses on the way."""
     if batch is None:
-        gaps.append("batch size: no batch-size-law fit (make sweep-bs fit)")
+        gaps.append("batch size: no usable batch-size-law fit (make sweep-bs fit)")
         return None, None
     if not loss or not loss["usable"]:
         gaps.append("batch size: needs a usable predicted loss")
@@ -151,26 +231,30 @@ def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, law,
         gaps.append(f"batch size: 95% interval [{low:,.0f}, {high:,.0f}] tokens spans more than "
                     f"{limits.max_batch_ratio:g}× — add batch sizes or loss levels to the batch-size sweep")
         return None, None
-    final = _round_batch(best, limits.seq_len)
+    final = _round_batch(best, seq_len)
     # the loss early in training is higher, so its optimal batch is smaller: start at half the final batch
     # until the predicted optimum passes the geometric middle (the paper's 1.2B run: 2M → 4M tokens)
     switch = next((t for t in (d * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
                    if bs_law.predict(float(law.predict(n, t))) >= final / math.sqrt(2)), None)
-    if switch is None or switch <= 0.01 * d:
+    if switch is None or switch <= 0.01 * d or final // 2 < seq_len:
         return final, [{"from_tokens": 0, "batch_tokens": final}]
     return final, [{"from_tokens": 0, "batch_tokens": final // 2}, {"from_tokens": int(switch), "batch_tokens": final}]
 
 
 def _round_batch(tokens: float, seq_len: int) -> int:
-    """Whole sequences, a power of two of them (the shapes data-parallel launches divide evenly)."""
-    rows = max(1, 2 ** round(math.log2(max(tokens / seq_len, 1))))
-    return int(rows * seq_len)
+    """Whole sequences, a multiple of 8 of them (data-parallel launches on 1, 2, 4 or 8 workers divide it evenly),
+    or a power of two under 8 sequences. Rounding to powers of two would move the batch up to 1.4× off the law,
+    and at a fixed token budget a batch 2× off its optimum costs ~1–4% of loss (results/batch_size)."""
+    rows = tokens / seq_len
+    if rows < 6:
+        return int(2 ** round(math.log2(max(rows, 1))) * seq_len)
+    return int(8 * max(1, round(rows / 8)) * seq_len)
 
 
 def _lr(lr: dict | None, limits: PlanLimits, gaps: list) -> float | None:
-    """4) the max LR: the µP optimum, which transfers across widths (§3.3)."""
+    """4) the max LR: the ladder's µP optimum, which transfers across widths within its base (§3.3)."""
     if lr is None:
-        gaps.append("lr: no LR-transfer fit (make sweep-lr fit)")
+        gaps.append("lr: no usable LR-transfer fit (make sweep-lr fit)")
         return None
     optima = [o for o in lr["optima"] if o["parametrization"] == "mup"]
     usable = [o for o in optima if not o["at_edge"] and o["low"] and o["high"] / o["low"] <= limits.max_lr_ratio]
@@ -181,12 +265,37 @@ def _lr(lr: dict | None, limits: PlanLimits, gaps: list) -> float | None:
     return float(math.exp(sum(math.log(o["lr_opt"]) for o in usable) / len(usable)))
 
 
-def render_yaml(plan: dict, *, sources: dict) -> str:
+def plan_from_fits(target: str, *, tokens: float | None = None, compute: float | None = None,
+                   limits: PlanLimits = PlanLimits()) -> tuple[dict, Path]:
+    """Plan `target` (a model name) from the studies' fit.json files; write results/plans/TARGET.yaml atomically.
+    The plan's `sources` name each fit with the hash of its file, so a run launched from it says what it came from."""
+    import hashlib
+
+    from windtunnel.config import get_model
+    from windtunnel.paths import results_dir, write_atomic
+
+    check_budget(tokens, compute)  # before anything is read
+    model = get_model(target)
+    files = {name: results_dir() / name / "fit.json" for name in STUDIES}
+    fits = {name: json.loads(path.read_text()) if path.is_file() else None for name, path in files.items()}
+    plan = make_plan(model, scaling=fits["scaling_law"], batch=fits["batch_size"], lr=fits["lr"], tokens=tokens,
+                     compute=compute, limits=limits)
+    plan["sources"] = {name: "missing" if fit is None else
+                       f"results/{name}/fit.json ({fit.get('scale', '?')} scale, sha256 "
+                       f"{hashlib.sha256(files[name].read_bytes()).hexdigest()[:12]})" for name, fit in fits.items()}
+    path = results_dir() / "plans" / f"{target}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, render_yaml(plan))
+    return plan, path
+
+
+def render_yaml(plan: dict) -> str:
     """The plan as commented YAML: the header says how to launch it and what it was made from."""
     import yaml
 
-    head = [f"# windtunnel plan for {plan['target']} (N = {plan['n_params']:,}), made {plan['made']}",
+    head = [f"# windtunnel plan for {plan['target']} (N = {plan['n_params']:,}, {N_KIND_LABEL[plan['n_kind']]}), "
+            f"made {plan['made']}",
             f"# status: {plan['status']}" + ("" if not plan["gaps"] else " — " + "; ".join(plan["gaps"])),
             f"# launch: windtunnel train {plan['target']} --set-file <this file>",
-            "# made from: " + ", ".join(f"{k} {v}" for k, v in sources.items())]
-    return "\n".join(head) + "\n" + yaml.safe_dump({**plan, "sources": sources}, sort_keys=False, allow_unicode=True, width=120)
+            "# made from: " + ", ".join(f"{k} {v}" for k, v in plan.get("sources", {}).items())]
+    return "\n".join(head) + "\n" + yaml.safe_dump(plan, sort_keys=False, allow_unicode=True, width=120)

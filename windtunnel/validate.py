@@ -1,0 +1,65 @@
+"""The wind tunnel's own test: plan a target beyond the ladder from the fits, train it as planned, compare.
+
+    windtunnel validate micro-1.3m --tokens 9227468      # make validate
+
+1) `plan_from_fits` plans the target (results/plans/TARGET.yaml); an incomplete plan is refused with its gaps;
+2) the target trains with the plan's `train:` section (tokens, batch, µP base and LR, WSD schedule, context);
+3) its final held-out loss (mean bits per byte over the held-out sets, as the ladder's) is compared with the
+   predicted value and 95% prediction interval. The MLflow run (experiment `validate`) holds the prediction as
+   params, the actual loss and error as metrics, and tags naming the plan and the fits' file hashes;
+   results/validate/TARGET.json holds the comparison (`make validate` copies it to bench/results/validate.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from windtunnel.errors import WindtunnelError
+from windtunnel.paths import results_dir, write_atomic
+
+__all__ = ["validate"]
+
+
+def validate(target: str, *, tokens: float | None = None, compute: float | None = None) -> dict:
+    """Plan, train and compare `target`; returns the comparison (also written to results/validate/TARGET.json)."""
+    from windtunnel.config import TrainSpec, apply_overrides, get_model
+    from windtunnel.orchestrate import run_dir, train_spec
+    from windtunnel.plan import plan_from_fits
+    from windtunnel.tracking import RunLogger
+
+    plan, plan_path = plan_from_fits(target, tokens=tokens, compute=compute)
+    if plan["status"] != "complete":
+        raise WindtunnelError(f"the plan for {target} is incomplete, so there is nothing to check: "
+                              + "; ".join(plan["gaps"]) + f" ({plan_path})")
+    spec = apply_overrides(TrainSpec(model=get_model(target)), plan["train"], source=str(plan_path))
+    predicted = plan["predicted_loss"]
+    tags = {"windtunnel.plan": str(plan_path), **{f"windtunnel.fit.{k}": v for k, v in plan["sources"].items()}}
+    params = {"predicted_loss": predicted["value"], "predicted_low": predicted["interval95"][0],
+              "predicted_high": predicted["interval95"][1]}
+    run, result = train_spec(spec, experiment="validate", tags=tags, params=params)
+    if result["status"] != "finished":
+        raise WindtunnelError(f"{target} {result['status']} after {result['tokens']:,} tokens; see {run_dir(run)}")
+    actual = sum(v["bpb"] for v in result["eval"].values()) / len(result["eval"])
+    low, high = predicted["interval95"]
+    out = {"target": target, "n_params": plan["n_params"], "n_kind": plan["n_kind"], "tokens": result["tokens"],
+           "predicted": predicted["value"], "low": low, "high": high, "actual": actual,
+           "rel_error": predicted["value"] / actual - 1, "inside": low <= actual <= high,
+           "n_extrapolation": predicted["n_extrapolation"], "eval": {k: v["bpb"] for k, v in result["eval"].items()},
+           "plan": str(plan_path), "sources": plan["sources"], "train": plan["train"],
+           "tokens_per_s": result["tokens_per_s"], "wall_s": result["wall_s"]}
+    with RunLogger.in_folder(run_dir(run), experiment="validate", run_name=run.name, params={}, tags={}) as logger:
+        logger.log({"validate/actual": actual, "validate/predicted": predicted["value"], "validate/low": low,
+                    "validate/high": high, "validate/rel_error": out["rel_error"],
+                    "validate/inside": float(out["inside"])}, step=result["step"])
+        out["mlflow_run"] = logger.run_id
+    path = results_dir() / "validate" / f"{target}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(out, indent=1) + "\n")
+    return {**out, "written": str(path)}
+
+
+def read_validations(root: Path | None = None) -> list[dict]:
+    """Every results/validate/*.json, for the report."""
+    folder = (root or results_dir()) / "validate"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
