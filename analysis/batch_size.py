@@ -19,7 +19,7 @@ def main(args) -> None:
     curves = studies.loss_curves(frame, metric="eval")
     law = studies.fit_batch_size_study(curves, bootstrap=args.bootstrap)
     out = studies.study_dir("batch_size")
-    studies.write_json(out / "fit.json", {**law, "scale": args.scale, "excluded": excluded})
+    studies.write_json(out / "fit.json", {**law, **studies.ladder_facts(frame), "scale": args.scale, "excluded": excluded})
     if not args.no_plots:
         optima = pd.DataFrame(law["optima"])
         plots.batch_size_curves(pd.DataFrame(law["reach"]), optima, out / "fig1_tokens_vs_batch.png")

@@ -15,7 +15,8 @@ def main(args) -> None:
     frame, excluded = studies.final_points("lr", scale=args.scale, current=not args.all_runs)
     result = studies.fit_lr_study(frame, bootstrap=args.bootstrap)
     out = studies.study_dir("lr")
-    studies.write_json(out / "fit.json", {**result, "scale": args.scale, "excluded": excluded})
+    facts = studies.ladder_facts(frame[frame["parametrization"] == "mup"])  # the base the µP optimum transfers in
+    studies.write_json(out / "fit.json", {**result, **facts, "scale": args.scale, "excluded": excluded})
     if not args.no_plots:
         plots.lr_transfer(frame, result["optima"], out / "fig3_lr_transfer.png")
     for o in result["optima"]:

@@ -2,16 +2,17 @@
 
     python analysis/scaling_law.py [--scale micro] [--bootstrap 1000] [--no-plots]
 
-Fits the decay branches' final losses (mean held-out bits per byte) by Huber/L-BFGS and by curve_fit, with
-bootstrap intervals, the compute-optimal allocation and the backtest on the largest size. Writes
-results/scaling_law/fit.json and the figures beside it.
+Fits the decay branches' final losses (mean held-out bits per byte) by Huber/L-BFGS and by curve_fit, in both
+conventions of N (with and without the tied embedding; the default one drives the plan), with bootstrap intervals
+that resample whole stable runs, the compute-optimal allocation (C = 6·N·D) and the rolling backtests (fit the k
+smallest sizes, predict the next). Writes results/scaling_law/fit.json and the figures beside it.
 """
 
 import sys
 
 from windtunnel import plots, studies
 
-COLUMNS = ["model", "N", "D", "loss", "branch_tokens_per_param", "name"]
+COLUMNS = ["model", "N", "N_total", "D", "loss", "seed", "group", "name"]
 
 
 def main(args) -> None:
@@ -20,18 +21,18 @@ def main(args) -> None:
     law = studies.fit_scaling_law_study(points, bootstrap=args.bootstrap)
     envelope = studies.fit_envelope_study(points)
     out = studies.study_dir("scaling_law")
-    studies.write_json(out / "fit.json", {**law, "scale": args.scale, "excluded": excluded, "envelope": envelope,
+    studies.write_json(out / "fit.json", {**law, **studies.ladder_facts(points), "scale": args.scale,
+                                          "excluded": excluded, "envelope": envelope,
                                           "points": points[COLUMNS].to_dict(orient="records")})
     if not args.no_plots:
-        plots.iso_loss(law, points, out / "fig10_iso_loss.png")
-        plots.loss_vs_tokens(law, points, out / "fig17_loss_vs_tokens.png")
-        plots.envelope(points, envelope, out / "fig6_envelope.png")
-    bt = law["backtest"]
-    print(f"L(N,D) = {law['C_N']:.4g}·N^-{law['alpha']:.3f} + {law['C_D']:.4g}·D^-{law['beta']:.3f} + {law['L0']:.3f}"
-          f"  ({law['n_points']} points, {law['n_models']} sizes; curve_fit: alpha {law['curve_fit']['alpha']:.3f}, "
-          f"beta {law['curve_fit']['beta']:.3f})")
-    print(f"backtest on the largest size: mean |error| {bt['mean_abs_rel_err']:.2%}, max {bt['max_abs_rel_err']:.2%}")
-    print(f"written: {out}/fit.json" + ("" if args.no_plots else " and fig6/fig10/fig17 PNGs"))
+        n_col = studies.N_KINDS[law["n_kind"]]
+        plots.iso_loss(law, points.assign(N=points[n_col]), out / "fig10_iso_loss.png")
+        plots.loss_vs_tokens(law, points.assign(N=points[n_col]), out / "fig17_loss_vs_tokens.png")
+        plots.envelope(points.assign(N=points[n_col]), envelope, out / "fig6_envelope.png")
+        plots.backtests(law, points.assign(N=points[n_col]), out / "backtests.png")
+    for line in studies.describe_scaling_law(law):
+        print(line)
+    print(f"written: {out}/fit.json" + ("" if args.no_plots else " and fig6/fig10/fig17/backtests PNGs"))
 
 
 if __name__ == "__main__":

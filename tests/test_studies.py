@@ -16,11 +16,18 @@ from windtunnel.tracking import RunLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 LAW = {"C_N": 20.0, "alpha": 0.3, "C_D": 60.0, "beta": 0.3, "L0": 1.0}  # the scaling law the runs are drawn from
-SIZES = {"s1": 2e4, "s2": 5e4, "s3": 1.2e5, "s4": 2.5e5, "s5": 5e5}
+SIZES = {"s1": 2e4, "s2": 5e4, "s3": 1.2e5, "s4": 2.5e5, "s5": 5e5}  # N_total: the law is drawn in the default convention
+WIDTH = {"s1": 8, "s2": 16, "s3": 32, "s4": 48, "s5": 64}  # the tied embedding is WIDTH × 1024 of each N_total
+BASE = {"model.vocab_size": 1024, "model.d_head": 16, "model.d_base": 32, "model.scale_emb": 12.0,
+        "model.scale_depth": 1.4, "model.init_std": 0.1, "model.parametrization": "mup", "seq_len": 128,
+        "data.corpus": "python"}  # the µP base of models/micro.yaml, so its models are in the synthetic ladder's family
 K_BS, GAMMA = 3.0e4, 2.0  # batch-size law of the synthetic curves (tokens)
 
 
 def _log(sweep, name, params, metrics, *, status="finished", steps=(1,), run=None, parent=""):
+    model = params.get("model.name")
+    if model in WIDTH:  # logged as real runs are: non-embedding N, and the shape that gives the embedding
+        params = {**BASE, **params, "N": params["N"] - WIDTH[model] * 1024, "model.d_model": WIDTH[model]}
     logger = RunLogger(experiment=sweep, run_name=name, params=params,
                        tags={"sweep": sweep, "scale": "micro", "windtunnel.run": run or name, "parent": parent})
     for step in steps:
@@ -148,7 +155,12 @@ def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
     assert law["alpha"] == pytest.approx(0.3, rel=0.15) and law["beta"] == pytest.approx(0.3, rel=0.15)  # 0.2% noise
     assert law["L0"] == pytest.approx(1.0, rel=0.05)
     assert law["intervals"]["alpha"][0] < 0.3 < law["intervals"]["alpha"][1]
-    assert law["backtest"]["mean_abs_rel_err"] < 0.01 and law["excluded"] == {"diverged": 1, "failed": 1}
+    assert law["n_kind"] == "total" and law["n_groups"] == 5 and law["not_identified"] == {}
+    assert [t["n_sizes"] for t in law["backtests"]] == [3, 4]            # rolling: fit 1..k, predict k+1
+    assert all(t["mean_abs_rel_err"] < 0.01 for t in law["backtests"]) and law["excluded"] == {"diverged": 1, "failed": 1}
+    total, non_embedding = law["conventions"]["total"], law["conventions"]["non_embedding"]
+    assert total["alpha"] == law["alpha"] and non_embedding["alpha"] != law["alpha"]   # both conventions reported
+    assert law["mup_base"]["d_base"] == 32 and law["seq_len"] == [128]
     assert law["envelope"]["s3"]["better"] in ("power", "exponential")
     lr = json.loads((store / "lr" / "fit.json").read_text())
     assert all(o["lr_opt"] == pytest.approx(0.01, rel=0.1) and not o["at_edge"] for o in lr["optima"])
@@ -158,6 +170,7 @@ def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
     assert len(wsd["cosine"]) == 3 and len(wsd["branches"]) == 16 and wsd["envelope"]["s2"]["n_points"] == 4
     for png in ("wsd/fig4_wsd_vs_cosine.png", "wsd/fig5_decay_fractions.png", "wsd/fig6_envelope.png",
                 "scaling_law/fig10_iso_loss.png", "scaling_law/fig17_loss_vs_tokens.png", "scaling_law/fig6_envelope.png",
+                "scaling_law/backtests.png",
                 "lr/fig3_lr_transfer.png", "batch_size/fig1_tokens_vs_batch.png", "batch_size/fig2_batch_size_law.png",
                 "decay_dynamics/decay_dynamics.png"):
         assert (store / png).stat().st_size > 10_000, png
@@ -193,14 +206,14 @@ def test_plan_from_the_fits_and_the_report(fitted, capsys):
     assert (spec.tokens, spec.batch_tokens, spec.lr) == (plan["train"]["tokens"], batch, plan["train"]["lr"])
     assert cli.main(["report"]) == 0
     page = (store / "report.html").read_text()
-    assert page.count("data:image/png;base64") >= 7 and "micro-425k" in page and "Backtest" in page
+    assert page.count("data:image/png;base64") >= 7 and "micro-425k" in page and "predict N" in page
 
 
 def test_plan_without_fits_says_what_is_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
     assert cli.main(["plan", "minicpm-1.2b"]) == 0
     out = capsys.readouterr().out
-    assert "incomplete" in out and "no scaling-law fit" in out and "no LR-transfer fit" in out
+    assert "incomplete" in out and "no usable scaling-law fit" in out and "no usable LR-transfer fit" in out
     plan = yaml.safe_load((tmp_path / "plans" / "minicpm-1.2b.yaml").read_text())
     assert plan["train"] == {"seq_len": 4096} and plan["predicted_loss"] is None
 
@@ -218,3 +231,24 @@ def test_fit_cli_on_a_csv_with_compute_column(tmp_path, capsys):
     assert "missing column 'N' (set it with --n-col); columns are: size, flops, final" in capsys.readouterr().err
     assert cli.main(["fit", "lr", "--csv", str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv: cannot read as CSV" in capsys.readouterr().err
+
+
+def test_fit_cli_resamples_the_groups_a_csv_names(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    n = np.repeat([1e5, 2e5, 4e5, 8e5, 1.6e6, 3.2e6], 8)
+    d = np.tile([2e6, 5e6, 1e7, 3e7], 12)
+    run = np.repeat(np.arange(12), 4)   # two stable runs per size, four branches each
+    loss = _law(n, d) * np.exp(rng.normal(0, 0.004, 12)[run])
+    rows = ["N,D,loss,stable_run"] + [f"{a},{b},{c},run{r}" for a, b, c, r in zip(n, d, loss, run)]
+    (tmp_path / "runs.csv").write_text("\n".join(rows))
+    args = ["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "100", "--json"]
+    assert cli.main(args + ["--group-col", "stable_run"]) == 0
+    grouped = json.loads(capsys.readouterr().out)
+    assert grouped["n_groups"] == 12 and grouped["group_dof"] == 9 and grouped["n_kind"] == "given"
+    assert [t["n_sizes"] for t in grouped["backtests"]] == [3, 4, 5] and all(t["low"] for t in grouped["backtests"])
+    assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["n_groups"] == 48      # without it every row is its own group
+    assert cli.main(args + ["--group-col", "seed"]) == 2
+    assert "missing column 'seed' (--group-col)" in capsys.readouterr().err
+    assert cli.main(["fit", "lr", "--csv", str(tmp_path / "runs.csv"), "--group-col", "stable_run"]) == 2
+    assert "--group-col applies to scaling-law fits only" in capsys.readouterr().err

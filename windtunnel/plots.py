@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["batch_size_curves", "batch_size_law", "lr_transfer", "wsd_curves", "decay_fractions", "envelope",
-           "iso_loss", "loss_vs_tokens", "decay_dynamics"]
+           "iso_loss", "loss_vs_tokens", "backtests", "decay_dynamics"]
 
 
 def _figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.0):
@@ -163,7 +163,8 @@ def iso_loss(fit: dict, points: pd.DataFrame, path: Path) -> Path:
     ax.clabel(contour, fontsize=6, fmt="%.2f")
     ax.plot(c, [law.optimal_n(x) for x in c], "r-", lw=1.5, label="N_opt(C)")
     ax.plot(compute, points["N"], "k.", ms=4, label="fitted runs")
-    ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="non-embedding parameters N")
+    n_name = {"total": "parameters N (with the tied embedding)", "non_embedding": "non-embedding parameters N"}
+    ax.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel=n_name.get(fit.get("n_kind"), "N"))
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -179,9 +180,33 @@ def loss_vs_tokens(fit: dict, points: pd.DataFrame, path: Path) -> Path:
         d = np.geomspace(group["D"].min() / 1.5, group["D"].max() * 3, 60)
         ax.plot(group["D"], group["loss"], "o", color=color, ms=4, label=f"{group['model'].iloc[0]} (N={n:,.0f})")
         ax.plot(d, law.predict(n, d), "-", color=color, lw=1)
+    l0 = "L0 n.i." if "L0" in fit.get("not_identified", {}) else f"{fit['L0']:.3f}"
     ax.set(xscale="log", xlabel="training tokens D", ylabel="final loss (bits/byte)",
-           title=f"L = {fit['C_N']:.3g}·N^-{fit['alpha']:.3f} + {fit['C_D']:.3g}·D^-{fit['beta']:.3f} + {fit['L0']:.3f}")
+           title=f"L = {fit['C_N']:.3g}·N^-{fit['alpha']:.3f} + {fit['C_D']:.3g}·D^-{fit['beta']:.3f} + {l0}")
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def backtests(fit: dict, points: pd.DataFrame, path: Path) -> Path:
+    """The rolling backtests (§5): each panel fits the k smallest sizes and predicts the next one's points,
+    with their 95% prediction intervals; the title gives the mean error and how many points the interval held."""
+    from windtunnel.fit import ScalingLawFit
+
+    tests = fit["backtests"]
+    fig, axes = _figure(max(len(tests), 1), width=4.2)
+    for ax, test in zip(axes, tests):
+        held = points[points["N"] == test["held_out_N"]]
+        law = ScalingLawFit.from_dict(test["fit"])
+        d = np.geomspace(held["D"].min() / 1.3, held["D"].max() * 1.3, 50)
+        ax.plot(d, law.predict(test["held_out_N"], d), "r-", lw=1, label="predicted")
+        if test["low"]:
+            ax.vlines(held["D"], test["low"], test["high"], color="r", alpha=0.3, lw=4, label="95% prediction interval")
+        ax.plot(held["D"], held["loss"], "ko", ms=4, label="actual")
+        cover = "" if test["coverage"] is None else f", {sum(test['covered'])}/{test['n_test']} covered"
+        ax.set(xscale="log", xlabel="training tokens D", ylabel="final loss (bits/byte)",
+               title=f"sizes 1–{test['n_sizes']} → N={test['held_out_N']:,.0f}\nmean error {test['mean_rel_err']:+.2%}{cover}")
+        ax.title.set_fontsize(8)
+    axes[0].legend(fontsize=6)
     return _save(fig, path)
 
 

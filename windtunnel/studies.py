@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from windtunnel.errors import WindtunnelError
 from windtunnel.paths import results_dir, write_atomic
 
@@ -24,17 +26,22 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["final_points", "decay_points", "loss_curves", "fit_scaling_law_study", "fit_batch_size_study",
-           "fit_lr_study", "fit_envelope_study", "write_json", "dumps", "read_fit", "study_dir", "run_script", "NoRuns",
+           "fit_lr_study", "fit_envelope_study", "ladder_facts", "describe_scaling_law", "N_KINDS", "write_json", "dumps", "read_fit", "study_dir", "run_script", "NoRuns",
            "SWEEP_OF"]
 
 SWEEP_OF = {"scaling-law": "scaling_law", "batch-size": "batch_size", "lr": "lr", "envelope": "scaling_law"}
 # the sweep each `windtunnel fit` kind reads by default; the envelope is the series WSD(D, 0.1D) of each size (§4.3)
 NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": "params.batch_tokens",
            "fork_step": "params.fork_step", "decay_fraction": "params.coord.decay_fraction",
-           "branch_tokens_per_param": "params.coord.branch_tokens_per_param"}
+           "branch_tokens_per_param": "params.coord.branch_tokens_per_param", "branch_tokens": "params.coord.branch_tokens",
+           "epochs": "metrics.data/epochs", "seed": "params.seed", "d_model": "params.model.d_model", "seq_len": "params.seq_len",
+           "vocab_size": "params.model.vocab_size"}
+MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_std", "parametrization")
+# the µP base of a run's model: hyper-parameters found on a ladder transfer only within one base (DESIGN §3)
 TEXT = {"model": "params.model.name", "parametrization": "params.model.parametrization",
         "schedule": "params.schedule.kind", "decay_shape": "params.schedule.decay_shape",
-        "stage": "params.coord.stage", "run": "tags.windtunnel.run", "parent": "tags.parent", "status": "tags.status"}
+        "stage": "params.coord.stage", "run": "tags.windtunnel.run", "parent": "tags.parent", "status": "tags.status",
+        "corpus": "params.data.corpus"}
 
 
 class NoRuns(WindtunnelError):
@@ -74,6 +81,10 @@ def final_points(sweep: str, *, scale: str, current: bool = True) -> tuple[pd.Da
     for col in evals:
         frame[f"bpb_{col.split('/')[1]}"] = raw[col]
     frame["loss"] = raw[evals].mean(axis=1, skipna=False) if evals else float("nan")
+    frame["N_total"] = frame["N"] + frame["d_model"] * frame["vocab_size"]  # the tied embedding is vocab × width
+    frame["group"] = frame["parent"].where(frame["parent"] != "", frame["run"])  # a stable run and its branches
+    for key in MUP_BASE:
+        frame[f"base.{key}"] = raw[f"params.model.{key}"] if f"params.model.{key}" in raw else ""
     frame, excluded = _keep_finished(frame.reset_index(drop=True))
     spec_file = Path("sweeps") / f"{sweep}.yaml"
     if current and spec_file.is_file():
@@ -87,6 +98,25 @@ def final_points(sweep: str, *, scale: str, current: bool = True) -> tuple[pd.Da
     return frame, excluded
 
 
+def ladder_facts(frame: pd.DataFrame) -> dict:
+    """What a plan must match to use a study's fits: the runs' µP base (one mapping, or a list when they mix
+    bases), context length, corpus and learning rates. Written into each study's fit.json."""
+    bases = frame[[f"base.{k}" for k in MUP_BASE]].drop_duplicates().to_dict(orient="records")
+    bases = [{k.removeprefix("base."): _number(v) for k, v in b.items()} for b in bases]
+    return {"mup_base": bases[0] if len(bases) == 1 else (bases or None),
+            "seq_len": sorted({int(v) for v in frame["seq_len"].dropna()}),
+            "corpus": sorted(set(frame["corpus"]) - {""}), "lr": sorted({float(v) for v in frame["lr"].dropna()})}
+
+
+def _number(value):
+    """A param as stored by MLflow (a string) back to a number where it is one."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) else number
+
+
 def _keep_finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     excluded: dict[str, int] = {}
     for status in sorted(set(frame["status"]) - {"finished"}):
@@ -95,7 +125,10 @@ def _keep_finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     no_eval = frame["loss"].isna()
     if no_eval.any():
         excluded["finished without a held-out evaluation"] = int(no_eval.sum())
-    return frame[~no_eval].reset_index(drop=True), excluded
+    repeated = frame["epochs"] > 1  # a token seen twice: the loss is no longer that of D fresh tokens
+    if repeated.any():
+        excluded["past one epoch of the corpus"] = int(repeated.sum())
+    return frame[~no_eval & ~repeated].reset_index(drop=True), excluded
 
 
 def loss_curves(frame: pd.DataFrame, *, metric: str = "eval") -> pd.DataFrame:
@@ -128,17 +161,76 @@ def loss_curves(frame: pd.DataFrame, *, metric: str = "eval") -> pd.DataFrame:
 # ---------------------------------------------------------------- the studies
 
 
-def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, budgets=(1e18, 1e20, 1e22, 1e24), seed: int = 0) -> dict:
-    """§5: L(N,D) by Huber/L-BFGS and by curve_fit, the compute-optimal allocation and the backtest."""
+N_KINDS = {"total": "N_total", "non_embedding": "N"}
+# the fit's N: every parameter (the tied embedding included) or, as in the paper, all but the embedding
+DEFAULT_N_KIND = "total"  # backtests better on the micro ladder, where the embedding is 0.2–1.4× the rest (LOG.md)
+
+
+def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, n_kind: str = DEFAULT_N_KIND,
+                          budgets=(1e18, 1e20, 1e22, 1e24), seed: int = 0) -> dict:
+    """§5: L(N,D) by Huber/L-BFGS and by curve_fit in the `n_kind` convention of N, the compute-optimal allocation
+    (C = 6·N·D with that N) and the rolling backtests; the other convention's fit and backtests beside it.
+    Bootstrap resamples whole groups (a stable run and its decay branches share one seed and trajectory).
+    n_kind "given": a table with one N column of the caller's own convention (a CSV)."""
     from windtunnel import fit
 
-    n, d, loss = points["N"].to_numpy(float), points["D"].to_numpy(float), points["loss"].to_numpy(float)
-    robust = fit.fit_scaling_law(n, d, loss, method="huber", bootstrap=bootstrap, seed=seed)
-    paper = fit.fit_scaling_law(n, d, loss, method="curve_fit", bootstrap=bootstrap, seed=seed)
-    return {**robust.to_dict(samples=True), "curve_fit": paper.to_dict(), "n_max": float(n.max()),
+    kinds = {"given": "N"} if n_kind == "given" else N_KINDS
+    if n_kind not in kinds:
+        raise WindtunnelError(f"n_kind={n_kind!r} is not allowed; use one of: {', '.join(N_KINDS)}")
+    conventions = {kind: _law_and_backtests(points, col, bootstrap=bootstrap, seed=seed) for kind, col in kinds.items()}
+    robust, backtests = conventions[n_kind]
+    n, d, loss = (points[c].to_numpy(float) for c in (kinds[n_kind], "D", "loss"))
+    paper = fit.fit_scaling_law(n, d, loss, method="curve_fit", bootstrap=bootstrap, seed=seed, groups=_groups(points))
+    return {**robust.to_dict(samples=True), "n_kind": n_kind, "curve_fit": paper.to_dict(), "n_max": float(n.max()),
+            "flops": "C = 6·N·D with N of n_kind (the tied LM head's matmul counted; attention scores not)",
             "compute_optimal": fit.compute_optimal(robust, list(budgets)).to_dict(orient="records"),
-            "backtest": fit.backtest_scaling_law(n, d, loss).to_dict(),
-            "n_models": int(points["model"].nunique()) if "model" in points else None}
+            "backtests": [b.to_dict() for b in backtests],
+            "conventions": {kind: {**law.to_dict(), "backtests": [_backtest_summary(b) for b in tests]}
+                            for kind, (law, tests) in conventions.items()},
+            "n_models": int(points["model"].nunique()) if "model" in points else int(np.unique(n).size)}
+
+
+def describe_scaling_law(law: dict) -> list[str]:
+    """The scaling-law fit.json as lines for a terminal: the law, its intervals, what is not identified, both
+    conventions of N and every rolling backtest."""
+    n_name = {"total": "N with the tied embedding", "non_embedding": "non-embedding N", "given": "N as given"}
+    iv = law.get("intervals", {})
+    params = "  ".join(f"{k} {law[k]:.4g}" + (f" [{iv[k][0]:.3g}, {iv[k][1]:.3g}]" if k in iv else "")
+                       for k in ("alpha", "beta", "C_N", "C_D", "L0") if k not in law.get("not_identified", {}))
+    lines = [f"L(N,D) = C_N·N^-α + C_D·D^-β + L0, N = {n_name[law['n_kind']]} ({law['n_points']} points, "
+             f"{law['n_models']} sizes, {law['n_groups']} stable runs): {params}"]
+    lines += [f"  {k} not identified: {why}" for k, why in law.get("not_identified", {}).items()]
+    lines.append(f"  curve_fit (as the paper): alpha {law['curve_fit']['alpha']:.3f}, beta {law['curve_fit']['beta']:.3f}")
+    for kind, other in law["conventions"].items():
+        tests = other["backtests"]
+        score = (f"rolling backtests: mean |error| {np.mean([t['mean_abs_rel_err'] for t in tests]):.2%}, "
+                 f"on the largest size {tests[-1]['mean_abs_rel_err']:.2%}") if tests else "no backtest (≤ 3 sizes)"
+        lines.append(f"  {n_name[kind]:<26} alpha {other['alpha']:.3f} beta {other['beta']:.3f}; {score}"
+                     + ("  <- used" if kind == law["n_kind"] else ""))
+    for t in law["backtests"]:
+        cover = "no interval" if t["coverage"] is None else f"{sum(t['covered'])}/{t['n_test']} inside the 95% interval"
+        lines.append(f"  backtest: fit the {t['n_sizes']} smallest sizes, predict N={t['held_out_N']:,.0f}: mean error "
+                     f"{t['mean_rel_err']:+.2%}, mean |error| {t['mean_abs_rel_err']:.2%}, {cover}")
+    return lines
+
+
+def _groups(points: pd.DataFrame):
+    return points["group"].to_numpy() if "group" in points else None
+
+
+def _law_and_backtests(points: pd.DataFrame, n_col: str, *, bootstrap: int, seed: int):
+    from windtunnel import fit
+
+    n, d, loss = (points[c].to_numpy(float) for c in (n_col, "D", "loss"))
+    law = fit.fit_scaling_law(n, d, loss, bootstrap=bootstrap, seed=seed, groups=_groups(points))
+    tests = fit.rolling_backtests(n, d, loss, groups=_groups(points), bootstrap=bootstrap, seed=seed) \
+        if np.unique(n).size > 3 else []
+    return law, tests
+
+
+def _backtest_summary(test) -> dict:
+    """A backtest without its fit and per-point lists: what the report's table shows."""
+    return {k: v for k, v in test.to_dict().items() if k not in ("fit", "rel_errors", "low", "high", "covered")}
 
 
 def fit_batch_size_study(curves: pd.DataFrame, *, bootstrap: int, seed: int = 0) -> dict:
@@ -155,8 +247,9 @@ def fit_lr_study(points: pd.DataFrame, *, bootstrap: int, seed: int = 0) -> dict
     return fit.fit_lr_transfer(points, bootstrap=bootstrap, seed=seed).to_dict()
 
 
-def fit_envelope_study(points: pd.DataFrame) -> dict:
-    """§4.3: per model, the series WSD(D, 0.1D) fit by a power law and by an exponential in compute C = 6ND."""
+def fit_envelope_study(points: pd.DataFrame, *, n_kind: str = DEFAULT_N_KIND) -> dict:
+    """§4.3: per model, the series WSD(D, 0.1D) fit by a power law and by an exponential in compute C = 6ND
+    (N of `n_kind`: the same FLOP count as the scaling law's compute-optimal allocation and the plan's cost)."""
     from windtunnel import fit
 
     out = {}
@@ -164,7 +257,7 @@ def fit_envelope_study(points: pd.DataFrame) -> dict:
         if len(group) < 4:  # three parameters per form: a fit needs one point to spare
             out[model] = {"skipped": f"{len(group)} points; the envelope needs at least 4"}
             continue
-        compute = 6 * group["N"].to_numpy(float) * group["D"].to_numpy(float)
+        compute = 6 * group[N_KINDS[n_kind]].to_numpy(float) * group["D"].to_numpy(float)
         out[model] = fit.fit_envelope(compute, group["loss"].to_numpy(float)).to_dict()
     return out
 
