@@ -2,10 +2,11 @@
 
     python analysis/scaling_law.py [--scale micro] [--bootstrap 1000] [--no-plots]
 
-Fits the decay branches' final losses (mean held-out bits per byte) by Huber/L-BFGS and by curve_fit, in both
-conventions of N (with and without the tied embedding; the default one drives the plan), with bootstrap intervals
-that resample whole stable runs, the compute-optimal allocation (C = 6·N·D) and the rolling backtests (fit the k
-smallest sizes, predict the next). Writes results/scaling_law/fit.json and the figures beside it.
+Fits the decay branches' final losses (mean held-out bits per byte) in the paper's form (Huber/L-BFGS and curve_fit)
+and in Kaplan et al.'s, in both conventions of N (with and without the tied embedding), with bootstrap intervals
+that resample whole stable runs and rolling backtests (fit the k smallest sizes, predict the next); the form that
+backtests better predicts (the plan, the compute-optimal allocation at C = 6·N·D). Writes
+results/scaling_law/fit.json and the figures beside it.
 """
 
 import sys
@@ -26,10 +27,11 @@ def main(args) -> None:
                                           "points": points[COLUMNS].to_dict(orient="records")})
     if not args.no_plots:
         n_col = studies.N_KINDS[law["n_kind"]]
-        plots.iso_loss(law, points.assign(N=points[n_col]), out / "fig10_iso_loss.png")
-        plots.loss_vs_tokens(law, points.assign(N=points[n_col]), out / "fig17_loss_vs_tokens.png")
-        plots.envelope(points.assign(N=points[n_col]), envelope, out / "fig6_envelope.png")
-        plots.backtests(law, points.assign(N=points[n_col]), out / "backtests.png")
+        shown = points.assign(N=points[n_col])
+        plots.iso_loss(law["prediction"], shown, out / "fig10_iso_loss.png")
+        plots.loss_vs_tokens([law, law["prediction"]], shown, out / "fig17_loss_vs_tokens.png")
+        plots.envelope(shown, envelope, out / "fig6_envelope.png")
+        plots.backtests(law["prediction"], shown, out / "backtests.png")
     for line in studies.describe_scaling_law(law):
         print(line)
     print(f"written: {out}/fit.json" + ("" if args.no_plots else " and fig6/fig10/fig17/backtests PNGs"))

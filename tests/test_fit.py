@@ -54,10 +54,10 @@ def test_scaling_law_recovers_parameters(clean_fit):
 def test_huber_fit_beats_the_truth_on_its_own_objective():
     """At 1% noise α is poorly identified (15-seed spread ±20%), but the optimiser must still find
     an objective at least as low as the true parameters' — a check of the search, not the statistics."""
-    from windtunnel.fit import _Problem
+    from windtunnel.fit import FORMS, _Problem
     N, D, loss = ladder(0.01, seed=5)
     f = fit_scaling_law(N, D, loss)
-    problem = _Problem(N, D, loss, 1e-3)
+    problem = _Problem(N, D, loss, 1e-3, FORMS["chinchilla"])
     w = np.full(N.size, 1 / N.size)
 
     def theta(p):   # natural parameters -> centred log parametrisation
@@ -67,10 +67,11 @@ def test_huber_fit_beats_the_truth_on_its_own_objective():
     assert problem.objective(theta(fitted), w)[0] <= problem.objective(theta(TRUE), w)[0] + 1e-12
 
 
-def test_gradient_matches_finite_differences():
-    from windtunnel.fit import _Problem
+@pytest.mark.parametrize("form", ["chinchilla", "kaplan"])
+def test_gradient_matches_finite_differences(form):
+    from windtunnel.fit import FORMS, _Problem
     N, D, loss = ladder(0.01)
-    problem = _Problem(N, D, loss, 1e-2)
+    problem = _Problem(N, D, loss, 1e-2, FORMS[form])
     w = np.random.default_rng(0).random(N.size)
     th = np.array([0.3, 0.35, 0.5, 0.25, 0.4])
     _, grad = problem.objective(th, w)
@@ -78,6 +79,33 @@ def test_gradient_matches_finite_differences():
     numeric = [(problem.objective(th + eps * e, w)[0] - problem.objective(th - eps * e, w)[0]) / (2 * eps)
                for e in np.eye(5)]
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-8)   # analytic gradient = central differences
+
+
+KAPLAN = {"N_c": 3e4, "alpha_N": 0.3, "D_c": 2e6, "alpha_D": 0.25, "L0": 1.0}
+
+
+def kaplan_law(N, D, p=KAPLAN):
+    return ((p["N_c"] / N) ** (p["alpha_N"] / p["alpha_D"]) + p["D_c"] / D) ** p["alpha_D"] + p["L0"]
+
+
+def test_kaplan_form_recovers_its_parameters_and_its_size_gap_widens_with_d():
+    """Kaplan et al.'s form, whose gap between sizes grows with D (the micro ladder's shape, LOG.md)."""
+    rng = np.random.default_rng(0)
+    N = np.repeat(np.geomspace(5e4, 5e5, 5), 4)
+    D = np.tile(np.array([1, 2, 4, 8]) * 1.1e6, 5)
+    f = fit_scaling_law(N, D, kaplan_law(N, D) * np.exp(rng.normal(0, 0.002, N.size)), form="kaplan")
+    assert f.form == "kaplan" and rel(f.alpha_N, 0.3) < 0.15 and rel(f.alpha_D, 0.25) < 0.15 and rel(f.L0, 1.0) < 0.1
+    assert np.abs(f.predict(1.5e6, 9e6) / kaplan_law(1.5e6, 9e6) - 1) < 0.01   # 3× beyond the largest N: within 1%
+    gap = lambda d: kaplan_law(5e4, d) - kaplan_law(5e5, d)   # noqa: E731
+    assert gap(8.8e6) > 1.2 * gap(1.1e6)
+    table = compute_optimal(f, [1e13, 1e15])                   # closed form = numeric minimum of L(N, C/6N)
+    assert np.abs(table["rel_diff"]).max() < 1e-4
+    n = table["N_opt_closed"].iloc[0]
+    assert f.optimal_tokens(n) == pytest.approx(table["D_opt_closed"].iloc[0], rel=1e-6)
+    again = ScalingLawFit.from_dict(json.loads(json.dumps(f.to_dict())))
+    assert again.form == "kaplan" and again.predict(1e6, 1e7) == pytest.approx(f.predict(1e6, 1e7))
+    with pytest.raises(FitError, match="form='kaplan' is not allowed with method 'curve_fit'"):
+        fit_scaling_law(N, D, kaplan_law(N, D), form="kaplan", method="curve_fit")
 
 
 def test_curve_fit_method_recovers_parameters():
@@ -103,7 +131,7 @@ def test_huber_resists_outliers_where_least_squares_moves(clean_fit):
 def test_bootstrap_intervals_contain_truth_and_to_dict_is_json():
     f = fit_scaling_law(*ladder(0.01), bootstrap=300, seed=1)
     assert f.n_bootstrap == 300 and f.samples.shape == (300, 5)
-    truth = {**TRUE, "K": ScalingLawFit("x", **TRUE, n_points=0).K, "eta": (0.28 - 0.30) / 0.58}
+    truth = {**TRUE, "K": ScalingLawFit("x", TRUE, 0).K, "eta": (0.28 - 0.30) / 0.58}
     for name, value in truth.items():
         low, high = f.intervals[name]
         assert low <= value <= high, name        # 95% intervals contain the true value (1% noise, 300 resamples)
@@ -121,7 +149,7 @@ def test_predict_interval_without_bootstrap_raises(clean_fit):
 
 
 def test_K_and_eta_exact():
-    f = ScalingLawFit("x", C_N=2.0, alpha=0.5, C_D=8.0, beta=0.5, L0=1.0, n_points=0)
+    f = ScalingLawFit("x", {"C_N": 2.0, "alpha": 0.5, "C_D": 8.0, "beta": 0.5, "L0": 1.0}, 0)
     assert f.K == pytest.approx((0.5 * 2 / (0.5 * 8)) ** 1.0)   # (α·C_N/(β·C_D))^(1/(α+β)) = 0.25
     assert f.eta == 0.0
     # α = β: N_opt = K·sqrt(C/6) = 0.25·1e5 at C = 6e10, D_opt = C/6/N_opt = 4e5

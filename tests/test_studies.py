@@ -158,8 +158,10 @@ def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
     assert law["n_kind"] == "total" and law["n_groups"] == 5 and law["not_identified"] == {}
     assert [t["n_sizes"] for t in law["backtests"]] == [3, 4]            # rolling: fit 1..k, predict k+1
     assert all(t["mean_abs_rel_err"] < 0.01 for t in law["backtests"]) and law["excluded"] == {"diverged": 1, "failed": 1}
-    total, non_embedding = law["conventions"]["total"], law["conventions"]["non_embedding"]
-    assert total["alpha"] == law["alpha"] and non_embedding["alpha"] != law["alpha"]   # both conventions reported
+    assert law["prediction"]["form"] == "chinchilla"   # drawn from the paper's form: it backtests better than Kaplan's
+    assert "lower rolling-backtest error" in law["prediction"]["why"] and law["prediction"]["n_kind"] == "total"
+    kinds = {(c["form"], c["n_kind"]) for c in law["candidates"]}   # every form and convention of N, reported
+    assert kinds == {(f, k) for f in ("chinchilla", "kaplan") for k in ("total", "non_embedding")}
     assert law["mup_base"]["d_base"] == 32 and law["seq_len"] == [128]
     assert law["envelope"]["s3"]["better"] in ("power", "exponential")
     lr = json.loads((store / "lr" / "fit.json").read_text())
@@ -252,3 +254,28 @@ def test_fit_cli_resamples_the_groups_a_csv_names(tmp_path, capsys):
     assert "missing column 'seed' (--group-col)" in capsys.readouterr().err
     assert cli.main(["fit", "lr", "--csv", str(tmp_path / "runs.csv"), "--group-col", "stable_run"]) == 2
     assert "--group-col applies to scaling-law fits only" in capsys.readouterr().err
+
+
+def test_validate_trains_the_planned_target_and_logs_predicted_against_actual(fitted, capsys):
+    """`windtunnel validate`: the plan's train section is what trains; the comparison lands in results/validate/,
+    the report and the target's MLflow run (prediction as params, actual and error as metrics, the fits as tags)."""
+    from windtunnel.tracking import runs_dataframe
+
+    store = fitted
+    assert cli.main(["validate", "micro-24k", "--tokens", "40960", "--set", "lr=0.5"]) == 2   # the plan gives the LR
+    assert "--set lr: the plan gives that value" in capsys.readouterr().err
+    assert cli.main(["validate", "micro-24k", "--tokens", "40960"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((store / "validate" / "micro-24k.json").read_text())
+    assert {"target", "n_params", "tokens", "predicted", "low", "high", "actual"} <= set(result)
+    plan = yaml.safe_load((store / "plans" / "micro-24k.yaml").read_text())
+    assert result["tokens"] == plan["train"]["tokens"] and result["train"] == plan["train"] and result["given"] == []
+    assert result["low"] < result["predicted"] < result["high"] and result["actual"] > 0
+    assert result["inside"] == (result["low"] <= result["actual"] <= result["high"]) and "predicted" in out
+    run = runs_dataframe(experiment="validate").iloc[0]
+    assert float(run["params.predicted_loss"]) == pytest.approx(result["predicted"])
+    assert float(run["params.lr"]) == pytest.approx(plan["train"]["lr"])
+    assert run["metrics.validate/actual"] == pytest.approx(result["actual"])
+    assert "sha256" in run["tags.windtunnel.fit.scaling_law"] and run["tags.status"] == "finished"
+    assert cli.main(["report"]) == 0
+    assert "Predicted against actual" in (store / "report.html").read_text()

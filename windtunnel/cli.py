@@ -166,7 +166,7 @@ def cmd_fit(args) -> None:
     if args.kind == "scaling-law":
         budgets = {"budgets": args.budget} if args.budget else {}
         n_kind = "given" if args.csv else args.n_kind
-        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap, n_kind=n_kind, **budgets)
+        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap, form=args.form, n_kind=n_kind, **budgets)
     elif args.kind == "batch-size":
         result = studies.fit_batch_size_study(frame, bootstrap=args.bootstrap)
     elif args.kind == "lr":
@@ -251,7 +251,7 @@ def _print_plan(plan: dict, path) -> None:
 def cmd_validate(args) -> None:
     from windtunnel.validate import validate
 
-    out = validate(args.target, tokens=args.tokens, compute=args.compute)
+    out = validate(args.target, tokens=args.tokens, compute=args.compute, given=args.set)
     verdict = "inside" if out["inside"] else "OUTSIDE"
     print(f"{out['target']} (N = {out['n_params']:,}, {out['n_extrapolation']:.2g}× the ladder's largest) on "
           f"{out['tokens']:,} tokens: predicted {out['predicted']:.4f} bits/byte, 95% [{out['low']:.4f}, {out['high']:.4f}]; "
@@ -314,6 +314,8 @@ def parser() -> argparse.ArgumentParser:
     va.add_argument("target", help="a model name, e.g. micro-1.3m")
     va.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
     va.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it")
+    va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a value the plan left out (batch_tokens, lr), stated in the comparison; nothing else")
     va.set_defaults(func=cmd_validate)
     rp = sub.add_parser("report", help="one HTML page of every fit, figure and plan: results/report.html")
     rp.set_defaults(func=cmd_report)
@@ -338,6 +340,9 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--budget", type=float, action="append", metavar="FLOPS",
                      help="scaling-law: compute budgets for the compute-optimal N, D and D/N (default 1e18…1e24)")
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
+    fit.add_argument("--form", choices=["chinchilla", "kaplan"], default=None,
+                     help="scaling-law: the form that predicts (plan, allocation); default: the one whose rolling "
+                          "backtests err less. Every form is fitted and reported; the top level is the paper's")
     fit.add_argument("--n-kind", choices=["total", "non_embedding"], default="total",
                      help="scaling-law --sweep: N with the tied embedding (default: it backtests better on the micro "
                           "ladder) or without it (the paper's); both are fitted and reported")

@@ -33,7 +33,6 @@ __all__ = [
     "decay_dynamics",
 ]
 
-PARAMS = ("C_N", "alpha", "C_D", "beta", "L0")  # column order of ScalingLawFit.samples
 
 
 class FitError(WindtunnelError):
@@ -119,39 +118,159 @@ def _jsonable(intervals: dict) -> dict:
 
 # ---------------------------------------------------------------- §5 scaling law
 
+class _Form:
+    """One functional form of L(N, D): its parameters and how to predict with them (natural units, any batch
+    shape of parameter rows), and the pieces the Huber fit needs in centred logs x = log N − m_N, y = log D − m_D."""
+
+    name: str
+    params: tuple[str, ...]
+    exponents: tuple[int, int]  # indices of the two exponents in θ (kept within EXPONENT_BOUNDS)
+    exponent_names: tuple[str, str]  # their names among `params` (of N, of D)
+
+    def predict(self, p, N, D):
+        raise NotImplementedError
+
+    def optimal_tokens(self, p, n):
+        """The D at which N = n is compute-optimal (∂L/∂log N = ∂L/∂log D along C = 6ND)."""
+        raise NotImplementedError
+
+    def optimal_n(self, p, compute):
+        """The compute-optimal N at budget C = 6ND."""
+        raise NotImplementedError
+
+
+class _Chinchilla(_Form):
+    """L = C_N·N^-α + C_D·D^-β + L0 (Hoffmann et al. 2022; MiniCPM §5): separable, the size gap does not move with D.
+    θ = (a, α, b, β, e): log pred = LSE(a − α·x, b − β·y, e); C_N = exp(a + α·m_N), C_D = exp(b + β·m_D), L0 = e^e."""
+
+    name, params, exponents, exponent_names = "chinchilla", ("C_N", "alpha", "C_D", "beta", "L0"), (1, 3), ("alpha", "beta")
+
+    def predict(self, p, N, D):
+        c_n, a, c_d, b, l0 = p
+        return c_n * N ** -a + c_d * D ** -b + l0
+
+    def optimal_tokens(self, p, n):
+        c_n, a, c_d, b, _ = p
+        return _optimal_tokens(n, a, c_n, b, c_d)
+
+    def optimal_n(self, p, compute):
+        c_n, a, c_d, b, _ = p
+        return _K(a, c_n, b, c_d) * (compute / 6) ** (b / (a + b))
+
+    def log_pred(self, thetas, x, y):
+        """log pred (K, n) and its Jacobian in θ (K, n, 5)."""
+        a, alpha, b, beta, e = (thetas[:, i : i + 1] for i in range(5))
+        t0, t1 = a - alpha * x, b - beta * y
+        top = np.maximum(np.maximum(t0, t1), e)                          # log-sum-exp, shifted for range
+        s0, s1, s2 = np.exp(t0 - top), np.exp(t1 - top), np.exp(e - top)
+        total = s0 + s1 + s2
+        s0, s1, s2 = s0 / total, s1 / total, s2 / total                  # d log pred / d(each term)
+        return top + np.log(total), np.stack([s0, -s0 * x, s1, -s1 * y, s2], axis=-1)
+
+    def natural(self, theta, mN, mD):
+        a, alpha, b, beta, e = theta
+        return np.exp(a + alpha * mN), alpha, np.exp(b + beta * mD), beta, np.exp(e)
+
+    def starts(self, loss):
+        """Exponents 0.05–1.5, L0 5–97% of the lowest loss, terms 0.3–100% of the mean loss."""
+        exps = [0.05, 0.2, 0.4, 0.7, 1.0, 1.5]
+        e = np.log(loss.min() * np.array([0.05, 0.3, 0.6, 0.85, 0.97]))
+        ab = np.log(loss.mean() * np.array([0.003, 0.03, 0.1, 0.3, 1.0]))
+        return np.stack([g.ravel() for g in np.meshgrid(ab, exps, ab, exps, e, indexing="ij")], axis=1)
+
+
+class _Kaplan(_Form):
+    """L = ((N_c/N)^(α_N/α_D) + D_c/D)^α_D + L0 (Kaplan et al. 2020, eq. 1.5, with a floor): the size gap widens with
+    D, as it does on a shared token grid where the large models' short runs are limited by their few steps.
+    θ = (c, d, α_N, α_D, e) with c = log N_c − m_N, d = log D_c − m_D: log pred = LSE(α_D·LSE(u, v), e),
+    u = (α_N/α_D)(c − x), v = d − y."""
+
+    name, params, exponents, exponent_names = "kaplan", ("N_c", "alpha_N", "D_c", "alpha_D", "L0"), (2, 3), ("alpha_N", "alpha_D")
+
+    def predict(self, p, N, D):
+        n_c, a_n, d_c, a_d, l0 = p
+        return ((n_c / N) ** (a_n / a_d) + d_c / D) ** a_d + l0
+
+    def optimal_tokens(self, p, n):
+        n_c, a_n, d_c, a_d, _ = p   # α_N·(N_c/N)^(α_N/α_D) = α_D·D_c/D
+        with np.errstate(all="ignore"):
+            return (a_d / a_n) * d_c * (n / n_c) ** (a_n / a_d)
+
+    def optimal_n(self, p, compute):
+        n_c, a_n, d_c, a_d, _ = p   # the same condition with D = C/6N, solved for N
+        with np.errstate(all="ignore"):
+            return (a_n * n_c ** (a_n / a_d) * compute / (6 * a_d * d_c)) ** (a_d / (a_n + a_d))
+
+    @np.errstate(over="ignore", invalid="ignore")
+    def log_pred(self, thetas, x, y):
+        c, d, a_n, a_d, e = (thetas[:, i : i + 1] for i in range(5))
+        u, v = (a_n / a_d) * (c - x), d - y
+        s = np.logaddexp(u, v)
+        t = a_d * s
+        lp = np.logaddexp(t, e)
+        w_t, w_e = np.exp(t - lp), np.exp(e - lp)
+        p_u, p_v = np.exp(u - s), np.exp(v - s)
+        jac = np.stack([w_t * a_n * p_u, w_t * a_d * p_v, w_t * p_u * (c - x), w_t * (s - p_u * u), w_e], axis=-1)
+        return lp, jac
+
+    def natural(self, theta, mN, mD):
+        c, d, a_n, a_d, e = theta
+        return np.exp(c + mN), a_n, np.exp(d + mD), a_d, np.exp(e)
+
+    def starts(self, loss):
+        """N_c and D_c from e^-2 to e^8 times the geometric-mean N and D, exponents 0.05–1, L0 5–97% of the lowest loss."""
+        scales, exps = [-2.0, 1.0, 4.0, 8.0], [0.05, 0.2, 0.5, 1.0]
+        e = np.log(loss.min() * np.array([0.05, 0.3, 0.6, 0.85, 0.97]))
+        return np.stack([g.ravel() for g in np.meshgrid(scales, scales, exps, exps, e, indexing="ij")], axis=1)
+
+
+FORMS = {form.name: form for form in (_Chinchilla(), _Kaplan())}
+
+
 @dataclass(frozen=True)
 class ScalingLawFit:
-    """L(N, D) = C_N·N^-α + C_D·D^-β + L0 (§5); N = parameters (the caller's convention), D = training tokens."""
+    """A fitted L(N, D): `form` "chinchilla" (C_N, alpha, C_D, beta, L0; §5) or "kaplan" (N_c, alpha_N, D_c,
+    alpha_D, L0); N = parameters (the caller's convention), D = training tokens. Parameters read as attributes."""
 
     method: str                      # "huber" (log-residual Huber, L-BFGS-B) or "curve_fit" (least squares on loss)
-    C_N: float
-    alpha: float
-    C_D: float
-    beta: float
-    L0: float                        # irreducible loss, same unit as the fitted loss
+    values: dict                     # parameter name -> value, in the form's order
     n_points: int
+    form: str = "chinchilla"
     n_bootstrap: int = 0             # bootstrap refits behind `intervals` and `samples`
     intervals: dict = field(default_factory=dict)   # name -> (low, high), 95% percentile; empty without bootstrap
-    samples: np.ndarray | None = field(default=None, compare=False, repr=False)  # (K, 5) rows in PARAMS order
+    samples: np.ndarray | None = field(default=None, compare=False, repr=False)  # (K, 5) rows in the form's order
     n_groups: int = 0                # independent groups the bootstrap resampled (stable runs); n_points if ungrouped
     group_sd: float = math.nan       # sd of a new group's log-loss offset (seed, trajectory), from the group residuals
     group_dof: int = 0               # degrees of freedom of group_sd (groups − parameters that absorb group offsets)
     not_identified: dict = field(default_factory=dict)  # parameter -> why the data cannot pin it down
 
+    def __getattr__(self, name):
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    @property
+    def _form(self) -> _Form:
+        return FORMS[self.form]
+
+    @property
+    def _p(self) -> np.ndarray:
+        return np.array([self.values[k] for k in self._form.params])
+
     @property
     def K(self) -> float:
-        """K = (α·C_N / (β·C_D))^(1/(α+β)); N_opt/D_opt = K²·(C/6)^η (§5)."""
+        """Chinchilla: K = (α·C_N / (β·C_D))^(1/(α+β)); N_opt/D_opt = K²·(C/6)^η (§5)."""
         return _K(self.alpha, self.C_N, self.beta, self.C_D)
 
     @property
     def eta(self) -> float:
-        """η = (β − α)/(α + β) (§5)."""
+        """Chinchilla: η = (β − α)/(α + β) (§5)."""
         return (self.beta - self.alpha) / (self.alpha + self.beta)
 
     def predict(self, N, D) -> np.ndarray:
         """Predicted loss at N parameters and D tokens (broadcasting)."""
-        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
-        return self.C_N * N ** -self.alpha + self.C_D * D ** -self.beta + self.L0
+        return self._form.predict(self._p, np.asarray(N, dtype=float), np.asarray(D, dtype=float))
 
     def predict_interval(self, N, D, *, level: float = 0.95, new_run: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval of the loss at (N, D) over the bootstrap refits.
@@ -166,8 +285,7 @@ class ScalingLawFit:
                            f"{self.group_dof} degrees of freedom — add sizes or seeds")
 
         def preds():
-            c_n, a, c_d, b, l0 = self.samples.T
-            pred = c_n * N ** -a + c_d * D ** -b + l0
+            pred = self._form.predict(self.samples.T, N, D)
             if not new_run:
                 return pred
             repeats = max(1, 4000 // len(self.samples))   # several offsets per refit: smooth percentiles
@@ -177,26 +295,25 @@ class ScalingLawFit:
 
     def optimal_n(self, compute: float) -> float:
         """Compute-optimal N at budget C = 6ND (closed form of `compute_optimal`)."""
-        return float(self.K * (compute / 6) ** (self.beta / (self.alpha + self.beta)))
+        return float(self._form.optimal_n(self._p, compute))
 
     def optimal_tokens(self, n: float) -> float:
-        """The D for which N is compute-optimal: invert N_opt = K·(C/6)^(β/(α+β)), then D = (C/6)/N."""
-        return float(_optimal_tokens(n, self.alpha, self.C_N, self.beta, self.C_D))
+        """The D for which N = n is compute-optimal at C = 6ND."""
+        return float(self._form.optimal_tokens(self._p, n))
 
     def optimal_tokens_interval(self, n: float, *, level: float = 0.95) -> tuple[float, float]:
         """Percentile interval of `optimal_tokens(n)` over the bootstrap refits."""
-        def preds():
-            c_n, a, c_d, b, _ = self.samples.T
-            return _optimal_tokens(n, a, c_n, b, c_d)
-        low, high = _bootstrap_interval(self.samples, preds, level)
+        low, high = _bootstrap_interval(self.samples, lambda: self._form.optimal_tokens(self.samples.T, n), level)
         return float(low), float(high)
 
     def to_dict(self, *, samples: bool = False) -> dict:
-        """JSON-ready summary (the `fit scaling-law --json` payload, DESIGN §6); samples=True adds the
-        bootstrap refits so `from_dict` can give prediction intervals (fit.json keeps them)."""
-        out = {name: float(getattr(self, name)) for name in PARAMS}
-        out.update(K=float(self.K), eta=float(self.eta), n_points=self.n_points, method=self.method,
-                   n_bootstrap=self.n_bootstrap, intervals=_jsonable(self.intervals), n_groups=self.n_groups,
+        """JSON-ready summary (the `fit scaling-law --json` payload, DESIGN §6): the parameters at the top level;
+        samples=True adds the bootstrap refits so `from_dict` can give prediction intervals (fit.json keeps them)."""
+        out = {"form": self.form, **{k: float(v) for k, v in self.values.items()}}
+        if self.form == "chinchilla":
+            out.update(K=float(self.K), eta=float(self.eta))
+        out.update(n_points=self.n_points, method=self.method, n_bootstrap=self.n_bootstrap,
+                   intervals=_jsonable(self.intervals), n_groups=self.n_groups,
                    group_sd=None if math.isnan(self.group_sd) else float(self.group_sd), group_dof=self.group_dof,
                    not_identified=dict(self.not_identified))
         if samples and self.samples is not None:
@@ -206,8 +323,8 @@ class ScalingLawFit:
     @classmethod
     def from_dict(cls, data: dict) -> ScalingLawFit:
         """The inverse of to_dict (e.g. results/scaling_law/fit.json)."""
-        sd = data.get("group_sd")
-        return cls(data["method"], *(float(data[name]) for name in PARAMS), n_points=int(data["n_points"]),
+        form, sd = data.get("form", "chinchilla"), data.get("group_sd")
+        return cls(data["method"], {k: float(data[k]) for k in FORMS[form].params}, int(data["n_points"]), form,
                    n_bootstrap=int(data.get("n_bootstrap", 0)), samples=_samples_from(data),
                    intervals={k: tuple(v) for k, v in data.get("intervals", {}).items()},
                    n_groups=int(data.get("n_groups", 0)), group_sd=math.nan if sd is None else float(sd),
@@ -224,45 +341,54 @@ def _optimal_tokens(n, alpha, C_N, beta, C_D):
         return (n / _K(alpha, C_N, beta, C_D)) ** ((alpha + beta) / beta) / n
 
 
-GROUP_PARAMS = 3  # parameters that can absorb a whole group's offset: C_N and α (across sizes) and L0 (their mean)
+EXPONENT_BOUNDS = (1e-3, 5.0)  # every exponent: positive (each term falls with N or D), and not absurdly steep
+GROUP_PARAMS = 3  # parameters that can absorb a whole group's offset: the two of the N term (across sizes) and L0
 
 
-def fit_scaling_law(N, D, loss, *, method: str = "huber", delta: float = 1e-3, bootstrap: int = 0,
-                    seed: int = 0, groups=None) -> ScalingLawFit:
-    """Fit L(N, D) = C_N·N^-α + C_D·D^-β + L0 (§5) to final losses of (N, D) runs.
+def fit_scaling_law(N, D, loss, *, method: str = "huber", form: str = "chinchilla", delta: float = 1e-3,
+                    bootstrap: int = 0, seed: int = 0, groups=None) -> ScalingLawFit:
+    """Fit L(N, D) to final losses of (N, D) runs: form "chinchilla", C_N·N^-α + C_D·D^-β + L0 (§5), or "kaplan",
+    ((N_c/N)^(α_N/α_D) + D_c/D)^α_D + L0.
 
-    method="huber": Huber loss (`delta`) on log(pred) − log(loss) with pred = exp(LSE(a − α·log N,
-    b − β·log D, e)), C_N = e^a, C_D = e^b, L0 = e^e (Hoffmann et al. 2022, Epoch's replication);
-    every point of a grid of starts is scored and the best few are refined with L-BFGS-B.
-    method="curve_fit": least squares on the loss itself, as the paper did, started from the Huber fit.
+    method="huber": Huber loss (`delta`) on log(pred) − log(loss), pred written as a log-sum-exp of its terms
+    (Hoffmann et al. 2022, Epoch's replication); every point of a grid of starts is scored and the best few are
+    refined with L-BFGS-B. method="curve_fit" (chinchilla only): least squares on the loss itself, as the paper
+    did, started from the Huber fit.
     groups: one label per point; points with one label share their noise (the decay branches of one stable
     run share its seed and trajectory) and are resampled together. None: every point is its own group.
     bootstrap=K resamples the groups K times, refits from the full-data optimum and stores 95%
-    percentile intervals of every parameter and of K and η.
+    percentile intervals of every parameter (and of K and η for chinchilla).
     """
     if method not in ("huber", "curve_fit"):
         raise FitError(f"method={method!r} is not allowed; use 'huber' or 'curve_fit'")
+    if form not in FORMS or (method == "curve_fit" and form != "chinchilla"):
+        raise FitError(f"form={form!r} is not allowed with method {method!r}; use one of: "
+                       + ", ".join(FORMS if method == "huber" else ["chinchilla"]))
     N, D, loss = _arrays("scaling-law fit", 6, N=N, D=D, loss=loss)
     for name, values in (("N", N), ("D", D)):
         if np.unique(values).size < 2:
             raise FitError(f"scaling-law fit needs at least 2 distinct {name} values (got 1); add runs of other sizes")
     group_ids = _group_ids(groups, len(loss))
-    problem = _Problem(N, D, loss, delta)
-    theta = problem.fit_huber(problem.starts())
+    problem = _Problem(N, D, loss, delta, FORMS[form])
+    theta = problem.fit_huber(problem.form.starts(loss))
     if method == "curve_fit":
         theta = problem.fit_curve(theta)
     samples = problem.bootstrap(theta, method, bootstrap, seed, group_ids) if bootstrap else None
+    names = FORMS[form].params
     intervals = {}
     if samples is not None:
-        derived = np.column_stack([samples, _K(samples[:, 1], samples[:, 0], samples[:, 3], samples[:, 2]),
-                                   (samples[:, 3] - samples[:, 1]) / (samples[:, 1] + samples[:, 3])])
-        intervals = _percentiles(derived, PARAMS + ("K", "eta"))
-    natural = problem.natural(theta)
+        derived, extra = samples, ()
+        if form == "chinchilla":
+            derived = np.column_stack([samples, _K(samples[:, 1], samples[:, 0], samples[:, 3], samples[:, 2]),
+                                       (samples[:, 3] - samples[:, 1]) / (samples[:, 1] + samples[:, 3])])
+            extra = ("K", "eta")
+        intervals = _percentiles(derived, names + extra)
+    values = dict(zip(names, map(float, problem.form.natural(theta, problem.mN, problem.mD))))
     n_groups = int(group_ids.max()) + 1
     sd, dof = _group_spread(problem.residuals(theta[None])[0][0], group_ids, 5 if n_groups == len(loss) else GROUP_PARAMS)
-    return ScalingLawFit(method, *natural, n_points=len(loss), n_bootstrap=int(bootstrap), intervals=intervals,
+    return ScalingLawFit(method, values, len(loss), form, n_bootstrap=int(bootstrap), intervals=intervals,
                          samples=samples, n_groups=n_groups, group_sd=sd, group_dof=dof,
-                         not_identified=_not_identified(dict(zip(PARAMS, natural)), loss))
+                         not_identified=_not_identified(values, FORMS[form], loss))
 
 
 def _group_ids(groups, n: int) -> np.ndarray:
@@ -284,43 +410,27 @@ def _group_spread(residuals: np.ndarray, group_ids: np.ndarray, n_params: int) -
     return (float(np.sqrt((means ** 2).sum() / dof)), int(dof)) if dof > 0 else (math.nan, 0)
 
 
-def _not_identified(params: dict, loss: np.ndarray) -> dict:
+def _not_identified(values: dict, form: _Form, loss: np.ndarray) -> dict:
     """The parameters the fit left at a bound, with the reason (a bound is where the data stopped informing it)."""
     out = {}
-    if params["L0"] < 0.01 * loss.min():
+    if values["L0"] < 0.01 * loss.min():
         out["L0"] = (f"fitted at its lower bound (≈0 against losses ≥ {loss.min():.3g}): the losses still fall at the "
-                     "largest N and D, so the floor is not measured; α and β are effective exponents of this range")
-    for name in ("alpha", "beta"):
-        if not 1e-3 < params[name] < 4.99:
-            out[name] = f"at its bound ({params[name]:.3g}; allowed 0..5): the loss does not follow a power law in " \
-                        f"{'N' if name == 'alpha' else 'D'} over this range"
+                     "largest N and D, so the floor is not measured; the exponents are effective ones of this range")
+    for name, axis in zip(form.exponent_names, "ND"):
+        if not EXPONENT_BOUNDS[0] * 1.01 < values[name] < EXPONENT_BOUNDS[1] * 0.998:
+            out[name] = f"at its bound ({values[name]:.3g}; allowed 0..5): the loss does not follow a power law in " \
+                        f"{axis} over this range"
     return out
 
 
 class _Problem:
-    """One scaling-law data set in centred logs: θ = (a', α, b', β, e) with log N − mean, log D − mean.
+    """One scaling-law data set and form in centred logs x = log N − mean, y = log D − mean: centring (dividing N
+    and D by their geometric means) makes the start grid independent of units; `form.natural` maps θ back."""
 
-    Centring (dividing N and D by their geometric means) makes the start grid independent of units;
-    `natural` maps back: C_N = exp(a' + α·mean log N), likewise C_D.
-    """
-
-    def __init__(self, N, D, loss, delta):
+    def __init__(self, N, D, loss, delta, form: _Form):
         self.mN, self.mD = np.log(N).mean(), np.log(D).mean()
         self.x, self.y = np.log(N) - self.mN, np.log(D) - self.mD
-        self.loss, self.log_loss, self.delta = loss, np.log(loss), delta
-
-    def natural(self, theta) -> tuple[float, ...]:
-        a, alpha, b, beta, e = theta
-        return (float(np.exp(a + alpha * self.mN)), float(alpha), float(np.exp(b + beta * self.mD)),
-                float(beta), float(np.exp(e)))
-
-    def starts(self) -> np.ndarray:
-        """Start grid (θ rows): exponents 0.05–1.5, L0 5–97% of the lowest loss, terms 0.3–100% of the mean."""
-        exps = [0.05, 0.2, 0.4, 0.7, 1.0, 1.5]
-        e = np.log(self.loss.min() * np.array([0.05, 0.3, 0.6, 0.85, 0.97]))
-        ab = np.log(self.loss.mean() * np.array([0.003, 0.03, 0.1, 0.3, 1.0]))
-        grid = np.meshgrid(ab, exps, ab, exps, e, indexing="ij")
-        return np.stack([g.ravel() for g in grid], axis=1)
+        self.loss, self.log_loss, self.delta, self.form = loss, np.log(loss), delta, form
 
     def objective(self, theta, w):
         """Weighted Huber loss of the log residuals (w sums to 1) and its gradient in θ, for L-BFGS-B."""
@@ -329,8 +439,8 @@ class _Problem:
         return float(w @ h), (w * dh) @ jac[0]
 
     def lbfgs(self, theta0, w):
-        # α, β ≥ 0 keep both terms decreasing; the log-scale constants are free
-        bounds = [(None, None), (0.0, 5.0), (None, None), (0.0, 5.0), (None, None)]
+        # exponents in [0, 5] keep both terms decreasing; the log-scale constants are free
+        bounds = [EXPONENT_BOUNDS if i in self.form.exponents else (None, None) for i in range(5)]
         res = optimize.minimize(self.objective, theta0, args=(w,), jac=True, method="L-BFGS-B", bounds=bounds,
                                 options={"ftol": 1e-12, "gtol": 1e-9, "maxiter": 500})
         return res.x, res.fun
@@ -378,10 +488,9 @@ class _Problem:
                     thetas[k] = self.fit_curve(theta, np.repeat(np.arange(self.x.size), weights[k].astype(int)))
                 except (RuntimeError, ValueError):   # a resample curve_fit cannot fit stays NaN
                     pass
-        a, alpha, b, beta, e = thetas.T
-        return np.column_stack([np.exp(a + alpha * self.mN), alpha, np.exp(b + beta * self.mD), beta, np.exp(e)])
+        return np.column_stack(self.form.natural(thetas.T, self.mN, self.mD))
 
-    def refit_batch(self, theta0, weights, *, max_iter: int = 200, tol: float = 1e-7):
+    def refit_batch(self, theta0, weights, *, max_iter: int = 1000, tol: float = 1e-7):
         """Minimise the Huber objective for every row of `weights` at once, all started from θ0.
 
         Levenberg–Marquardt on the IRLS majoriser of the Huber loss (weights ψ(r)/r), steps
@@ -407,34 +516,31 @@ class _Problem:
             except np.linalg.LinAlgError:   # a resample that leaves a direction unconstrained (one D, say)
                 step = (np.linalg.pinv(hess + damp) @ -grad[..., None])[..., 0]
             trial = th + step
-            trial[:, [1, 3]] = np.clip(trial[:, [1, 3]], 0.0, 5.0)           # α, β ≥ 0 as in the L-BFGS-B bounds
+            exps = list(self.form.exponents)
+            trial[:, exps] = np.clip(trial[:, exps], *EXPONENT_BOUNDS)        # as in the L-BFGS-B bounds
             f_trial = self.batch_objective(trial, w)
             ok = f_trial <= f[active]
             rows = np.flatnonzero(active)
+            # converged: a step too small to matter, or one that no longer lowers the objective (a flat direction:
+            # a resample with few distinct sizes leaves the parameter along it undetermined, wherever it stops)
+            still = ok & ((np.abs(trial - th).max(axis=1) < tol) | (f[rows] - f_trial <= 1e-12 * f[rows]))
             theta[rows[ok]], f[rows[ok]] = trial[ok], f_trial[ok]
             lam[rows] = np.where(ok, lam[rows] * 0.3, lam[rows] * 10)
-            done = (ok & (np.abs(trial - th).max(axis=1) < tol)) | (lam[rows] > 1e12)
+            done = still | (lam[rows] > 1e12)
             active[rows[done]] = False
-        for k in np.flatnonzero(active):   # the few rows (flat directions) LM left unconverged
+        self.stragglers = int(active.sum())
+        for k in np.flatnonzero(active):   # the few rows LM left unconverged
             theta[k] = self.lbfgs(theta[k], weights[k])[0]
         return theta
 
     def residuals(self, thetas):
         """log(pred) − log(loss) for each θ row (K, n) and its Jacobian in θ (K, n, 5)."""
-        a, alpha, b, beta, e = (thetas[:, i : i + 1] for i in range(5))
-        t0, t1 = a - alpha * self.x, b - beta * self.y
-        top = np.maximum(np.maximum(t0, t1), e)                          # log-sum-exp, shifted for range
-        s0, s1, s2 = np.exp(t0 - top), np.exp(t1 - top), np.exp(e - top)
-        total = s0 + s1 + s2
-        s0, s1, s2 = s0 / total, s1 / total, s2 / total                  # d log pred / d(each term)
-        jac = np.stack([s0, -s0 * self.x, s1, -s1 * self.y, s2], axis=-1)
-        return top + np.log(total) - self.log_loss, jac
+        log_pred, jac = self.form.log_pred(thetas, self.x, self.y)
+        return log_pred - self.log_loss, jac
 
     def batch_objective(self, thetas, weights):
         """Weighted Huber objective of each θ row with its weight row (or one row for all)."""
-        a, alpha, b, beta, e = (thetas[:, i : i + 1] for i in range(5))
-        log_pred = np.logaddexp(np.logaddexp(a - alpha * self.x, b - beta * self.y), e)
-        return (weights * _huber(log_pred - self.log_loss, self.delta)[0]).sum(axis=1)
+        return (weights * _huber(self.residuals(thetas)[0], self.delta)[0]).sum(axis=1)
 
 
 def _huber(r, delta):
@@ -453,7 +559,7 @@ def compute_optimal(fit: ScalingLawFit, compute) -> pd.DataFrame:
     """
     C = np.atleast_1d(np.asarray(compute, dtype=float))
     _check_positive(C, "C")
-    n_closed = fit.K * (C / 6) ** (fit.beta / (fit.alpha + fit.beta))
+    n_closed = np.array([fit.optimal_n(c) for c in C])
     n_numeric = np.array([_numeric_n_opt(fit, c) for c in C])
     d_closed, d_numeric = C / 6 / n_closed, C / 6 / n_numeric
     return pd.DataFrame({
@@ -465,7 +571,7 @@ def compute_optimal(fit: ScalingLawFit, compute) -> pd.DataFrame:
 
 def _numeric_n_opt(fit: ScalingLawFit, c: float) -> float:
     def loss_at(log_n):
-        return fit.C_N * np.exp(-fit.alpha * log_n) + fit.C_D * (c / 6 / np.exp(log_n)) ** -fit.beta
+        return fit.predict(np.exp(log_n), c / 6 / np.exp(log_n))
     res = optimize.minimize_scalar(loss_at, bounds=(0.0, math.log(c / 6)), method="bounded",
                                    options={"xatol": 1e-10})
     return float(np.exp(res.x))
@@ -508,7 +614,7 @@ class Backtest:
 
 
 def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: int = 0, min_sizes: int = 3,
-                      method: str = "huber", delta: float = 1e-3) -> list[Backtest]:
+                      form: str = "chinchilla", delta: float = 1e-3) -> list[Backtest]:
     """For every k ≥ min_sizes: fit the k smallest sizes, predict every point of size k+1 with its 95%
     prediction interval (bootstrap over `groups`; bootstrap=0: errors only). One Backtest per k."""
     N, D, loss = _arrays("scaling-law back-test", 7, N=N, D=D, loss=loss)
@@ -519,7 +625,7 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
     out = []
     for k in range(min_sizes, sizes.size):
         train, test = N <= sizes[k - 1], N == sizes[k]
-        fit = fit_scaling_law(N[train], D[train], loss[train], method=method, delta=delta, bootstrap=bootstrap,
+        fit = fit_scaling_law(N[train], D[train], loss[train], form=form, delta=delta, bootstrap=bootstrap,
                               seed=seed, groups=group_ids[train])
         rel = (fit.predict(N[test], D[test]) - loss[test]) / loss[test]
         low = high = covered = ()

@@ -87,7 +87,8 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     usable = {name: _in_family(model, fit, name, gaps) for name, fit in fits.items()}
     n_kind = scaling.get("n_kind", "non_embedding") if scaling else "total"
     n = count_params(model, embedding=n_kind == "total")
-    law = ScalingLawFit.from_dict(scaling) if usable["scaling law"] else None
+    # the law that predicts: the form whose rolling backtests erred less (the paper's form when older fits lack it)
+    law = ScalingLawFit.from_dict(scaling.get("prediction", scaling)) if usable["scaling law"] else None
     if scaling is not None and n / scaling["n_max"] > limits.max_n_extrapolation:
         gaps.append(f"scaling law: N = {n:,} is {n / scaling['n_max']:,.0f}× the ladder's largest ({scaling['n_max']:,.0f}), "
                     f"beyond the {limits.max_n_extrapolation:g}× the plan extrapolates — fit a ladder that reaches N/{limits.max_n_extrapolation:g}")
@@ -205,6 +206,7 @@ def _loss(n: int, d: float, law, scaling: dict | None, limits: PlanLimits, gaps:
     half = (high - low) / 2 / value
     out = {"value": value, "interval95": [low, high], "unit": "bits per byte, mean over held-out sets",
            "interval": "prediction interval of a new run (law bootstrap over stable runs + a new run's offset)",
+           "form": law.form,
            "n_extrapolation": n / scaling["n_max"], "not_identified": sorted(law.not_identified)}
     if not math.isfinite(half) or half > limits.max_loss_rel_interval:
         gaps.append(f"predicted loss: 95% interval [{low:.3g}, {high:.3g}] is ±{half:.0%} of {value:.3g}, "
@@ -227,11 +229,14 @@ def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, law, 
     bs_law = BatchSizeFit.from_dict(batch)
     best = float(bs_law.predict(loss["value"]))
     low, high = (float(x) for x in bs_law.predict_interval(loss["value"]))
-    if not high / low <= limits.max_batch_ratio:
-        gaps.append(f"batch size: 95% interval [{low:,.0f}, {high:,.0f}] tokens spans more than "
-                    f"{limits.max_batch_ratio:g}× — add batch sizes or loss levels to the batch-size sweep")
-        return None, None
     final = _round_batch(best, seq_len)
+    if not high / low <= limits.max_batch_ratio:
+        lowest = min(o["level"] for o in batch["optima"])
+        gaps.append(f"batch size: the law gives {final:,} tokens ({best:,.0f} rounded to whole 8-sequence multiples) "
+                    f"at loss {loss['value']:.3g}, but its 95% interval [{low:,.0f}, {high:,.0f}] spans more than "
+                    f"{limits.max_batch_ratio:g}× (optima measured down to loss {lowest:.3g}) — add batch sizes, "
+                    "longer or larger runs to the batch-size sweep")
+        return None, None
     # the loss early in training is higher, so its optimal batch is smaller: start at half the final batch
     # until the predicted optimum passes the geometric middle (the paper's 1.2B run: 2M → 4M tokens)
     switch = next((t for t in (d * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))

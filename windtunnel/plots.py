@@ -169,22 +169,34 @@ def iso_loss(fit: dict, points: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def loss_vs_tokens(fit: dict, points: pd.DataFrame, path: Path) -> Path:
-    """Fig. 17: final loss against training tokens per model size, with the fitted L(N, D) curves."""
+def loss_vs_tokens(fits: list[dict], points: pd.DataFrame, path: Path) -> Path:
+    """Fig. 17: final loss against training tokens per model size, with each fitted form's L(N, D) curves (a panel
+    per form: the paper's separable one keeps the gap between sizes fixed in D, Kaplan et al.'s lets it widen)."""
     from windtunnel.fit import ScalingLawFit
 
-    law = ScalingLawFit.from_dict(fit)
-    fig, (ax,) = _figure(width=6)
+    fits = list({fit.get("form", "chinchilla"): fit for fit in fits}.values())
+    fig, axes = _figure(len(fits), width=6)
     groups = list(points.groupby("N"))
-    for (n, group), color in zip(groups, _colors(len(groups))):
-        d = np.geomspace(group["D"].min() / 1.5, group["D"].max() * 3, 60)
-        ax.plot(group["D"], group["loss"], "o", color=color, ms=4, label=f"{group['model'].iloc[0]} (N={n:,.0f})")
-        ax.plot(d, law.predict(n, d), "-", color=color, lw=1)
-    l0 = "L0 n.i." if "L0" in fit.get("not_identified", {}) else f"{fit['L0']:.3f}"
-    ax.set(xscale="log", xlabel="training tokens D", ylabel="final loss (bits/byte)",
-           title=f"L = {fit['C_N']:.3g}·N^-{fit['alpha']:.3f} + {fit['C_D']:.3g}·D^-{fit['beta']:.3f} + {l0}")
-    ax.legend(fontsize=7)
+    for ax, fit in zip(axes, fits):
+        law = ScalingLawFit.from_dict(fit)
+        for (n, group), color in zip(groups, _colors(len(groups))):
+            d = np.geomspace(group["D"].min() / 1.5, group["D"].max() * 3, 60)
+            ax.plot(group["D"], group["loss"], "o", color=color, ms=4, label=f"{group['model'].iloc[0]} (N={n:,.0f})")
+            ax.plot(d, law.predict(n, d), "-", color=color, lw=1)
+        ax.set(xscale="log", xlabel="training tokens D", ylabel="final loss (bits/byte)", title=_law_title(fit))
+        ax.title.set_fontsize(8)
+    axes[0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def _law_title(fit: dict) -> str:
+    """The fitted law as a figure title; a parameter that is not identified is named, not printed as a value."""
+    missing = fit.get("not_identified", {})
+    l0 = "L0 (n.i.)" if "L0" in missing else f"{fit['L0']:.3f}"
+    if fit.get("form", "chinchilla") == "chinchilla":
+        return f"L = {fit['C_N']:.3g}·N^-{fit['alpha']:.3f} + {fit['C_D']:.3g}·D^-{fit['beta']:.3f} + {l0}"
+    return (f"L = (({fit['N_c']:.3g}/N)^({fit['alpha_N']:.3f}/{fit['alpha_D']:.3f}) + {fit['D_c']:.3g}/D)"
+            f"^{fit['alpha_D']:.3f} + {l0}")
 
 
 def backtests(fit: dict, points: pd.DataFrame, path: Path) -> Path:

@@ -69,29 +69,42 @@ def _summary(study: str, data: dict) -> str:
 
 
 def _scaling_law(data: dict) -> str:
-    """The law with its intervals (a parameter the data do not pin down is named, not shown as a value), both
-    conventions of N, every rolling backtest and the compute-optimal allocation."""
-    n_name = {"total": "N with the tied embedding", "non_embedding": "non-embedding N", "given": "N as given"}
-    missing = data.get("not_identified", {})
-    rows = [(k, data[k], data.get("intervals", {}).get(k)) for k in ("alpha", "beta", "C_N", "C_D", "L0", "K", "eta")
-            if k not in missing]
-    out = [f"<p>N = {n_name[data['n_kind']]}; {data['n_points']} points from {data['n_groups']} stable runs "
-           f"(bootstrap resamples whole stable runs). {html.escape(data.get('flops', ''))}.</p>", _table(rows)]
-    out += [f"<p class='gap'>{k} not identified: {html.escape(why)}</p>" for k, why in missing.items()]
-    out.append(f"<p>curve_fit (as the paper): α {data['curve_fit']['alpha']:.4g}, β {data['curve_fit']['beta']:.4g}.</p>")
-    conv = "".join(f"<tr><td>{n_name[k]}{' (used)' if k == data['n_kind'] else ''}</td><td>{c['alpha']:.4g}</td>"
-                   f"<td>{c['beta']:.4g}</td><td>{_mean_abs(c['backtests'])}</td></tr>" for k, c in data["conventions"].items())
-    out.append("<table><tr><th>convention</th><th>α</th><th>β</th><th>rolling backtests: mean |error|</th></tr>"
-               + conv + "</table>")
+    """The paper's law and the law that predicts, with their intervals (a parameter the data do not pin down is named,
+    not shown as a value), every candidate form and convention of N with its backtests, the predicting law's rolling
+    backtests and the compute-optimal allocation."""
+    from windtunnel.studies import N_NAMES
+
+    pred = data["prediction"]
+    out = [f"<p>{data['n_points']} points from {data['n_groups']} stable runs; N = {N_NAMES[data['n_kind']]}; the "
+           f"bootstrap resamples whole stable runs. {html.escape(data.get('flops', ''))}.</p>",
+           "<h3>The paper's form</h3>", _law(data),
+           f"<p>by curve_fit, as the paper: α {data['curve_fit']['alpha']:.4g}, β {data['curve_fit']['beta']:.4g}.</p>",
+           f"<h3>The law that predicts ({html.escape(pred['why'])})</h3>", _law(pred)]
+    cands = "".join(f"<tr><td>{c['form']}</td><td>{N_NAMES[c['n_kind']]}</td><td>{_mean_abs(c['backtests'])}</td>"
+                    f"<td>{'predicts' if (c['form'], c['n_kind']) == (pred['form'], pred['n_kind']) else ''}</td></tr>"
+                    for c in data["candidates"])
+    out.append("<table><tr><th>form</th><th>N</th><th>rolling backtests: mean |error|</th><th></th></tr>"
+               + cands + "</table>")
     tests = "".join(f"<tr><td>1–{t['n_sizes']}</td><td>{t['held_out_N']:,.0f}</td><td>{t['mean_rel_err']:+.2%}</td>"
                     f"<td>{t['mean_abs_rel_err']:.2%}</td><td>{t['max_abs_rel_err']:.2%}</td>"
-                    f"<td>{_covered(t)}</td></tr>" for t in data["backtests"])
+                    f"<td>{_covered(t)}</td></tr>" for t in pred["backtests"])
     out.append("<table><tr><th>fit sizes</th><th>predict N</th><th>mean error</th><th>mean |error|</th>"
                "<th>max |error|</th><th>inside 95% interval</th></tr>" + tests + "</table>")
     optimal = "".join(f"<tr><td>{r['C']:.3g}</td><td>{r['ratio_closed']:.3g}</td><td>{r['ratio_numeric']:.3g}</td></tr>"
                       for r in data["compute_optimal"])
     out.append("<table><tr><th>C = 6ND (FLOPs)</th><th>D/N closed form</th><th>D/N numeric</th></tr>" + optimal + "</table>")
     return "\n".join(out)
+
+
+def _law(law: dict) -> str:
+    from windtunnel.fit import FORMS
+    from windtunnel.studies import FORM_NAMES
+
+    missing = law.get("not_identified", {})
+    names = FORMS[law["form"]].params + (("K", "eta") if law["form"] == "chinchilla" else ())
+    rows = [(k, law[k], law.get("intervals", {}).get(k)) for k in names if k not in missing]
+    return (f"<p>L(N, D) = {html.escape(FORM_NAMES[law['form']])}</p>" + _table(rows)
+            + "".join(f"<p class='gap'>{k} not identified: {html.escape(why)}</p>" for k, why in missing.items()))
 
 
 def _covered(test: dict) -> str:

@@ -164,66 +164,97 @@ def loss_curves(frame: pd.DataFrame, *, metric: str = "eval") -> pd.DataFrame:
 N_KINDS = {"total": "N_total", "non_embedding": "N"}
 # the fit's N: every parameter (the tied embedding included) or, as in the paper, all but the embedding
 DEFAULT_N_KIND = "total"  # backtests better on the micro ladder, where the embedding is 0.2–1.4× the rest (LOG.md)
+N_NAMES = {"total": "N with the tied embedding", "non_embedding": "non-embedding N", "given": "N as given"}
+FORM_NAMES = {"chinchilla": "C_N·N^-α + C_D·D^-β + L0", "kaplan": "((N_c/N)^(α_N/α_D) + D_c/D)^α_D + L0"}
 
 
 def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, n_kind: str = DEFAULT_N_KIND,
-                          budgets=(1e18, 1e20, 1e22, 1e24), seed: int = 0) -> dict:
-    """§5: L(N,D) by Huber/L-BFGS and by curve_fit in the `n_kind` convention of N, the compute-optimal allocation
-    (C = 6·N·D with that N) and the rolling backtests; the other convention's fit and backtests beside it.
-    Bootstrap resamples whole groups (a stable run and its decay branches share one seed and trajectory).
-    n_kind "given": a table with one N column of the caller's own convention (a CSV)."""
+                          form: str | None = None, budgets=(1e18, 1e20, 1e22, 1e24), seed: int = 0) -> dict:
+    """§5: L(N,D) in every form and convention of N (Huber/L-BFGS, bootstrap over whole groups: a stable run and
+    its decay branches share one seed and trajectory), each with its rolling backtests.
+
+    The top level is the paper's form in the `n_kind` convention, with the paper's curve_fit beside it. The law
+    that predicts — `prediction`, which the plan and the compute-optimal allocation (C = 6·N·D with its N) use —
+    is `form`, or by default the form with the lower mean |error| over the rolling backtests in that convention
+    (the paper's when there are too few sizes to backtest). n_kind "given": a CSV's own N column."""
     from windtunnel import fit
 
     kinds = {"given": "N"} if n_kind == "given" else N_KINDS
-    if n_kind not in kinds:
-        raise WindtunnelError(f"n_kind={n_kind!r} is not allowed; use one of: {', '.join(N_KINDS)}")
-    conventions = {kind: _law_and_backtests(points, col, bootstrap=bootstrap, seed=seed) for kind, col in kinds.items()}
-    robust, backtests = conventions[n_kind]
+    if n_kind not in kinds or form not in (None, *fit.FORMS):
+        raise WindtunnelError(f"form={form!r}, n_kind={n_kind!r} are not allowed; forms: {', '.join(fit.FORMS)}; "
+                              f"N: {', '.join(N_KINDS)}")
+    candidates = {(f, k): _law_and_backtests(points, col, form=f, bootstrap=bootstrap, seed=seed)
+                  for f in fit.FORMS for k, col in kinds.items()}
+    chosen, why = _prediction_form(candidates, n_kind, form)
+    paper, paper_tests = candidates[("chinchilla", n_kind)]
+    law, tests = candidates[(chosen, n_kind)]
     n, d, loss = (points[c].to_numpy(float) for c in (kinds[n_kind], "D", "loss"))
-    paper = fit.fit_scaling_law(n, d, loss, method="curve_fit", bootstrap=bootstrap, seed=seed, groups=_groups(points))
-    return {**robust.to_dict(samples=True), "n_kind": n_kind, "curve_fit": paper.to_dict(), "n_max": float(n.max()),
+    lsq = fit.fit_scaling_law(n, d, loss, method="curve_fit", bootstrap=bootstrap, seed=seed, groups=_groups(points))
+    return {**paper.to_dict(samples=True), "n_kind": n_kind, "curve_fit": lsq.to_dict(), "n_max": float(n.max()),
+            "backtests": [b.to_dict() for b in paper_tests],
+            "prediction": {**law.to_dict(samples=True), "n_kind": n_kind, "why": why,
+                           "backtests": [b.to_dict() for b in tests]},
             "flops": "C = 6·N·D with N of n_kind (the tied LM head's matmul counted; attention scores not)",
-            "compute_optimal": fit.compute_optimal(robust, list(budgets)).to_dict(orient="records"),
-            "backtests": [b.to_dict() for b in backtests],
-            "conventions": {kind: {**law.to_dict(), "backtests": [_backtest_summary(b) for b in tests]}
-                            for kind, (law, tests) in conventions.items()},
+            "compute_optimal": fit.compute_optimal(law, list(budgets)).to_dict(orient="records"),
+            "candidates": [{**c.to_dict(), "n_kind": k, "backtests": [_backtest_summary(b) for b in bt]}
+                           for (_, k), (c, bt) in candidates.items()],
             "n_models": int(points["model"].nunique()) if "model" in points else int(np.unique(n).size)}
 
 
+def _prediction_form(candidates: dict, n_kind: str, form: str | None) -> tuple[str, str]:
+    """The form that predicts, and why: the one asked for, or the one whose rolling backtests err less."""
+    if form is not None:
+        return form, "chosen (--form)"
+    scores = {f: np.mean([t.mean_abs_rel_err for t in tests]) for (f, k), (_, tests) in candidates.items()
+              if k == n_kind and tests}
+    if len(scores) < 2:
+        return "chinchilla", "the paper's form: too few sizes to backtest another"
+    best = min(scores, key=scores.get)
+    return best, ("lower rolling-backtest error: " + ", ".join(f"{f} {v:.2%}" for f, v in sorted(scores.items(),
+                                                                                              key=lambda kv: kv[1])))
+
+
 def describe_scaling_law(law: dict) -> list[str]:
-    """The scaling-law fit.json as lines for a terminal: the law, its intervals, what is not identified, both
-    conventions of N and every rolling backtest."""
-    n_name = {"total": "N with the tied embedding", "non_embedding": "non-embedding N", "given": "N as given"}
-    iv = law.get("intervals", {})
-    params = "  ".join(f"{k} {law[k]:.4g}" + (f" [{iv[k][0]:.3g}, {iv[k][1]:.3g}]" if k in iv else "")
-                       for k in ("alpha", "beta", "C_N", "C_D", "L0") if k not in law.get("not_identified", {}))
-    lines = [f"L(N,D) = C_N·N^-α + C_D·D^-β + L0, N = {n_name[law['n_kind']]} ({law['n_points']} points, "
-             f"{law['n_models']} sizes, {law['n_groups']} stable runs): {params}"]
-    lines += [f"  {k} not identified: {why}" for k, why in law.get("not_identified", {}).items()]
-    lines.append(f"  curve_fit (as the paper): alpha {law['curve_fit']['alpha']:.3f}, beta {law['curve_fit']['beta']:.3f}")
-    for kind, other in law["conventions"].items():
-        tests = other["backtests"]
-        score = (f"rolling backtests: mean |error| {np.mean([t['mean_abs_rel_err'] for t in tests]):.2%}, "
-                 f"on the largest size {tests[-1]['mean_abs_rel_err']:.2%}") if tests else "no backtest (≤ 3 sizes)"
-        lines.append(f"  {n_name[kind]:<26} alpha {other['alpha']:.3f} beta {other['beta']:.3f}; {score}"
-                     + ("  <- used" if kind == law["n_kind"] else ""))
-    for t in law["backtests"]:
+    """The scaling-law fit.json as lines for a terminal: the paper's law and the predicting law with their intervals,
+    what is not identified, every candidate with its backtests, and the rolling backtests of the predicting law."""
+    lines = [f"paper's form: {_law_line(law)}", f"  by curve_fit (as the paper): alpha {law['curve_fit']['alpha']:.3f}, "
+             f"beta {law['curve_fit']['beta']:.3f}"]
+    pred = law["prediction"]
+    lines.append(f"predicts ({pred['why']}): {_law_line(pred)}")
+    lines += [f"  {k} not identified: {why}" for k, why in pred.get("not_identified", {}).items()]
+    for c in law["candidates"]:
+        tests = c["backtests"]
+        score = (f"rolling backtests mean |error| {np.mean([t['mean_abs_rel_err'] for t in tests]):.2%}, "
+                 f"largest size {tests[-1]['mean_rel_err']:+.2%}") if tests else "no backtest (≤ 3 sizes)"
+        used = (c["form"], c["n_kind"]) == (pred["form"], pred["n_kind"])
+        lines.append(f"  {c['form']:<10} {N_NAMES[c['n_kind']]:<26} {score}" + ("  <- predicts" if used else ""))
+    for t in pred["backtests"]:
         cover = "no interval" if t["coverage"] is None else f"{sum(t['covered'])}/{t['n_test']} inside the 95% interval"
         lines.append(f"  backtest: fit the {t['n_sizes']} smallest sizes, predict N={t['held_out_N']:,.0f}: mean error "
                      f"{t['mean_rel_err']:+.2%}, mean |error| {t['mean_abs_rel_err']:.2%}, {cover}")
     return lines
 
 
+def _law_line(law: dict) -> str:
+    from windtunnel.fit import FORMS
+
+    iv, missing = law.get("intervals", {}), law.get("not_identified", {})
+    params = "  ".join(f"{k} {law[k]:.4g}" + (f" [{iv[k][0]:.3g}, {iv[k][1]:.3g}]" if k in iv else "")
+                       if k not in missing else f"{k} not identified" for k in FORMS[law["form"]].params)
+    return (f"L(N,D) = {FORM_NAMES[law['form']]}, N = {N_NAMES[law['n_kind']]} ({law['n_points']} points, "
+            f"{law['n_groups']} stable runs): {params}")
+
+
 def _groups(points: pd.DataFrame):
     return points["group"].to_numpy() if "group" in points else None
 
 
-def _law_and_backtests(points: pd.DataFrame, n_col: str, *, bootstrap: int, seed: int):
+def _law_and_backtests(points: pd.DataFrame, n_col: str, *, form: str, bootstrap: int, seed: int):
     from windtunnel import fit
 
     n, d, loss = (points[c].to_numpy(float) for c in (n_col, "D", "loss"))
-    law = fit.fit_scaling_law(n, d, loss, bootstrap=bootstrap, seed=seed, groups=_groups(points))
-    tests = fit.rolling_backtests(n, d, loss, groups=_groups(points), bootstrap=bootstrap, seed=seed) \
+    law = fit.fit_scaling_law(n, d, loss, form=form, bootstrap=bootstrap, seed=seed, groups=_groups(points))
+    tests = fit.rolling_backtests(n, d, loss, form=form, groups=_groups(points), bootstrap=bootstrap, seed=seed) \
         if np.unique(n).size > 3 else []
     return law, tests
 

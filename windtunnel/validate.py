@@ -1,8 +1,10 @@
 """The wind tunnel's own test: plan a target beyond the ladder from the fits, train it as planned, compare.
 
-    windtunnel validate micro-1.3m --tokens 9227468      # make validate
+    windtunnel validate micro-1.3m --tokens 9227469 [--set batch_tokens=8192]     # make validate
 
-1) `plan_from_fits` plans the target (results/plans/TARGET.yaml); an incomplete plan is refused with its gaps;
+1) `plan_from_fits` plans the target (results/plans/TARGET.yaml); an incomplete plan is refused with its gaps,
+   unless `--set key=value` gives each value the plan left out (only those: the rest is the plan's), which the
+   comparison then lists as given;
 2) the target trains with the plan's `train:` section (tokens, batch, µP base and LR, WSD schedule, context);
 3) its final held-out loss (mean bits per byte over the held-out sets, as the ladder's) is compared with the
    predicted value and 95% prediction interval. The MLflow run (experiment `validate`) holds the prediction as
@@ -21,18 +23,30 @@ from windtunnel.paths import results_dir, write_atomic
 __all__ = ["validate"]
 
 
-def validate(target: str, *, tokens: float | None = None, compute: float | None = None) -> dict:
-    """Plan, train and compare `target`; returns the comparison (also written to results/validate/TARGET.json)."""
+GAP_KEYS = {"batch size": "batch_tokens", "lr": "lr"}  # a plan's gap -> the train key that fills it
+
+
+def validate(target: str, *, tokens: float | None = None, compute: float | None = None,
+             given: list[str] = ()) -> dict:
+    """Plan, train and compare `target`; returns the comparison (also written to results/validate/TARGET.json).
+    `given`: `key=value` overrides for the values the plan left out (batch_tokens, lr), and only those."""
     from windtunnel.config import TrainSpec, apply_overrides, get_model
     from windtunnel.orchestrate import run_dir, train_spec
     from windtunnel.plan import plan_from_fits
     from windtunnel.tracking import RunLogger
 
     plan, plan_path = plan_from_fits(target, tokens=tokens, compute=compute)
-    if plan["status"] != "complete":
+    fillable = {GAP_KEYS[g.split(":")[0]] for g in plan["gaps"] if g.split(":")[0] in GAP_KEYS}
+    keys = {item.partition("=")[0].strip() for item in given}
+    if keys - fillable:
+        raise WindtunnelError(f"--set {', '.join(sorted(keys - fillable))}: the plan gives that value; --set may only "
+                              f"fill what it left out ({', '.join(sorted(fillable)) or 'nothing'})")
+    unfilled = [g for g in plan["gaps"] if GAP_KEYS.get(g.split(":")[0]) not in keys]
+    if unfilled:
         raise WindtunnelError(f"the plan for {target} is incomplete, so there is nothing to check: "
-                              + "; ".join(plan["gaps"]) + f" ({plan_path})")
+                              + "; ".join(unfilled) + f" ({plan_path}; --set fills batch_tokens or lr)")
     spec = apply_overrides(TrainSpec(model=get_model(target)), plan["train"], source=str(plan_path))
+    spec = apply_overrides(spec, list(given))
     predicted = plan["predicted_loss"]
     tags = {"windtunnel.plan": str(plan_path), **{f"windtunnel.fit.{k}": v for k, v in plan["sources"].items()}}
     params = {"predicted_loss": predicted["value"], "predicted_low": predicted["interval95"][0],
@@ -46,7 +60,8 @@ def validate(target: str, *, tokens: float | None = None, compute: float | None 
            "predicted": predicted["value"], "low": low, "high": high, "actual": actual,
            "rel_error": predicted["value"] / actual - 1, "inside": low <= actual <= high,
            "n_extrapolation": predicted["n_extrapolation"], "eval": {k: v["bpb"] for k, v in result["eval"].items()},
-           "plan": str(plan_path), "sources": plan["sources"], "train": plan["train"],
+           "plan": str(plan_path), "sources": plan["sources"], "train": plan["train"], "given": list(given),
+           "form": predicted["form"],
            "tokens_per_s": result["tokens_per_s"], "wall_s": result["wall_s"]}
     with RunLogger.in_folder(run_dir(run), experiment="validate", run_name=run.name, params={}, tags={}) as logger:
         logger.log({"validate/actual": actual, "validate/predicted": predicted["value"], "validate/low": low,
