@@ -225,6 +225,18 @@ def test_group_intervals_cover_the_truth():
     assert alpha_hits >= 27 and run_hits >= 27, (alpha_hits, run_hits)
 
 
+def test_prediction_interval_widens_with_the_drift_between_runs():
+    """Seeds drift apart as they train: each stable run's offset grows with log D (2% sd per unit of log D here)."""
+    rng = np.random.default_rng(7)
+    N, D, _, groups = grouped_ladder(7, sd_group=0.0, sd_point=0.0, seeds=3)
+    drift = rng.normal(0, 0.02, groups.max() + 1)[groups] * (np.log(D) - np.log(D).mean())
+    f = fit_scaling_law(N, D, law(N, D) * np.exp(drift), bootstrap=100, groups=groups)
+    assert 0.01 < f.drift_sd < 0.03 and f.drift_center == pytest.approx(np.log(D).mean())
+    near, far = (np.subtract(*f.predict_interval(1e8, d)[::-1]) / law(1e8, d) for d in (np.exp(f.drift_center), 1e12))
+    assert far > 1.5 * near   # a run far along in D can have drifted far: a wider interval
+    assert ScalingLawFit.from_dict(json.loads(json.dumps(f.to_dict(samples=True)))).drift_sd == f.drift_sd
+
+
 def test_prediction_interval_needs_enough_groups():
     N, D, loss, groups = grouped_ladder(4, seeds=1)
     f = fit_scaling_law(N[:18], D[:18], loss[:18], bootstrap=50, groups=groups[:18])   # 3 stable runs, 3 parameters

@@ -277,5 +277,6 @@ def test_validate_trains_the_planned_target_and_logs_predicted_against_actual(fi
     assert float(run["params.lr"]) == pytest.approx(plan["train"]["lr"])
     assert run["metrics.validate/actual"] == pytest.approx(result["actual"])
     assert "sha256" in run["tags.windtunnel.fit.scaling_law"] and run["tags.status"] == "finished"
+    assert (store / "validate" / "micro-24k.png").stat().st_size > 10_000   # the curve against the predicted interval
     assert cli.main(["report"]) == 0
     assert "Predicted against actual" in (store / "report.html").read_text()

@@ -240,8 +240,10 @@ class ScalingLawFit:
     intervals: dict = field(default_factory=dict)   # name -> (low, high), 95% percentile; empty without bootstrap
     samples: np.ndarray | None = field(default=None, compare=False, repr=False)  # (K, 5) rows in the form's order
     n_groups: int = 0                # independent groups the bootstrap resampled (stable runs); n_points if ungrouped
-    group_sd: float = math.nan       # sd of a new group's log-loss offset (seed, trajectory), from the group residuals
+    group_sd: float = math.nan       # sd of a new group's log-loss offset at log D = drift_center (seed, trajectory)
     group_dof: int = 0               # degrees of freedom of group_sd (groups − parameters that absorb group offsets)
+    drift_sd: float = 0.0            # sd of a group's offset slope in log D: seeds drift apart as they train
+    drift_center: float = 0.0        # the mean log D the offsets are measured at
     not_identified: dict = field(default_factory=dict)  # parameter -> why the data cannot pin it down
 
     def __getattr__(self, name):
@@ -276,8 +278,11 @@ class ScalingLawFit:
         """Percentile interval of the loss at (N, D) over the bootstrap refits.
 
         new_run=True (a prediction interval): each refit's prediction also gets the offset of a new group
-        — a new stable run has its own seed and trajectory — drawn as group_sd × Student-t(group_dof), the
-        t because group_sd is estimated from few groups. new_run=False: the interval of the law itself.
+        — a new stable run has its own seed and trajectory — drawn as sd(D) × Student-t(group_dof), sd(D) =
+        hypot(group_sd, drift_sd·(log D − drift_center)) since seeds drift apart as they train, the t because
+        the sds are estimated from few groups. new_run=False: the interval of the law itself.
+        The refits' spread around the fit is widened by sqrt(G/(G−1)) for G groups (a bootstrap of G clusters
+        underestimates the variance by (G−1)/G).
         """
         N, D = np.asarray(N, dtype=float)[..., None], np.asarray(D, dtype=float)[..., None]
         if new_run and not (self.group_dof > 0 and math.isfinite(self.group_sd)):
@@ -285,11 +290,12 @@ class ScalingLawFit:
                            f"{self.group_dof} degrees of freedom — add sizes or seeds")
 
         def preds():
-            pred = self._form.predict(self.samples.T, N, D)
+            pred = _inflate(self._form.predict(self.samples.T, N, D), self.predict(N, D), self.n_groups)
             if not new_run:
                 return pred
             repeats = max(1, 4000 // len(self.samples))   # several offsets per refit: smooth percentiles
-            offsets = self.group_sd * np.random.default_rng(0).standard_t(self.group_dof, repeats * len(self.samples))
+            sd = np.hypot(self.group_sd, self.drift_sd * (np.log(D) - self.drift_center))  # a new run's, at its D
+            offsets = sd * np.random.default_rng(0).standard_t(self.group_dof, repeats * len(self.samples))
             return np.repeat(pred, repeats, axis=-1) * np.exp(offsets)
         return _bootstrap_interval(self.samples, preds, level)
 
@@ -315,6 +321,7 @@ class ScalingLawFit:
         out.update(n_points=self.n_points, method=self.method, n_bootstrap=self.n_bootstrap,
                    intervals=_jsonable(self.intervals), n_groups=self.n_groups,
                    group_sd=None if math.isnan(self.group_sd) else float(self.group_sd), group_dof=self.group_dof,
+                   drift_sd=float(self.drift_sd), drift_center=float(self.drift_center),
                    not_identified=dict(self.not_identified))
         if samples and self.samples is not None:
             out["samples"] = self.samples.tolist()
@@ -328,7 +335,9 @@ class ScalingLawFit:
                    n_bootstrap=int(data.get("n_bootstrap", 0)), samples=_samples_from(data),
                    intervals={k: tuple(v) for k, v in data.get("intervals", {}).items()},
                    n_groups=int(data.get("n_groups", 0)), group_sd=math.nan if sd is None else float(sd),
-                   group_dof=int(data.get("group_dof", 0)), not_identified=dict(data.get("not_identified", {})))
+                   group_dof=int(data.get("group_dof", 0)), drift_sd=float(data.get("drift_sd", 0.0)),
+                   drift_center=float(data.get("drift_center", 0.0)),
+                   not_identified=dict(data.get("not_identified", {})))
 
 
 def _K(alpha, C_N, beta, C_D):
@@ -375,19 +384,20 @@ def fit_scaling_law(N, D, loss, *, method: str = "huber", form: str = "chinchill
         theta = problem.fit_curve(theta)
     samples = problem.bootstrap(theta, method, bootstrap, seed, group_ids) if bootstrap else None
     names = FORMS[form].params
-    intervals = {}
-    if samples is not None:
-        derived, extra = samples, ()
-        if form == "chinchilla":
-            derived = np.column_stack([samples, _K(samples[:, 1], samples[:, 0], samples[:, 3], samples[:, 2]),
-                                       (samples[:, 3] - samples[:, 1]) / (samples[:, 1] + samples[:, 3])])
-            extra = ("K", "eta")
-        intervals = _percentiles(derived, names + extra)
     values = dict(zip(names, map(float, problem.form.natural(theta, problem.mN, problem.mD))))
     n_groups = int(group_ids.max()) + 1
-    sd, dof = _group_spread(problem.residuals(theta[None])[0][0], group_ids, 5 if n_groups == len(loss) else GROUP_PARAMS)
+    intervals = {}
+    if samples is not None:
+        derived, center, extra = samples, np.array(list(values.values())), ()
+        if form == "chinchilla":
+            k_eta = lambda p: (_K(p[..., 1], p[..., 0], p[..., 3], p[..., 2]), (p[..., 3] - p[..., 1]) / (p[..., 1] + p[..., 3]))  # noqa: E731
+            derived, center = np.column_stack([samples, *k_eta(samples)]), np.concatenate([center, k_eta(center)])
+            extra = ("K", "eta")
+        intervals = _percentiles(_inflate(derived, center, n_groups), names + extra)
+    spread = _group_spread(problem.residuals(theta[None])[0][0], group_ids, np.log(D),
+                           5 if n_groups == len(loss) else GROUP_PARAMS)
     return ScalingLawFit(method, values, len(loss), form, n_bootstrap=int(bootstrap), intervals=intervals,
-                         samples=samples, n_groups=n_groups, group_sd=sd, group_dof=dof,
+                         samples=samples, n_groups=n_groups, **spread,
                          not_identified=_not_identified(values, FORMS[form], loss))
 
 
@@ -403,11 +413,32 @@ def _group_ids(groups, n: int) -> np.ndarray:
     return pd.factorize(labels)[0]
 
 
-def _group_spread(residuals: np.ndarray, group_ids: np.ndarray, n_params: int) -> tuple[float, int]:
-    """sd of the groups' mean log residual, corrected for the parameters that absorbed part of it, and its dof."""
-    means = np.bincount(group_ids, weights=residuals) / np.bincount(group_ids)
-    dof = means.size - n_params
-    return (float(np.sqrt((means ** 2).sum() / dof)), int(dof)) if dof > 0 else (math.nan, 0)
+def _group_spread(residuals: np.ndarray, group_ids: np.ndarray, log_d: np.ndarray, n_params: int) -> dict:
+    """How far a new group (stable run) lands from the law: each group's residuals r = a + b·(log D − mean) give its
+    offset a and its drift b; sd(a) over groups, corrected for the `n_params` parameters that absorbed part of it, and
+    sd(b), corrected for the one (the D exponent) that absorbed their mean. Ungrouped points have no drift."""
+    n_groups = int(group_ids.max()) + 1
+    dof = n_groups - n_params
+    if dof <= 0:
+        return {"group_sd": math.nan, "group_dof": 0, "drift_sd": 0.0, "drift_center": float(log_d.mean())}
+    x = log_d - log_d.mean()
+    count = np.bincount(group_ids)
+    x_mean, r_mean = np.bincount(group_ids, x) / count, np.bincount(group_ids, residuals) / count
+    dx = x - x_mean[group_ids]
+    sxx = np.bincount(group_ids, dx * dx)
+    slope = np.where(sxx > 1e-12, np.bincount(group_ids, dx * (residuals - r_mean[group_ids])) / np.maximum(sxx, 1e-12), 0.0)
+    offset = r_mean - slope * x_mean   # each group's residual at log D = its mean over all points
+    drifting = sxx > 1e-12
+    drift = float(np.sqrt((slope[drifting] ** 2).sum() / (drifting.sum() - 1))) if drifting.sum() > 1 else 0.0
+    return {"group_sd": float(np.sqrt((offset ** 2).sum() / dof)), "group_dof": int(dof), "drift_sd": drift,
+            "drift_center": float(log_d.mean())}
+
+
+def _inflate(values: np.ndarray, center, n_groups: int) -> np.ndarray:
+    """Bootstrap refits pushed away from the fit by sqrt(G/(G−1)): resampling G groups underestimates the variance
+    of anything estimated from them by the factor (G−1)/G (CR1's small-sample correction)."""
+    c = math.sqrt(n_groups / (n_groups - 1)) if n_groups > 1 else 1.0
+    return center + c * (values - center)
 
 
 def _not_identified(values: dict, form: _Form, loss: np.ndarray) -> dict:

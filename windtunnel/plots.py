@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["batch_size_curves", "batch_size_law", "lr_transfer", "wsd_curves", "decay_fractions", "envelope",
-           "iso_loss", "loss_vs_tokens", "backtests", "decay_dynamics"]
+           "iso_loss", "loss_vs_tokens", "backtests", "validation", "decay_dynamics"]
 
 
 def _figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.0):
@@ -219,6 +219,24 @@ def backtests(fit: dict, points: pd.DataFrame, path: Path) -> Path:
                title=f"sizes 1–{test['n_sizes']} → N={test['held_out_N']:,.0f}\nmean error {test['mean_rel_err']:+.2%}{cover}")
         ax.title.set_fontsize(8)
     axes[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def validation(curve: pd.DataFrame, result: dict, path: Path) -> Path:
+    """Predicted against actual: the target's held-out loss over its run, and the law's prediction with its 95%
+    prediction interval at the tokens the plan trained it to."""
+    fig, (ax,) = _figure(width=6)
+    ax.plot(curve["tokens"], curve["loss"], "k-", lw=1, label=f"{result['target']}: actual (mean held-out bits/byte)")
+    ax.errorbar([result["tokens"]], [result["predicted"]], fmt="o", color="r", capsize=4,
+                yerr=[[result["predicted"] - result["low"]], [result["high"] - result["predicted"]]],
+                label=f"predicted {result['predicted']:.4f}, 95% [{result['low']:.4f}, {result['high']:.4f}]")
+    ax.plot([result["tokens"]], [result["actual"]], "k*", ms=10, label=f"final {result['actual']:.4f} "
+            f"({result['rel_error']:+.2%} predicted/actual − 1)")
+    ax.set(xscale="log", xlabel="training tokens", ylabel="held-out loss (bits/byte)",
+           ylim=(result["low"] * 0.97, min(curve["loss"].max(), result["high"] * 1.5)),
+           title=f"{result['target']}: {result['n_extrapolation']:.2g}× the ladder's largest N, planned from the fits")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

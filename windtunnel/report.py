@@ -152,7 +152,7 @@ def _validations(root: Path) -> str:
     return ("<h2>Predicted against actual</h2><p>A target beyond the ladder, planned from the fits and trained as "
             "planned; loss = mean held-out bits per byte.</p><table><tr><th>target</th><th>N</th><th>beyond the "
             "ladder</th><th>tokens</th><th>predicted</th><th>95% prediction interval</th><th>actual</th>"
-            "<th>predicted/actual − 1</th><th>inside</th></tr>" + rows + "</table>")
+            "<th>predicted/actual − 1</th><th>inside</th></tr>" + rows + "</table>" + _images(root / "validate"))
 
 
 def _plans(folder: Path) -> str:

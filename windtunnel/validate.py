@@ -33,7 +33,7 @@ def validate(target: str, *, tokens: float | None = None, compute: float | None 
     from windtunnel.config import TrainSpec, apply_overrides, get_model
     from windtunnel.orchestrate import run_dir, train_spec
     from windtunnel.plan import plan_from_fits
-    from windtunnel.tracking import RunLogger
+    from windtunnel.tracking import RunLogger, metric_history
 
     plan, plan_path = plan_from_fits(target, tokens=tokens, compute=compute)
     fillable = {GAP_KEYS[g.split(":")[0]] for g in plan["gaps"] if g.split(":")[0] in GAP_KEYS}
@@ -64,14 +64,29 @@ def validate(target: str, *, tokens: float | None = None, compute: float | None 
            "form": predicted["form"],
            "tokens_per_s": result["tokens_per_s"], "wall_s": result["wall_s"]}
     with RunLogger.in_folder(run_dir(run), experiment="validate", run_name=run.name, params={}, tags={}) as logger:
+        # a later comparison of the same run (refitted laws) is the next point: params keep the first prediction
+        earlier = len(metric_history(logger.run_id, "validate/actual"))
         logger.log({"validate/actual": actual, "validate/predicted": predicted["value"], "validate/low": low,
                     "validate/high": high, "validate/rel_error": out["rel_error"],
-                    "validate/inside": float(out["inside"])}, step=result["step"])
+                    "validate/inside": float(out["inside"])}, step=result["step"] + earlier)
         out["mlflow_run"] = logger.run_id
     path = results_dir() / "validate" / f"{target}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(out, indent=1) + "\n")
+    _figure(out, sets=list(result["eval"]), path=path.with_suffix(".png"))
     return {**out, "written": str(path)}
+
+
+def _figure(out: dict, *, sets: list[str], path: Path) -> None:
+    import pandas as pd
+
+    from windtunnel import plots
+    from windtunnel.tracking import metric_history
+
+    series = [metric_history(out["mlflow_run"], f"eval/{name}/bpb").set_index("step")["value"] for name in sets]
+    curve = pd.concat(series, axis=1).dropna().mean(axis=1)
+    batch = out["tokens"] / curve.index.max()
+    plots.validation(pd.DataFrame({"tokens": curve.index * batch, "loss": curve.to_numpy()}), out, path)
 
 
 def read_validations(root: Path | None = None) -> list[dict]:
