@@ -186,6 +186,7 @@ def test_fit_cli_on_a_sweep_prints_the_design_keys(store, capsys):
     assert optimal["C"] == 3e21 and optimal["ratio_closed"] == pytest.approx(optimal["ratio_numeric"], rel=1e-4)
     assert {"alpha", "beta", "C_N", "C_D", "L0", "K", "eta", "n_points", "intervals"} <= set(result)
     assert result["n_points"] == 30 and "left out: 1 diverged, 1 failed" in err
+    assert "samples" not in result and "samples" not in result["prediction"]   # fit.json keeps them, not the terminal
 
 
 def test_plan_from_the_fits_and_the_report(fitted, capsys):

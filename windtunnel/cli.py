@@ -173,12 +173,16 @@ def cmd_fit(args) -> None:
         result = studies.fit_lr_study(frame, bootstrap=args.bootstrap)
     else:
         result = studies.fit_envelope_study(frame)
-    result = {**{k: v for k, v in result.items() if k != "samples"}, "excluded": excluded}  # samples: fit.json only
+    result = {**_without_samples(result), "excluded": excluded}  # bootstrap samples: fit.json only
     if excluded:
         print("left out: " + ", ".join(f"{n} {why}" for why, n in excluded.items()), file=sys.stderr)
     for name, why in result.get("not_identified", {}).items():
         print(f"{name} is not identified (its value is a bound, not a measurement): {why}", file=sys.stderr)
     print(studies.dumps(result, indent=None if args.json else 1))
+
+
+def _without_samples(result: dict) -> dict:
+    return {k: _without_samples(v) if isinstance(v, dict) else v for k, v in result.items() if k != "samples"}
 
 
 def _csv_frame(args):
@@ -245,6 +249,8 @@ def _print_plan(plan: dict, path) -> None:
               f"{cost['gpu_hours']:,.3g} GPU-hours at {cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s")
     for gap in plan["gaps"]:
         print(f"  not planned:  {gap}")
+    for note in plan["notes"]:
+        print(f"  note:         {note}")
     print(f"written: {path}")
 
 

@@ -393,7 +393,8 @@ def fit_scaling_law(N, D, loss, *, method: str = "huber", form: str = "chinchill
             k_eta = lambda p: (_K(p[..., 1], p[..., 0], p[..., 3], p[..., 2]), (p[..., 3] - p[..., 1]) / (p[..., 1] + p[..., 3]))  # noqa: E731
             derived, center = np.column_stack([samples, *k_eta(samples)]), np.concatenate([center, k_eta(center)])
             extra = ("K", "eta")
-        intervals = _percentiles(_inflate(derived, center, n_groups), names + extra)
+        positive = np.array([name != "eta" for name in names + extra])   # η = (β − α)/(α + β) may be negative
+        intervals = _percentiles(_inflate(derived, center, n_groups, positive=positive), names + extra)
     spread = _group_spread(problem.residuals(theta[None])[0][0], group_ids, np.log(D),
                            5 if n_groups == len(loss) else GROUP_PARAMS)
     return ScalingLawFit(method, values, len(loss), form, n_bootstrap=int(bootstrap), intervals=intervals,
@@ -434,11 +435,15 @@ def _group_spread(residuals: np.ndarray, group_ids: np.ndarray, log_d: np.ndarra
             "drift_center": float(log_d.mean())}
 
 
-def _inflate(values: np.ndarray, center, n_groups: int) -> np.ndarray:
+def _inflate(values: np.ndarray, center, n_groups: int, *, positive=True) -> np.ndarray:
     """Bootstrap refits pushed away from the fit by sqrt(G/(G−1)): resampling G groups underestimates the variance
-    of anything estimated from them by the factor (G−1)/G (CR1's small-sample correction)."""
+    of anything estimated from them by the factor (G−1)/G (CR1's small-sample correction). Positive quantities
+    (`positive`: all, or a mask over the last axis) are pushed in log space, so they stay positive."""
     c = math.sqrt(n_groups / (n_groups - 1)) if n_groups > 1 else 1.0
-    return center + c * (values - center)
+    values, center = np.asarray(values, dtype=float), np.asarray(center, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logged = center * np.exp(c * np.log(values / center))
+    return np.where(positive, logged, center + c * (values - center))
 
 
 def _not_identified(values: dict, form: _Form, loss: np.ndarray) -> dict:

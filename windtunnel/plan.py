@@ -114,8 +114,13 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
                              "decay_start_tokens": int(stable * (batch_tokens or seq_len)), "decay_shape": "exp"}
     if batch_tokens:
         train["batch_tokens"] = batch_tokens
+    notes = []
     if max_lr:
         train["lr"] = max_lr
+        ladder_lrs = (scaling or {}).get("lr") or []
+        if ladder_lrs and all(abs(math.log(max_lr / x)) > math.log(1.25) for x in ladder_lrs):
+            notes.append(f"the LR study's optimum {max_lr:.3g} differs from the LR the scaling ladder trained at "
+                         f"({', '.join(f'{x:.3g}' for x in ladder_lrs)}); the predicted loss assumes the ladder's")
     cost = None
     if "tokens" in train:
         flops = 6.0 * n * train["tokens"]  # C = 6·N·D, N as the fit counts it (DESIGN §3)
@@ -126,7 +131,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
                 "mfu": limits.mfu, "gpu_flops": limits.gpu_flops}
     return {
         "target": model.name, "n_params": n, "n_kind": n_kind, "made": datetime.date.today().isoformat(),
-        "status": "complete" if not gaps else "incomplete", "gaps": gaps,
+        "status": "complete" if not gaps else "incomplete", "gaps": gaps, "notes": notes,
         "train": train,
         "tokens_basis": basis,
         "predicted_loss": loss,

@@ -199,13 +199,15 @@ def _law_title(fit: dict) -> str:
             f"^{fit['alpha_D']:.3f} + {l0}")
 
 
-def backtests(fit: dict, points: pd.DataFrame, path: Path) -> Path:
+def backtests(fit: dict, points: pd.DataFrame, path: Path) -> Path | None:
     """The rolling backtests (§5): each panel fits the k smallest sizes and predicts the next one's points,
     with their 95% prediction intervals; the title gives the mean error and how many points the interval held."""
     from windtunnel.fit import ScalingLawFit
 
     tests = fit["backtests"]
-    fig, axes = _figure(max(len(tests), 1), width=4.2)
+    if not tests:
+        return None  # fewer than four sizes: nothing to hold out
+    fig, axes = _figure(len(tests), width=4.2)
     for ax, test in zip(axes, tests):
         held = points[points["N"] == test["held_out_N"]]
         law = ScalingLawFit.from_dict(test["fit"])
