@@ -7,13 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test bench mlflow-ui ui-check clean sweep-lr sweep-bs sweep-wsd scaling-law fit plots report plan \
-        hparam-search validate
+        hparam-search validate launch sweep-decay-data
 SCALE ?= micro
 TARGET ?= micro-1.3m
 PLAN_ARGS ?=
 # the micro target at the micro ladder's largest D: a stable stage of 8,388,608 tokens + a 10% decay
 VALIDATE_TOKENS ?= 9227469
-STUDIES := lr_transfer batch_size wsd scaling_law decay_dynamics
+STUDIES := lr_transfer batch_size wsd scaling_law decay_dynamics decay_data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ sweep-wsd: $(STAMP)
 scaling-law: $(STAMP)
 	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale $(SCALE)
 
+sweep-decay-data: $(STAMP)
+	$(BIN)/windtunnel sweep sweeps/decay_data.yaml --scale $(SCALE)
+
 # the analysis: every study whose sweep ran at $(SCALE) (a study not run is skipped: its script exits 3)
 fit: $(STAMP)
 	@for s in $(STUDIES); do $(BIN)/python analysis/$$s.py --scale $(SCALE) --no-plots; rc=$$?; \
@@ -76,6 +79,13 @@ plots: $(STAMP)
 
 plan: $(STAMP)
 	$(BIN)/windtunnel plan $(TARGET) $(PLAN_ARGS)
+
+# the planned run on Ray Train (RAY_ADDRESS joins a cluster); the same command resumes a stopped launch
+PLAN ?= results/plans/$(TARGET).yaml
+WORKERS ?= 1
+LAUNCH_ARGS ?=
+launch: $(STAMP)
+	$(BIN)/windtunnel launch $(PLAN) --workers $(WORKERS) $(LAUNCH_ARGS)
 
 # the wind tunnel's own test (after sweep-lr, sweep-bs, scaling-law and fit at SCALE=micro): plan micro-1.3m,
 # train it as planned, compare its loss with the prediction; the figures land in bench/results/validate.json.

@@ -224,6 +224,61 @@ def test_second_prepare_reads_the_cache(python, monkeypatch):
     assert np.array_equal(again.train, corpus.train)
 
 
+def test_a_prepared_corpus_opens_without_reading_its_text_until_a_file_changes(tmp_path, docs):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"part{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[i::4]))
+    spec = DataSpec(corpus=str(folder))
+    first = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
+    real = data._load_documents
+    def unread(*args, **kwargs):
+        raise AssertionError("the text was read again")
+    data._load_documents = unread
+    try:
+        again = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
+    finally:
+        data._load_documents = real
+    assert again.fingerprint == first.fingerprint and np.array_equal(again.train, first.train)
+    assert again.tokenizer.blob == first.tokenizer.blob and again.bytes_per_token == first.bytes_per_token
+    with open(folder / "part0.jsonl", "a") as f:
+        f.write(json.dumps({"text": "an edited corpus is read again"}) + "\n")
+    edited = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
+    assert edited.fingerprint != first.fingerprint
+
+
+def _hf_tokenizer_json(path, texts) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=280, special_tokens=["<unk>", "</s>"]))
+    tk.save(str(path))
+
+
+def test_a_pretrained_tokenizer_is_used_instead_of_training_one(tmp_path, jsonl, docs):
+    """A Hugging Face tokenizer.json and a sentencepiece .model made here, used as DataSpec.tokenizer."""
+    hf = tmp_path / "tokenizer.json"
+    _hf_tokenizer_json(hf, docs)
+    corpus = data.prepare(DataSpec(corpus=str(jsonl), tokenizer=str(hf)), vocab_size=300, cache_dir=tmp_path,
+                          progress=False)
+    assert isinstance(corpus.tokenizer, data.HFTokenizer) and corpus.tokenizer.vocab_size <= 300
+    eos = corpus.tokenizer.eos_id
+    assert (np.asarray(corpus.evals["valid"]) == eos).sum() >= 1 and corpus.bytes_per_token["valid"] > 1
+    first_doc = np.asarray(corpus.train)[: list(np.asarray(corpus.train)).index(eos)]
+    assert corpus.tokenizer.decode(first_doc) in docs
+    sp_model = data._tokenizer([data._Document(str(i), t) for i, t in enumerate(docs)], vocab_size=290,
+                               sample_bytes=10**6, cache_dir=tmp_path / "sp", progress=False).path
+    with_sp = data.prepare(DataSpec(corpus=str(jsonl), tokenizer=str(sp_model)), vocab_size=300,
+                           cache_dir=tmp_path, progress=False)
+    assert with_sp.tokenizer.vocab_size == 290 and with_sp.fingerprint != corpus.fingerprint
+    with pytest.raises(SpecError, match="at most model.vocab_size=100"):
+        data.prepare(DataSpec(corpus=str(jsonl), tokenizer=str(hf)), vocab_size=100, cache_dir=tmp_path)
+    with pytest.raises(SpecError, match="tokenizer"):
+        data.prepare(DataSpec(corpus=str(jsonl), tokenizer=str(jsonl)), vocab_size=300, cache_dir=tmp_path)
+
+
 def test_user_corpus(tmp_path, jsonl, docs):
     corpus = data.prepare(DataSpec(corpus=str(jsonl)), vocab_size=300, cache_dir=tmp_path, progress=False)
     held = [t for i, t in enumerate(docs) if data._held_out(f"corpus.jsonl#{i + 1}", 5)]
@@ -298,3 +353,27 @@ def test_windows_on_a_memmap(python):
 def test_too_short_token_set_is_refused():
     with pytest.raises(WindtunnelError, match=r"of 10 tokens is too short for seq_len=10 \(one window needs 11\)"):
         data.sample_windows(np.arange(10), start=0, count=1, seq_len=10, seed=0)
+
+
+def test_mixture_windows_follow_the_weights_and_any_split_of_them():
+    other = np.arange(10_000, 12_001)  # a second set whose windows start at 10_000 or later
+    full = data.mixture_windows([TOKENS, other], [0.7, 0.3], start=0, count=2000, seq_len=10, seed=5)
+    from_other = full[:, 0] >= 10_000
+    assert 0.27 < from_other.mean() < 0.33
+    assert np.array_equal(full[:, 1:], full[:, :-1] + 1)  # whole windows of one set each
+    parts = [data.mixture_windows([TOKENS, other], [0.7, 0.3], start=s, count=250, seq_len=10, seed=5)
+             for s in range(0, 2000, 250)]
+    assert np.array_equal(np.concatenate(parts), full)
+    first = full[:200][from_other[:200], 0]  # windows 0..199: one epoch of the second set, no window twice
+    assert len(set(first)) == len(first)
+    assert not np.array_equal(full, data.mixture_windows([TOKENS, other], [0.7, 0.3], start=0, count=2000,
+                                                         seq_len=10, seed=6))
+
+
+def test_mixture_tokens_of_another_corpus_use_the_runs_tokenizer(python, jsonl):
+    corpus, spec, cache = python
+    assert data.mixture_tokens("python", spec, corpus, cache_dir=cache) is corpus.train
+    tokens = data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache)
+    assert 0 < len(tokens) and tokens.max() < corpus.tokenizer.vocab_size
+    with pytest.raises(WindtunnelError, match="decay_data: corpus 'nowhere.jsonl'"):
+        data.mixture_tokens("nowhere.jsonl", spec, corpus, cache_dir=cache)

@@ -8,6 +8,7 @@
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
     windtunnel validate TARGET [--tokens T | --compute FLOPS]
+    windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker G] [--set key=value ...] [--dry-run [--json]]
     windtunnel report
     windtunnel ui [--port 5000]
 """
@@ -234,8 +235,8 @@ def _print_plan(plan: dict, path) -> None:
               f"{loss['interval95'][1]:.4f}] ({loss['n_extrapolation']:.2g}× the ladder's largest N)"
               + ("" if loss["usable"] else "  (too uncertain to plan with)"))
     if "batch_tokens" in train:
-        warm = " → ".join(f"{b['batch_tokens']:,}" for b in plan["batch_warmup"])
-        print(f"  batch tokens  {warm}  (sequences of {train['seq_len']} tokens)")
+        warm = "".join(f"{b:,} from {t:.3g} tokens → " for t, b in train.get("batch_warmup", [])[:-1])
+        print(f"  batch tokens  {warm}{train['batch_tokens']:,}  (sequences of {train['seq_len']} tokens)")
     if "lr" in train:
         print(f"  max LR        {train['lr']:.4g}: the ladder's µP base LR, exact in its base: "
               + ", ".join(f"{k} {v}" for k, v in train.get("model", {}).items()))
@@ -263,6 +264,36 @@ def cmd_validate(args) -> None:
           f"{out['tokens']:,} tokens: predicted {out['predicted']:.4f} bits/byte, 95% [{out['low']:.4f}, {out['high']:.4f}]; "
           f"actual {out['actual']:.4f} ({out['rel_error']:+.2%}, {verdict} the interval)")
     print(f"written: {out['written']}  (MLflow experiment 'validate', run {out['mlflow_run']})")
+
+
+def cmd_launch(args) -> None:
+    from windtunnel.launch import launch
+
+    out = launch(args.plan, workers=args.workers, gpus_per_worker=args.gpus_per_worker, given=args.set,
+                 device_memory=args.device_memory * 1e9 if args.device_memory else None, dry_run=args.dry_run,
+                 max_failures=args.max_failures)
+    if args.dry_run and args.json:
+        print(json.dumps(out))
+        return
+    mem = out["memory"]
+    print(f"{out['target']}: {out['strategy']} on {out['workers']} worker(s)"
+          + (f" × {out['gpus_per_worker']:g} GPU" if out["gpus_per_worker"] else " (CPU)")
+          + f", {out['dtype']}; micro-batch {out['micro_batch_tokens']:,} tokens × {out['grad_accum']} accumulation "
+          f"× {out['workers']} = {out['batch_tokens']:,} tokens a step"
+          + "".join(f" (from {t:.3g} tokens: {a} accumulation)" for t, a in out["grad_accum_stages"][:-1]))
+    print(f"  memory/worker {mem['total'] / 1e9:.2f} GB of {out['device_memory_bytes'] / 1e9:.0f}: parameters "
+          f"{mem['parameters'] / 1e9:.2f}, gradients {mem['gradients'] / 1e9:.2f}, AdamW {mem['optimizer'] / 1e9:.2f}, "
+          f"activations {mem['activations'] / 1e9:.2f}" + (f", gathered {mem['gathered'] / 1e9:.2f}" if mem["gathered"] else ""))
+    print(f"  {out['steps']:,} steps, {out['tokens']:.4g} tokens, {out['flops']:.3g} FLOPs: {out['expected_hours']:,.3g} h "
+          f"at {out['mfu']:.0%} MFU of {out['peak_flops_per_worker']:.3g} FLOP/s per worker")
+    if args.dry_run:
+        return
+    if out["actual"] is not None and out["predicted"] is not None:
+        low, high = out["interval95"]
+        print(f"  {out['status']}: actual {out['actual']:.4f} bits/byte, predicted {out['predicted']:.4f} "
+              f"[{low:.4f}, {high:.4f}] ({out['predicted'] / out['actual'] - 1:+.2%}); run {out['run_dir']}")
+    else:
+        print(f"  {out['status']}; run {out['run_dir']}")
 
 
 def cmd_report(args) -> None:
@@ -323,6 +354,18 @@ def parser() -> argparse.ArgumentParser:
     va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a value the plan left out (batch_tokens, lr), stated in the comparison; nothing else")
     va.set_defaults(func=cmd_validate)
+    la = sub.add_parser("launch", help="train a plan's target on Ray Train (data-parallel; resumes a stopped launch)")
+    la.add_argument("plan", help="a plan file, e.g. results/plans/minicpm-1.2b.yaml")
+    la.add_argument("--workers", type=int, default=1, help="data-parallel workers (processes)")
+    la.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (0: CPU workers, gloo)")
+    la.add_argument("--device-memory", type=float, default=None,
+                    help="GB of one worker's device (default: 80 per GPU, or this machine's RAM / workers)")
+    la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a value the plan left out (batch_tokens, lr), or how it runs (micro_batch_tokens, device, ...)")
+    la.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the newest checkpoint")
+    la.add_argument("--dry-run", action="store_true", help="print the layout, memory and hours; train nothing")
+    la.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
+    la.set_defaults(func=cmd_launch)
     rp = sub.add_parser("report", help="one HTML page of every fit, figure and plan: results/report.html")
     rp.set_defaults(func=cmd_report)
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")

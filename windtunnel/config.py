@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class DataSpec:
     """bytes of training text sampled to train the tokenizer"""
     eval_tokens: int = 32_768
     """tokens of each held-out set scored at every evaluation"""
+    tokenizer: str | None = None
+    """a pretrained tokenizer instead of training one: a sentencepiece .model file or a Hugging Face tokenizer.json
+    (read by the `tokenizers` package); model.vocab_size must hold its vocabulary"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +123,11 @@ class TrainSpec:
     batch_tokens: int = 4096
     """tokens per optimizer step (batch size in tokens, as in the paper's §3.2)"""
     micro_batch_tokens: int | None = None
-    """tokens per forward/backward pass; None = batch_tokens (no gradient accumulation)"""
+    """tokens per forward/backward pass of one worker; None = batch_tokens / workers (no gradient accumulation)"""
+    batch_warmup: tuple[tuple[int, int], ...] = ()
+    """batch-size warm-up as [from_tokens, batch_tokens] stages, e.g. [[0, 2097152], [4e10, 4194304]] (the paper's
+    1.2B run: 2M → 4M tokens); the last stage's batch must be batch_tokens. Only the gradient accumulation changes
+    (nothing recompiles), and the LR schedule then follows the tokens seen rather than the steps"""
     seq_len: int = 128
     """context length in tokens"""
     lr: float = 0.01
@@ -146,6 +154,11 @@ class TrainSpec:
     """a smoothed train loss above this × its minimum so far ends the run as diverged"""
     data: DataSpec = field(default_factory=DataSpec)
     """corpus and tokenizer"""
+    decay_data: tuple[tuple[str, float], ...] = ()
+    """the WSD decay stage's data mixture as {corpus: weight} (paper §6: high-quality data in the decay): from the
+    decay start each training window comes from a corpus drawn by weight. Corpora: the run's own (data.corpus),
+    "python-docstrings" (the docstrings and comments of the embedded corpus's training files), or any other
+    data.corpus value (its training split), all in the run's tokenizer. Empty: the run's data throughout"""
     checkpoint_every: int = 250
     """steps between resumable checkpoints (only the newest periodic one is kept)"""
     checkpoint_steps: tuple[int, ...] = ()
@@ -226,6 +239,10 @@ def build(cls, mapping: dict, *, file, prefix: str = ""):
             value = hint.from_dict(value, file=file)
         elif dataclasses.is_dataclass(hint):
             value = build(hint, value, file=file, prefix=f"{prefix}{key}.")
+        elif key == "batch_warmup" and cls is TrainSpec:
+            value = _batch_stages(value, file=file, key=prefix + key)
+        elif key == "decay_data" and cls is TrainSpec:
+            value = _mixture(value, file=file, key=prefix + key)
         elif hint == (PaperRun | None) and value is not None:
             value = build(PaperRun, value, file=file, prefix=f"{prefix}{key}.")
         elif not _type_ok(value, hint):
@@ -240,6 +257,42 @@ def build(cls, mapping: dict, *, file, prefix: str = ""):
     if missing:
         raise SpecError(file, prefix + missing[0], None, f"{prefix}{missing[0]} is required")
     return cls(**kwargs)
+
+
+def _batch_stages(value, *, file, key: str) -> tuple[tuple[int, int], ...]:
+    """[[from_tokens, batch_tokens], ...]: whole numbers, the first stage from 0, from_tokens rising, batches > 0."""
+    allowed = "a list of [from_tokens, batch_tokens] pairs, the first from 0, from_tokens rising, batch_tokens > 0"
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(file, key, value, allowed)
+    stages = []
+    for pair in value:
+        if isinstance(pair, dict) and set(pair) == {"from_tokens", "batch_tokens"}:  # a plan's batch_warmup
+            pair = (pair["from_tokens"], pair["batch_tokens"])
+        pair = [_coerce(v, int) for v in pair] if isinstance(pair, (list, tuple)) and len(pair) == 2 else None
+        if pair is None or not all(_type_ok(v, int) for v in pair):
+            raise SpecError(file, key, value, allowed)
+        stages.append(tuple(pair))
+    if stages and (stages[0][0] != 0 or any(b <= 0 for _, b in stages)
+                   or any(a[0] >= b[0] for a, b in zip(stages, stages[1:]))):
+        raise SpecError(file, key, value, allowed)
+    return tuple(stages)
+
+
+def _mixture(value, *, file, key: str) -> tuple[tuple[str, float], ...]:
+    """{corpus: weight} (or [[corpus, weight], ...]) as sorted pairs: names unique, weights finite and > 0."""
+    allowed = "a mapping of corpus names to weights > 0, e.g. {python: 0.7, python-docstrings: 0.3}"
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, (list, tuple)):
+        raise SpecError(file, key, value, allowed)
+    out = {}
+    for pair in pairs:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise SpecError(file, key, value, allowed)
+        weight = _coerce(pair[1], float)
+        if not _type_ok(weight, float) or not math.isfinite(weight) or weight <= 0 or pair[0] in out:
+            raise SpecError(file, key, value, allowed)
+        out[pair[0]] = float(weight)
+    return tuple(sorted(out.items()))
 
 
 def _check_model(spec: ModelSpec, *, file, key: str | None = None) -> ModelSpec:
@@ -319,7 +372,7 @@ def get_model(name: str, folder: Path | None = None) -> ModelSpec:
 def apply_overrides(spec, overrides: list[str] | dict, *, source: str = "--set"):
     """Apply overrides: `key=value` strings (dotted keys reach nested specs: `schedule.kind=wsd`,
     `model.d_model=64`), or a YAML mapping, whose nested mappings merge key by key except `schedule`,
-    which is replaced whole (a schedule's fields only make sense together)."""
+    which is replaced whole (a schedule's fields only make sense together), and `decay_data`, a mixture."""
     raw = dataclasses.asdict(spec)
     raw["schedule"] = _non_default(spec.schedule)  # ScheduleSpec refuses keys its kind does not use
     pairs = _pairs(overrides) if isinstance(overrides, dict) else [_parse(item, source) for item in overrides]
@@ -343,10 +396,10 @@ def _parse(item: str, source) -> tuple[str, object]:
 
 
 def _pairs(mapping: dict, prefix: str = "") -> list[tuple[str, object]]:
-    """A nested override mapping as (dotted key, value) pairs; `schedule` stays one value."""
+    """A nested override mapping as (dotted key, value) pairs; `schedule` and `decay_data` stay one value."""
     pairs = []
     for key, value in mapping.items():
-        if isinstance(value, dict) and f"{prefix}{key}" != "schedule":
+        if isinstance(value, dict) and f"{prefix}{key}" not in ("schedule", "decay_data"):
             pairs += _pairs(value, f"{prefix}{key}.")
         else:
             pairs.append((f"{prefix}{key}", value))
@@ -378,11 +431,19 @@ def _non_default(obj) -> dict:
             if f.default is dataclasses.MISSING or getattr(obj, f.name) != f.default}
 
 
+LATER_FIELDS = ("batch_warmup", "decay_data", "data.tokenizer")  # TrainSpec fields added after runs were stored
+
+
 def spec_hash(spec: TrainSpec, *extra: str) -> str:
     """Content hash of everything that changes a run's numbers (runtime settings excluded), 12 hex chars."""
     raw = dataclasses.asdict(spec)
     for key in ("device", "compile", "peak_flops"):
         raw.pop(key)
     raw["model"].pop("paper_n"), raw["model"].pop("paper_run")
+    for key in LATER_FIELDS:  # unset, they leave the ids of runs stored before them as they were
+        node, _, leaf = key.rpartition(".")
+        parent = raw[node] if node else raw
+        if not parent[leaf]:
+            parent.pop(leaf)
     blob = json.dumps([raw, *extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -29,6 +29,7 @@ cut such arrays into int64 windows of seq_len+1 tokens: inputs x = w[:, :-1], ta
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -102,22 +103,26 @@ EMBEDDED_PACKAGES = ("torch",)  # installed packages whose source joins the stdl
 def _python_documents() -> list[_Document]:
     """The standard library's .py files (without site-packages), then each embedded package's, each sorted
     by relative path; ids "stdlib/PATH", "torch/PATH". Packages are located without importing them."""
+    return [_Document(doc_id, _read_source(path)) for doc_id, path in _python_paths()]
+
+
+def _python_paths() -> list[tuple[str, Path]]:
+    """(id, path) of every file of the embedded corpus, in its order."""
     roots = [("stdlib", Path(sysconfig.get_paths()["stdlib"]))]
     for name in EMBEDDED_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             raise WindtunnelError(f"the 'python' corpus needs the {name} package's source; install it (make setup)")
         roots.append((name, Path(list(spec.submodule_search_locations)[0])))
-    return [doc for prefix, root in roots for doc in _source_files(prefix, root)]
+    return [(f"{prefix}/{rel}", path) for prefix, root in roots for rel, path in _source_files(root)]
 
 
-def _source_files(prefix: str, root: Path) -> list[_Document]:
+def _source_files(root: Path) -> list[tuple[str, Path]]:
     paths = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [s for s in subfolders if s not in ("site-packages", "dist-packages")]
         paths += [Path(folder, f) for f in files if f.endswith(".py")]
-    rel = sorted((p.relative_to(root).as_posix(), p) for p in paths)
-    return [_Document(f"{prefix}/{name}", _read_source(path)) for name, path in rel]
+    return sorted((p.relative_to(root).as_posix(), p) for p in paths)
 
 
 def _read_source(path: Path) -> str:
@@ -136,6 +141,12 @@ def _read_source(path: Path) -> str:
 
 def _local_documents(spec: DataSpec) -> list[_Document]:
     """Documents of a .txt/.jsonl/.parquet file, or of every such file under a folder."""
+    files, base = _local_files(spec)
+    return [doc for path in files for doc in _file_documents(path, path.relative_to(base).as_posix(), spec.text_key)]
+
+
+def _local_files(spec: DataSpec) -> tuple[list[Path], Path]:
+    """The corpus's files, in order, and the folder their ids are relative to."""
     root = Path(spec.corpus).expanduser()
     if root.is_file():
         if root.suffix.lower() not in EXTENSIONS:
@@ -149,7 +160,7 @@ def _local_documents(spec: DataSpec) -> list[_Document]:
         base = root
     else:
         raise SpecError("DataSpec", "corpus", spec.corpus, f"no such file or folder; {_CORPUS_HELP}")
-    return [doc for path in files for doc in _file_documents(path, path.relative_to(base).as_posix(), spec.text_key)]
+    return files, base
 
 
 def _file_documents(path: Path, rel: str, text_key: str) -> list[_Document]:
@@ -309,7 +320,7 @@ class Tokenizer:
         self._load(self.path.read_bytes())
 
     def _load(self, proto: bytes) -> None:
-        self._proto = proto
+        self.blob = proto  # the model file's bytes: part of the corpus's fingerprint
         self._sp = spm.SentencePieceProcessor(model_proto=proto)
         # a literal "▁" would decode as a space; its UTF-8 bytes as byte pieces decode as "▁"
         self._meta_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _META.encode()]
@@ -343,11 +354,74 @@ class Tokenizer:
         return self._sp.decode(np.asarray(ids, dtype=np.int64).tolist())
 
     def __getstate__(self) -> dict:  # pickles carry the model itself: workers need not share the cache
-        return {"path": str(self.path), "proto": self._proto}
+        return {"path": str(self.path), "proto": self.blob}
 
     def __setstate__(self, state: dict) -> None:
         self.path = Path(state["path"])
         self._load(state["proto"])
+
+
+class HFTokenizer:
+    """A pretrained Hugging Face tokenizer (a tokenizer.json, read by the `tokenizers` package): texts are encoded
+    without special tokens; the end-of-document token is the first of EOS_TOKENS its vocabulary holds."""
+
+    EOS_TOKENS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eos|>", "[SEP]")
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._load(self.path.read_bytes())
+
+    def _load(self, blob: bytes) -> None:
+        from tokenizers import Tokenizer as Loaded
+
+        self.blob = blob
+        try:
+            self._tk = Loaded.from_str(blob.decode("utf-8"))
+        except Exception as exc:  # tokenizers raises plain Exceptions for bad JSON
+            raise SpecError("DataSpec", "tokenizer", str(self.path), f"a readable tokenizer.json ({exc})") from exc
+        found = [t for t in self.EOS_TOKENS if self._tk.token_to_id(t) is not None]
+        if not found:
+            raise SpecError("DataSpec", "tokenizer", str(self.path),
+                            f"a tokenizer whose vocabulary has an end-of-document token: one of {', '.join(self.EOS_TOKENS)}")
+        self._eos = self._tk.token_to_id(found[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tk.get_vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str], *, num_threads: int = 1) -> list[list[int]]:
+        return [e.ids for e in self._tk.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tk.decode(np.asarray(ids, dtype=np.int64).tolist(), skip_special_tokens=False)
+
+    def __getstate__(self) -> dict:
+        return {"path": str(self.path), "blob": self.blob}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = Path(state["path"])
+        self._load(state["blob"])
+
+
+def _pretrained(path: str, vocab_size: int) -> Tokenizer | HFTokenizer:
+    """DataSpec.tokenizer: a sentencepiece .model or a Hugging Face tokenizer.json, at most vocab_size tokens."""
+    file = Path(path).expanduser()
+    if not file.is_file() or file.suffix not in (".model", ".json"):
+        raise SpecError("DataSpec", "tokenizer", path, "a sentencepiece .model file or a Hugging Face tokenizer.json")
+    tokenizer = Tokenizer(file) if file.suffix == ".model" else HFTokenizer(file)
+    if tokenizer.eos_id < 0:
+        raise SpecError("DataSpec", "tokenizer", path, "a sentencepiece model with an end-of-document (eos) piece")
+    if tokenizer.vocab_size > vocab_size:
+        raise SpecError("DataSpec", "tokenizer", path, f"a tokenizer of at most model.vocab_size={vocab_size} tokens "
+                        f"(it has {tokenizer.vocab_size}; set model.vocab_size={tokenizer.vocab_size})")
+    return tokenizer
 
 
 def _tokenizer(
@@ -423,27 +497,38 @@ class Corpus:
     """held-out token arrays by name: "code" and "docstrings" for stdlib, "valid" for other corpora"""
     bytes_per_token: dict[str, float]
     """UTF-8 bytes of the documents / tokens (end-of-document tokens included), for "train" and each eval set"""
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | HFTokenizer
     fingerprint: str
     """content hash of the documents, the split and the tokenizer model: part of a run's id"""
 
 
 def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, progress: bool = True) -> Corpus:
-    """Load, split, tokenize and cache `spec`'s corpus (cache_dir defaults to results/cache)."""
+    """Load, split, tokenize and cache `spec`'s corpus (cache_dir defaults to results/cache).
+
+    Once prepared, a corpus is opened from its shards without reading or hashing its text again: an index
+    (cache_dir/opened/KEY.json) maps the corpus's settings and its files' paths, sizes and modification times
+    (a Hugging Face dataset's own fingerprint) to the content fingerprint and shards. Editing a file changes
+    its size or time, so the text is read and fingerprinted anew."""
     cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
+    index = cache_dir / "opened" / f"{_listing_key(spec, vocab_size)}.json"
+    opened = _open(index, cache_dir)
+    if opened is not None:
+        return opened
     docs = _load_documents(spec)
     train, held = _split(spec, docs)
-    tokenizer = _tokenizer(
+    tokenizer = _pretrained(spec.tokenizer, vocab_size) if spec.tokenizer else _tokenizer(
         train, vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes, cache_dir=cache_dir, progress=progress
     )
     kind = "python" if spec.corpus == "python" else "user"  # decides which eval sets exist
-    fingerprint = _hash(f"format={FORMAT}", kind, f"valid_percent={spec.valid_percent}", tokenizer._proto,
+    fingerprint = _hash(f"format={FORMAT}", kind, f"valid_percent={spec.valid_percent}", tokenizer.blob,
                         *(part for doc in docs for part in (doc.id, doc.text)))
     shards = cache_dir / "shards" / fingerprint
     sets = {"train": lambda: [doc.text for doc in train], **_eval_sets(spec, held)}
     tokens, meta = {}, {}
     for name, make_texts in sets.items():
         tokens[name], meta[name] = _shard(shards, name, make_texts, tokenizer, progress=progress)
+    with _atomic_file(index) as f:
+        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(sets)}).encode())
     return Corpus(
         train=tokens.pop("train"),
         evals=tokens,
@@ -451,6 +536,68 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
         tokenizer=tokenizer,
         fingerprint=fingerprint,
     )
+
+
+def _listing_key(spec: DataSpec, vocab_size: int) -> str:
+    """What names a corpus without reading it: its settings and each file's path, size and modification time."""
+    settings = json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size, "format": FORMAT}, sort_keys=True)
+    if spec.corpus.startswith("hf:"):
+        return _hash(settings, _hf_dataset(spec.corpus)._fingerprint)
+    files = [path for _, path in _python_paths()] if spec.corpus == "python" else _local_files(spec)[0]
+    if spec.tokenizer:
+        files.append(Path(spec.tokenizer).expanduser())
+    stats = [f"{path}\0{st.st_size}\0{st.st_mtime_ns}" for path in files if path.exists() for st in [path.stat()]]
+    return _hash(settings, *stats)
+
+
+def _open(index: Path, cache_dir: Path) -> Corpus | None:
+    """The corpus an index names, opened from its shards; None when the index or any shard is missing."""
+    if not index.is_file():
+        return None
+    known = json.loads(index.read_text())
+    folder, tokens, meta = cache_dir / "shards" / known["fingerprint"], {}, {}
+    for name in known["sets"]:
+        meta_path, bin_path = folder / f"{name}.json", folder / f"{name}.bin"
+        if not (meta_path.is_file() and bin_path.is_file()):
+            return None
+        meta[name] = json.loads(meta_path.read_text())
+        tokens[name] = np.memmap(bin_path, dtype=meta[name]["dtype"], mode="r", shape=(meta[name]["n_tokens"],))
+    path = Path(known["tokenizer"])
+    if not path.is_file():
+        return None
+    tokenizer = HFTokenizer(path) if path.suffix == ".json" else Tokenizer(path)
+    return Corpus(train=tokens.pop("train"), evals=tokens,
+                  bytes_per_token={name: m["n_bytes"] / m["n_tokens"] for name, m in meta.items()},
+                  tokenizer=tokenizer, fingerprint=known["fingerprint"])
+
+
+MIXTURE_SETS = {"python-docstrings": "the docstrings and comments of the embedded corpus's training files"}
+
+
+def mixture_tokens(name: str, spec: DataSpec, corpus: Corpus, *, cache_dir: Path | None = None,
+                   progress: bool = False) -> np.ndarray:
+    """The training tokens of a decay-stage mixture's corpus `name`, in `corpus`'s tokenizer (see
+    TrainSpec.decay_data): the run's own (spec.corpus), "python-docstrings", or another corpus's training split
+    (held out by the same rule, so no held-out document of any set is trained on). Cached like every shard."""
+    if name == spec.corpus:
+        return corpus.train
+    cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
+    if name == "python-docstrings":
+        source = dataclasses.replace(spec, corpus="python")
+        train, _ = _split(source, _load_documents(source))
+        make_texts = lambda: _docstrings([doc.text for doc in train])  # noqa: E731
+    else:
+        source = dataclasses.replace(spec, corpus=name)
+        try:
+            train, _ = _split(source, _load_documents(source))
+        except WindtunnelError as err:
+            raise WindtunnelError(f"decay_data: corpus {name!r}: {err} (known sets: {spec.corpus!r}, "
+                                  f"{', '.join(map(repr, MIXTURE_SETS))}, or a corpus: {_CORPUS_HELP})") from err
+        make_texts = lambda: [doc.text for doc in train]  # noqa: E731
+    key = _hash(f"format={FORMAT}", "mixture", name, f"valid_percent={spec.valid_percent}", corpus.tokenizer.blob,
+                *(part for doc in train for part in (doc.id, doc.text)))
+    tokens, _ = _shard(cache_dir / "shards" / key, "train", make_texts, corpus.tokenizer, progress=progress)
+    return tokens
 
 
 def _shard(folder: Path, name: str, make_texts: Callable[[], list[str]], tokenizer: Tokenizer, *,
@@ -541,13 +688,46 @@ def sample_windows(tokens: np.ndarray, *, start: int, count: int, seq_len: int, 
     """
     if start < 0 or count < 0 or seed < 0:
         raise ValueError(f"start, count and seed must be >= 0, got start={start} count={count} seed={seed}")
+    return _windows_at(tokens, np.arange(start, start + count, dtype=np.int64), seq_len=seq_len, seed=seed)
+
+
+def mixture_windows(sets: list[np.ndarray], weights: list[float], *, start: int, count: int, seq_len: int,
+                    seed: int) -> np.ndarray:
+    """Windows start..start+count-1 of a mixture: window k comes from set i with probability weights[i] / sum,
+    drawn by a hash of (seed, k), and is set i's window number k (in `sample_windows`' order). Any split of the
+    windows over workers and micro-batches draws the same ones, and no set repeats a window within its epoch."""
+    if start < 0 or count < 0 or seed < 0:
+        raise ValueError(f"start, count and seed must be >= 0, got start={start} count={count} seed={seed}")
+    index = np.arange(start, start + count, dtype=np.int64)
+    bounds = np.cumsum(weights) / np.sum(weights)
+    which = np.minimum(np.searchsorted(bounds, _unit_hash(index, seed), side="right"), len(sets) - 1)
+    out = np.empty((count, seq_len + 1), dtype=np.int64)
+    for i, tokens in enumerate(sets):
+        here = which == i
+        if here.any():
+            out[here] = _windows_at(tokens, index[here], seq_len=seq_len, seed=seed)
+    return out
+
+
+def _windows_at(tokens: np.ndarray, index: np.ndarray, *, seq_len: int, seed: int) -> np.ndarray:
+    """Training windows number `index` (see sample_windows)."""
     n_windows = _n_windows(tokens, seq_len)
-    epochs, positions = np.divmod(np.arange(start, start + count, dtype=np.int64), n_windows)
-    picks = np.empty(count, dtype=np.int64)
+    epochs, positions = np.divmod(index, n_windows)
+    picks = np.empty(len(index), dtype=np.int64)
     for epoch in np.unique(epochs):
         here = epochs == epoch
         picks[here] = _permutation(n_windows, seed, int(epoch))[positions[here]]
     return _gather(tokens, picks * seq_len, seq_len)
+
+
+def _unit_hash(index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per (seed, index): splitmix64's finalizer, vectorized."""
+    with np.errstate(over="ignore"):
+        z = index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed + 1) * np.uint64(0xD1B54A32D192ED03)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def eval_windows(tokens: np.ndarray, *, seq_len: int, max_tokens: int) -> np.ndarray:

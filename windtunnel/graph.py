@@ -22,6 +22,7 @@ Sweep file layout:
           at_tokens_per_param: [10, 20, 30, 40, 50, 60]   # or at_tokens: [1048576, ...] (one grid for all sizes)
           decay_fractions: [0.1]       # decay length as a fraction of the branch point's tokens
           decay_shapes: [exp]
+          decay_data: [{}, {python: 0.7, python-docstrings: 0.3}]   # the decay's data mixtures ({}: the run's own)
           min_steps: 250               # refuse a branch point with fewer optimizer steps than this
 """
 
@@ -53,6 +54,9 @@ class BranchSpec:
     """each decay lasts this fraction of its branch point's tokens (0.1: ~10%, which reaches the cosine optimum)"""
     decay_shapes: tuple[str, ...] = ("exp",)
     """decay shapes of windtunnel.schedules.DECAY_SHAPES"""
+    decay_data: tuple[dict, ...] = ({},)
+    """decay-stage data mixtures, each branch once per mixture ({} = the run's own data; {python: 0.7,
+    python-docstrings: 0.3} mixes in prose, paper §6; see TrainSpec.decay_data)"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,7 +165,7 @@ def _coords(model: str, variant: dict) -> dict:
 
 def _label(coords: dict) -> str:
     """Readable run name: "micro-24k lr=0.01 sp", "micro-24k stable", "micro-24k 20N+10% exp"."""
-    branch = {"stage", "branch_tokens_per_param", "branch_tokens", "decay_fraction", "decay_shape"}
+    branch = {"stage", "branch_tokens_per_param", "branch_tokens", "decay_fraction", "decay_shape", "decay_data"}
     words = [str(coords["model"])] + [f"{k.split('.')[-1]}={v}" for k, v in coords.items()
                                        if k != "model" and k not in branch]
     if coords.get("stage") == "stable":
@@ -171,6 +175,8 @@ def _label(coords: dict) -> str:
         at = (f"{coords['branch_tokens_per_param']:g}N" if "branch_tokens_per_param" in coords
               else f"{tokens / 2**20:g}M" if tokens >= 2**20 else f"{tokens / 2**10:g}K")
         words.append(f"{at}+{coords['decay_fraction']:.1%} {coords['decay_shape']}")
+        if coords.get("decay_data"):
+            words.append(coords["decay_data"])
     return " ".join(words)
 
 
@@ -190,17 +196,26 @@ def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, 
     per_param = not branches.at_tokens
     for at, fork in zip(branches.at_tokens_per_param if per_param else branches.at_tokens,
                         _fork_steps(branches, n, batch)):
-        for fraction, shape in itertools.product(branches.decay_fractions, branches.decay_shapes):
+        for fraction, shape, data in itertools.product(branches.decay_fractions, branches.decay_shapes,
+                                                       branches.decay_data):
             decay = max(1, math.ceil(fraction * fork))
             schedule = {"kind": "wsd", "warmup_tokens": stable.schedule.warmup_tokens,
                         "decay_start_tokens": fork * batch, "decay_shape": shape}
             spec = apply_overrides(stable, {"tokens": (fork + decay) * batch, "schedule": schedule,
-                                            "checkpoint_steps": []}, source=file)
+                                            "checkpoint_steps": [], **({"decay_data": data} if data else {})},
+                                   source=file)
             point = {"branch_tokens_per_param": at} if per_param else {"branch_tokens": at}
-            coords = {**stable_run.coords, "stage": "decay", **point, "decay_fraction": fraction, "decay_shape": shape}
+            coords = {**stable_run.coords, "stage": "decay", **point, "decay_fraction": fraction, "decay_shape": shape,
+                      **({"decay_data": _mixture_label(spec)} if data else {})}
             runs.append(Run(id=spec_hash(spec, stable_run.id, str(fork)), name=_label(coords), spec=spec,
                             coords=coords, parent=stable_run.id, fork_step=fork))
     return runs
+
+
+def _mixture_label(spec: TrainSpec) -> str:
+    """"+30% python-docstrings": the shares of the corpora a decay mixes in beside the run's own."""
+    total = sum(w for _, w in spec.decay_data)
+    return " ".join(f"+{w / total:.0%} {name}" for name, w in spec.decay_data if name != spec.data.corpus)
 
 
 def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_tokens: int, *, file, scale: str,
@@ -208,8 +223,8 @@ def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_toke
     key = f"scales.{scale}.branches"
     if bool(branches.at_tokens) == bool(branches.at_tokens_per_param):
         raise SpecError(file, key, dataclasses.asdict(branches), "exactly one of at_tokens and at_tokens_per_param")
-    if not branches.decay_fractions or not branches.decay_shapes:
-        raise SpecError(file, key, dataclasses.asdict(branches), "non-empty decay_fractions and decay_shapes")
+    if not branches.decay_fractions or not branches.decay_shapes or not branches.decay_data:
+        raise SpecError(file, key, dataclasses.asdict(branches), "non-empty decay_fractions, decay_shapes and decay_data")
     field_name = "at_tokens" if branches.at_tokens else "at_tokens_per_param"
     given = branches.at_tokens or branches.at_tokens_per_param
     last = _round_steps(stable_tokens, batch_tokens)

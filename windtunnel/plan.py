@@ -29,6 +29,7 @@ from pathlib import Path
 
 from windtunnel.config import ModelSpec
 from windtunnel.errors import WindtunnelError
+from windtunnel.schedules import batch_steps
 
 __all__ = ["PlanLimits", "make_plan", "render_yaml", "check_budget", "plan_from_fits", "TRANSFERRED", "FAMILY"]
 STUDIES = ("scaling_law", "batch_size", "lr")  # the fits a plan reads: results/<study>/fit.json
@@ -114,6 +115,9 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
                              "decay_start_tokens": int(stable * (batch_tokens or seq_len)), "decay_shape": "exp"}
     if batch_tokens:
         train["batch_tokens"] = batch_tokens
+        if len(warmup) > 1:
+            train["batch_warmup"] = [[stage["from_tokens"], stage["batch_tokens"]] for stage in warmup]
+            steps = batch_steps(train["tokens"], batch_tokens, tuple(map(tuple, train["batch_warmup"])))
     notes = []
     if max_lr:
         train["lr"] = max_lr
@@ -135,7 +139,6 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         "train": train,
         "tokens_basis": basis,
         "predicted_loss": loss,
-        "batch_warmup": warmup,
         "cost": cost,
         "paper": None if model.paper_run is None else {"tokens": model.paper_run.tokens,
                                                        "batch_tokens": list(model.paper_run.batch_tokens),

@@ -17,7 +17,7 @@ from typing import Callable
 from windtunnel.errors import SpecError, WindtunnelError
 
 __all__ = ["constant", "cosine", "cosine_loop", "wsd", "SCHEDULES", "DECAY_SHAPES", "EXP_HALF_LIVES",
-           "ScheduleSpec", "make_schedule"]
+           "ScheduleSpec", "make_schedule", "batch_stage", "batch_steps"]
 
 EXP_HALF_LIVES = 5  # default exp decay: 5 half-lives over the decay (η/32 at its end); MiniCPM's 10% of
 #                     1.1T tokens at 4M tokens/step is ~27K steps ≈ 5.5 half-lives of 5000 steps (DESIGN §3)
@@ -239,3 +239,26 @@ def _wsd_steps(spec: ScheduleSpec, warmup: int, total_steps: int, batch_tokens: 
     # a half-life is a rate, not a boundary: kept as a fractional number of steps
     half_life = None if spec.half_life_tokens is None else spec.half_life_tokens / batch_tokens
     return {"decay_start": decay_start, "decay_steps": decay_steps, "shape": spec.decay_shape, "half_life": half_life}
+
+
+# ---------------------------------------------------------------- batch-size warm-up
+
+
+def batch_stage(tokens: int, batch_tokens: int, stages: tuple[tuple[int, int], ...]) -> int:
+    """The batch of the step that starts after `tokens` tokens: the last [from_tokens, batch] stage begun, else
+    batch_tokens (no warm-up)."""
+    return next((b for start, b in reversed(stages) if tokens >= start), batch_tokens)
+
+
+def batch_steps(total: int, batch_tokens: int, stages: tuple[tuple[int, int], ...]) -> int:
+    """Optimizer steps until `total` tokens are trained, each step of batch_stage(tokens so far) tokens."""
+    if not stages:
+        return -(-total // batch_tokens)
+    steps = tokens = 0
+    ends = [start for start, _ in stages[1:]] + [total]
+    for (_, batch), end in zip(stages, ends):
+        end = min(end, total)
+        if tokens < end:
+            n = -(-(end - tokens) // batch)
+            steps, tokens = steps + n, tokens + n * batch
+    return steps

@@ -41,7 +41,7 @@ MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_
 TEXT = {"model": "params.model.name", "parametrization": "params.model.parametrization",
         "schedule": "params.schedule.kind", "decay_shape": "params.schedule.decay_shape",
         "stage": "params.coord.stage", "run": "tags.windtunnel.run", "parent": "tags.parent", "status": "tags.status",
-        "corpus": "params.data.corpus"}
+        "corpus": "params.data.corpus", "decay_data": "params.coord.decay_data"}
 
 
 class NoRuns(WindtunnelError):

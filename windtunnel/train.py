@@ -4,18 +4,24 @@ detection, atomic checkpoints and bitwise resume.
 `train(spec, run_dir, log=...)` trains `spec` in `run_dir`, resuming from the newest checkpoint there.
 It imports neither MLflow nor Ray: metrics leave through the `log(metrics, step)` callback, and
 `flush()` (if given) is called before each checkpoint so that what a checkpoint covers is durable.
+
+Data-parallel: when a torch.distributed process group is up (`windtunnel launch` starts one per Ray Train
+worker), each of the W workers trains the same model under DistributedDataParallel on its share of every
+batch: micro-batch k of a step is global window block k·W + rank, so W workers and one process with the same
+global batch see the same windows and compute the same update. Rank 0 alone writes the status, checkpoints
+(the replicated state, once) and metrics; every rank resumes from the same checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -23,13 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from windtunnel.config import TrainSpec
-from windtunnel.data import eval_windows, prepare, sample_windows
+from windtunnel.data import eval_windows, mixture_tokens, mixture_windows, prepare, sample_windows
 from windtunnel.errors import SpecError
 from windtunnel.model import MiniCPM, count_params, flops_per_token, param_groups
 from windtunnel.paths import write_atomic
-from windtunnel.schedules import make_schedule
+from windtunnel.schedules import batch_stage, batch_steps, make_schedule
 
-__all__ = ["train", "TrainResult", "read_status", "peak_flops", "total_tokens"]
+__all__ = ["train", "TrainResult", "read_status", "peak_flops", "total_tokens", "total_steps", "batch_at"]
 
 Log = Callable[[dict, int], None]
 # dense bf16 peak FLOP/s of known accelerators, by a substring of torch.cuda.get_device_name()
@@ -56,7 +62,17 @@ def total_tokens(spec: TrainSpec) -> int:
     return spec.tokens if spec.tokens is not None else 20 * count_params(spec.model)
 
 
-@cache
+def batch_at(spec: TrainSpec, tokens: int) -> int:
+    """The batch (tokens per optimizer step) of the step that starts after `tokens` tokens."""
+    return batch_stage(tokens, spec.batch_tokens, spec.batch_warmup)
+
+
+def total_steps(spec: TrainSpec) -> int:
+    """Optimizer steps of the segment: each step takes batch_at(tokens so far), until total_tokens is reached."""
+    return batch_steps(total_tokens(spec), spec.batch_tokens, spec.batch_warmup)
+
+
+@functools.cache
 def peak_flops(device: str, dtype: str) -> float | None:
     """Declared peak FLOP/s: a table for known GPUs (bf16), a measured fp32 matmul on CPU."""
     if device == "cuda":
@@ -101,14 +117,40 @@ def _compiled(fn, device: str):
     return torch.compile(fn, options={"cpp_wrapper": device == "cpu"})
 
 
-def _check_batch(spec: TrainSpec) -> int:
-    """Rows (sequences) per micro-batch, after checking that batch sizes fit together."""
-    micro = spec.micro_batch_tokens or spec.batch_tokens
-    if micro % spec.seq_len:
-        raise SpecError("train spec", "micro_batch_tokens", micro, f"a multiple of seq_len={spec.seq_len}")
-    if spec.batch_tokens % micro:
-        raise SpecError("train spec", "batch_tokens", spec.batch_tokens, f"a multiple of micro_batch_tokens={micro}")
+def _check_batch(spec: TrainSpec, workers: int = 1) -> int:
+    """Rows (sequences) per micro-batch of one worker, after checking that batch sizes fit together."""
+    micro = spec.micro_batch_tokens or spec.batch_tokens // workers
+    if micro <= 0 or micro % spec.seq_len:
+        raise SpecError("train spec", "micro_batch_tokens", micro, f"a positive multiple of seq_len={spec.seq_len}")
+    for batch in {spec.batch_tokens, *(b for _, b in spec.batch_warmup)}:
+        if batch % (micro * workers):
+            raise SpecError("train spec", "batch_tokens", batch, f"a multiple of {workers} worker(s) × "
+                            f"micro_batch_tokens={micro}")
+    if spec.decay_data and spec.schedule.kind != "wsd":
+        raise SpecError("train spec", "decay_data", dict(spec.decay_data), "a mixture only with schedule.kind 'wsd' "
+                        f"(a decay stage to switch at), not {spec.schedule.kind!r}")
+    if spec.batch_warmup and spec.batch_warmup[-1][1] != spec.batch_tokens:
+        raise SpecError("train spec", "batch_warmup", [list(x) for x in spec.batch_warmup],
+                        f"stages whose last batch is batch_tokens={spec.batch_tokens}")
     return micro // spec.seq_len
+
+
+def _world() -> tuple[int, int]:
+    """(rank, workers) of the process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+class _Loss(torch.nn.Module):
+    """model.loss as a module's forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: MiniCPM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, windows):
+        return self.model.loss(windows)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -230,37 +272,63 @@ def train(spec: TrainSpec, run_dir: Path, *, init_from: Path | None = None, log:
     status = read_status(run_dir)
     if status and status["status"] in ("finished", "diverged"):
         return TrainResult(**status["result"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "spec.json", dataclasses.asdict(spec))
-    _write_json(run_dir / "status.json", {"status": "running"})
+    lead = _world()[0] == 0  # the one process that writes the run's files
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "spec.json", dataclasses.asdict(spec))
+        _write_json(run_dir / "status.json", {"status": "running"})
     try:
         result = _train(spec, run_dir, init_from, log or (lambda metrics, step: None), flush or (lambda: None),
-                        progress)
+                        progress and lead)
     except BaseException as err:
         stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # SystemExit: asked to stop (Tune, ASHA)
         state = "interrupted" if stopped else "failed"
-        _write_json(run_dir / "status.json", {"status": state, "error": f"{type(err).__name__}: {err}"})
+        if lead:
+            _write_json(run_dir / "status.json", {"status": state, "error": f"{type(err).__name__}: {err}"})
         raise
-    _write_json(run_dir / "status.json", {"status": result.status, "result": dataclasses.asdict(result)})
+    if lead:
+        _write_json(run_dir / "status.json", {"status": result.status, "result": dataclasses.asdict(result)})
     return result
 
 
 def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flush: Callable[[], None],
            progress: bool) -> TrainResult:
+    from contextlib import nullcontext
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
     from tqdm.auto import tqdm
 
     # 1) runtime, sizes, schedule
     started = time.perf_counter()
     device, dtype = _resolve_runtime(spec)
-    rows = _check_batch(spec)
-    accum = spec.batch_tokens // (rows * spec.seq_len)
-    steps = math.ceil(total_tokens(spec) / spec.batch_tokens)
-    lr_at = make_schedule(spec.schedule, lr=spec.lr, total_steps=steps, batch_tokens=spec.batch_tokens)
+    rank, workers = _world()
+    lead = rank == 0
+    rows = _check_batch(spec, workers)
+    steps = total_steps(spec)
+    if spec.batch_warmup:  # the batch changes: the schedule's token boundaries are met by the tokens seen
+        lr_at_tokens = make_schedule(spec.schedule, lr=spec.lr, total_steps=total_tokens(spec), batch_tokens=1)
+        lr_of = lambda step, tokens: lr_at_tokens(min(tokens, total_tokens(spec) - 1))  # noqa: E731
+        decay_from = lr_at_tokens.keywords.get("decay_start")
+    else:
+        lr_at = make_schedule(spec.schedule, lr=spec.lr, total_steps=steps, batch_tokens=spec.batch_tokens)
+        lr_of = lambda step, tokens: lr_at(step)  # noqa: E731
+        decay_from = lr_at.keywords.get("decay_start", 0) * spec.batch_tokens  # WSD: the decay's first token
     keep = set(spec.checkpoint_steps) | {steps}
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")  # noqa: E731
 
     # 2) data, model, optimizer
     corpus = prepare(spec.data, vocab_size=spec.model.vocab_size, progress=progress)
+    mixture = [mixture_tokens(name, spec.data, corpus, progress=progress) for name, _ in spec.decay_data]
+    weights = [w for _, w in spec.decay_data]
+
+    def windows(start: int, count: int, tokens: int) -> torch.Tensor:
+        """Training windows start.. of the run's data, or of the decay mixture once the decay has begun."""
+        if mixture and tokens >= decay_from:
+            w = mixture_windows(mixture, weights, start=start, count=count, seq_len=spec.seq_len, seed=spec.seed)
+        else:
+            w = sample_windows(corpus.train, start=start, count=count, seq_len=spec.seq_len, seed=spec.seed)
+        return torch.from_numpy(w).to(device)
     evals = {k: torch.from_numpy(eval_windows(v, seq_len=spec.seq_len, max_tokens=spec.data.eval_tokens)).to(device)
              for k, v in corpus.evals.items()}
     torch.manual_seed(spec.seed)
@@ -276,7 +344,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     peak = spec.peak_flops or peak_flops(device, dtype)
 
     # 3) resume
-    step, ema, best, prev_grad = 0, None, math.inf, None
+    step, tokens, ema, best, prev_grad = 0, 0, None, math.inf, None
     ckpt = _load_latest(run_dir)
     if ckpt is None and init_from is not None:
         ckpt = torch.load(init_from, map_location="cpu", weights_only=True)
@@ -284,80 +352,98 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, ema, best = ckpt["step"], ckpt["loss_ema"], ckpt["loss_min"]
+        tokens = ckpt.get("tokens", step * spec.batch_tokens)
         torch.set_rng_state(ckpt["rng_cpu"])
         prev_grad = ckpt["prev_grad"].to(device) if ckpt["prev_grad"] is not None else None
     position = ckpt["data_position"] if ckpt else 0  # windows consumed: the whole data position
-    compiled = _use_compile(spec, device, (steps - step) * spec.batch_tokens)
-    loss_fn = _compiled(MiniCPM.loss, device) if compiled else MiniCPM.loss  # model + loss in one graph
+    compiled = _use_compile(spec, device, total_tokens(spec) - tokens)
+    if workers > 1:  # gradients averaged over the workers in buckets, overlapped with the backward pass
+        ddp = DistributedDataParallel(_Loss(model), gradient_as_bucket_view=True)
+        loss_fn = _compiled(ddp, device) if compiled else ddp
+        no_sync = ddp.no_sync
+    else:
+        loss_fn = functools.partial(_compiled(MiniCPM.loss, device) if compiled else MiniCPM.loss, model)  # one graph
+        no_sync = nullcontext
     stats = GradStats(params, compiled=compiled)
     stats.prev_grad = prev_grad
 
     # 4) loop
-    bar = tqdm(total=steps * spec.batch_tokens, initial=step * spec.batch_tokens, unit="tok", unit_scale=True,
+    total = total_tokens(spec)
+    bar = tqdm(total=total, initial=min(tokens, total), unit="tok", unit_scale=True,
                disable=not progress, dynamic_ncols=True, desc=spec.model.name,
                mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line per 30 s
     status, metrics, train_time, trained = "finished", {}, 0.0, 0
     while step < steps:
         t0 = time.perf_counter()
-        lr = lr_at(step)
+        lr = lr_of(step, tokens)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
+        batch_tokens = batch_at(spec, tokens)
+        accum = batch_tokens // (rows * spec.seq_len * workers)
         loss_sum = torch.zeros((), device=device)
-        for _ in range(accum):
-            batch = torch.from_numpy(sample_windows(corpus.train, start=position, count=rows,
-                                                    seq_len=spec.seq_len, seed=spec.seed)).to(device)
-            position += rows
-            with autocast():
-                loss = loss_fn(model, batch)
-            (loss / accum).backward()
+        for k in range(accum):
+            batch = windows(position + (k * workers + rank) * rows, rows, tokens)
+            with no_sync() if k < accum - 1 else nullcontext():  # DDP: reduce once, after the last micro-batch
+                with autocast():
+                    loss = loss_fn(batch)
+                (loss / accum).backward()
             loss_sum += loss.detach()
+        position += accum * workers * rows
+        if workers > 1:  # the global batch's mean loss, so that every rank logs and decides alike
+            dist.all_reduce(loss_sum)
+            loss_sum /= workers
         grad_norm, grad_cos = stats.before_step(spec.grad_clip or math.inf)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_v, grad_norm_v, grad_cos_v, update_v = torch.stack(
             [loss_sum / accum, grad_norm, grad_cos, stats.after_step()]).tolist()
-        step += 1
+        step, tokens = step + 1, tokens + batch_tokens
         dt = time.perf_counter() - t0
-        train_time, trained = train_time + dt, trained + spec.batch_tokens
+        train_time, trained = train_time + dt, trained + batch_tokens
 
         # 5) divergence: non-finite, or the smoothed loss far above its minimum (§ runaway LR)
         ema = loss_v if ema is None else 0.9 * ema + 0.1 * loss_v
         best = min(best, ema)
-        tok_s = spec.batch_tokens / dt
+        tok_s = batch_tokens / dt
         metrics = {"train/loss": loss_v, "lr": lr, "grad/norm": grad_norm_v, "grad/cos_prev": grad_cos_v,
-                   "update/max_abs": update_v, "tokens": step * spec.batch_tokens, "perf/tokens_per_s": tok_s}
+                   "update/max_abs": update_v, "tokens": tokens, "perf/tokens_per_s": tok_s}
+        if spec.batch_warmup:
+            metrics["batch_tokens"] = batch_tokens
+        if mixture:  # 1 once the step trained on the decay mixture
+            metrics["data/decay_mixture"] = float(tokens - batch_tokens >= decay_from)
         if peak:
-            metrics["perf/mfu"] = tok_s * flops / peak
+            metrics["perf/mfu"] = tok_s * flops / (peak * workers)
         if not math.isfinite(loss_v) or ema > spec.diverge_ratio * best:
             status = "diverged"
-        if status == "diverged" or step % spec.eval_every == 0 or step == steps:
+        if lead and (status == "diverged" or step % spec.eval_every == 0 or step == steps):
             metrics.update(evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
                            if status != "diverged" else {})
             metrics["data/epochs"] = position * spec.seq_len / len(corpus.train)
-        log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
-        bar.update(spec.batch_tokens)
+        if lead:
+            log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
+        bar.update(batch_tokens)
         if step % 10 == 0 or step == steps:
             bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{trained / train_time:,.0f}")
         if status == "diverged":
             break
 
         # 6) checkpoint: metrics first (flush), then the state they lead up to
-        if step % spec.checkpoint_every == 0 or step in keep:
+        if lead and (step % spec.checkpoint_every == 0 or step in keep):
             flush()
             _save(run_dir, step, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens": tokens,
                 "data_position": position, "loss_ema": ema, "loss_min": best, "rng_cpu": torch.get_rng_state(),
                 "prev_grad": stats.prev_grad.cpu() if stats.prev_grad is not None else None,
             }, keep=keep)
-            _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": step * spec.batch_tokens})
+            _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": tokens})
     bar.close()
-    if status == "finished" and not any(k.startswith("eval/") for k in metrics):  # resumed at the very end
+    if lead and status == "finished" and not any(k.startswith("eval/") for k in metrics):  # resumed at the end
         metrics = evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
     flush()
     tok_s = trained / train_time if train_time else 0.0
     return TrainResult(
-        status=status, step=step, tokens=step * spec.batch_tokens, train_loss=ema if ema is not None else math.nan,
-        eval=_eval_table(metrics), tokens_per_s=tok_s, mfu=tok_s * flops / peak if peak and tok_s else None,
+        status=status, step=step, tokens=tokens, train_loss=ema if ema is not None else math.nan,
+        eval=_eval_table(metrics), tokens_per_s=tok_s, mfu=tok_s * flops / (peak * workers) if peak and tok_s else None,
         wall_s=time.perf_counter() - started, epochs=position * spec.seq_len / len(corpus.train),
     )
 

@@ -3,8 +3,8 @@
     windtunnel validate micro-1.3m --tokens 9227469 [--set batch_tokens=8192]     # make validate
 
 1) `plan_from_fits` plans the target (results/plans/TARGET.yaml); an incomplete plan is refused with its gaps,
-   unless `--set key=value` gives each value the plan left out (only those: the rest is the plan's), which the
-   comparison then lists as given;
+   unless `--set key=value` gives each value the plan left out (`launch.plan_spec`: the rest is the plan's),
+   which the comparison then lists as given;
 2) the target trains with the plan's `train:` section (tokens, batch, µP base and LR, WSD schedule, context);
 3) its final held-out loss (mean bits per byte over the held-out sets, as the ladder's) is compared with the
    predicted value and 95% prediction interval. The MLflow run (experiment `validate`) holds the prediction as
@@ -23,31 +23,19 @@ from windtunnel.paths import results_dir, write_atomic
 __all__ = ["validate"]
 
 
-GAP_KEYS = {"batch size": "batch_tokens", "lr": "lr"}  # a plan's gap -> the train key that fills it
-
-
 def validate(target: str, *, tokens: float | None = None, compute: float | None = None,
              given: list[str] = ()) -> dict:
     """Plan, train and compare `target`; returns the comparison (also written to results/validate/TARGET.json).
     `given`: `key=value` overrides for the values the plan left out (batch_tokens, lr), and only those."""
-    from windtunnel.config import TrainSpec, apply_overrides, get_model
+    from windtunnel.launch import plan_spec
     from windtunnel.orchestrate import run_dir, train_spec
     from windtunnel.plan import plan_from_fits
     from windtunnel.tracking import RunLogger, metric_history
 
     plan, plan_path = plan_from_fits(target, tokens=tokens, compute=compute)
-    fillable = {GAP_KEYS[g.split(":")[0]] for g in plan["gaps"] if g.split(":")[0] in GAP_KEYS}
-    keys = {item.partition("=")[0].strip() for item in given}
-    if keys - fillable:
-        raise WindtunnelError(f"--set {', '.join(sorted(keys - fillable))}: the plan gives that value; --set may only "
-                              f"fill what it left out ({', '.join(sorted(fillable)) or 'nothing'})")
-    unfilled = [g for g in plan["gaps"] if GAP_KEYS.get(g.split(":")[0]) not in keys]
-    if unfilled:
-        raise WindtunnelError(f"the plan for {target} is incomplete, so there is nothing to check: "
-                              + "; ".join(unfilled) + f" ({plan_path}; --set fills batch_tokens or lr)")
-    spec = apply_overrides(TrainSpec(model=get_model(target)), plan["train"], source=str(plan_path))
-    spec = apply_overrides(spec, list(given))
+    spec, _ = plan_spec(plan, source=str(plan_path), given=given)
     predicted = plan["predicted_loss"]
+    plan_path = plan_path.relative_to(Path.cwd()) if plan_path.is_relative_to(Path.cwd()) else plan_path
     tags = {"windtunnel.plan": str(plan_path), **{f"windtunnel.fit.{k}": v for k, v in plan["sources"].items()}}
     params = {"predicted_loss": predicted["value"], "predicted_low": predicted["interval95"][0],
               "predicted_high": predicted["interval95"][1]}

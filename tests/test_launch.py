@@ -1,0 +1,208 @@
+"""windtunnel launch: data-parallel equivalence, batch warm-up, the layout and its refusals, a launch on Ray Train
+from a plan, and a killed worker whose group restarts from the checkpoint."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
+import yaml
+
+from tests.conftest import tiny_spec
+from windtunnel import tracking
+from windtunnel.config import apply_overrides
+from windtunnel.errors import WindtunnelError
+from windtunnel.launch import layout, plan_spec
+from windtunnel.schedules import make_schedule
+from windtunnel.train import read_status, total_steps, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, workers: int, port: int, folder: str, overrides: list[str], out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=workers)
+    try:
+        losses = {}
+        train(tiny_spec(*overrides), Path(folder), log=lambda m, step: losses.__setitem__(step, m["train/loss"]))
+        Path(f"{out}.{rank}").write_text(json.dumps(losses))
+    finally:
+        dist.destroy_process_group()
+
+
+def _losses(path: str) -> list[float]:
+    return list(json.loads(Path(path).read_text()).values())
+
+
+def test_two_gloo_workers_match_one_process_with_the_same_global_batch(tmp_path):
+    """2 workers × micro-batch 512 × 2 accumulation against one process taking the 2048-token batch at once."""
+    common = ["tokens=12288", "compile=false", "eval_every=1000", "checkpoint_every=1000"]
+    single = tmp_path / "single.json"
+    losses = {}
+    train(tiny_spec(*common), tmp_path / "one", log=lambda m, step: losses.__setitem__(step, m["train/loss"]))
+    single.write_text(json.dumps(losses))
+    out = str(tmp_path / "ddp.json")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), common + ["micro_batch_tokens=512"], out),
+             nprocs=2, join=True)
+    one, two, other_rank = _losses(str(single)), _losses(out + ".0"), _losses(out + ".1")
+    assert len(one) == len(two) == 6 and other_rank == []  # rank 1 logs nothing
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
+    assert one[-1] < one[0] - 0.1  # it trained
+    assert read_status(tmp_path / "two")["result"]["tokens"] == 12288
+
+
+def test_batch_warm_up_changes_only_the_accumulation_and_the_lr_follows_tokens(tmp_path):
+    spec = tiny_spec("tokens=16384", "compile=false", "micro_batch_tokens=1024", "eval_every=1000",
+                     "batch_warmup=[[0, 1024], [5000, 2048]]", "schedule.warmup_tokens=2048")
+    assert total_steps(spec) == 5 + 6  # 5 × 1024 reach 5120 ≥ 5000, then 2048 until 16384
+    seen = []
+    result = train(spec, tmp_path / "run", log=lambda m, step: seen.append((m["batch_tokens"], m["lr"], m["tokens"])))
+    assert [b for b, _, _ in seen] == [1024] * 5 + [2048] * 6 and result.tokens == 5 * 1024 + 6 * 2048
+    lr_at = make_schedule(spec.schedule, lr=spec.lr, total_steps=16384, batch_tokens=1)
+    before = [0] + [t for _, _, t in seen[:-1]]
+    assert [lr for _, lr, _ in seen] == pytest.approx([lr_at(t) for t in before])
+
+
+def test_bad_warm_up_and_indivisible_batches_are_refused_in_one_line():
+    with pytest.raises(WindtunnelError, match="batch_warmup"):
+        tiny_spec("batch_warmup=[[100, 1024]]")  # must start at 0
+    spec = tiny_spec("batch_warmup=[[0, 1024], [5000, 2048]]")
+    with pytest.raises(WindtunnelError, match="cannot be split over 3 workers"):
+        layout(spec, workers=3, gpus_per_worker=0)
+    with pytest.raises(WindtunnelError, match="exceeds"):
+        layout(spec, workers=1, gpus_per_worker=0, device_memory=1e3)
+
+
+def test_dry_run_of_the_full_models_on_8_gpus_of_80_gb():
+    """minicpm-1.2b's replicated state (16 bytes a parameter) leaves room for activations; 2.4b's does not."""
+    from windtunnel.config import TrainSpec, get_model
+
+    for name, strategy in (("minicpm-1.2b", "ddp"), ("minicpm-2.4b", "fsdp")):
+        spec = apply_overrides(TrainSpec(model=get_model(name)),
+                               ["seq_len=4096", "batch_tokens=4194304", "tokens=1.1e12", "dtype=bf16"])
+        out = layout(spec, workers=8, gpus_per_worker=1)
+        assert out["strategy"] == strategy, name
+        assert out["memory_per_worker_bytes"] <= 80e9
+        assert out["micro_batch_tokens"] * out["grad_accum"] * 8 == 4194304
+        assert 1e3 < out["expected_hours"] < 1e5
+
+
+PLAN = {
+    "target": "micro-24k", "status": "complete", "gaps": [], "n_params": 50000,
+    "train": {"seq_len": 64, "tokens": 12288, "batch_tokens": 2048, "batch_warmup": [[0, 1024], [4096, 2048]],
+              "lr": 0.02, "model": {"parametrization": "mup", "d_base": 32},
+              "schedule": {"kind": "wsd", "warmup_tokens": 1024, "decay_start_tokens": 10240, "decay_shape": "exp"}},
+    "predicted_loss": {"value": 3.0, "interval95": [2.5, 3.5]},
+    "sources": {},
+}
+HOW = ["--set", "eval_every=4", "--set", "checkpoint_every=3", "--set", "data.eval_tokens=2048"]
+
+
+def test_plan_spec_refuses_what_the_plan_gives_and_an_unfilled_gap():
+    with pytest.raises(WindtunnelError, match="the plan gives that value"):
+        plan_spec(PLAN, source="p.yaml", given=["lr=0.1"])
+    gappy = {**PLAN, "gaps": ["batch size: too uncertain"]}
+    with pytest.raises(WindtunnelError, match="incomplete"):
+        plan_spec(gappy, source="p.yaml")
+    spec, keys = plan_spec(gappy, source="p.yaml", given=["batch_tokens=2048", "eval_every=5"])
+    assert keys == {"batch_tokens", "eval_every"} and spec.model.d_base == 32 and spec.lr == 0.02
+
+
+def _cli(*args, env, timeout=600):
+    return subprocess.run([sys.executable, "-m", "windtunnel.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def launch_env(tmp_path, session_results):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(PLAN))
+    env = {**os.environ, "WINDTUNNEL_RESULTS": str(session_results)}
+    env.pop("RAY_ADDRESS", None)  # an embedded Ray
+    return plan, env
+
+
+def test_launch_from_a_plan_on_two_ray_workers_follows_its_schedule_and_logs_the_prediction(launch_env):
+    plan, env = launch_env
+    dry = _cli("launch", str(plan), "--workers", "2", "--dry-run", "--json", *HOW, env=env)
+    assert dry.returncode == 0, dry.stderr
+    layout_ = json.loads(dry.stdout)
+    assert layout_["strategy"] == "ddp" and layout_["micro_batch_tokens"] == 512
+    assert layout_["grad_accum_stages"] == [[0, 1], [4096, 2]]
+    done = _cli("launch", str(plan), "--workers", "2", *HOW, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "finished: actual" in done.stdout
+    folder = Path(done.stdout.split("run ")[-1].strip())
+    status = read_status(folder)
+    assert status["status"] == "finished" and status["result"]["tokens"] == 4096 + 4 * 2048
+    os.environ["WINDTUNNEL_RESULTS"] = env["WINDTUNNEL_RESULTS"]
+    frame = tracking.runs_dataframe(experiment="launch")
+    row = frame[frame["tags.windtunnel.run"] == folder.name].iloc[0]
+    assert row["params.predicted_loss"] == "3.0" and row["tags.windtunnel.plan"] == str(plan)
+    lrs = tracking.metric_history(row["run_id"], "lr")
+    batches = tracking.metric_history(row["run_id"], "batch_tokens")
+    assert list(batches["value"]) == [1024] * 4 + [2048] * 4
+    spec, _ = plan_spec(PLAN, source="plan")
+    lr_at = make_schedule(spec.schedule, lr=0.02, total_steps=12288, batch_tokens=1)
+    tokens = [0, 1024, 2048, 3072, 4096, 6144, 8192, 10240]
+    assert list(lrs["value"]) == pytest.approx([lr_at(t) for t in tokens])
+    assert not tracking.metric_history(row["run_id"], "final/actual_minus_predicted").empty
+
+
+def _workers() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def test_a_killed_worker_restarts_the_group_from_the_checkpoint_and_the_run_finishes(launch_env, tmp_path):
+    plan, env = launch_env
+    longer = {**PLAN, "train": {**PLAN["train"], "tokens": 40960, "batch_warmup": [],
+                                "schedule": {**PLAN["train"]["schedule"], "decay_start_tokens": 36864}}}
+    plan.write_text(yaml.safe_dump(longer))
+    proc = subprocess.Popen([sys.executable, "-m", "windtunnel.cli", "launch", str(plan), "--workers", "2", *HOW,
+                             "--set", "compile=false"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    runs = Path(env["WINDTUNNEL_RESULTS"]) / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    deadline, killed = time.time() + 300, None
+    while time.time() < deadline and killed is None and proc.poll() is None:
+        new = [d for d in runs.iterdir() if d not in before] if runs.exists() else []
+        if new and list((new[0] / "checkpoints").glob("step_*.pt")) and _workers():
+            killed = _workers()[-1]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=600)
+    assert killed is not None, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+    folder = Path(out.split("run ")[-1].strip())
+    assert read_status(folder)["result"]["tokens"] == 40960
+
+
+def test_the_decay_switches_to_its_data_mixture_at_the_decay_start(tmp_path):
+    prose = tmp_path / "prose.jsonl"
+    prose.write_text("".join(json.dumps({"text": f"Return the {i}th value of the sequence, or None.\n" * 20}) + "\n"
+                             for i in range(100)))
+    spec = tiny_spec("tokens=16384", "compile=false", "eval_every=1000",
+                     "schedule={kind: wsd, warmup_tokens: 2048, decay_start_tokens: 10240}",
+                     f"decay_data={{python: 0.5, {prose}: 0.5}}")
+    mixing = []
+    train(spec, tmp_path / "run", log=lambda m, step: mixing.append(m["data/decay_mixture"]))
+    assert mixing == [0.0] * 5 + [1.0] * 3  # steps 6-8 start at 10240 tokens: the decay's
+    with pytest.raises(WindtunnelError, match="decay_data"):
+        train(tiny_spec("decay_data={python: 1}", "schedule={kind: cosine, warmup_tokens: 2048}"),
+              tmp_path / "cosine")  # no decay stage to switch at

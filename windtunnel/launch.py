@@ -1,0 +1,285 @@
+"""A planned run on Ray Train: `windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker G] [--set k=v]`.
+
+1) `plan_spec` turns a plan (results/plans/TARGET.yaml) into the target's TrainSpec: its `train:` section (tokens,
+   batch and batch warm-up, µP base and LR, WSD schedule, context). An incomplete plan is refused with its gaps
+   unless `--set` gives each value it left out (batch_tokens, lr), and only those; `device`, `dtype`, `compile`,
+   `micro_batch_tokens`, `eval_every`, `data.eval_tokens` and `checkpoint_every` (how, not what, it trains) may
+   always be set.
+2) `layout` splits the global batch into workers × micro-batch × gradient accumulation and estimates the memory
+   of one worker (parameters, gradients, AdamW state, activations of one micro-batch); the replicated state
+   (DDP) must leave half the device to activations, else the run needs FSDP. A batch that cannot be split, or
+   a micro-batch that does not fit, is refused in one line before anything starts.
+3) `launch` runs windtunnel's own trainer on Ray Train's TorchTrainer: one process group (gloo on CPU, NCCL on
+   GPU), DistributedDataParallel, the run folder results/runs/<id>/ shared by the workers (shared storage on a
+   cluster). When a worker dies, Ray Train restarts the group (`max_failures`) and every worker resumes from
+   the newest checkpoint; the same command resumes a stopped launch. Rank 0 logs to MLflow (experiment
+   `launch`), tagged with the plan and the fits it came from, with the predicted final loss and interval as
+   params, `predicted/bpb` (the law at the tokens seen: the loss a decay there would reach) beside the actual
+   mean held-out loss at every evaluation, and `final/actual_minus_predicted` at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import yaml
+
+from windtunnel.errors import WindtunnelError
+
+__all__ = ["plan_spec", "layout", "launch", "GAP_KEYS"]
+
+GAP_KEYS = {"batch size": "batch_tokens", "lr": "lr"}  # a plan's gap -> the train key that fills it
+HOW_KEYS = {"device", "dtype", "compile", "micro_batch_tokens", "eval_every", "checkpoint_every", "peak_flops",
+            "data.eval_tokens"}
+GPU_MEMORY = 80e9  # bytes per GPU assumed by a dry run (an 80 GB A100/H100) unless --device-memory says otherwise
+GPU_FLOPS = 989e12  # dense bf16 FLOP/s per GPU for the expected hours (H100 SXM)
+
+
+def load_plan(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise WindtunnelError(f"{path}: no such plan (make plan TARGET=... writes results/plans/TARGET.yaml)")
+    plan = yaml.safe_load(path.read_text())
+    if not isinstance(plan, dict) or not isinstance(plan.get("train"), dict) or "target" not in plan:
+        raise WindtunnelError(f"{path}: not a windtunnel plan (no 'target' and 'train:' section)")
+    return plan
+
+
+def plan_spec(plan: dict, *, source: str, given: list[str] = ()):
+    """The target's TrainSpec from a plan, `given` (key=value) filling its gaps; returns (spec, given keys)."""
+    from windtunnel.config import TrainSpec, apply_overrides, get_model
+
+    fillable = {GAP_KEYS[g.split(":")[0]] for g in plan.get("gaps", []) if g.split(":")[0] in GAP_KEYS}
+    keys = {item.partition("=")[0].strip() for item in given}
+    if keys - fillable - HOW_KEYS:
+        raise WindtunnelError(f"--set {', '.join(sorted(keys - fillable - HOW_KEYS))}: the plan gives that value; "
+                              f"--set may fill what it left out ({', '.join(sorted(fillable)) or 'nothing'}) and "
+                              f"choose how it runs ({', '.join(sorted(HOW_KEYS))})")
+    unfilled = [g for g in plan.get("gaps", []) if GAP_KEYS.get(g.split(":")[0]) not in keys]
+    if unfilled:
+        raise WindtunnelError(f"the plan for {plan['target']} is incomplete: " + "; ".join(unfilled)
+                              + f" ({source}; --set fills batch_tokens or lr)")
+    spec = apply_overrides(TrainSpec(model=get_model(plan["target"])), plan["train"], source=source)
+    return apply_overrides(spec, list(given)), keys
+
+
+# ---------------------------------------------------------------- layout and memory
+
+
+def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, dtype: str) -> dict:
+    """Bytes one worker holds: fp32 parameters, gradients and AdamW's two moments (sharded W ways under FSDP,
+    plus two gathered blocks), and the activations one micro-batch keeps for the backward pass: per token and
+    layer the norms' inputs and outputs, q/k/v, the attention output and the SwiGLU's four d_ff-wide tensors
+    (flash attention: no T×T scores), plus the LM head's chunked gradient buffers."""
+    from windtunnel.model import count_params
+
+    m = spec.model
+    n = count_params(m, embedding=True)
+    shard = workers if strategy == "fsdp" else 1
+    block = count_params(m) / m.n_layers  # parameters of one block
+    act_bytes = 2 if dtype == "bf16" else 4
+    per_token_layer = 8 * m.d_model + 2 * m.n_kv_heads * m.d_head + 4 * m.d_ff
+    activations = micro_tokens * (m.n_layers * per_token_layer + 2 * m.d_model) * act_bytes
+    head = micro_tokens * m.d_model * 4 + 4 * m.vocab_size * m.d_model  # grad_h and grad_w of the tied head
+    out = {"parameters": 4 * n / shard, "gradients": 4 * n / shard, "optimizer": 8 * n / shard,
+           "gathered": 2 * 4 * block if strategy == "fsdp" else 0.0, "activations": activations + head}
+    out["total"] = sum(out.values())
+    return out
+
+
+def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float | None = None,
+           mfu: float = 0.4) -> dict:
+    """How `spec` runs on `workers`: strategy, micro-batch, accumulation, memory per worker and expected hours.
+    The micro-batch is spec.micro_batch_tokens, else the largest whole-sequence power-of-two share of a
+    worker's batch (and of every warm-up stage's) whose memory fits."""
+    from windtunnel.model import flops_per_token
+    from windtunnel.train import total_steps, total_tokens
+
+    if workers < 1 or gpus_per_worker < 0:
+        raise WindtunnelError(f"launch: --workers {workers} / --gpus-per-worker {gpus_per_worker} not allowed; "
+                              "give --workers >= 1 and --gpus-per-worker >= 0")
+    gpu = gpus_per_worker > 0
+    dtype = spec.dtype if spec.dtype != "auto" else ("bf16" if gpu else "fp32")
+    device_memory = device_memory or (GPU_MEMORY * gpus_per_worker if gpu else _host_memory() / workers)
+    batches = sorted({spec.batch_tokens, *(b for _, b in spec.batch_warmup)})
+    for batch in batches:
+        if batch % (workers * spec.seq_len):
+            raise WindtunnelError(f"launch: a batch of {batch:,} tokens cannot be split over {workers} workers in whole "
+                                  f"sequences of {spec.seq_len}; choose --workers dividing {batch // spec.seq_len:,}")
+    state = memory_per_worker(spec, strategy="ddp", workers=workers, micro_tokens=0, dtype=dtype)
+    strategy = "ddp" if state["total"] <= device_memory / 2 else "fsdp"
+    share = batches[0] // workers  # rows of the smallest batch per worker bound the micro-batch
+    if spec.micro_batch_tokens:
+        micro = spec.micro_batch_tokens
+        if any(b % (workers * micro) for b in batches):
+            raise WindtunnelError(f"launch: micro_batch_tokens={micro:,} × {workers} workers does not divide the "
+                                  f"batch ({', '.join(f'{b:,}' for b in batches)} tokens)")
+    else:
+        rows = share // spec.seq_len
+        candidates = [r for r in (2 ** k for k in range(rows.bit_length())) if rows % r == 0] or [1]
+        fits = [r for r in candidates if memory_per_worker(spec, strategy=strategy, workers=workers,
+                                                           micro_tokens=r * spec.seq_len, dtype=dtype)["total"]
+                <= 0.9 * device_memory]
+        micro = (fits[-1] if fits else 1) * spec.seq_len
+    memory = memory_per_worker(spec, strategy=strategy, workers=workers, micro_tokens=micro, dtype=dtype)
+    if memory["total"] > device_memory:
+        raise WindtunnelError(f"launch: {memory['total'] / 1e9:.1f} GB per worker ({strategy}, micro-batch {micro:,} "
+                              f"tokens) exceeds the {device_memory / 1e9:.1f} GB of a device; add workers or devices")
+    tokens = total_tokens(spec)
+    flops = flops_per_token(spec.model, seq_len=spec.seq_len) * tokens
+    peak = GPU_FLOPS * gpus_per_worker if gpu else _cpu_peak()
+    return {"strategy": strategy, "workers": workers, "gpus_per_worker": gpus_per_worker, "dtype": dtype,
+            "micro_batch_tokens": micro, "grad_accum": spec.batch_tokens // (workers * micro),
+            "grad_accum_stages": [[t, b // (workers * micro)] for t, b in spec.batch_warmup],
+            "batch_tokens": spec.batch_tokens, "memory_per_worker_bytes": memory["total"], "memory": memory,
+            "device_memory_bytes": device_memory, "steps": total_steps(spec), "tokens": tokens,
+            "flops": flops, "mfu": mfu, "peak_flops_per_worker": peak,
+            "expected_hours": flops / (workers * peak * mfu) / 3600}
+
+
+def _host_memory() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _cpu_peak() -> float:
+    from windtunnel.train import peak_flops
+
+    return peak_flops("cpu", "fp32")
+
+
+# ---------------------------------------------------------------- the launch
+
+
+def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 0, given: list[str] = (),
+           device_memory: float | None = None, dry_run: bool = False, max_failures: int = 3,
+           experiment: str = "launch") -> dict:
+    """Dry run: the layout. Otherwise train the planned target on Ray Train and return the outcome (the run's
+    folder, status, final held-out loss against the prediction)."""
+    from windtunnel.config import spec_hash
+    from windtunnel.data import prepare
+    from windtunnel.graph import Run
+    from windtunnel.orchestrate import run_dir
+
+    plan_path = Path(plan_path)
+    plan = load_plan(plan_path)
+    spec, keys = plan_spec(plan, source=str(plan_path), given=given)
+    out = layout(spec, workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory)
+    out["target"] = plan["target"]
+    if dry_run:
+        return out
+    if out["strategy"] == "fsdp":
+        raise WindtunnelError(f"launch: {plan['target']} needs FSDP ({out['memory']['parameters'] * 4 / 1e9:.1f} GB of "
+                              "replicated state per worker), which windtunnel's trainer does not run yet; "
+                              "--dry-run shows the layout")
+    spec = dataclasses.replace(spec, micro_batch_tokens=out["micro_batch_tokens"],
+                               device="cuda" if gpus_per_worker > 0 else "cpu")
+    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # once here, before the workers start
+    run = Run(id=spec_hash(spec, corpus.fingerprint), name=plan["target"], spec=spec, coords={"model": plan["target"]})
+    folder = run_dir(run).resolve()  # the workers' working directory is not this one
+    predicted = plan.get("predicted_loss") or {}
+    context = {"plan": str(plan_path), "sources": plan.get("sources", {}), "given": sorted(keys),
+               "n_params": plan.get("n_params"), "predicted": predicted, "experiment": experiment,
+               "threads": None if gpus_per_worker > 0 else max(1, (os.cpu_count() or 1) // workers)}
+    _fit_on_ray(run, folder, context, workers=workers, gpus_per_worker=gpus_per_worker, max_failures=max_failures)
+    from windtunnel.train import read_status
+
+    status = read_status(folder) or {}
+    result = status.get("result") or {}
+    evals = result.get("eval", {})
+    actual = sum(v["bpb"] for v in evals.values()) / len(evals) if evals else None
+    out.update({"run_dir": str(folder), "status": status.get("status"), "result": result, "actual": actual,
+                "predicted": predicted.get("value"), "interval95": predicted.get("interval95")})
+    return out
+
+
+def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_worker: float, max_failures: int) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from windtunnel.orchestrate import init_ray
+    from windtunnel.paths import results_dir
+
+    started = init_ray(num_cpus=None)
+    try:
+        trainer = TorchTrainer(
+            _worker, train_loop_config={"run": run, "folder": str(folder), **context},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                         resources_per_worker={"CPU": context["threads"] or 1,
+                                                               **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
+            run_config=RunConfig(name=f"launch-{run.id}", storage_path=str(results_dir().resolve() / "launch"),
+                                 failure_config=FailureConfig(max_failures=max_failures)),
+        )
+        trainer.fit()
+    except Exception as err:
+        from windtunnel.errors import one_line
+
+        raise WindtunnelError(f"launch of {run.name} failed: {one_line(err)} (run folder {folder}; the same command "
+                              "resumes from its newest checkpoint)") from err
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _worker(config: dict) -> None:
+    """One Ray Train worker: the trainer in the shared run folder; rank 0 logs to MLflow."""
+    import ray.train
+    import torch
+
+    from windtunnel.train import train
+
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    run, folder = config["run"], Path(config["folder"])
+    if ray.train.get_context().get_world_rank() != 0:
+        train(run.spec, folder)
+        return
+    from windtunnel.orchestrate import run_params
+    from windtunnel.tracking import RunLogger
+
+    predicted = config["predicted"]
+    law = _law(config["sources"].get("scaling_law"))
+    params = dict(run_params(run))
+    if predicted:
+        params.update({"predicted_loss": predicted["value"], "predicted_low": predicted["interval95"][0],
+                       "predicted_high": predicted["interval95"][1]})
+    tags = {"windtunnel.run": run.id, "windtunnel.plan": config["plan"], "model": run.name,
+            "given": ", ".join(config["given"]), **{f"windtunnel.fit.{k}": v for k, v in config["sources"].items()}}
+    folder.mkdir(parents=True, exist_ok=True)
+    logger = RunLogger.in_folder(folder, experiment=config["experiment"], run_name=run.name, params=params, tags=tags)
+
+    def log(metrics: dict, step: int) -> None:
+        bpb = [v for k, v in metrics.items() if k.startswith("eval/") and k.endswith("/bpb")]
+        if bpb:
+            metrics = {**metrics, "actual/bpb": sum(bpb) / len(bpb)}
+            if law is not None and config["n_params"]:
+                metrics["predicted/bpb"] = float(law.predict(config["n_params"], metrics["tokens"]))
+        logger.log(metrics, step)
+
+    try:
+        result = train(run.spec, folder, log=log, flush=logger.flush, progress=True)
+    except BaseException:
+        logger.finish("FAILED", tag_status="failed")
+        raise
+    if predicted and result.eval:
+        actual = sum(v["bpb"] for v in result.eval.values()) / len(result.eval)
+        logger.log({"final/actual_minus_predicted": actual - predicted["value"],
+                    "final/inside_interval": float(predicted["interval95"][0] <= actual <= predicted["interval95"][1])},
+                   result.step)
+    logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
+
+
+def _law(source: str | None):
+    """The scaling law a plan came from ("results/scaling_law/fit.json (micro scale, sha256 ...)"), or None."""
+    import json
+
+    from windtunnel.fit import ScalingLawFit
+
+    path = Path(source.split(" ")[0]) if source else None
+    if path is None or not path.is_file():
+        return None
+    fit = json.loads(path.read_text())
+    return ScalingLawFit.from_dict(fit.get("prediction", fit))
