@@ -66,6 +66,31 @@ def test_two_gloo_workers_match_one_process_with_the_same_global_batch(tmp_path)
     assert read_status(tmp_path / "two")["result"]["tokens"] == 12288
 
 
+def test_fsdp_workers_match_one_process_and_resume_from_their_sharded_checkpoint(tmp_path):
+    """FSDP2 over 2 gloo workers, 2 micro-batches each: the same losses as one process; killed after step 6
+    (its status and last checkpoint removed), it resumes from the sharded step_3.dcp and repeats steps 4-6."""
+    import shutil
+
+    common = ["tokens=12288", "compile=false", "eval_every=1000", "checkpoint_every=1000", "checkpoint_steps=[3]"]
+    losses = {}
+    train(tiny_spec(*common), tmp_path / "one", log=lambda m, step: losses.__setitem__(step, m["train/loss"]))
+    out = str(tmp_path / "fsdp.json")
+    args = (2, _free_port(), str(tmp_path / "two"), common + ["micro_batch_tokens=512", "parallel=fsdp"], out)
+    mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
+    sharded = _losses(out + ".0")
+    assert max(abs(a - b) for a, b in zip(losses.values(), sharded)) < 1e-4, (losses, sharded)
+    folder = tmp_path / "two" / "checkpoints"
+    kept = ["step_00000003.dcp", "step_00000005.dcp", "step_00000006.dcp"]  # asked for, the decay start, the end
+    assert sorted(p.name for p in folder.iterdir()) == kept
+    assert (folder / "step_00000003.dcp" / "rank1.pt").is_file()
+    shutil.rmtree(folder / "step_00000006.dcp")
+    shutil.rmtree(folder / "step_00000005.dcp")
+    (tmp_path / "two" / "status.json").unlink()
+    mp.spawn(_ddp_worker, args=args[:1] + (_free_port(),) + args[2:], nprocs=2, join=True)
+    resumed = _losses(out + ".0")
+    assert resumed == pytest.approx(sharded[3:], abs=1e-6)
+
+
 def test_batch_warm_up_changes_only_the_accumulation_and_the_lr_follows_tokens(tmp_path):
     spec = tiny_spec("tokens=16384", "compile=false", "micro_batch_tokens=1024", "eval_every=1000",
                      "batch_warmup=[[0, 1024], [5000, 2048]]", "schedule.warmup_tokens=2048")

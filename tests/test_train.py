@@ -70,7 +70,8 @@ def test_run_end_to_end(tmp_path):
 def test_checkpoints_are_atomic_complete_and_pruned(tmp_path):
     train(tiny_spec("checkpoint_steps=[10]", "checkpoint_every=5"), tmp_path)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert names == ["step_00000010.pt", "step_00000020.pt"]  # kept branch step + final; periodic pruned
+    # kept: the branch step, the WSD decay start (18 of 20 steps) and the final one; periodic ones pruned
+    assert names == ["step_00000010.pt", "step_00000018.pt", "step_00000020.pt"]
     state = torch.load(checkpoint_path(tmp_path, 10), weights_only=True)
     assert {"model", "optimizer", "step", "data_position", "rng_cpu", "loss_ema", "loss_min", "prev_grad"} <= set(state)
     assert state["step"] == 10 and state["data_position"] == 10 * 2048 // 64

@@ -258,7 +258,7 @@ def _print_plan(plan: dict, path) -> None:
 def cmd_validate(args) -> None:
     from windtunnel.validate import validate
 
-    out = validate(args.target, tokens=args.tokens, compute=args.compute, given=args.set)
+    out = validate(args.target, tokens=args.tokens, compute=args.compute, given=args.set, workers=args.workers)
     verdict = "inside" if out["inside"] else "OUTSIDE"
     print(f"{out['target']} (N = {out['n_params']:,}, {out['n_extrapolation']:.2g}× the ladder's largest) on "
           f"{out['tokens']:,} tokens: predicted {out['predicted']:.4f} bits/byte, 95% [{out['low']:.4f}, {out['high']:.4f}]; "
@@ -288,12 +288,14 @@ def cmd_launch(args) -> None:
           f"at {out['mfu']:.0%} MFU of {out['peak_flops_per_worker']:.3g} FLOP/s per worker")
     if args.dry_run:
         return
-    if out["actual"] is not None and out["predicted"] is not None:
-        low, high = out["interval95"]
-        print(f"  {out['status']}: actual {out['actual']:.4f} bits/byte, predicted {out['predicted']:.4f} "
-              f"[{low:.4f}, {high:.4f}] ({out['predicted'] / out['actual'] - 1:+.2%}); run {out['run_dir']}")
-    else:
-        print(f"  {out['status']}; run {out['run_dir']}")
+    c = out.get("comparison") or {}
+    if c.get("predicted") is not None:
+        print(f"  {out['status']}: actual {c['actual']:.4f} bits/byte, predicted {c['predicted']:.4f} "
+              f"[{c['low']:.4f}, {c['high']:.4f}] ({c['rel_error']:+.2%}, {'inside' if c['inside'] else 'OUTSIDE'} "
+              f"the interval); {c['tokens_per_s']:,.0f} tok/s; written: {out['written']}")
+    elif c:
+        print(f"  {out['status']}: actual {c['actual']:.4f} bits/byte (the plan predicts no loss); written: {out['written']}")
+    print(f"  {out['status']}; run {out['run_dir']}")
 
 
 def cmd_report(args) -> None:
@@ -353,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
     va.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it")
     va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a value the plan left out (batch_tokens, lr), stated in the comparison; nothing else")
+    va.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (make validate: 2)")
     va.set_defaults(func=cmd_validate)
     la = sub.add_parser("launch", help="train a plan's target on Ray Train (data-parallel; resumes a stopped launch)")
     la.add_argument("plan", help="a plan file, e.g. results/plans/minicpm-1.2b.yaml")

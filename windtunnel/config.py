@@ -165,6 +165,9 @@ class TrainSpec:
     """steps whose checkpoints are always kept (decay branches fork from them)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where to train; not part of the run's identity"""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """with several workers (`windtunnel launch`): replicate the model (DistributedDataParallel) or shard its
+    parameters, gradients and optimizer state (FSDP2, per block); not part of the run's identity"""
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """"auto" = bf16 autocast on CUDA, fp32 on CPU"""
     compile: bool | None = None
@@ -437,7 +440,7 @@ LATER_FIELDS = ("batch_warmup", "decay_data", "data.tokenizer")  # TrainSpec fie
 def spec_hash(spec: TrainSpec, *extra: str) -> str:
     """Content hash of everything that changes a run's numbers (runtime settings excluded), 12 hex chars."""
     raw = dataclasses.asdict(spec)
-    for key in ("device", "compile", "peak_flops"):
+    for key in ("device", "parallel", "compile", "peak_flops"):
         raw.pop(key)
     raw["model"].pop("paper_n"), raw["model"].pop("paper_run")
     for key in LATER_FIELDS:  # unset, they leave the ids of runs stored before them as they were

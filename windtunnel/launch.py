@@ -3,36 +3,40 @@
 1) `plan_spec` turns a plan (results/plans/TARGET.yaml) into the target's TrainSpec: its `train:` section (tokens,
    batch and batch warm-up, µP base and LR, WSD schedule, context). An incomplete plan is refused with its gaps
    unless `--set` gives each value it left out (batch_tokens, lr), and only those; `device`, `dtype`, `compile`,
-   `micro_batch_tokens`, `eval_every`, `data.eval_tokens` and `checkpoint_every` (how, not what, it trains) may
-   always be set.
+   `micro_batch_tokens`, `parallel`, `eval_every`, `data.eval_tokens` and `checkpoint_every` (how, not what, it
+   trains) may always be set.
 2) `layout` splits the global batch into workers × micro-batch × gradient accumulation and estimates the memory
    of one worker (parameters, gradients, AdamW state, activations of one micro-batch); the replicated state
-   (DDP) must leave half the device to activations, else the run needs FSDP. A batch that cannot be split, or
+   (DDP) must leave half the device to activations, else the run shards it (FSDP; `--set parallel=fsdp` forces
+   it). A batch that cannot be split, or
    a micro-batch that does not fit, is refused in one line before anything starts.
 3) `launch` runs windtunnel's own trainer on Ray Train's TorchTrainer: one process group (gloo on CPU, NCCL on
-   GPU), DistributedDataParallel, the run folder results/runs/<id>/ shared by the workers (shared storage on a
+   GPU), DistributedDataParallel or FSDP2, the run folder results/runs/<id>/ shared by the workers (shared storage on a
    cluster). When a worker dies, Ray Train restarts the group (`max_failures`) and every worker resumes from
    the newest checkpoint; the same command resumes a stopped launch. Rank 0 logs to MLflow (experiment
    `launch`), tagged with the plan and the fits it came from, with the predicted final loss and interval as
    params, `predicted/bpb` (the law at the tokens seen: the loss a decay there would reach) beside the actual
-   mean held-out loss at every evaluation, and `final/actual_minus_predicted` at the end.
+   mean held-out loss at every evaluation, and `final/actual_minus_predicted` at the end; the comparison is
+   written to results/launch/TARGET.json (results/validate/ for `windtunnel validate`) and shown in the report.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 import yaml
 
 from windtunnel.errors import WindtunnelError
+from windtunnel.paths import results_dir, write_atomic
 
-__all__ = ["plan_spec", "layout", "launch", "GAP_KEYS"]
+__all__ = ["plan_spec", "layout", "launch", "read_comparisons", "GAP_KEYS"]
 
 GAP_KEYS = {"batch size": "batch_tokens", "lr": "lr"}  # a plan's gap -> the train key that fills it
 HOW_KEYS = {"device", "dtype", "compile", "micro_batch_tokens", "eval_every", "checkpoint_every", "peak_flops",
-            "data.eval_tokens"}
+            "data.eval_tokens", "parallel"}
 GPU_MEMORY = 80e9  # bytes per GPU assumed by a dry run (an 80 GB A100/H100) unless --device-memory says otherwise
 GPU_FLOPS = 989e12  # dense bf16 FLOP/s per GPU for the expected hours (H100 SXM)
 
@@ -109,7 +113,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
             raise WindtunnelError(f"launch: a batch of {batch:,} tokens cannot be split over {workers} workers in whole "
                                   f"sequences of {spec.seq_len}; choose --workers dividing {batch // spec.seq_len:,}")
     state = memory_per_worker(spec, strategy="ddp", workers=workers, micro_tokens=0, dtype=dtype)
-    strategy = "ddp" if state["total"] <= device_memory / 2 else "fsdp"
+    strategy = "ddp" if state["total"] <= device_memory / 2 and spec.parallel == "ddp" else "fsdp"
     share = batches[0] // workers  # rows of the smallest batch per worker bound the micro-batch
     if spec.micro_batch_tokens:
         micro = spec.micro_batch_tokens
@@ -169,11 +173,7 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
     out["target"] = plan["target"]
     if dry_run:
         return out
-    if out["strategy"] == "fsdp":
-        raise WindtunnelError(f"launch: {plan['target']} needs FSDP ({out['memory']['parameters'] * 4 / 1e9:.1f} GB of "
-                              "replicated state per worker), which windtunnel's trainer does not run yet; "
-                              "--dry-run shows the layout")
-    spec = dataclasses.replace(spec, micro_batch_tokens=out["micro_batch_tokens"],
+    spec = dataclasses.replace(spec, micro_batch_tokens=out["micro_batch_tokens"], parallel=out["strategy"],
                                device="cuda" if gpus_per_worker > 0 else "cpu")
     corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # once here, before the workers start
     run = Run(id=spec_hash(spec, corpus.fingerprint), name=plan["target"], spec=spec, coords={"model": plan["target"]})
@@ -186,12 +186,46 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
     from windtunnel.train import read_status
 
     status = read_status(folder) or {}
-    result = status.get("result") or {}
-    evals = result.get("eval", {})
-    actual = sum(v["bpb"] for v in evals.values()) / len(evals) if evals else None
-    out.update({"run_dir": str(folder), "status": status.get("status"), "result": result, "actual": actual,
-                "predicted": predicted.get("value"), "interval95": predicted.get("interval95")})
+    out.update({"run_dir": str(folder), "status": status.get("status"), "result": status.get("result") or {}})
+    if out["status"] == "finished":
+        out["comparison"] = _comparison(plan, plan_path, out, keys, folder)
+        path = results_dir() / experiment / f"{plan['target']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(out["comparison"], indent=1) + "\n")
+        out["written"] = str(path)
     return out
+
+
+def _comparison(plan: dict, plan_path: Path, out: dict, given: set, folder: Path) -> dict:
+    """The finished run against its plan's prediction: what results/launch/TARGET.json and the report hold."""
+    from windtunnel.tracking import RUN_ID_FILE
+
+    result, predicted = out["result"], plan.get("predicted_loss") or {}
+    actual = sum(v["bpb"] for v in result["eval"].values()) / len(result["eval"])
+    low, high = predicted.get("interval95") or (None, None)
+    value = predicted.get("value")
+    shown = plan_path.relative_to(Path.cwd()) if plan_path.resolve().is_relative_to(Path.cwd()) else plan_path
+    return {"target": plan["target"], "n_params": plan.get("n_params"), "n_kind": plan.get("n_kind"),
+            "tokens": result["tokens"], "predicted": value, "low": low, "high": high, "actual": actual,
+            "rel_error": value / actual - 1 if value else None,
+            "inside": low <= actual <= high if value else None,
+            "n_extrapolation": predicted.get("n_extrapolation"),
+            "eval": {k: v["bpb"] for k, v in result["eval"].items()}, "plan": str(shown),
+            "sources": plan.get("sources", {}), "train": plan["train"], "given": sorted(given),
+            "form": predicted.get("form"), "workers": out["workers"], "strategy": out["strategy"],
+            "micro_batch_tokens": out["micro_batch_tokens"], "tokens_per_s": result["tokens_per_s"],
+            "wall_s": result["wall_s"], "run_dir": str(folder), "mlflow_run": (folder / RUN_ID_FILE).read_text()}
+
+
+def read_comparisons(root: Path | None = None) -> list[dict]:
+    """Every results/launch/*.json and results/validate/*.json (predicted against actual), for the report."""
+    root = root or results_dir()
+    found = []
+    for kind in ("validate", "launch"):
+        folder = root / kind
+        found += [{**json.loads(p.read_text()), "kind": kind} for p in sorted(folder.glob("*.json"))] \
+            if folder.is_dir() else []
+    return found
 
 
 def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_worker: float, max_failures: int) -> None:
@@ -199,7 +233,6 @@ def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_work
     from ray.train.torch import TorchTrainer
 
     from windtunnel.orchestrate import init_ray
-    from windtunnel.paths import results_dir
 
     started = init_ray(num_cpus=None)
     try:

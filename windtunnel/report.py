@@ -139,20 +139,29 @@ def _table(rows) -> str:
 
 
 def _validations(root: Path) -> str:
-    """Predicted against actual for every target trained from its plan (`windtunnel validate`)."""
-    from windtunnel.validate import read_validations
+    """Predicted against actual for every target trained from its plan (`windtunnel validate` and `launch`)."""
+    from windtunnel.launch import read_comparisons
 
-    rows = "".join(
-        f"<tr><td>{html.escape(v['target'])}</td><td>{v['n_params']:,}</td><td>{v['n_extrapolation']:.2g}×</td>"
-        f"<td>{v['tokens']:,}</td><td>{v['predicted']:.4f}</td><td>[{v['low']:.4f}, {v['high']:.4f}]</td>"
-        f"<td>{v['actual']:.4f}</td><td>{v['rel_error']:+.2%}</td><td>{'yes' if v['inside'] else 'NO'}</td></tr>"
-        for v in read_validations(root))
+    def row(v: dict) -> str:
+        how = f"{v['kind']}, {v.get('workers', 1)} × {v.get('strategy', 'one process')}"
+        if v["predicted"] is None:
+            return f"<tr><td>{html.escape(v['target'])}</td><td>{how}</td><td colspan=7>no prediction in its plan</td></tr>"
+        return (f"<tr><td>{html.escape(v['target'])}</td><td>{how}</td><td>{_num(v['n_params'], ',')}</td>"
+                f"<td>{_num(v['n_extrapolation'], '.2g')}×</td><td>{v['tokens']:,}</td><td>{v['predicted']:.4f}</td>"
+                f"<td>[{v['low']:.4f}, {v['high']:.4f}]</td><td>{v['actual']:.4f}</td><td>{v['rel_error']:+.2%}</td>"
+                f"<td>{'yes' if v['inside'] else 'NO'}</td></tr>")
+
+    rows = "".join(row(v) for v in read_comparisons(root))
     if not rows:
         return "<h2>Predicted against actual</h2><p class='gap'>no target trained from a plan yet (make validate)</p>"
-    return ("<h2>Predicted against actual</h2><p>A target beyond the ladder, planned from the fits and trained as "
-            "planned; loss = mean held-out bits per byte.</p><table><tr><th>target</th><th>N</th><th>beyond the "
+    return ("<h2>Predicted against actual</h2><p>Targets planned from the fits and trained as planned; loss = mean "
+            "held-out bits per byte.</p><table><tr><th>target</th><th>how</th><th>N</th><th>beyond the "
             "ladder</th><th>tokens</th><th>predicted</th><th>95% prediction interval</th><th>actual</th>"
             "<th>predicted/actual − 1</th><th>inside</th></tr>" + rows + "</table>" + _images(root / "validate"))
+
+
+def _num(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def _plans(folder: Path) -> str:

@@ -6,10 +6,14 @@ It imports neither MLflow nor Ray: metrics leave through the `log(metrics, step)
 `flush()` (if given) is called before each checkpoint so that what a checkpoint covers is durable.
 
 Data-parallel: when a torch.distributed process group is up (`windtunnel launch` starts one per Ray Train
-worker), each of the W workers trains the same model under DistributedDataParallel on its share of every
-batch: micro-batch k of a step is global window block k·W + rank, so W workers and one process with the same
-global batch see the same windows and compute the same update. Rank 0 alone writes the status, checkpoints
-(the replicated state, once) and metrics; every rank resumes from the same checkpoint.
+worker), each of the W workers trains the same model on its share of every batch: micro-batch k of a step is
+global window block k·W + rank, so W workers and one process with the same global batch see the same windows
+and compute the same update. `spec.parallel` chooses how: "ddp" replicates the model (DistributedDataParallel;
+rank 0 writes the one checkpoint file), "fsdp" shards parameters, gradients and AdamW state (FSDP2
+`fully_shard` per block and at the root; sharded checkpoints with torch.distributed.checkpoint, a folder
+step_N.dcp written by every rank, which a resume with another number of workers reshards). Rank 0 alone writes
+the status and metrics; every rank resumes from the same checkpoint. A WSD run keeps the checkpoint at its
+decay start (a decay can be redone from it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,7 +35,7 @@ import torch.nn.functional as F
 
 from windtunnel.config import TrainSpec
 from windtunnel.data import eval_windows, mixture_tokens, mixture_windows, prepare, sample_windows
-from windtunnel.errors import SpecError
+from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.model import MiniCPM, count_params, flops_per_token, param_groups
 from windtunnel.paths import write_atomic
 from windtunnel.schedules import batch_stage, batch_steps, make_schedule
@@ -142,6 +147,16 @@ def _world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
+@contextmanager
+def _fsdp_no_sync(model):
+    """FSDP2's no_sync: keep the unreduced gradients of a micro-batch that is not the step's last."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 class _Loss(torch.nn.Module):
     """model.loss as a module's forward, so that DistributedDataParallel can wrap it."""
 
@@ -157,7 +172,8 @@ class _Loss(torch.nn.Module):
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    """Checkpoint files (step_N.pt) and sharded checkpoint folders (step_N.dcp), oldest first."""
+    return sorted([*(run_dir / "checkpoints").glob("step_*.pt"), *(run_dir / "checkpoints").glob("step_*.dcp")])
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -174,15 +190,74 @@ def _save(run_dir: Path, step: int, state: dict, *, keep: set[int]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _drop_older(run_dir, step, keep)
+
+
+def _drop_older(run_dir: Path, step: int, keep: set[int]) -> None:
+    import shutil
+
     for old in _checkpoints(run_dir):
         old_step = int(old.stem.split("_")[1])
         if old_step < step and old_step not in keep:
-            old.unlink()
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def _load_latest(run_dir: Path) -> dict | None:
-    found = _checkpoints(run_dir)
-    return torch.load(found[-1], map_location="cpu", weights_only=True) if found else None
+def _save_sharded(run_dir: Path, step: int, model, opt, state: dict, mine: dict, *, keep: set[int]) -> None:
+    """Every rank writes its shards (torch.distributed.checkpoint) into a temporary folder, and its own `mine`
+    (its gradient shard); rank 0 adds `state` and renames the folder to step_N.dcp once all have written."""
+    import shutil
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    rank = dist.get_rank()
+    path = Path(run_dir) / "checkpoints" / f"step_{step:08d}.dcp"
+    tmp = path.with_suffix(".partial")
+    if rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    dist.barrier()
+    model_state, opt_state = get_state_dict(model, opt)
+    dcp.save({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(tmp))
+    torch.save(mine, tmp / f"rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        torch.save(state, tmp / "state.pt")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        _drop_older(run_dir, step, keep)
+    dist.barrier()
+
+
+def _load_sharded(path: Path, model, opt) -> dict:
+    """Load a step_N.dcp folder into the sharded model and optimizer (resharded if the workers changed);
+    returns its state, with this rank's gradient shard when it has one of the same layout."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, opt_state = get_state_dict(model, opt)
+    dcp.load({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=opt_state)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    mine = path / f"rank{dist.get_rank()}.pt"
+    same = mine.is_file() and state.get("workers") == dist.get_world_size()
+    state["prev_grad"] = torch.load(mine, map_location="cpu", weights_only=True)["prev_grad"] if same else None
+    return state
+
+
+def _load(path: Path, model, opt, *, sharded: bool) -> dict:
+    """A checkpoint's state, after loading its weights and optimizer moments into model and opt."""
+    if sharded != path.is_dir():
+        raise WindtunnelError(f"{path} was written {'sharded (fsdp)' if path.is_dir() else 'whole (one process or ddp)'}"
+                              f"; resume it with parallel={'fsdp' if path.is_dir() else 'ddp'}")
+    if sharded:
+        return _load_sharded(path, model, opt)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return state
 
 
 # ---------------------------------------------------------------- statistics
@@ -195,8 +270,9 @@ class GradStats:
     `compiled`: both halves run as inductor graphs (~1 ms less a micro-142k CPU step).
     """
 
-    def __init__(self, params: list[torch.Tensor], *, compiled: bool = False):
+    def __init__(self, params: list[torch.Tensor], *, compiled: bool = False, sharded: bool = False):
         self.params = params
+        self.sharded = sharded  # FSDP: params and grads are DTensors; statistics of the local shards are all-reduced
         self.prev_grad: torch.Tensor | None = None  # the last step's flat gradient, kept in checkpoints
         self.before: torch.Tensor | None = None
         device = params[0].device.type
@@ -206,14 +282,23 @@ class GradStats:
     def before_step(self, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip the gradients to max_norm; returns (norm before clipping, cosine with the last gradient)."""
         first = self.prev_grad is None
-        prev = torch.zeros(sum(p.numel() for p in self.params), device=self.params[0].device) if first \
-            else self.prev_grad
-        norm, cos, self.prev_grad, self.before = self._clip_and_compare(self.params, prev, max_norm)
+        if self.sharded:
+            norm, cos, self.prev_grad, self.before = _clip_and_compare_shards(self.params, self.prev_grad, max_norm)
+        else:
+            prev = torch.zeros(sum(p.numel() for p in self.params), device=self.params[0].device) if first \
+                else self.prev_grad
+            norm, cos, self.prev_grad, self.before = self._clip_and_compare(self.params, prev, max_norm)
         return norm, torch.full_like(cos, math.nan) if first else cos
 
     def after_step(self) -> torch.Tensor:
         """Largest |Δw| over all weights since before_step."""
-        return self._largest_change(self.params, self.before)
+        if not self.sharded:
+            return self._largest_change(self.params, self.before)
+        import torch.distributed as dist
+
+        largest = _largest_change([p.to_local() for p in self.params], self.before)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        return largest
 
 
 @torch.no_grad()
@@ -224,6 +309,22 @@ def _clip_and_compare(params, prev, max_norm):
     torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))  # as clip_grad_norm_
     cos = flat.dot(prev) / (norm * prev.norm()).clamp_min(1e-16)  # scale-free: clipping does not change it
     return norm, cos, flat, _flat(params)
+
+
+@torch.no_grad()
+def _clip_and_compare_shards(params, prev, max_norm):
+    """_clip_and_compare over this rank's shards: the sums of squares and the dot product are all-reduced."""
+    import torch.distributed as dist
+
+    grads = [p.grad.to_local() for p in params]
+    flat = _flat(grads)
+    prev = torch.zeros_like(flat) if prev is None or prev.shape != flat.shape else prev
+    sums = torch.stack([flat.dot(flat), flat.dot(prev), prev.dot(prev)])
+    dist.all_reduce(sums)
+    norm = sums[0].sqrt()
+    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+    cos = sums[1] / (norm * sums[2].sqrt()).clamp_min(1e-16)
+    return norm, cos, flat, _flat([p.to_local() for p in params])
 
 
 @torch.no_grad()
@@ -309,12 +410,14 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     if spec.batch_warmup:  # the batch changes: the schedule's token boundaries are met by the tokens seen
         lr_at_tokens = make_schedule(spec.schedule, lr=spec.lr, total_steps=total_tokens(spec), batch_tokens=1)
         lr_of = lambda step, tokens: lr_at_tokens(min(tokens, total_tokens(spec) - 1))  # noqa: E731
-        decay_from = lr_at_tokens.keywords.get("decay_start")
+        decay_from = lr_at_tokens.keywords.get("decay_start", 0)
+        decay_step = batch_steps(decay_from, spec.batch_tokens, spec.batch_warmup)
     else:
         lr_at = make_schedule(spec.schedule, lr=spec.lr, total_steps=steps, batch_tokens=spec.batch_tokens)
         lr_of = lambda step, tokens: lr_at(step)  # noqa: E731
-        decay_from = lr_at.keywords.get("decay_start", 0) * spec.batch_tokens  # WSD: the decay's first token
-    keep = set(spec.checkpoint_steps) | {steps}
+        decay_step = lr_at.keywords.get("decay_start", 0)  # WSD: the decay's first step
+        decay_from = decay_step * spec.batch_tokens
+    keep = set(spec.checkpoint_steps) | {steps} | ({decay_step} if decay_step else set())
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")  # noqa: E731
 
     # 2) data, model, optimizer
@@ -333,6 +436,17 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
              for k, v in corpus.evals.items()}
     torch.manual_seed(spec.seed)
     model = MiniCPM(spec.model).to(device)
+    sharded = workers > 1 and spec.parallel == "fsdp"
+    compiled = _use_compile(spec, device, total_tokens(spec))
+    if sharded:  # every block's parameters gathered for its forward and backward, then freed
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        for block in model.blocks:
+            if compiled:
+                block.compile()
+            fully_shard(block)
+        fully_shard(model)
+        register_fsdp_forward_method(model, "loss")  # the training entry point is loss(), not forward()
     groups = param_groups(model, weight_decay=spec.weight_decay)
     if spec.independent_wd:  # decay ∝ schedule(step)/lr, not ∝ lr: lr·wd_eff = wd·schedule/lr_max
         for g in groups:
@@ -345,26 +459,26 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
 
     # 3) resume
     step, tokens, ema, best, prev_grad = 0, 0, None, math.inf, None
-    ckpt = _load_latest(run_dir)
-    if ckpt is None and init_from is not None:
-        ckpt = torch.load(init_from, map_location="cpu", weights_only=True)
+    found = _checkpoints(run_dir) or ([Path(init_from)] if init_from is not None else [])
+    ckpt = _load(found[-1], model, opt, sharded=sharded) if found else None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
         step, ema, best = ckpt["step"], ckpt["loss_ema"], ckpt["loss_min"]
         tokens = ckpt.get("tokens", step * spec.batch_tokens)
         torch.set_rng_state(ckpt["rng_cpu"])
         prev_grad = ckpt["prev_grad"].to(device) if ckpt["prev_grad"] is not None else None
     position = ckpt["data_position"] if ckpt else 0  # windows consumed: the whole data position
-    compiled = _use_compile(spec, device, total_tokens(spec) - tokens)
-    if workers > 1:  # gradients averaged over the workers in buckets, overlapped with the backward pass
+    compiled = compiled and _use_compile(spec, device, total_tokens(spec) - tokens)
+    if sharded:  # gradients reduce-scattered after the last micro-batch's backward
+        loss_fn = model.loss  # the instance's method, which register_fsdp_forward_method wrapped
+        no_sync = functools.partial(_fsdp_no_sync, model)
+    elif workers > 1:  # gradients averaged over the workers in buckets, overlapped with the backward pass
         ddp = DistributedDataParallel(_Loss(model), gradient_as_bucket_view=True)
         loss_fn = _compiled(ddp, device) if compiled else ddp
         no_sync = ddp.no_sync
     else:
         loss_fn = functools.partial(_compiled(MiniCPM.loss, device) if compiled else MiniCPM.loss, model)  # one graph
         no_sync = nullcontext
-    stats = GradStats(params, compiled=compiled)
+    stats = GradStats(params, compiled=compiled and not sharded, sharded=sharded)
     stats.prev_grad = prev_grad
 
     # 4) loop
@@ -415,9 +529,9 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
             metrics["perf/mfu"] = tok_s * flops / (peak * workers)
         if not math.isfinite(loss_v) or ema > spec.diverge_ratio * best:
             status = "diverged"
-        if lead and (status == "diverged" or step % spec.eval_every == 0 or step == steps):
+        if (lead or sharded) and (status == "diverged" or step % spec.eval_every == 0 or step == steps):
             metrics.update(evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
-                           if status != "diverged" else {})
+                           if status != "diverged" else {})  # sharded: every rank joins the gathers
             metrics["data/epochs"] = position * spec.seq_len / len(corpus.train)
         if lead:
             log({k: v for k, v in metrics.items() if math.isfinite(v)}, step)
@@ -428,16 +542,21 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
             break
 
         # 6) checkpoint: metrics first (flush), then the state they lead up to
-        if lead and (step % spec.checkpoint_every == 0 or step in keep):
-            flush()
-            _save(run_dir, step, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "tokens": tokens,
-                "data_position": position, "loss_ema": ema, "loss_min": best, "rng_cpu": torch.get_rng_state(),
-                "prev_grad": stats.prev_grad.cpu() if stats.prev_grad is not None else None,
-            }, keep=keep)
-            _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": tokens})
+        if step % spec.checkpoint_every == 0 or step in keep:
+            state = {"step": step, "tokens": tokens, "data_position": position, "loss_ema": ema, "loss_min": best,
+                     "rng_cpu": torch.get_rng_state(), "workers": workers}
+            grad = stats.prev_grad.cpu() if stats.prev_grad is not None else None
+            if lead:
+                flush()
+            if sharded:
+                _save_sharded(run_dir, step, model, opt, state, {"prev_grad": grad}, keep=keep)
+            elif lead:
+                _save(run_dir, step, {**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "prev_grad": grad}, keep=keep)
+            if lead:
+                _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": tokens})
     bar.close()
-    if lead and status == "finished" and not any(k.startswith("eval/") for k in metrics):  # resumed at the end
+    if (lead or sharded) and status == "finished" and not any(k.startswith("eval/") for k in metrics):  # at the end
         metrics = evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
     flush()
     tok_s = trained / train_time if train_time else 0.0
