@@ -231,3 +231,15 @@ def test_the_decay_switches_to_its_data_mixture_at_the_decay_start(tmp_path):
     with pytest.raises(WindtunnelError, match="decay_data"):
         train(tiny_spec("decay_data={python: 1}", "schedule={kind: cosine, warmup_tokens: 2048}"),
               tmp_path / "cosine")  # no decay stage to switch at
+
+
+def test_the_comparison_names_a_plan_given_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from windtunnel.launch import _comparison
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlflow_run_id").write_text("abc")
+    result = {"eval": {"code": {"bpb": 2.0}, "docs": {"bpb": 4.0}}, "tokens": 100, "tokens_per_s": 1.0, "wall_s": 1.0}
+    out = {"result": result, "workers": 2, "strategy": "ddp", "micro_batch_tokens": 512}
+    c = _comparison(PLAN, Path("plans/micro-24k.yaml"), out, {"lr"}, tmp_path)
+    assert c["plan"] == "plans/micro-24k.yaml" and c["actual"] == 3.0 and c["rel_error"] == pytest.approx(0.0)
+    assert c["inside"] and c["given"] == ["lr"] and c["mlflow_run"] == "abc"

@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -204,7 +206,8 @@ def _comparison(plan: dict, plan_path: Path, out: dict, given: set, folder: Path
     actual = sum(v["bpb"] for v in result["eval"].values()) / len(result["eval"])
     low, high = predicted.get("interval95") or (None, None)
     value = predicted.get("value")
-    shown = plan_path.relative_to(Path.cwd()) if plan_path.resolve().is_relative_to(Path.cwd()) else plan_path
+    full = plan_path.resolve()
+    shown = full.relative_to(Path.cwd()) if full.is_relative_to(Path.cwd()) else full
     return {"target": plan["target"], "n_params": plan.get("n_params"), "n_kind": plan.get("n_kind"),
             "tokens": result["tokens"], "predicted": value, "low": low, "high": high, "actual": actual,
             "rel_error": value / actual - 1 if value else None,
@@ -233,6 +236,7 @@ def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_work
     from ray.train.torch import TorchTrainer
 
     from windtunnel.orchestrate import init_ray
+    from windtunnel.train import total_tokens
 
     started = init_ray(num_cpus=None)
     try:
@@ -244,7 +248,7 @@ def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_work
             run_config=RunConfig(name=f"launch-{run.id}", storage_path=str(results_dir().resolve() / "launch"),
                                  failure_config=FailureConfig(max_failures=max_failures)),
         )
-        trainer.fit()
+        _with_progress(trainer.fit, folder, total=total_tokens(run.spec), desc=run.name)
     except Exception as err:
         from windtunnel.errors import one_line
 
@@ -255,6 +259,37 @@ def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_work
             import ray
 
             ray.shutdown()
+
+
+PROGRESS = "progress.json"  # rank 0's latest tokens, loss and throughput, for the driver's progress bar
+
+
+def _with_progress(fit, folder: Path, *, total: int, desc: str) -> None:
+    """Run `fit` (blocking) in a thread while a progress bar follows rank 0's folder/progress.json."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            fit()
+        except BaseException as err:  # handed to the caller's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    with tqdm(total=total, unit="tok", unit_scale=True, desc=desc, dynamic_ncols=True,
+              mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+            seen = json.loads((folder / PROGRESS).read_text()) if (folder / PROGRESS).is_file() else None
+            if seen:
+                bar.update(max(0, min(seen["tokens"], total) - bar.n))
+                bar.set_postfix(loss=f"{seen['loss']:.3f}", tok_s=f"{seen['tokens_per_s']:,.0f}", refresh=False)
+    if failure:
+        raise failure[0]
 
 
 def _worker(config: dict) -> None:
@@ -284,7 +319,14 @@ def _worker(config: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     logger = RunLogger.in_folder(folder, experiment=config["experiment"], run_name=run.name, params=params, tags=tags)
 
+    shown = [0.0]
+
     def log(metrics: dict, step: int) -> None:
+        if time.monotonic() - shown[0] > 2:  # the driver's progress bar reads this
+            shown[0] = time.monotonic()
+            write_atomic(folder / PROGRESS, json.dumps({"step": step, "tokens": metrics["tokens"],
+                                                        "loss": metrics["train/loss"],
+                                                        "tokens_per_s": metrics["perf/tokens_per_s"]}))
         bpb = [v for k, v in metrics.items() if k.startswith("eval/") and k.endswith("/bpb")]
         if bpb:
             metrics = {**metrics, "actual/bpb": sum(bpb) / len(bpb)}
