@@ -235,8 +235,9 @@ def _print_plan(plan: dict, path) -> None:
               f"{loss['interval95'][1]:.4f}] ({loss['n_extrapolation']:.2g}× the ladder's largest N)"
               + ("" if loss["usable"] else "  (too uncertain to plan with)"))
     if "batch_tokens" in train:
-        warm = "".join(f"{b:,} from {t:.3g} tokens → " for t, b in train.get("batch_warmup", [])[:-1])
-        print(f"  batch tokens  {warm}{train['batch_tokens']:,}  (sequences of {train['seq_len']} tokens)")
+        stages = train.get("batch_warmup") or [[0, train["batch_tokens"]]]
+        warm = f"{stages[0][1]:,}" + "".join(f" → {b:,} from {t:.3g} tokens" for t, b in stages[1:])
+        print(f"  batch tokens  {warm}  (sequences of {train['seq_len']} tokens)")
     if "lr" in train:
         print(f"  max LR        {train['lr']:.4g}: the ladder's µP base LR, exact in its base: "
               + ", ".join(f"{k} {v}" for k, v in train.get("model", {}).items()))
