@@ -270,9 +270,9 @@ def cmd_validate(args) -> None:
 def cmd_launch(args) -> None:
     from windtunnel.launch import launch
 
-    out = launch(args.plan, workers=args.workers, gpus_per_worker=args.gpus_per_worker, given=args.set,
-                 device_memory=args.device_memory * 1e9 if args.device_memory else None, dry_run=args.dry_run,
-                 max_failures=args.max_failures)
+    options = dict(workers=args.workers, gpus_per_worker=args.gpus_per_worker, given=args.set,
+                   device_memory=args.device_memory * 1e9 if args.device_memory else None)
+    out = launch(args.plan, dry_run=True, **options)  # the layout first: it is checked before anything starts
     if args.dry_run and args.json:
         print(json.dumps(out))
         return
@@ -286,9 +286,10 @@ def cmd_launch(args) -> None:
           f"{mem['parameters'] / 1e9:.2f}, gradients {mem['gradients'] / 1e9:.2f}, AdamW {mem['optimizer'] / 1e9:.2f}, "
           f"activations {mem['activations'] / 1e9:.2f}" + (f", gathered {mem['gathered'] / 1e9:.2f}" if mem["gathered"] else ""))
     print(f"  {out['steps']:,} steps, {out['tokens']:.4g} tokens, {out['flops']:.3g} FLOPs: {out['expected_hours']:,.3g} h "
-          f"at {out['mfu']:.0%} MFU of {out['peak_flops_per_worker']:.3g} FLOP/s per worker")
+          f"at {out['mfu']:.0%} MFU of {out['peak_flops_per_worker']:.3g} FLOP/s per worker", flush=True)
     if args.dry_run:
         return
+    out = launch(args.plan, max_failures=args.max_failures, **options)
     c = out.get("comparison") or {}
     if c.get("predicted") is not None:
         print(f"  {out['status']}: actual {c['actual']:.4f} bits/byte, predicted {c['predicted']:.4f} "

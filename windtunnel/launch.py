@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -98,8 +99,8 @@ def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, d
 def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float | None = None,
            mfu: float = 0.4) -> dict:
     """How `spec` runs on `workers`: strategy, micro-batch, accumulation, memory per worker and expected hours.
-    The micro-batch is spec.micro_batch_tokens, else the largest whole-sequence power-of-two share of a
-    worker's batch (and of every warm-up stage's) whose memory fits."""
+    The micro-batch is spec.micro_batch_tokens, else the most whole sequences that divide a worker's share of
+    every warm-up stage's batch and whose memory fits."""
     from windtunnel.model import flops_per_token
     from windtunnel.train import total_steps, total_tokens
 
@@ -116,15 +117,14 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
                                   f"sequences of {spec.seq_len}; choose --workers dividing {batch // spec.seq_len:,}")
     state = memory_per_worker(spec, strategy="ddp", workers=workers, micro_tokens=0, dtype=dtype)
     strategy = "ddp" if state["total"] <= device_memory / 2 and spec.parallel == "ddp" else "fsdp"
-    share = batches[0] // workers  # rows of the smallest batch per worker bound the micro-batch
     if spec.micro_batch_tokens:
         micro = spec.micro_batch_tokens
         if any(b % (workers * micro) for b in batches):
             raise WindtunnelError(f"launch: micro_batch_tokens={micro:,} × {workers} workers does not divide the "
                                   f"batch ({', '.join(f'{b:,}' for b in batches)} tokens)")
-    else:
-        rows = share // spec.seq_len
-        candidates = [r for r in (2 ** k for k in range(rows.bit_length())) if rows % r == 0] or [1]
+    else:  # a divisor of every stage's rows per worker, so that only the accumulation changes between stages
+        rows = math.gcd(*(b // workers // spec.seq_len for b in batches))
+        candidates = [r for r in range(1, rows + 1) if rows % r == 0]
         fits = [r for r in candidates if memory_per_worker(spec, strategy=strategy, workers=workers,
                                                            micro_tokens=r * spec.seq_len, dtype=dtype)["total"]
                 <= 0.9 * device_memory]
