@@ -406,10 +406,10 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     rank, workers = _world()
     lead = rank == 0
     rows = _check_batch(spec, workers)
-    steps = total_steps(spec)
+    total, steps = total_tokens(spec), total_steps(spec)
     if spec.batch_warmup:  # the batch changes: the schedule's token boundaries are met by the tokens seen
-        lr_at_tokens = make_schedule(spec.schedule, lr=spec.lr, total_steps=total_tokens(spec), batch_tokens=1)
-        lr_of = lambda step, tokens: lr_at_tokens(min(tokens, total_tokens(spec) - 1))  # noqa: E731
+        lr_at_tokens = make_schedule(spec.schedule, lr=spec.lr, total_steps=total, batch_tokens=1)
+        lr_of = lambda step, tokens: lr_at_tokens(min(tokens, total - 1))  # noqa: E731
         decay_from = lr_at_tokens.keywords.get("decay_start", 0)
         decay_step = batch_steps(decay_from, spec.batch_tokens, spec.batch_warmup)
     else:
@@ -437,7 +437,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     torch.manual_seed(spec.seed)
     model = MiniCPM(spec.model).to(device)
     sharded = workers > 1 and spec.parallel == "fsdp"
-    compiled = _use_compile(spec, device, total_tokens(spec))
+    compiled = _use_compile(spec, device, total)
     if sharded:  # every block's parameters gathered for its forward and backward, then freed
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
@@ -467,7 +467,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         torch.set_rng_state(ckpt["rng_cpu"])
         prev_grad = ckpt["prev_grad"].to(device) if ckpt["prev_grad"] is not None else None
     position = ckpt["data_position"] if ckpt else 0  # windows consumed: the whole data position
-    compiled = compiled and _use_compile(spec, device, total_tokens(spec) - tokens)
+    compiled = compiled and _use_compile(spec, device, total - tokens)
     if sharded:  # gradients reduce-scattered after the last micro-batch's backward
         loss_fn = model.loss  # the instance's method, which register_fsdp_forward_method wrapped
         no_sync = functools.partial(_fsdp_no_sync, model)
@@ -482,7 +482,6 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     stats.prev_grad = prev_grad
 
     # 4) loop
-    total = total_tokens(spec)
     bar = tqdm(total=total, initial=min(tokens, total), unit="tok", unit_scale=True,
                disable=not progress, dynamic_ncols=True, desc=spec.model.name,
                mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line per 30 s
