@@ -370,10 +370,15 @@ def test_mixture_windows_follow_the_weights_and_any_split_of_them():
                                                          seq_len=10, seed=6))
 
 
-def test_mixture_tokens_of_another_corpus_use_the_runs_tokenizer(python, jsonl):
+def test_mixture_tokens_of_another_corpus_use_the_runs_tokenizer(python, jsonl, monkeypatch):
     corpus, spec, cache = python
     assert data.mixture_tokens("python", spec, corpus, cache_dir=cache) is corpus.train
     tokens = data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache)
     assert 0 < len(tokens) and tokens.max() < corpus.tokenizer.vocab_size
+    def unread(*args, **kwargs):
+        raise AssertionError("the text was read again")
+    with monkeypatch.context() as m:
+        m.setattr(data, "_load_documents", unread)
+        assert np.array_equal(data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache), tokens)
     with pytest.raises(WindtunnelError, match="decay_data: corpus 'nowhere.jsonl'"):
         data.mixture_tokens("nowhere.jsonl", spec, corpus, cache_dir=cache)

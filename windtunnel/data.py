@@ -410,12 +410,17 @@ class HFTokenizer:
         self._load(state["blob"])
 
 
+def _load_tokenizer(path: Path) -> Tokenizer | HFTokenizer:
+    """A tokenizer file by its kind: a Hugging Face tokenizer.json, else a sentencepiece model."""
+    return HFTokenizer(path) if path.suffix == ".json" else Tokenizer(path)
+
+
 def _pretrained(path: str, vocab_size: int) -> Tokenizer | HFTokenizer:
     """DataSpec.tokenizer: a sentencepiece .model or a Hugging Face tokenizer.json, at most vocab_size tokens."""
     file = Path(path).expanduser()
     if not file.is_file() or file.suffix not in (".model", ".json"):
         raise SpecError("DataSpec", "tokenizer", path, "a sentencepiece .model file or a Hugging Face tokenizer.json")
-    tokenizer = Tokenizer(file) if file.suffix == ".model" else HFTokenizer(file)
+    tokenizer = _load_tokenizer(file)
     if tokenizer.eos_id < 0:
         raise SpecError("DataSpec", "tokenizer", path, "a sentencepiece model with an end-of-document (eos) piece")
     if tokenizer.vocab_size > vocab_size:
@@ -524,18 +529,10 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
                         *(part for doc in docs for part in (doc.id, doc.text)))
     shards = cache_dir / "shards" / fingerprint
     sets = {"train": lambda: [doc.text for doc in train], **_eval_sets(spec, held)}
-    tokens, meta = {}, {}
-    for name, make_texts in sets.items():
-        tokens[name], meta[name] = _shard(shards, name, make_texts, tokenizer, progress=progress)
+    made = {name: _shard(shards, name, make_texts, tokenizer, progress=progress) for name, make_texts in sets.items()}
     with _atomic_file(index) as f:
         f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(sets)}).encode())
-    return Corpus(
-        train=tokens.pop("train"),
-        evals=tokens,
-        bytes_per_token={name: m["n_bytes"] / m["n_tokens"] for name, m in meta.items()},
-        tokenizer=tokenizer,
-        fingerprint=fingerprint,
-    )
+    return _corpus(made, tokenizer, fingerprint)
 
 
 def _listing_key(spec: DataSpec, vocab_size: int) -> str:
@@ -555,20 +552,18 @@ def _open(index: Path, cache_dir: Path) -> Corpus | None:
     if not index.is_file():
         return None
     known = json.loads(index.read_text())
-    folder, tokens, meta = cache_dir / "shards" / known["fingerprint"], {}, {}
-    for name in known["sets"]:
-        meta_path, bin_path = folder / f"{name}.json", folder / f"{name}.bin"
-        if not (meta_path.is_file() and bin_path.is_file()):
-            return None
-        meta[name] = json.loads(meta_path.read_text())
-        tokens[name] = np.memmap(bin_path, dtype=meta[name]["dtype"], mode="r", shape=(meta[name]["n_tokens"],))
-    path = Path(known["tokenizer"])
-    if not path.is_file():
+    shards = {name: _read_shard(cache_dir / "shards" / known["fingerprint"], name) for name in known["sets"]}
+    if None in shards.values() or not Path(known["tokenizer"]).is_file():
         return None
-    tokenizer = HFTokenizer(path) if path.suffix == ".json" else Tokenizer(path)
+    return _corpus(shards, _load_tokenizer(Path(known["tokenizer"])), known["fingerprint"])
+
+
+def _corpus(shards: dict[str, tuple[np.ndarray, dict]], tokenizer, fingerprint: str) -> Corpus:
+    """A Corpus from its sets' (memmap, metadata): "train" and the held-out ones."""
+    tokens = {name: array for name, (array, _) in shards.items()}
     return Corpus(train=tokens.pop("train"), evals=tokens,
-                  bytes_per_token={name: m["n_bytes"] / m["n_tokens"] for name, m in meta.items()},
-                  tokenizer=tokenizer, fingerprint=known["fingerprint"])
+                  bytes_per_token={name: m["n_bytes"] / m["n_tokens"] for name, (_, m) in shards.items()},
+                  tokenizer=tokenizer, fingerprint=fingerprint)
 
 
 MIXTURE_SETS = {"python-docstrings": "the docstrings and comments of the embedded corpus's training files"}
@@ -582,33 +577,48 @@ def mixture_tokens(name: str, spec: DataSpec, corpus: Corpus, *, cache_dir: Path
     if name == spec.corpus:
         return corpus.train
     cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
-    if name == "python-docstrings":
-        source = dataclasses.replace(spec, corpus="python")
+    source = dataclasses.replace(spec, corpus="python" if name == "python-docstrings" else name)
+    try:  # as prepare(): an index by the files' names, sizes and times spares reading the text again
+        listing = _listing_key(source, corpus.tokenizer.vocab_size)
+        index = cache_dir / "opened" / f"{_hash('mixture', name, listing, corpus.fingerprint)}.json"
+        if index.is_file():
+            found = _read_shard(cache_dir / "shards" / json.loads(index.read_text())["shard"], "train")
+            if found is not None:
+                return found[0]
         train, _ = _split(source, _load_documents(source))
-        make_texts = lambda: _docstrings([doc.text for doc in train])  # noqa: E731
-    else:
-        source = dataclasses.replace(spec, corpus=name)
-        try:
-            train, _ = _split(source, _load_documents(source))
-        except WindtunnelError as err:
-            raise WindtunnelError(f"decay_data: corpus {name!r}: {err} (known sets: {spec.corpus!r}, "
-                                  f"{', '.join(map(repr, MIXTURE_SETS))}, or a corpus: {_CORPUS_HELP})") from err
-        make_texts = lambda: [doc.text for doc in train]  # noqa: E731
+    except WindtunnelError as err:
+        raise WindtunnelError(f"decay_data: corpus {name!r}: {err} (known sets: {spec.corpus!r}, "
+                              f"{', '.join(map(repr, MIXTURE_SETS))}, or a corpus: {_CORPUS_HELP})") from err
+    texts = [doc.text for doc in train]
+    make_texts = (lambda: _docstrings(texts)) if name == "python-docstrings" else (lambda: texts)
     key = _hash(f"format={FORMAT}", "mixture", name, f"valid_percent={spec.valid_percent}", corpus.tokenizer.blob,
                 *(part for doc in train for part in (doc.id, doc.text)))
     tokens, _ = _shard(cache_dir / "shards" / key, "train", make_texts, corpus.tokenizer, progress=progress)
+    with _atomic_file(index) as f:
+        f.write(json.dumps({"shard": key}).encode())
     return tokens
 
 
 def _shard(folder: Path, name: str, make_texts: Callable[[], list[str]], tokenizer: Tokenizer, *,
            progress: bool) -> tuple[np.ndarray, dict]:
     """The memmap of `name`'s tokens and its metadata, tokenizing make_texts() unless folder/name.bin exists."""
+    found = _read_shard(folder, name)
+    if found is not None:
+        return found
+    meta = _write_shard(folder / f"{name}.bin", make_texts(), tokenizer, desc=f"tokenizing {name}", progress=progress)
+    with _atomic_file(folder / f"{name}.json") as f:  # written last: its presence means the .bin is complete
+        f.write(json.dumps(meta, indent=1).encode())
+    return _read_shard(folder, name)
+
+
+def _read_shard(folder: Path, name: str) -> tuple[np.ndarray, dict] | None:
+    """folder/name.bin as a memmap and its metadata, or None unless both are there and the .bin is whole."""
     meta_path, bin_path = folder / f"{name}.json", folder / f"{name}.bin"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if meta is None or bin_path.stat().st_size != meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
-        meta = _write_shard(bin_path, make_texts(), tokenizer, desc=f"tokenizing {name}", progress=progress)
-        with _atomic_file(meta_path) as f:  # written last: its presence means the .bin is complete
-            f.write(json.dumps(meta, indent=1).encode())
+    if not (meta_path.is_file() and bin_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if bin_path.stat().st_size != meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+        return None
     return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)), meta
 
 

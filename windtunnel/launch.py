@@ -203,7 +203,7 @@ def _comparison(plan: dict, plan_path: Path, out: dict, given: set, folder: Path
     from windtunnel.tracking import RUN_ID_FILE
 
     result, predicted = out["result"], plan.get("predicted_loss") or {}
-    actual = sum(v["bpb"] for v in result["eval"].values()) / len(result["eval"])
+    actual = _mean_bpb(result["eval"])
     low, high = predicted.get("interval95") or (None, None)
     value = predicted.get("value")
     full = plan_path.resolve()
@@ -218,6 +218,11 @@ def _comparison(plan: dict, plan_path: Path, out: dict, given: set, folder: Path
             "form": predicted.get("form"), "workers": out["workers"], "strategy": out["strategy"],
             "micro_batch_tokens": out["micro_batch_tokens"], "tokens_per_s": result["tokens_per_s"],
             "wall_s": result["wall_s"], "run_dir": str(folder), "mlflow_run": (folder / RUN_ID_FILE).read_text()}
+
+
+def _mean_bpb(evals: dict[str, dict[str, float]]) -> float:
+    """The loss the laws predict: mean bits per byte over the held-out sets of a TrainResult's eval."""
+    return sum(v["bpb"] for v in evals.values()) / len(evals)
 
 
 def read_comparisons(root: Path | None = None) -> list[dict]:
@@ -245,7 +250,7 @@ def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_work
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                          resources_per_worker={"CPU": context["threads"] or 1,
                                                                **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
-            run_config=RunConfig(name=f"launch-{run.id}", storage_path=str(results_dir().resolve() / "launch"),
+            run_config=RunConfig(name=f"launch-{run.id}", storage_path=str(results_dir() / "launch"),
                                  failure_config=FailureConfig(max_failures=max_failures)),
         )
         _with_progress(trainer.fit, folder, total=total_tokens(run.spec), desc=run.name)
@@ -340,7 +345,7 @@ def _worker(config: dict) -> None:
         logger.finish("FAILED", tag_status="failed")
         raise
     if predicted and result.eval:
-        actual = sum(v["bpb"] for v in result.eval.values()) / len(result.eval)
+        actual = _mean_bpb(result.eval)
         logger.log({"final/actual_minus_predicted": actual - predicted["value"],
                     "final/inside_interval": float(predicted["interval95"][0] <= actual <= predicted["interval95"][1])},
                    result.step)
@@ -349,8 +354,6 @@ def _worker(config: dict) -> None:
 
 def _law(source: str | None):
     """The scaling law a plan came from ("results/scaling_law/fit.json (micro scale, sha256 ...)"), or None."""
-    import json
-
     from windtunnel.fit import ScalingLawFit
 
     path = Path(source.split(" ")[0]) if source else None
