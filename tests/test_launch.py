@@ -4,7 +4,6 @@ from a plan, and a killed worker whose group restarts from the checkpoint."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,22 +24,23 @@ from windtunnel.train import read_status, total_steps, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _store(tmp_path: Path, name: str) -> str:
+    """A file rendezvous for one process group: no TCP store server whose thread rank 0 takes down at exit
+    (a TCP store once aborted rank 1 at teardown, "terminate called without an active exception")."""
+    return f"file://{tmp_path / name}"
 
 
-def _ddp_worker(rank: int, workers: int, port: int, folder: str, overrides: list[str], out: str) -> None:
+def _ddp_worker(rank: int, workers: int, store: str, folder: str, overrides: list[str], out: str) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=workers)
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=workers)
     try:
         losses = {}
         train(tiny_spec(*overrides), Path(folder), log=lambda m, step: losses.__setitem__(step, m["train/loss"]))
         Path(f"{out}.{rank}").write_text(json.dumps(losses))
+        dist.barrier()  # both done before either tears the group down
     finally:
         dist.destroy_process_group()
 
@@ -57,8 +57,8 @@ def test_two_gloo_workers_match_one_process_with_the_same_global_batch(tmp_path)
     train(tiny_spec(*common), tmp_path / "one", log=lambda m, step: losses.__setitem__(step, m["train/loss"]))
     single.write_text(json.dumps(losses))
     out = str(tmp_path / "ddp.json")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), common + ["micro_batch_tokens=512"], out),
-             nprocs=2, join=True)
+    args = (2, _store(tmp_path, "store"), str(tmp_path / "two"), common + ["micro_batch_tokens=512"], out)
+    mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     one, two, other_rank = _losses(str(single)), _losses(out + ".0"), _losses(out + ".1")
     assert len(one) == len(two) == 6 and other_rank == []  # rank 1 logs nothing
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4, (one, two)
@@ -75,7 +75,7 @@ def test_fsdp_workers_match_one_process_and_resume_from_their_sharded_checkpoint
     losses = {}
     train(tiny_spec(*common), tmp_path / "one", log=lambda m, step: losses.__setitem__(step, m["train/loss"]))
     out = str(tmp_path / "fsdp.json")
-    args = (2, _free_port(), str(tmp_path / "two"), common + ["micro_batch_tokens=512", "parallel=fsdp"], out)
+    args = (2, _store(tmp_path, "store"), str(tmp_path / "two"), common + ["micro_batch_tokens=512", "parallel=fsdp"], out)
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     sharded = _losses(out + ".0")
     assert max(abs(a - b) for a, b in zip(losses.values(), sharded)) < 1e-4, (losses, sharded)
@@ -86,7 +86,7 @@ def test_fsdp_workers_match_one_process_and_resume_from_their_sharded_checkpoint
     shutil.rmtree(folder / "step_00000006.dcp")
     shutil.rmtree(folder / "step_00000005.dcp")
     (tmp_path / "two" / "status.json").unlink()
-    mp.spawn(_ddp_worker, args=args[:1] + (_free_port(),) + args[2:], nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=args[:1] + (_store(tmp_path, "store2"),) + args[2:], nprocs=2, join=True)
     resumed = _losses(out + ".0")
     assert resumed == pytest.approx(sharded[3:], abs=1e-6)
 
