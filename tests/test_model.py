@@ -109,10 +109,21 @@ def test_mup_operations_of_table7():
     assert groups[1]["params"] == [model.embed.weight] and groups[2]["weight_decay"] == 0.0
 
 
-def test_sp_switch_turns_the_multipliers_off():
+def test_sp_keeps_the_multipliers_and_drops_only_the_width_rules():
     model = MiniCPM(tiny(d_model=128, parametrization="sp"))
-    assert model.emb_scale == 1.0 and model.logit_scale == 1.0 and model.blocks[0].branch_scale == 1.0
-    assert {g["lr_scale"] for g in param_groups(model, weight_decay=0.1)} == {1.0}
+    assert model.emb_scale == 12.0 and model.blocks[0].branch_scale == pytest.approx(1.4 / math.sqrt(2))
+    assert model.logit_scale == 1.0 and {g["lr_scale"] for g in param_groups(model, weight_decay=0.1)} == {1.0}
+    assert model.blocks[0].mlp.w2.weight.std().item() == pytest.approx(0.1 / 2, rel=0.05)  # init ∝ 1/sqrt(fan_in)
+
+
+def test_sp_and_mup_are_one_model_at_the_base_width():
+    x = torch.randint(0, 256, (2, 16))
+    out = {}
+    for kind in ("mup", "sp"):
+        torch.manual_seed(0)
+        model = MiniCPM(tiny(d_model=32, parametrization=kind))  # d_base 32: m = 1
+        out[kind] = (model(x), [g["lr_scale"] for g in param_groups(model, weight_decay=0.1)])
+    assert torch.equal(out["mup"][0], out["sp"][0]) and out["mup"][1] == out["sp"][1]
 
 
 def _activation_rms(parametrization: str, width: int, *, steps=5, lr=0.01) -> dict[str, float]:

@@ -62,7 +62,8 @@ class ModelSpec:
     vocab_size: int = 32_768
     """tokenizer vocabulary; the LM head is the tied embedding"""
     parametrization: Literal["mup", "sp"] = "mup"
-    """"mup" applies every operation of Table 7; "sp" is standard parametrization for comparison"""
+    """"mup" applies every operation of Table 7; "sp" (standard parametrization, for comparison) is the same model
+    at the base width and drops only the width rules: logits × 1/m and hidden LR / m"""
     d_base: int = 256
     """µP base width: width multiplier m = d_model / d_base"""
     scale_emb: float = 12.0
@@ -448,5 +449,7 @@ def spec_hash(spec: TrainSpec, *extra: str) -> str:
         parent = raw[node] if node else raw
         if not parent[leaf]:
             parent.pop(leaf)
+    if raw["model"]["parametrization"] == "sp":  # SP keeps scale_emb and scale_depth since 2026-11-30: new ids
+        raw["model"]["sp_multipliers"] = True
     blob = json.dumps([raw, *extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -4,8 +4,10 @@ no biases, tied embeddings, with every µP operation of the paper's Table 7 and 
 µP with width multiplier m = d_model / d_base (Table 7):
   embedding output × scale_emb · residual branches × scale_depth / sqrt(n_layers) ·
   init std of 2-D weights = init_std / sqrt(m) · LR of hidden 2-D weights = lr / m · logits × 1/m.
-Under SP (`parametrization: sp`) the multipliers are 1 and every tensor uses the base LR; the init
-keeps std ∝ 1/sqrt(fan_in) (init_std / sqrt(m)), the usual SP initialisation.
+SP (`parametrization: sp`) is the same model at the base width (m = 1) and differs only in how it scales
+with width (microsoft/mup's convention): it keeps scale_emb, scale_depth / sqrt(n_layers) and the init std
+init_std / sqrt(m) (∝ 1/sqrt(fan_in), the usual SP initialisation), but its logits are not × 1/m and every
+tensor trains at the base LR.
 """
 
 from __future__ import annotations
@@ -81,8 +83,7 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm, self.mlp_norm = RMSNorm(spec.d_model, spec.norm_eps), RMSNorm(spec.d_model, spec.norm_eps)
         self.attn, self.mlp = Attention(spec), SwiGLU(spec)
-        mup = spec.parametrization == "mup"
-        self.branch_scale = spec.scale_depth / math.sqrt(spec.n_layers) if mup else 1.0  # Table 7
+        self.branch_scale = spec.scale_depth / math.sqrt(spec.n_layers)  # Table 7 (also SP: not a width rule)
 
     def forward(self, x, cos, sin):
         x = x + self.branch_scale * self.attn(self.attn_norm(x), cos, sin)
@@ -98,8 +99,7 @@ class MiniCPM(nn.Module):
         self.embed = nn.Embedding(spec.vocab_size, spec.d_model)
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
         self.norm = RMSNorm(spec.d_model, spec.norm_eps)
-        mup = spec.parametrization == "mup"
-        self.emb_scale = spec.scale_emb if mup else 1.0
+        self.emb_scale = spec.scale_emb  # Table 7 (also SP: not a width rule)
         self.logit_scale = 1.0 / spec.width_mult  # µP: logits × 1/m; SP: width_mult is 1
         self.reset_parameters()
 
