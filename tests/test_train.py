@@ -32,19 +32,47 @@ class Recorder:
 @pytest.mark.parametrize("compiled", [False, True])
 def test_grad_stats_clip_cosine_and_max_update(compiled):
     a, b = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(4))
-    stats = GradStats([a, b], compiled=compiled)
+    stats = GradStats([("a.weight", a), ("b", b)], compiled=compiled)
     a.grad, b.grad = torch.ones(3, 2), torch.ones(4)
-    norm, cos = stats.before_step(math.inf)
-    assert norm.item() == pytest.approx(math.sqrt(10)) and cos.isnan()  # no previous gradient at the first step
+    norm, cos, d1, d2 = stats.before_step(math.inf)
+    assert norm.item() == pytest.approx(math.sqrt(10))
+    assert cos.isnan() and d1.isnan() and d2.isnan()  # no previous gradient or update at the first step
+    stats.after_step()
     a.grad, b.grad = torch.ones(3, 2), -torch.arange(4.0)
     want = torch.nn.functional.cosine_similarity(torch.ones(10), torch.cat([torch.ones(6), -torch.arange(4.0)]), dim=0)
-    norm, cos = stats.before_step(1.0)  # clipped to norm 1, as clip_grad_norm_ does
+    norm, cos, _, _ = stats.before_step(1.0)  # clipped to norm 1, as clip_grad_norm_ does
     assert cos.item() == pytest.approx(want.item())
     assert math.hypot(a.grad.norm(), b.grad.norm()) == pytest.approx(1.0, rel=1e-5)
     with torch.no_grad():
         a += 0.5
         b[2] -= 2.0
-    assert stats.after_step().item() == 2.0
+    largest = stats.after_step().tolist()
+    assert largest == [0.5, 2.0]
+    assert stats.named(largest) == {"update/max_abs": 2.0, "update/max_abs/a": 0.5}  # matrices by name
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_directional_derivatives_on_a_quadratic(compiled):
+    """L(w) = ½ Σ a_i w_i²: g = a·w, so along an update v, D1 = g(t+1)·v/‖v‖ and D2 = vᵀAv/vᵀv exactly."""
+    a = torch.tensor([[1.0, 3.0], [0.5, 8.0]])
+    w = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+    stats = GradStats([("w", w)], compiled=compiled)
+    lr, got = 0.05, []
+    for _ in range(3):
+        w.grad = a * w.detach()
+        got.append(stats.before_step(math.inf))
+        before = w.detach().clone()
+        with torch.no_grad():
+            w -= lr * w.grad
+        stats.after_step()
+        v = w.detach() - before
+    for t in (1, 2):  # the update of step t−1 and the gradient of step t
+        w_t = torch.tensor([[1.0, -2.0], [3.0, 0.5]]) * (1 - lr * a) ** t
+        v = w_t - w_t / (1 - lr * a)
+        g = a * w_t
+        assert got[t][2].item() == pytest.approx((g * v).sum().item() / v.norm().item(), rel=1e-5)
+        assert got[t][3].item() == pytest.approx((a * v * v).sum().item() / (v * v).sum().item(), rel=1e-5)
+        assert got[t][2].item() < 0  # a descent step: the loss falls along the update
 
 
 def test_run_end_to_end(tmp_path):
@@ -60,6 +88,10 @@ def test_run_end_to_end(tmp_path):
     first = rec.points[0][1]
     assert {"train/loss", "lr", "grad/norm", "update/max_abs", "tokens", "perf/tokens_per_s"} <= set(first)
     assert "grad/cos_prev" in rec.points[1][1] and -1 <= rec.points[1][1]["grad/cos_prev"] <= 1
+    assert {"grad/D1", "grad/D2", "grad/curvature"} <= set(rec.points[1][1]) - set(first)  # from the 2nd step
+    per_matrix = {k for k in first if k.startswith("update/max_abs/")}
+    assert "update/max_abs/embed" in per_matrix and "update/max_abs/blocks.0.mlp.w2" in per_matrix
+    assert max(first[k] for k in per_matrix) == pytest.approx(first["update/max_abs"])
     assert set(rec.series("eval/code/bpb")) == {10, 20}
     assert rec.series("data/epochs")[20] == pytest.approx(result.epochs)
     assert rec.series("train/loss")[20] < rec.series("train/loss")[1]
@@ -73,7 +105,8 @@ def test_checkpoints_are_atomic_complete_and_pruned(tmp_path):
     # kept: the branch step, the WSD decay start (18 of 20 steps) and the final one; periodic ones pruned
     assert names == ["step_00000010.pt", "step_00000018.pt", "step_00000020.pt"]
     state = torch.load(checkpoint_path(tmp_path, 10), weights_only=True)
-    assert {"model", "optimizer", "step", "data_position", "rng_cpu", "loss_ema", "loss_min", "prev_grad"} <= set(state)
+    assert {"model", "optimizer", "step", "data_position", "rng_cpu", "loss_ema", "loss_min", "prev_grad",
+            "prev_update"} <= set(state)
     assert state["step"] == 10 and state["data_position"] == 10 * 2048 // 64
 
 

@@ -317,6 +317,11 @@ def metric_history(run_id: str, key: str) -> pd.DataFrame:
     return pd.DataFrame({"step": steps, "value": pd.Series([m.value for m in points], dtype="float64")})
 
 
+def metric_keys(run_id: str, prefix: str = "") -> list[str]:
+    """The names of a run's metrics that start with `prefix`, sorted."""
+    return sorted(k for k in _client().get_run(run_id).data.metrics if k.startswith(prefix))
+
+
 def start_ui_server(*, port: int, stdout=None) -> subprocess.Popen:
     """Start `mlflow server` on tracking_uri(), bound to 127.0.0.1:PORT only, in its own process group
     (stop it with `stop_ui_server`)."""

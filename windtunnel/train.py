@@ -204,7 +204,7 @@ def _drop_older(run_dir: Path, step: int, keep: set[int]) -> None:
 
 def _save_sharded(run_dir: Path, step: int, model, opt, state: dict, mine: dict, *, keep: set[int]) -> None:
     """Every rank writes its shards (torch.distributed.checkpoint) into a temporary folder, and its own `mine`
-    (its gradient shard); rank 0 adds `state` and renames the folder to step_N.dcp once all have written."""
+    (its gradient and update shards); rank 0 adds `state` and renames the folder to step_N.dcp once all have written."""
     import shutil
 
     import torch.distributed as dist
@@ -232,7 +232,7 @@ def _save_sharded(run_dir: Path, step: int, model, opt, state: dict, mine: dict,
 
 def _load_sharded(path: Path, model, opt) -> dict:
     """Load a step_N.dcp folder into the sharded model and optimizer (resharded if the workers changed);
-    returns its state, with this rank's gradient shard when it has one of the same layout."""
+    returns its state, with this rank's gradient and update shards when it has them in the same layout."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -243,7 +243,8 @@ def _load_sharded(path: Path, model, opt) -> dict:
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     mine = path / f"rank{dist.get_rank()}.pt"
     same = mine.is_file() and state.get("workers") == dist.get_world_size()
-    state["prev_grad"] = torch.load(mine, map_location="cpu", weights_only=True)["prev_grad"] if same else None
+    saved = torch.load(mine, map_location="cpu", weights_only=True) if same else {}
+    state["prev_grad"], state["prev_update"] = saved.get("prev_grad"), saved.get("prev_update")
     return state
 
 
@@ -264,72 +265,100 @@ def _load(path: Path, model, opt, *, sharded: bool) -> dict:
 
 
 class GradStats:
-    """Per step: global grad norm (and clipping), max |Δw| of the update, and the cosine between
-    consecutive gradients (§4.4), on flat vectors: a few fused ops a step instead of several per tensor.
+    """Per step (§4.4, Fig. 7–8): global grad norm (and clipping), the cosine between consecutive gradients,
+    the directional derivatives along the trajectory D1 = g(t+1)·v(t)/‖v(t)‖ and D2 = (g(t+1) − g(t))·v(t)/‖v(t)‖²
+    (v(t) the parameter update of step t, g the unclipped gradient), and max |Δw| of each weight matrix's
+    update — on flat vectors: a few fused ops a step instead of several per tensor.
 
     `compiled`: both halves run as inductor graphs (~1 ms less a micro-142k CPU step).
     """
 
-    def __init__(self, params: list[torch.Tensor], *, compiled: bool = False, sharded: bool = False):
-        self.params = params
+    def __init__(self, named: list[tuple[str, torch.Tensor]], *, compiled: bool = False, sharded: bool = False):
+        self.params = [p for _, p in named]
+        self.matrices = [(name.removesuffix(".weight"), i) for i, (name, p) in enumerate(named) if p.dim() == 2]
         self.sharded = sharded  # FSDP: params and grads are DTensors; statistics of the local shards are all-reduced
-        self.prev_grad: torch.Tensor | None = None  # the last step's flat gradient, kept in checkpoints
+        self.prev_grad: torch.Tensor | None = None    # g(t): the last step's flat gradient, kept in checkpoints
+        self.prev_update: torch.Tensor | None = None  # v(t): the last step's flat update, kept in checkpoints
         self.before: torch.Tensor | None = None
-        device = params[0].device.type
+        device = self.params[0].device.type
         self._clip_and_compare = _compiled(_clip_and_compare, device) if compiled else _clip_and_compare
-        self._largest_change = _compiled(_largest_change, device) if compiled else _largest_change
+        self._changes = _compiled(_changes, device) if compiled else _changes
 
-    def before_step(self, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip the gradients to max_norm; returns (norm before clipping, cosine with the last gradient)."""
-        first = self.prev_grad is None
+    def before_step(self, max_norm: float) -> torch.Tensor:
+        """Clip the gradients to max_norm; returns [norm before clipping, cosine with the last gradient, D1, D2]
+        (NaN where the last step's gradient or update is unknown: the first step)."""
+        known = self.prev_grad is not None and self.prev_update is not None
         if self.sharded:
-            norm, cos, self.prev_grad, self.before = _clip_and_compare_shards(self.params, self.prev_grad, max_norm)
+            out, self.prev_grad, self.before = _clip_and_compare_shards(self.params, self.prev_grad,
+                                                                         self.prev_update, max_norm)
         else:
-            prev = torch.zeros(sum(p.numel() for p in self.params), device=self.params[0].device) if first \
-                else self.prev_grad
-            norm, cos, self.prev_grad, self.before = self._clip_and_compare(self.params, prev, max_norm)
-        return norm, torch.full_like(cos, math.nan) if first else cos
+            if not known:
+                zeros = torch.zeros(sum(p.numel() for p in self.params), device=self.params[0].device)
+            prev = self.prev_grad if self.prev_grad is not None else zeros
+            update = self.prev_update if self.prev_update is not None else zeros
+            out, self.prev_grad, self.before = self._clip_and_compare(self.params, prev, update, max_norm)
+        return out if known else torch.cat([out[:1], torch.full_like(out[1:], math.nan)])
 
     def after_step(self) -> torch.Tensor:
-        """Largest |Δw| over all weights since before_step."""
+        """Max |Δw| of each tensor since before_step (keeps the update for the next step's D1 and D2)."""
         if not self.sharded:
-            return self._largest_change(self.params, self.before)
+            largest, self.prev_update = self._changes(self.params, self.before)
+            return largest
         import torch.distributed as dist
 
-        largest = _largest_change([p.to_local() for p in self.params], self.before)
+        largest, self.prev_update = _changes([p.to_local() for p in self.params], self.before)
         dist.all_reduce(largest, op=dist.ReduceOp.MAX)
         return largest
 
+    def named(self, largest: list[float]) -> dict[str, float]:
+        """The metrics of after_step's values: the largest over all weights and each weight matrix's."""
+        return {"update/max_abs": max(largest),
+                **{f"update/max_abs/{name}": largest[i] for name, i in self.matrices}}
+
 
 @torch.no_grad()
-def _clip_and_compare(params, prev, max_norm):
+def _clip_and_compare(params, prev, update, max_norm):
     grads = [p.grad for p in params]
     flat = _flat(grads)
-    norm = flat.norm()
-    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))  # as clip_grad_norm_
-    cos = flat.dot(prev) / (norm * prev.norm()).clamp_min(1e-16)  # scale-free: clipping does not change it
-    return norm, cos, flat, _flat(params)
+    sums = torch.stack([flat.dot(flat), flat.dot(prev), prev.dot(prev), flat.dot(update), prev.dot(update),
+                        update.dot(update)])
+    out = _statistics(sums)
+    torch._foreach_mul_(grads, (max_norm / (out[0] + 1e-6)).clamp(max=1.0))  # as clip_grad_norm_
+    return out, flat, _flat(params)
 
 
 @torch.no_grad()
-def _clip_and_compare_shards(params, prev, max_norm):
-    """_clip_and_compare over this rank's shards: the sums of squares and the dot product are all-reduced."""
+def _clip_and_compare_shards(params, prev, update, max_norm):
+    """_clip_and_compare over this rank's shards: the sums of squares and the dot products are all-reduced."""
     import torch.distributed as dist
 
     grads = [p.grad.to_local() for p in params]
     flat = _flat(grads)
     prev = torch.zeros_like(flat) if prev is None or prev.shape != flat.shape else prev
-    sums = torch.stack([flat.dot(flat), flat.dot(prev), prev.dot(prev)])
+    update = torch.zeros_like(flat) if update is None or update.shape != flat.shape else update
+    sums = torch.stack([flat.dot(flat), flat.dot(prev), prev.dot(prev), flat.dot(update), prev.dot(update),
+                        update.dot(update)])
     dist.all_reduce(sums)
-    norm = sums[0].sqrt()
-    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
-    cos = sums[1] / (norm * sums[2].sqrt()).clamp_min(1e-16)
-    return norm, cos, flat, _flat([p.to_local() for p in params])
+    out = _statistics(sums)
+    torch._foreach_mul_(grads, (max_norm / (out[0] + 1e-6)).clamp(max=1.0))
+    return out, flat, _flat([p.to_local() for p in params])
+
+
+def _statistics(sums):
+    """[‖g‖, cos(g, g_prev), D1, D2] from the sums g·g, g·g_prev, g_prev·g_prev, g·v, g_prev·v, v·v.
+    Scale-free in g's clipping: every quantity uses the unclipped gradients."""
+    gg, gp, pp, gv, pv, vv = sums
+    norm, v_norm = gg.sqrt(), vv.sqrt().clamp_min(1e-30)
+    cos = gp / (norm * pp.sqrt()).clamp_min(1e-16)
+    return torch.stack([norm, cos, gv / v_norm, (gv - pv) / (v_norm * v_norm)])
 
 
 @torch.no_grad()
-def _largest_change(params, before):
-    return (_flat(params) - before).abs().max()
+def _changes(params, before):
+    """(max |Δw| of each tensor, the flat update Δw)."""
+    update = _flat(params) - before
+    parts = update.split([p.numel() for p in params])
+    return torch.stack([part.abs().max() if part.numel() else part.new_zeros(()) for part in parts]), update
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -453,19 +482,20 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
             g["weight_decay"] /= spec.lr * g["lr_scale"]
     opt = torch.optim.AdamW(groups, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps,
                             fused=True)  # one kernel for all tensors: 1.0 → 0.3 ms a step on micro-142k
-    params = [p for p in model.parameters()]
+    named = list(model.named_parameters())
     flops = flops_per_token(spec.model, seq_len=spec.seq_len)
     peak = spec.peak_flops or peak_flops(device, dtype)
 
     # 3) resume
-    step, tokens, ema, best, prev_grad = 0, 0, None, math.inf, None
+    step, tokens, ema, best, prev_grad, prev_update = 0, 0, None, math.inf, None, None
     found = _checkpoints(run_dir) or ([Path(init_from)] if init_from is not None else [])
     ckpt = _load(found[-1], model, opt, sharded=sharded) if found else None
     if ckpt is not None:
         step, ema, best = ckpt["step"], ckpt["loss_ema"], ckpt["loss_min"]
         tokens = ckpt.get("tokens", step * spec.batch_tokens)
         torch.set_rng_state(ckpt["rng_cpu"])
-        prev_grad = ckpt["prev_grad"].to(device) if ckpt["prev_grad"] is not None else None
+        prev_grad, prev_update = (ckpt.get(k).to(device) if ckpt.get(k) is not None else None
+                                  for k in ("prev_grad", "prev_update"))
     position = ckpt["data_position"] if ckpt else 0  # windows consumed: the whole data position
     compiled = compiled and _use_compile(spec, device, total - tokens)
     if sharded:  # gradients reduce-scattered after the last micro-batch's backward
@@ -478,8 +508,8 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     else:
         loss_fn = functools.partial(_compiled(MiniCPM.loss, device) if compiled else MiniCPM.loss, model)  # one graph
         no_sync = nullcontext
-    stats = GradStats(params, compiled=compiled and not sharded, sharded=sharded)
-    stats.prev_grad = prev_grad
+    stats = GradStats(named, compiled=compiled and not sharded, sharded=sharded)
+    stats.prev_grad, stats.prev_update = prev_grad, prev_update
 
     # 4) loop
     bar = tqdm(total=total, initial=min(tokens, total), unit="tok", unit_scale=True,
@@ -505,11 +535,11 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         if workers > 1:  # the global batch's mean loss, so that every rank logs and decides alike
             dist.all_reduce(loss_sum)
             loss_sum /= workers
-        grad_norm, grad_cos = stats.before_step(spec.grad_clip or math.inf)
+        grad = stats.before_step(spec.grad_clip or math.inf)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss_v, grad_norm_v, grad_cos_v, update_v = torch.stack(
-            [loss_sum / accum, grad_norm, grad_cos, stats.after_step()]).tolist()
+        loss_v, grad_norm_v, grad_cos_v, d1, d2, *largest = torch.cat(
+            [(loss_sum / accum)[None], grad, stats.after_step()]).tolist()
         step, tokens = step + 1, tokens + batch_tokens
         dt = time.perf_counter() - t0
         train_time, trained = train_time + dt, trained + batch_tokens
@@ -519,7 +549,8 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         best = min(best, ema)
         tok_s = batch_tokens / dt
         metrics = {"train/loss": loss_v, "lr": lr, "grad/norm": grad_norm_v, "grad/cos_prev": grad_cos_v,
-                   "update/max_abs": update_v, "tokens": tokens, "perf/tokens_per_s": tok_s}
+                   "grad/D1": d1, "grad/D2": d2, "grad/curvature": abs(d2) / (1 + d1 * d1) ** 1.5,
+                   **stats.named(largest), "tokens": tokens, "perf/tokens_per_s": tok_s}
         if spec.batch_warmup:
             metrics["batch_tokens"] = batch_tokens
         if mixture:  # 1 once the step trained on the decay mixture
@@ -544,14 +575,15 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         if step % spec.checkpoint_every == 0 or step in keep:
             state = {"step": step, "tokens": tokens, "data_position": position, "loss_ema": ema, "loss_min": best,
                      "rng_cpu": torch.get_rng_state(), "workers": workers}
-            grad = stats.prev_grad.cpu() if stats.prev_grad is not None else None
+            mine = {k: v.cpu() if v is not None else None
+                    for k, v in (("prev_grad", stats.prev_grad), ("prev_update", stats.prev_update))}
             if lead:
                 flush()
             if sharded:
-                _save_sharded(run_dir, step, model, opt, state, {"prev_grad": grad}, keep=keep)
+                _save_sharded(run_dir, step, model, opt, state, mine, keep=keep)
             elif lead:
-                _save(run_dir, step, {**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "prev_grad": grad}, keep=keep)
+                _save(run_dir, step, {**state, "model": model.state_dict(), "optimizer": opt.state_dict(), **mine},
+                      keep=keep)
             if lead:
                 _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": tokens})
     bar.close()
