@@ -148,6 +148,14 @@ def test_a_scale_with_only_runs_is_exactly_that_list(tmp_path):
     assert [(r.spec.batch_tokens, r.spec.eval_every) for r in runs] == [(1024, 4), (4096, 1)]
 
 
+def test_a_runs_own_tokens_replace_the_scales(tmp_path):
+    text = SWEEP.replace("    grid: {lr: [0.01, 0.02]}\n", "    runs: [{tokens: 40960, schedule: {kind: cosine}}]\n")
+    runs = graph(tmp_path, text)
+    baseline = [r for r in runs if r.spec.schedule.kind == "cosine"]
+    assert [r.spec.tokens for r in baseline] == [40960]  # not the scale's 6N
+    assert {r.coords.get("stage") for r in runs} == {"stable", "decay", None}
+
+
 def test_base_may_name_an_override_file(tmp_path):
     best = tmp_path / "best.yaml"
     best.write_text("train: {lr: 0.02, model: {scale_emb: 8.0}}\nvalue: 1.5\n")

@@ -15,7 +15,8 @@ Sweep file layout:
         tokens_per_param: 60     # each run's tokens = this × N (or `tokens:` for a fixed count)
         set: {...}               # overrides for this scale only
         grid: {lr: [...], model.parametrization: [mup, sp]}   # cartesian product of dotted keys
-        runs: [{...}, ...]       # extra runs per model, each a mapping of overrides (e.g. baselines)
+        runs: [{...}, ...]       # extra runs per model, each a mapping of overrides (e.g. baselines; their own
+                                 # `tokens` replaces the scale's)
         per_model: {micro-24k: {lr: 0.02, batch_tokens: 2048}}   # overrides for one model (tuned LR, batch)
         seeds: [0, 1]            # every run once per seed (independent stable runs: honest intervals)
         branches:                # decay branches forked from each stable run
@@ -262,7 +263,7 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
         tokens = scale.tokens or scale.tokens_per_param * n
         for variant, branched in _variants(scale, file=file):
             spec = apply_overrides(base, variant, source=file)
-            steps = _round_steps(tokens, spec.batch_tokens)
+            steps = _round_steps(spec.tokens if "tokens" in variant else tokens, spec.batch_tokens)  # a run's own wins
             spec = apply_overrides(spec, {"tokens": steps * spec.batch_tokens}, source=file)
             coords = _coords(name, variant)
             if not branched:
