@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test bench mlflow-ui ui-check clean sweep-lr sweep-bs sweep-wsd scaling-law fit plots report plan \
-        hparam-search validate launch sweep-decay-data
+        hparam-search validate launch sweep-decay-data check-mup
 SCALE ?= micro
 TARGET ?= micro-1.3m
 PLAN_ARGS ?=
@@ -47,6 +47,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# µP coordinate check (DESIGN §3): each layer's update size against width, µP and SP; results/plots/coord_check.png
+check-mup: $(STAMP)
+	$(BIN)/windtunnel check-mup
 
 bench: $(STAMP)  # one after the other: benchmarks must not share the 2 cores
 	$(BIN)/python bench/train_throughput.py

@@ -3,13 +3,14 @@
     windtunnel models [--json]
     windtunnel peak
     windtunnel train MODEL [--set-file FILE] [--set key=value ...]
-    windtunnel sweep SPEC.yaml [--scale micro|paper] [--set-file FILE] [--dry-run] [--json]
+    windtunnel sweep SPEC.yaml [--scale micro|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
     windtunnel search SPEC.yaml [--scale micro|paper] [--trials N]
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
     windtunnel validate TARGET [--tokens T | --compute FLOPS]
     windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker G] [--set key=value ...] [--dry-run [--json]]
     windtunnel report
+    windtunnel check-mup [--model-base NAME] [--widths W ...] [--json]
     windtunnel ui [--port 5000]
 """
 
@@ -90,6 +91,11 @@ def cmd_sweep(args) -> None:
             return
         _print_graph(runs, summary)
         return
+    if not args.no_mup_check:  # a broken µP would make every run of the ladder a wasted run
+        from windtunnel.mupcheck import require_mup
+
+        for path in require_mup([r.spec.model for r in runs]):
+            print(f"µP coordinate check passed ({path})")
     from windtunnel.orchestrate import run_graph
 
     outcomes = run_graph(runs, sweep=sweep.name, scale=args.scale, description=sweep.description,
@@ -154,7 +160,7 @@ def cmd_fit(args) -> None:
         frame, excluded = _csv_frame(args), {}
     else:
         frame, excluded = studies.final_points(args.sweep or studies.SWEEP_OF[args.kind], scale=args.scale,
-                                               current=not args.all_runs)
+                                               current=not args.all_runs, diverged=args.kind == "lr")  # censored
         if args.kind in ("scaling-law", "envelope"):
             frame = studies.decay_points(frame)
         if args.group_col:  # the stable run by default; e.g. `model` resamples whole sizes
@@ -301,9 +307,42 @@ def cmd_launch(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from windtunnel.findings import findings, table
     from windtunnel.report import write_report
 
+    print(table(findings()))
     print(f"written: {write_report()}")
+
+
+def cmd_check_mup(args) -> None:
+    import time
+
+    from windtunnel.config import get_model
+    from windtunnel.mupcheck import base_of, check_cached, coord_check
+
+    start = time.perf_counter()
+    base = base_of(get_model(args.model_base))  # the default widths' result is kept: sweeps over this base reuse it
+    result = coord_check(base, widths=args.widths) if args.widths else check_cached(base)[0]
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({**{k: v for k, v in result.to_dict().items() if k != "sizes"}, "seconds": round(seconds, 2)}))
+    else:
+        _print_coord_check(result, seconds)
+    if not result.passed:
+        raise WindtunnelError(f"µP coordinate check failed: {result.reason}")
+
+
+def _print_coord_check(result, seconds: float) -> None:
+    from windtunnel import plots
+    from windtunnel.mupcheck import MUP_TOL
+    from windtunnel.paths import results_dir
+
+    print(f"update size |h_t - h_0| against width {result.widths}, log-log slope (µP: |slope| < {MUP_TOL})")
+    print(f"{'layer':<16}{'µP':>8}{'SP':>8}")
+    for layer in result.mup:
+        print(f"{layer:<16}{result.mup[layer]:>+8.2f}{result.sp[layer]:>+8.2f}")
+    print(f"{'passed' if result.passed else 'FAILED: ' + result.reason} ({seconds:.1f} s)")
+    print(f"written: {plots.coord_check(result.to_dict(), results_dir() / 'plots' / 'coord_check.png')}")
 
 
 def cmd_ui(args) -> None:
@@ -334,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
     sw.add_argument("--retries", type=int, default=2, help="retries of a run that raises before it is marked failed")
     sw.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    sw.add_argument("--no-mup-check", action="store_true", help="skip the µP coordinate check of the µP models' base")
     sw.set_defaults(func=cmd_sweep)
     se = sub.add_parser("search", help="Bayesian µP hyper-parameter search (Optuna TPE through Ray Tune, ASHA)")
     se.add_argument("spec", help="a search file, e.g. sweeps/mup_search.yaml")
@@ -373,6 +413,11 @@ def parser() -> argparse.ArgumentParser:
     la.set_defaults(func=cmd_launch)
     rp = sub.add_parser("report", help="one HTML page of every fit, figure and plan: results/report.html")
     rp.set_defaults(func=cmd_report)
+    cm = sub.add_parser("check-mup", help="µP coordinate check: each layer's update size against width, µP and SP")
+    cm.add_argument("--model-base", default="micro-24k", metavar="NAME", help="check this model's µP base")
+    cm.add_argument("--widths", type=int, nargs="+", help="widths spanning ≥16x, multiples of d_head (default: from about d_base/2, x1..16)")
+    cm.add_argument("--json", action="store_true", help="one JSON object: widths, mup and sp slopes, passed")
+    cm.set_defaults(func=cmd_check_mup)
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)

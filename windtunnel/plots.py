@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["batch_size_curves", "batch_size_law", "lr_transfer", "wsd_curves", "decay_fractions", "envelope",
-           "iso_loss", "loss_vs_tokens", "backtests", "validation", "decay_dynamics"]
+           "iso_loss", "loss_vs_tokens", "backtests", "validation", "decay_dynamics", "coord_check"]
 
 
 def _figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.0):
@@ -84,7 +84,8 @@ def batch_size_law(optima: pd.DataFrame, fit: dict, path: Path) -> Path:
 
 
 def lr_transfer(points: pd.DataFrame, optima: list[dict], path: Path) -> Path:
-    """Fig. 3: final loss against base LR per width, µP beside SP, with each width's optimum and interval."""
+    """Fig. 3: final loss against base LR per width, µP beside SP, with each width's optimum and interval (an open
+    side drawn to the grid's last LR); a diverged run is a ▲ at the top: censored, the optimum lies below it."""
     kinds = [k for k in ("mup", "sp") if (points["parametrization"] == k).any()]
     fig, axes = _figure(len(kinds))
     for ax, kind in zip(axes, kinds):
@@ -92,10 +93,16 @@ def lr_transfer(points: pd.DataFrame, optima: list[dict], path: Path) -> Path:
         models = list(dict.fromkeys(part.sort_values("N")["model"]))
         for model, color in zip(models, _colors(len(models))):
             group = part[part["model"] == model].sort_values("lr")
-            ax.plot(group["lr"], group["loss"], "o-", color=color, ms=4, label=model)
+            finite = group[np.isfinite(group["loss"])]
+            ax.plot(finite["lr"], finite["loss"], "o-", color=color, ms=4, label=model)
+            diverged = group.loc[~np.isfinite(group["loss"]), "lr"]
+            ax.plot(diverged, [0.97] * len(diverged), "^", color=color, ms=7, transform=ax.get_xaxis_transform())
             for best in (o for o in optima if o["parametrization"] == kind and o["model"] == model):
-                xerr = None if best["low"] is None else [[best["lr_opt"] - best["low"]], [best["high"] - best["lr_opt"]]]
+                low, high = (best["low"] or group["lr"].min()), (best["high"] or group["lr"].max())
+                xerr = [[best["lr_opt"] - low], [high - best["lr_opt"]]] if best["at_edge"] or best["low"] else None
                 ax.errorbar([best["lr_opt"]], [best["loss_opt"]], xerr=xerr, fmt="*", color=color, ms=10, capsize=3)
+        if not np.isfinite(part["loss"]).all():
+            ax.plot([], [], "^", color="gray", label="diverged (optimum below)")
         ax.set(xscale="log", xlabel="base learning rate", ylabel="final loss (bits/byte)",
                title="µP" if kind == "mup" else "standard parametrization")
         _major_ticks_only(ax)
@@ -242,22 +249,58 @@ def validation(curve: pd.DataFrame, result: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def decay_dynamics(dynamics: dict[str, pd.DataFrame], path: Path) -> Path:
-    """§4.4: around each decay, loss, its slope D1 and curvature K beside the logged gradient statistics.
+def decay_dynamics(curves: dict[str, tuple[pd.DataFrame, int]], path: Path) -> Path:
+    """§4.4 (Fig. 7–8): the trainer's per-step statistics around each decay, against steps from the fork.
 
-    `dynamics` maps a branch's name to decay_dynamics' frame, whose attrs["curve"] holds the logged steps."""
-    panels = [("loss", "train loss (nats/token)"), ("K", "curvature K"), ("D1", "first derivative D1"),
-              ("grad/norm", "gradient norm"), ("update/max_abs", "max |Δw| per step"), ("grad/cos_prev", "cos(g_t, g_t-1)")]
+    `curves` maps a branch's name to (its logged steps led by the parent's, the fork step). D1 and K are
+    rolling medians over ~5% of the steps (one step is minibatch noise); the last panel is Fig. 7: the max
+    |Δw| of each weight matrix of the longest branch."""
+    panels = [("loss", "train loss (nats/token)", False), ("grad/norm", "gradient norm", False),
+              ("grad/cos_prev", "cos(g_t, g_t-1)", False), ("grad/D1", "D1 = g(t+1)·v/‖v‖ (median)", False),
+              ("grad/curvature", "curvature K = |D2|/(1+D1²)^1.5 (median)", True)]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    for (label, frame), color in zip(dynamics.items(), _colors(len(dynamics))):
-        for ax, (key, title) in zip(axes.flat, panels):
-            source = frame if key in ("loss", "K", "D1") else frame.attrs["curve"]
-            ax.plot(source["tokens"], source[key], lw=0.8, color=color, label=label)
-            ax.set(title=title, xlabel="tokens", xscale="log")
+    for (label, (curve, fork)), color in zip(curves.items(), _colors(len(curves))):
+        x = (curve["step"] - fork) / max(curve["step"].max() - fork, 1)  # 0 at the fork, 1 at the decay's end
+        window = max(3, len(curve) // 20)
+        for ax, (key, title, log) in zip(axes.flat, panels):
+            if key not in curve or curve[key].isna().all():
+                continue
+            y = curve[key].rolling(window, center=True, min_periods=1).median() if key.startswith("grad/") else curve[key]
+            ax.plot(x, y, lw=0.8, color=color, label=label)
+            ax.set(title=title, xlabel="steps from the fork / decay length", yscale="log" if log else "linear")
+    longest, (curve, fork) = max(curves.items(), key=lambda kv: len(kv[1][0]))
+    matrices = [k for k in curve if k.startswith("update/max_abs/")]
+    ax = axes.flat[5]
+    for key, color in zip(matrices, _colors(len(matrices))):
+        ax.plot(curve["step"] - fork, curve[key], lw=0.6, color=color, label=key.removeprefix("update/max_abs/"))
+    ax.set(title=f"max |Δw| per matrix: {longest}", xlabel="steps from the fork", yscale="log")
+    if matrices:
+        ax.legend(fontsize=5, ncol=2)
+    for ax in axes.flat:
+        ax.axvline(0, color="0.7", lw=0.6)
+        ax.title.set_fontsize(9)
     axes.flat[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def coord_check(check: dict, path: Path) -> Path:
+    """DESIGN §3 coord check: each layer's update size |h_t − h_0| (geometric mean over the steps) against width,
+    µP beside SP, log-log; the legend gives each layer's slope (µP: ≈ 0)."""
+    fig, axes = _figure(2, width=5.6)
+    layers = list(check["mup"])
+    for ax, kind in zip(axes, ("mup", "sp")):
+        for layer, color in zip(layers, _colors(len(layers))):
+            sizes = [np.exp(np.mean(np.log(np.maximum(row, 1e-30)))) for row in check["sizes"][kind][layer]]
+            ax.plot(check["widths"], sizes, "o-", ms=3, color=color, label=f"{layer} ({check[kind][layer]:+.2f})")
+        ax.set(xscale="log", yscale="log", xlabel="width d_model", ylabel="|h_t − h_0| (RMS per coordinate)",
+               title="µP" if kind == "mup" else "standard parametrization")
+        ax.set_xticks(check["widths"], [str(w) for w in check["widths"]])
+        ax.set_xticks([], minor=True)
+        ax.legend(title="layer (log-log slope)", fontsize=6, title_fontsize=7, framealpha=0.7)
+    fig.suptitle("coordinate check: " + ("passed" if check["passed"] else "FAILED: " + check["reason"]), fontsize=9)
     return _save(fig, path)
