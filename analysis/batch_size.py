@@ -3,8 +3,9 @@
     python analysis/batch_size.py [--scale micro] [--bootstrap 1000] [--no-plots]
 
 From every run's held-out loss curve, the tokens needed to reach each loss level against batch size; a parabola
-in log–log space per model and level gives that loss's optimal batch size; a line through all optima gives the
-law. Writes results/batch_size/fit.json and the figures beside it.
+in log–log space per model and level gives that loss's optimal batch size (left out, and counted, where its vertex
+lies outside the sampled batch sizes: never extrapolated); a line through all optima gives the law. Writes
+results/batch_size/fit.json and the figures beside it.
 """
 
 import sys
@@ -27,6 +28,10 @@ def main(args) -> None:
     low, high = law["intervals"].get("gamma", (float("nan"),) * 2)
     print(f"bs_opt = {law['k']:.4g} / L^{law['gamma']:.3f} tokens (gamma 95% [{low:.3f}, {high:.3f}]; "
           f"{len(law['optima'])} optima from {len(frame)} runs)")
+    if law["n_skipped"]:
+        print(f"left out {law['n_skipped']} (model, loss) parabolas: {law['n_outside']} with the optimum outside the "
+              f"sampled batch sizes (not extrapolated: add batch sizes beyond them), {law['n_concave']} opening "
+              "downward (no minimum)")
     print(f"written: {out}/fit.json" + ("" if args.no_plots else " and fig1/fig2 PNGs"))
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from windtunnel.fit import (FitError, ScalingLawFit, compute_optimal, d_over_n, rolling_backtests,
-                            decay_dynamics, fit_batch_size_law, fit_envelope, fit_lr_transfer, fit_scaling_law,
+                            fit_batch_size_law, fit_envelope, fit_lr_transfer, fit_scaling_law,
                             tokens_to_reach, validate)
 
 TRUE = {"C_N": 400.0, "alpha": 0.30, "C_D": 900.0, "beta": 0.28, "L0": 1.7}
@@ -322,11 +322,13 @@ def test_batch_size_law_recovers_k_and_gamma():
     assert json.loads(json.dumps(fit.to_dict()))["n_optima"] == len(fit.optima)
 
 
-def test_batch_size_law_skips_vertices_outside_the_batch_range():
-    # only batches ≤ 256K: the optima of the lower loss levels (bs_opt > 512K) fall outside and are counted
-    fit = fit_batch_size_law(batch_curves(batches=BATCHES[:5]))
-    assert fit.n_outside > 0 and fit.n_skipped == fit.n_outside + fit.n_concave
-    assert (fit.optima["bs_opt"] < 2 * BATCHES[4]).all()   # kept vertices are within one grid step
+def test_batch_size_law_leaves_out_vertices_outside_the_batch_range():
+    # only batches ≤ 256K: the optima of the lower loss levels (bs_opt > 256K) fall outside and are counted
+    full, fit = fit_batch_size_law(batch_curves()), fit_batch_size_law(batch_curves(batches=BATCHES[:5]))
+    outside = (full.optima["bs_opt"] > BATCHES[4]).sum()       # the levels whose optimum lies past 256K
+    assert fit.n_outside >= outside > 0 and fit.n_skipped == fit.n_outside + fit.n_concave
+    assert fit.optima["bs_opt"].between(BATCHES[0], BATCHES[4]).all()   # never extrapolated, not even one step
+    assert json.loads(json.dumps(fit.to_dict()))["n_outside"] == fit.n_outside
 
 
 def test_batch_size_law_needs_two_levels():
@@ -350,36 +352,112 @@ def lr_frame(seed=0):
     return pd.DataFrame(rows, columns=["parametrization", "model", "width", "lr", "loss"])
 
 
+CLIFF_LRS = 0.00125 * 2.0 ** np.arange(9)   # 0.00125 … 0.32, a factor 2 apart
+WIDTHS = (16, 32, 64, 128)                  # 8× of width, as §3.3's goal asks
+MUP_OPT = (0.0088, 0.0105, 0.0095, 0.0112)  # µP: optima that wander a little (true spread 1.27×)
+
+
+def cliff_frame(param, optima, seed=0, cliff=1.0):
+    """Final losses with a known optimum per width: 0.4·x² below it and 0.4·x² + cliff·x³ above (x = log10 of
+    lr/optimum), a rise that steepens towards divergence; runs 0.45 decades (2.8×) above the optimum diverge (NaN)."""
+    rng, rows = np.random.default_rng(seed), []
+    for width, opt in zip(WIDTHS, optima):
+        x = np.log10(CLIFF_LRS / opt)
+        loss = 3 - 0.1 * np.log2(width) + 0.4 * x ** 2 + cliff * np.clip(x, 0, None) ** 3 + rng.normal(0, 0.003, x.size)
+        loss[x > 0.45] = np.nan
+        rows += [(param, f"w{width}", width, lr, l) for lr, l in zip(CLIFF_LRS, loss)]
+    return pd.DataFrame(rows, columns=["parametrization", "model", "width", "lr", "loss"])
+
+
 def test_lr_transfer_finds_vertices_and_contrasts_sp():
     fit = fit_lr_transfer(lr_frame())
     mup = fit.optima[fit.optima["parametrization"] == "mup"]
-    np.testing.assert_allclose(mup["lr_opt"], 0.01, rtol=0.10)          # vertex within 10% of 0.01 (3 mLoss noise)
+    np.testing.assert_allclose(mup["lr_opt"], 0.01, rtol=0.15)   # 3-point vertex within 15% (3 mLoss noise; 15 seeds: 13%)
     assert ((mup["low"] < 0.01) & (0.01 < mup["high"])).all()            # delta-method intervals cover it
-    assert not fit.optima["at_edge"].any() and (fit.optima["n_dropped"] == 0).all()
-    assert fit.best_lr("mup") == pytest.approx(0.01, rel=0.05)           # geometric mean within 5%
-    assert fit.spread["mup"]["ratio"] < 1.3 and fit.spread["sp"]["ratio"] > 10   # µP transfers, SP moves 16×
+    assert not fit.optima["at_edge"].any() and (fit.optima["n_censored"] == 0).all()
+    assert (fit.optima["n_fit"] == 3).all() and (fit.optima["n_points"] == 9).all()   # the minimum and its neighbours
+    assert fit.best_lr("mup") == pytest.approx(0.01, rel=0.07)           # geometric mean within 7% (15-seed max 5.1%)
+    assert fit.spread["mup"]["ratio"] < 1.4 and fit.spread["sp"]["ratio"] > 10   # µP transfers, SP moves 16×
+    assert fit.spread["sp"]["interval"][0] > 5 and fit.spread["mup"]["width_ratio"] == pytest.approx(1344 / 512)
+    assert fit.goal["holds"] is False and "µP widths span 2.6x, not ≥ 8x" in fit.goal["why"]   # too narrow a ladder
     assert "width" in fit.optima.columns and fit.interval_method == "delta"
     assert json.loads(json.dumps(fit.to_dict()))["best_lr"]["sp"] == pytest.approx(fit.best_lr("sp"))
 
 
 def test_lr_transfer_bootstrap_intervals():
     fit = fit_lr_transfer(lr_frame(), bootstrap=300)
-    mup = fit.optima[fit.optima["parametrization"] == "mup"]
+    mup = fit.optima[fit.optima["parametrization"] == "mup"]   # each covers at ~95%: all three in 13 of 15 seeds
     assert fit.interval_method == "bootstrap" and ((mup["low"] < 0.01) & (0.01 < mup["high"])).all()
 
 
-def test_lr_transfer_drops_diverged_and_flags_edges():
+@pytest.mark.parametrize("bootstrap", [0, 300])
+def test_lr_transfer_recovers_optima_below_an_asymmetric_cliff(bootstrap):
+    frame = cliff_frame("mup", MUP_OPT, cliff=2.0)   # at the upper neighbour the rise is 2.5× the lower one's
+    fit = fit_lr_transfer(frame, bootstrap=bootstrap)
+    rows = fit.optima.set_index("width").loc[list(WIDTHS)]
+    truth = np.array(MUP_OPT)
+    assert ((rows["low"] <= truth) & (truth <= rows["high"])).all()     # every interval holds its optimum (15/15 seeds)
+    np.testing.assert_allclose(rows["lr_opt"], truth, rtol=0.20)         # the local vertex within 20% (15-seed max 16%)
+    diverged = (CLIFF_LRS[None, :] > truth[:, None] * 10 ** 0.45)
+    assert (rows["n_censored"] == diverged.sum(axis=1)).all()            # censored, not dropped: 4 per width
+    np.testing.assert_allclose(rows["lr_diverged"], [CLIFF_LRS[d].min() for d in diverged])
+    assert (rows["high"] <= rows["lr_diverged"]).all() and not rows["at_edge"].any()
+    # the asymmetry pulls a parabola through the whole finite grid further off than the local one
+    whole = [10 ** _vertex(np.log10(g["lr"]), g["loss"]) for _, g in frame.dropna().groupby("width")]
+    error = np.abs(np.log(rows["lr_opt"] / truth)).mean()
+    assert np.abs(np.log(np.array(whole) / truth)).mean() > 1.25 * error   # 15 seeds: ≥ 1.4× the local error
+
+
+def _vertex(x, y):
+    a, b, _ = np.polyfit(x, y, 2)
+    return -b / (2 * a)
+
+
+def test_lr_transfer_spread_interval_and_the_goal():
+    """µP: optima that wander 1.27× over 8× of width; SP: the optimum moves as 1/width (8×). Over 15 seeds µP's
+    upper end stays ≤ 1.61×, SP's lower end ≥ 6.5×, and both intervals cover the true spread."""
+    sp_opt = tuple(0.01 * 128 / w for w in WIDTHS)
+    fit = fit_lr_transfer(pd.concat([cliff_frame("mup", MUP_OPT), cliff_frame("sp", sp_opt, seed=1)]))
+    mup, sp = fit.spread["mup"], fit.spread["sp"]
+    assert mup["interval"][0] <= max(MUP_OPT) / min(MUP_OPT) <= mup["interval"][1] < 2     # covers the truth, < 2×
+    assert 2 < sp["interval"][0] <= 8 <= sp["interval"][1]                                   # covers 8×, clearly > 2×
+    assert mup["width_ratio"] == sp["width_ratio"] == 8 and mup["n_open"] == 0 and mup["widths"] == [16, 128]
+    assert fit.goal["holds"] is True and fit.goal["why"].startswith("µP spread ≤")
+    assert fit.best_lr("mup") == pytest.approx(np.exp(np.log(MUP_OPT).mean()), rel=0.15)   # what the plan reads
+
+
+def test_lr_transfer_censors_diverged_runs_and_brackets_edges():
     frame = lr_frame()[lambda f: f["parametrization"] == "mup"].drop(columns="parametrization")
     frame.loc[frame.index[[7, 8]], "loss"] = [np.nan, np.inf]             # 40M diverged at the two largest lr
     frame = frame[~((frame["model"] == "500M") & (frame["lr"] > 0.004))]  # 500M: only lr below its optimum
+    frame = frame[~((frame["model"] == "100M") & (frame["lr"] < 0.02))]   # 100M: only lr above its optimum
+    frame = frame.assign(status=np.where((frame["model"] == "100M") & (frame["lr"] == frame["lr"].max()),
+                                         "diverged", "finished"))         # a status alone censors a run too
     fit = fit_lr_transfer(frame)
     rows = fit.optima.set_index("model")
-    assert rows.loc["40M", "n_dropped"] == 2 and rows.loc["40M", "n_points"] == 7
-    assert not rows.loc["40M", "at_edge"] and rows.loc["40M", "lr_opt"] == pytest.approx(0.01, rel=0.10)
-    assert rows.loc["500M", "at_edge"] and rows.loc["500M", "lr_opt"] == frame["lr"][frame["model"] == "500M"].max()
-    assert np.isnan(rows.loc["500M", "low"]) and set(fit.optima["parametrization"]) == {"mup"}
+    assert rows.loc["40M", "n_censored"] == 2 and rows.loc["40M", "n_points"] == 7
+    assert rows.loc["40M", "lr_diverged"] == pytest.approx(frame["lr"].iloc[7])
+    assert not rows.loc["40M", "at_edge"] and rows.loc["40M", "lr_opt"] == pytest.approx(0.01, rel=0.15)
+    lrs = np.sort(frame["lr"][frame["model"] == "500M"].to_numpy())       # the loss still falls at the largest lr
+    assert rows.loc["500M", "at_edge"] and rows.loc["500M", "lr_opt"] == lrs[-1]
+    assert rows.loc["500M", "low"] == pytest.approx(lrs[-2]) and np.isnan(rows.loc["500M", "high"])   # one-sided
+    lrs = np.sort(frame["lr"][frame["model"] == "100M"].to_numpy())       # the loss rises from the smallest lr
+    assert rows.loc["100M", "at_edge"] and rows.loc["100M", "n_censored"] == 1
+    assert np.isnan(rows.loc["100M", "low"]) and rows.loc["100M", "high"] == pytest.approx(lrs[1])
+    assert fit.spread["mup"]["n_open"] == 2 and fit.spread["mup"]["interval"] is None   # one bounded optimum
+    assert set(fit.optima["parametrization"]) == {"mup"}
     with pytest.raises(FitError, match="no runs with parametrization 'sp'; have: mup"):
         fit.best_lr("sp")
+
+
+def test_lr_transfer_caps_the_optimum_at_the_smallest_diverged_lr():
+    """A run can diverge at an lr below one that finished (divergence is stochastic): the optimum stays below it."""
+    lrs = np.array([0.0025, 0.005, 0.01, 0.02, 0.04])
+    loss = 3.0 + 0.3 * (np.log10(lrs) - np.log10(0.018)) ** 2
+    frame = pd.DataFrame({"model": "m", "lr": lrs, "loss": np.where(lrs == 0.02, np.nan, loss)})
+    row = fit_lr_transfer(frame).optima.iloc[0]
+    assert row["n_censored"] == 1 and row["lr_diverged"] == 0.02
+    assert row["lr_opt"] <= 0.02 and row["high"] <= 0.02 and not row["at_edge"]   # the parabola's vertex is ~0.018
 
 
 def test_lr_transfer_all_diverged_raises():
@@ -406,27 +484,3 @@ def test_envelope_prefers_the_law_that_made_the_data():
     assert json.loads(json.dumps(expo_fit.to_dict()))["better"] == "exponential"
     with pytest.raises(FitError, match=r"envelope fit needs at least 4 points \(got 3\)"):
         fit_envelope(C[:3], power[:3])
-
-
-# ---------------------------------------------------------------- §4.4 decay dynamics
-
-@pytest.mark.parametrize("uneven", [False, True])
-def test_decay_dynamics_matches_analytic_derivatives(uneven):
-    # L(x) = 3 + 0.5·e^(-3x), x = (tokens − 1e6)/1e6: D1 = −1.5·e^(-3x), D2 = 4.5·e^(-3x)
-    x = np.linspace(0, 1, 201) ** (1.3 if uneven else 1.0)
-    tokens = 1e6 + 1e6 * x
-    loss = 3 + 0.5 * np.exp(-3 * x) + np.random.default_rng(0).normal(0, 1e-5, x.size)
-    out = decay_dynamics(tokens, loss, window=21)            # D2 amplifies noise ~ window^-2.5: 10% of the points
-    inner = slice(20, -20)                                   # Savitzky–Golay edges are one-sided
-    np.testing.assert_allclose(out["D1"][inner], -1.5 * np.exp(-3 * x[inner]), rtol=0.02)   # D1 within 2%
-    np.testing.assert_allclose(out["D2"][inner], 4.5 * np.exp(-3 * x[inner]), rtol=0.10)    # D2 within 10%
-    d1, d2 = -1.5 * np.exp(-3 * x[inner]), 4.5 * np.exp(-3 * x[inner])
-    np.testing.assert_allclose(out["K"][inner], d2 / (1 + d1 ** 2) ** 1.5, rtol=0.10)
-    assert list(out.columns) == ["tokens", "loss", "D1", "D2", "K"]
-
-
-def test_decay_dynamics_errors():
-    with pytest.raises(FitError, match=r"decay dynamics needs at least 5 points \(got 3\)"):
-        decay_dynamics([1, 2, 3], [3, 2, 1])
-    with pytest.raises(FitError, match="window=4 must be odd"):
-        decay_dynamics(np.arange(1, 21), np.linspace(4, 3, 20), window=4)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, signal, stats
+from scipy import optimize, stats
 
 from windtunnel.errors import WindtunnelError
 
@@ -30,7 +30,6 @@ __all__ = [
     "BatchSizeFit", "tokens_to_reach", "fit_batch_size_law",
     "LRTransferFit", "fit_lr_transfer",
     "EnvelopeFit", "fit_envelope",
-    "decay_dynamics",
 ]
 
 
@@ -686,9 +685,9 @@ class BatchSizeFit:
     k: float                     # batch tokens at loss 1
     gamma: float
     optima: pd.DataFrame = field(compare=False, repr=False)   # model, N, level, bs_opt, tokens_at_opt
-    n_skipped: int = 0           # parabolas skipped: opening downward or vertex > 1 grid step outside the batches
-    n_concave: int = 0
-    n_outside: int = 0
+    n_skipped: int = 0           # parabolas left out: opening downward (n_concave) or vertex outside the batches
+    n_concave: int = 0           # parabolas that open downward: no minimum
+    n_outside: int = 0           # vertices outside the sampled batch sizes: not extrapolated
     n_bootstrap: int = 0
     intervals: dict = field(default_factory=dict)   # "k", "gamma" -> (low, high), 95% percentile
     reach: pd.DataFrame | None = field(default=None, compare=False, repr=False)  # tokens_to_reach rows (Fig. 1)
@@ -768,8 +767,8 @@ def fit_batch_size_law(curves: pd.DataFrame, *, levels=None, n_levels: int = 8, 
 
     1) tokens to reach each loss level, per curve (`tokens_to_reach`);
     2) per (model, level) with ≥ 3 batch sizes: parabola of log tokens in log batch size; its vertex
-       is the optimal batch size (skipped if it opens downward or lies more than one grid step outside
-       the sampled batch sizes: both counted);
+       is the optimal batch size (left out if it opens downward or lies outside the sampled batch sizes,
+       never extrapolated: both counted);
     3) a line log bs_opt = log k − γ·log L through the optima of all models.
     `levels=None` gives each model `n_levels` levels (see `_default_levels`). bootstrap=K resamples the
     optima K times for 95% intervals on k and γ.
@@ -791,7 +790,8 @@ def fit_batch_size_law(curves: pd.DataFrame, *, levels=None, n_levels: int = 8, 
 
 
 def _batch_optima(reach: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Vertex of the log–log parabola per (model, level); counts of concave and out-of-range ones."""
+    """Vertex of the log–log parabola per (model, level); counts of concave ones and of those outside the sampled
+    batch sizes (left out: the side of the parabola past the last batch size is not measured)."""
     rows, n_concave, n_outside = [], 0, 0
     for (model, level), group in reach.dropna(subset=["tokens"]).groupby(["model", "level"]):
         x, y = np.log(group["batch_tokens"].to_numpy()), np.log(group["tokens"].to_numpy())
@@ -801,8 +801,8 @@ def _batch_optima(reach: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
         if c2 <= 0:
             n_concave += 1
             continue
-        vertex, step = -c1 / (2 * c2), np.median(np.diff(np.unique(x)))
-        if not x.min() - step <= vertex <= x.max() + step:
+        vertex = -c1 / (2 * c2)
+        if not x.min() <= vertex <= x.max():   # beyond the sampled batches the parabola is an extrapolation
             n_outside += 1
             continue
         rows.append((model, group["N"].iloc[0], level, np.exp(vertex), np.exp(c0 - c1 * c1 / (4 * c2))))
@@ -831,14 +831,20 @@ def _bootstrap_line(optima: pd.DataFrame, n_samples: int, seed: int) -> np.ndarr
 
 # ---------------------------------------------------------------- §3.3 learning-rate transfer
 
+NOISE_POINTS = 5               # the points nearest each width's minimum whose parabola residuals measure the noise
+GOAL_SPREAD, GOAL_WIDTHS = 2.0, 8.0   # §3.3 made testable: µP optima within 2× of each other over ≥ 8× of width
+
+
 @dataclass(frozen=True)
 class LRTransferFit:
-    """Optimal learning rate per width and parametrization (§3.3, Fig. 3)."""
+    """Optimal learning rate per width and parametrization (§3.3, Fig. 3), the spread of the optima across widths
+    and whether the LR transfers under µP (and not under SP)."""
 
     optima: pd.DataFrame = field(compare=False, repr=False)
-    # parametrization, model, [N/width], lr_opt, low, high, loss_opt, n_points, n_dropped, at_edge
-    spread: dict = field(default_factory=dict)   # parametrization -> {"ratio": max/min lr_opt, "std_log10": ..., "n_models": ...}
-    interval_method: str = "delta"               # "delta" (polyfit covariance) or "bootstrap" (residual bootstrap)
+    # parametrization, model, [N, width], lr_opt, low, high, loss_opt, at_edge, n_points, n_fit, n_censored, lr_diverged
+    spread: dict = field(default_factory=dict)   # parametrization -> `_spread`'s dict (ratio, 95% interval, widths)
+    interval_method: str = "delta"               # "delta" or "bootstrap" (parametric, pooled noise)
+    goal: dict = field(default_factory=dict)     # holds (True, False or None: undecided) and why; see `_goal`
 
     def best_lr(self, parametrization: str = "mup") -> float:
         """Geometric mean of the per-width optimal learning rates."""
@@ -850,72 +856,173 @@ class LRTransferFit:
 
     def to_dict(self) -> dict:
         best = {p: self.best_lr(p) for p in self.optima["parametrization"].unique()}
-        return {"best_lr": best, "spread": self.spread, "interval_method": self.interval_method,
+        return {"best_lr": best, "spread": self.spread, "goal": self.goal, "interval_method": self.interval_method,
                 "optima": self.optima.replace({np.nan: None}).to_dict(orient="records")}
 
 
 def fit_lr_transfer(frame: pd.DataFrame, *, bootstrap: int = 0, seed: int = 0) -> LRTransferFit:
-    """Per (parametrization, model): parabola of loss in log10 lr; its vertex is the optimal lr (§3.3).
+    """Per (parametrization, model): the optimal lr from a parabola in log10 lr around the grid's minimum (§3.3).
 
-    Diverged runs (NaN/inf loss) are dropped and counted. The optimum is the vertex when the parabola
-    opens upward and the vertex lies inside the sampled lr range; otherwise the best sampled lr,
-    flagged `at_edge` (no interval). 95% interval on lr_opt: bootstrap=0 uses the delta method on the
-    polyfit covariance (t quantile, n − 3 dof; needs ≥ 4 points); bootstrap=K refits K residual
-    resamples and takes percentiles. `parametrization` defaults to "mup"; `N`/`width` columns are kept.
+    1) a diverged run (non-finite loss, or `status` "diverged") is censored, not dropped: the optimum lies below
+       it, so the smallest diverged lr caps the optimum and its interval;
+    2) the loss is asymmetric in log lr (a slow rise below the optimum, a cliff above it) and a parabola through
+       the whole grid is pulled off the optimum: only the grid minimum and its two neighbours are fitted;
+    3) the interval's noise is pooled over the widths of a parametrization from parabolas through the
+       NOISE_POINTS points nearest each minimum: their residuals hold the noise and the curve's departure from a
+       parabola; the interval is also stretched by the asymmetry's pull on the vertex (see `_lr_optimum`);
+    4) a convex curve whose lowest point is x has its minimum between x's neighbours: the interval is clipped there;
+    5) a minimum at an end of the finite grid is flagged `at_edge`: lr_opt is the best sampled lr and low/high
+       the bracket a convex curve implies (above the next lr in, below the smallest diverged lr); the open side
+       of a bracket is NaN.
+    95% interval: bootstrap=0 the delta method (t quantile, pooled dof); bootstrap=K redraws the three losses K
+    times with the pooled noise. `parametrization` defaults to "mup"; `N`/`width` columns are kept.
     """
     extra = [c for c in ("N", "width") if c in frame.columns]
     frame = frame.assign(parametrization=frame.get("parametrization", "mup"))
+    if "status" in frame:
+        frame = frame.assign(loss=frame["loss"].where(frame["status"] != "diverged", np.inf))
     data = validate(frame, ["parametrization", "model", "lr", "loss", *extra], what="LR transfer", min_rows=3,
                     positive=["lr"], finite=["lr", *extra])
     rng = np.random.default_rng(seed)
-    rows = [_lr_optimum(group, extra, bootstrap, rng) for _, group in data.groupby(["parametrization", "model"], sort=False)]
+    rows = []
+    for _, part in data.groupby("parametrization", sort=False):
+        groups = [group for _, group in part.groupby("model", sort=False)]
+        curves = [_lr_curve(group) for group in groups]
+        wide = [_wide_parabola(x, y) for x, y, _ in curves]
+        noise = _pooled_noise(wide)
+        rows += [{"parametrization": g["parametrization"].iloc[0], "model": g["model"].iloc[0],
+                  **{c: g[c].iloc[0] for c in extra}, **_lr_optimum(*curve, noise, w[2], bootstrap, rng),
+                  "n_points": int(curve[0].size), "n_censored": int((~np.isfinite(g["loss"])).sum()),
+                  "lr_diverged": curve[2] if np.isfinite(curve[2]) else np.nan}
+                 for g, curve, w in zip(groups, curves, wide)]
     optima = pd.DataFrame(rows)
-    spread = {p: _spread(g["lr_opt"].to_numpy()) for p, g in optima.groupby("parametrization")}
-    return LRTransferFit(optima, spread, "bootstrap" if bootstrap else "delta")
+    spread = {p: _spread(g, rng) for p, g in optima.groupby("parametrization")}
+    return LRTransferFit(optima, spread, "bootstrap" if bootstrap else "delta", _goal(spread))
 
 
-def _lr_optimum(group: pd.DataFrame, extra: list, n_boot: int, rng) -> dict:
-    ok = np.isfinite(group["loss"].to_numpy())
-    x, y = np.log10(group["lr"].to_numpy()[ok]), group["loss"].to_numpy()[ok]
-    head = {"parametrization": group["parametrization"].iloc[0], "model": group["model"].iloc[0],
-            **{c: group[c].iloc[0] for c in extra}}
-    if x.size == 0:
-        raise FitError(f"LR transfer: every run of model '{head['model']}' ({head['parametrization']}) diverged; add smaller learning rates")
-    best = {"lr_opt": 10 ** x[np.argmin(y)], "low": np.nan, "high": np.nan, "loss_opt": y.min(), "at_edge": True}
-    if np.unique(x).size >= 3:
-        coef = np.polyfit(x, y, 2)
-        vertex = -coef[1] / (2 * coef[0])
-        if coef[0] > 0 and x.min() <= vertex <= x.max():
-            low, high = _vertex_interval(x, y, coef, n_boot, rng)
-            best = {"lr_opt": 10 ** vertex, "low": 10 ** low, "high": 10 ** high,
-                    "loss_opt": np.polyval(coef, vertex), "at_edge": False}
-    return {**head, **best, "n_points": int(x.size), "n_dropped": int((~ok).sum())}
+def _lr_curve(group: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
+    """One width's finished runs as (log10 lr, loss) sorted by lr (repeats at one lr averaged), and the smallest
+    diverged lr (inf when none diverged)."""
+    finite = np.isfinite(group["loss"])
+    if not finite.any():
+        raise FitError(f"LR transfer: every run of model '{group['model'].iloc[0]}' "
+                       f"({group['parametrization'].iloc[0]}) diverged; add smaller learning rates")
+    mean = group[finite].groupby("lr")["loss"].mean()
+    cap = group.loc[~finite, "lr"].min() if (~finite).any() else np.inf
+    return np.log10(mean.index.to_numpy()), mean.to_numpy(), float(cap)
 
 
-def _vertex_interval(x, y, coef, n_boot: int, rng) -> tuple[float, float]:
-    """95% interval on the vertex −b/(2a) in log10 lr: delta method, or residual bootstrap if n_boot."""
-    dof = x.size - 3
-    if n_boot:
-        fitted, resid = np.polyval(coef, x), y - np.polyval(coef, x)
-        ys = fitted + rng.choice(resid, (n_boot, x.size)) * np.sqrt(x.size / max(dof, 1))  # inflate for lost dof
-        c = np.polyfit(x, ys.T, 2)
-        vert = np.where(c[0] > 0, -c[1] / (2 * c[0]), np.nan)
-        return tuple(np.nanpercentile(vert, [2.5, 97.5]))
+def _wide_parabola(x, y) -> tuple[float, int, float]:
+    """(RSS, dof, vertex) of the parabola through the NOISE_POINTS points nearest a width's minimum (vertex NaN
+    when it opens downward; all zero/NaN with fewer than 4 points)."""
+    if x.size < 4:
+        return 0.0, 0, math.nan
+    lo = int(np.clip(np.argmin(y) - NOISE_POINTS // 2, 0, max(x.size - NOISE_POINTS, 0)))
+    xs, ys = x[lo : lo + NOISE_POINTS], y[lo : lo + NOISE_POINTS]
+    coef = np.polyfit(xs, ys, 2)
+    resid = ys - np.polyval(coef, xs)
+    return float(resid @ resid), xs.size - 3, -coef[1] / (2 * coef[0]) if coef[0] > 0 else math.nan
+
+
+def _pooled_noise(wide) -> tuple[float, int]:
+    """(s², dof) of the wide parabolas pooled over the widths (their final losses share the evaluation's noise)."""
+    rss, dof = sum(w[0] for w in wide), sum(w[1] for w in wide)
+    return (rss / dof if dof else math.nan), dof
+
+
+def _lr_optimum(x, y, cap: float, noise, wide_vertex: float, n_boot: int, rng) -> dict:
+    """The vertex of the parabola through the grid minimum and its neighbours, capped at the smallest diverged
+    lr; at an end of the grid, the best sampled lr and the bracket around it.
+
+    An asymmetric curve pulls a parabola's vertex towards its gentler side, the more the wider the window: the
+    wide parabola's vertex lies beyond the local one, and the interval is extended by their distance on the
+    other side (the local vertex is pulled too, by about as much again as the wide one's extra)."""
+    i, log_cap = int(np.argmin(y)), math.log10(cap) if np.isfinite(cap) else math.inf
+    if not 0 < i < x.size - 1:
+        low = x[i - 1] if i > 0 else math.nan                  # a convex curve falling to the top end: optimum above
+        high = min(x[i + 1] if i < x.size - 1 else math.inf, log_cap)   # ... rising from the low end: below
+        return {"lr_opt": 10 ** min(x[i], log_cap), "low": 10 ** low, "loss_opt": float(y[i]), "at_edge": True,
+                "high": 10 ** high if high < math.inf else math.nan, "n_fit": 0}
+    xs, ys = x[i - 1 : i + 2], y[i - 1 : i + 2]
+    coef = np.polyfit(xs, ys, 2)                              # through 3 points; convex as the middle is lowest
+    vertex = -coef[1] / (2 * coef[0])
+    low, high = _vertex_interval(xs, coef, noise, n_boot, rng)
+    pull = vertex - wide_vertex if np.isfinite(wide_vertex) else 0.0
+    low, high = np.clip([low + min(pull, 0), high + max(pull, 0)], xs[0], xs[-1])  # convex: between the neighbours
+    return {"lr_opt": 10 ** min(vertex, log_cap), "low": 10 ** min(low, log_cap), "high": 10 ** min(high, log_cap),
+            "loss_opt": float(np.polyval(coef, vertex)), "at_edge": False, "n_fit": 3}
+
+
+def _vertex_interval(xs, coef, noise, n_boot: int, rng) -> tuple[float, float]:
+    """95% interval on the vertex −b/(2a) in log10 lr with the pooled noise (s², dof): delta method with a t
+    quantile, or a parametric bootstrap whose σ is drawn from its scaled-inverse-χ² (the same heavier tails)."""
+    s2, dof = noise
     if dof < 1:
-        return np.nan, np.nan
+        return math.nan, math.nan
+    if n_boot:
+        sigma = np.sqrt(s2 * dof / rng.chisquare(dof, n_boot))
+        ys = np.polyval(coef, xs) + rng.standard_normal((n_boot, xs.size)) * sigma[:, None]
+        c = np.polyfit(xs, ys.T, 2)
+        best_end = np.where(ys[:, 0] < ys[:, -1], xs[0], xs[-1])   # a draw that bends the wrong way: its better end
+        vertex = np.where(c[0] > 0, -c[1] / (2 * np.where(c[0] > 0, c[0], 1)), best_end)
+        return tuple(np.percentile(vertex, [2.5, 97.5]))
     a, b, _ = coef
-    resid = y - np.polyval(coef, x)
-    design = np.vander(x, 3)
-    cov = np.linalg.inv(design.T @ design) * (resid @ resid) / dof
+    design = np.vander(xs, 3)
+    cov = np.linalg.inv(design.T @ design) * s2
     grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])          # d vertex / d(a, b, c)
     half = stats.t.ppf(0.975, dof) * math.sqrt(grad @ cov @ grad)
     vertex = -b / (2 * a)
     return vertex - half, vertex + half
 
 
-def _spread(lr_opt: np.ndarray) -> dict:
-    return {"ratio": float(lr_opt.max() / lr_opt.min()), "std_log10": float(np.log10(lr_opt).std()),
-            "n_models": int(lr_opt.size)}
+def _spread(optima: pd.DataFrame, rng, n_draws: int = 4000) -> dict:
+    """Max/min of the optimal lr across widths, with a 95% interval from a parametric bootstrap: each draw takes
+    every width's log10 optimum from its interval — a split normal whose halves match its two sides (a side capped
+    by a diverged lr is shorter), uniform over the bracket of an optimum at the grid's edge.
+
+    Max/min of noisy optima is biased upward, and the draws, centred on the noisy optima, add the bias again: the
+    percentile interval never reaches 1 when the optima are equal, the basic (reflected) one, r̂²/q, corrects the
+    bias but undercovers when the spread is comparable to the noise. The interval is their union, which covered in
+    every regime simulated (LOG.md): conservative both for µP's "< 2×" and for SP's "clearly more".
+    An optimum with an open side cannot be drawn: it is left out, of the ratio too (n_open), unless fewer than two
+    are bounded (then the ratio is over all widths and there is no interval)."""
+    lr = optima["lr_opt"].to_numpy(float)
+    center, low, high = (np.log10(optima[c].to_numpy(float)) for c in ("lr_opt", "low", "high"))
+    bounded = np.isfinite(low) & np.isfinite(high)
+    z = rng.standard_normal((n_draws, lr.size))
+    split = center + z * np.where(z > 0, high - center, center - low) / stats.norm.ppf(0.975)
+    draws = np.where(optima["at_edge"].to_numpy(bool), rng.uniform(0, 1, z.shape) * (high - low) + low, split)
+    interval, used = None, bounded if bounded.sum() >= 2 else np.ones(lr.size, bool)
+    estimate = lr[used].max() / lr[used].min()
+    if bounded.sum() >= 2:
+        q_lo, q_hi = np.percentile(10 ** (draws[:, bounded].max(axis=1) - draws[:, bounded].min(axis=1)), [2.5, 97.5])
+        basic = max(estimate ** 2 / q_hi, 1.0), max(estimate ** 2 / q_lo, 1.0)   # max/min is at least 1
+        interval = [float(min(q_lo, basic[0])), float(max(q_hi, basic[1]))]
+    width = optima["width"].to_numpy(float)[used] if "width" in optima else np.array([])
+    return {"ratio": float(estimate), "interval": interval,
+            "std_log10": float(np.log10(lr[used]).std()),
+            "n_models": int(lr.size), "n_open": int((~bounded).sum()),
+            "widths": [float(width.min()), float(width.max())] if width.size else None,
+            "width_ratio": float(width.max() / width.min()) if width.size else None}
+
+
+def _goal(spread: dict) -> dict:
+    """§3.3's claim: under µP the spread's 95% upper end stays below GOAL_SPREAD over ≥ GOAL_WIDTHS of width
+    (of the widths in its interval); under SP its 95% lower end lies above both GOAL_SPREAD and µP's upper end.
+    holds: True, False, or None when µP passes and there is no SP spread to contrast."""
+    mup, sp = spread.get("mup", {}), spread.get("sp", {})
+    if not mup.get("interval"):
+        return {"holds": None, "why": "no µP spread interval: it needs two widths with bounded optima"}
+    hi, widths = mup["interval"][1], mup["width_ratio"] or 0.0
+    fails = ([] if hi < GOAL_SPREAD else [f"µP optima spread up to {hi:.2f}x (95%), not < {GOAL_SPREAD:g}x"]) + \
+        ([] if widths >= GOAL_WIDTHS else [f"µP widths span {widths:.2g}x, not ≥ {GOAL_WIDTHS:g}x"])
+    if not sp.get("interval"):
+        return {"holds": False if fails else None, "why": "; ".join(fails + ["no SP spread to contrast"])}
+    lo = sp["interval"][0]
+    if lo <= max(GOAL_SPREAD, hi):
+        fails.append(f"SP spread from {lo:.2f}x (95%) is not clearly above µP's {hi:.2f}x and {GOAL_SPREAD:g}x")
+    return {"holds": not fails, "why": "; ".join(fails) or (f"µP spread ≤ {hi:.2f}x (95%) over {widths:.2g}x of "
+                                                          f"width; SP spread ≥ {lo:.2f}x")}
 
 
 # ---------------------------------------------------------------- §4.3 loss envelope
@@ -981,27 +1088,3 @@ def _best_curve_fit(model, x, y, starts) -> tuple[np.ndarray, float]:
     if best[0] is None:
         raise FitError("envelope fit did not converge from any start; check that loss falls with C")
     return best
-
-
-# ---------------------------------------------------------------- §4.4 decay dynamics
-
-def decay_dynamics(tokens, loss, *, window: int | None = None, polyorder: int = 3) -> pd.DataFrame:
-    """D1 = dL/dx, D2 = d²L/dx² and curvature K = |D2|/(1 + D1²)^1.5 along a loss curve (§4.4).
-
-    x = (tokens − tokens[0]) / (tokens[-1] − tokens[0]) ∈ [0, 1], so derivatives are per whole
-    curve span and comparable across runs of any length. Loss is smoothed by a Savitzky–Golay
-    filter (`window` points, odd; default ≈ 5% of the points, at least polyorder + 2) which also
-    gives the derivatives; uneven token spacing is resampled to an even grid first.
-    """
-    tokens, loss = _arrays("decay dynamics", 5, tokens=tokens, loss=loss)
-    order = np.argsort(tokens)
-    tokens, loss = tokens[order], loss[order]
-    window = window or max(polyorder + 2, int(0.05 * tokens.size)) | 1
-    if window > tokens.size or window % 2 == 0 or window <= polyorder:
-        raise FitError(f"decay dynamics: window={window} must be odd, > polyorder={polyorder} and ≤ the {tokens.size} points")
-    x = (tokens - tokens[0]) / (tokens[-1] - tokens[0])
-    grid = np.linspace(0, 1, x.size)
-    even = np.interp(grid, x, loss)
-    d1, d2 = (signal.savgol_filter(even, window, polyorder, deriv=k, delta=grid[1]) for k in (1, 2))
-    d1, d2 = np.interp(x, grid, d1), np.interp(x, grid, d2)
-    return pd.DataFrame({"tokens": tokens, "loss": loss, "D1": d1, "D2": d2, "K": np.abs(d2) / (1 + d1 ** 2) ** 1.5})

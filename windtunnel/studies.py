@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["final_points", "decay_points", "loss_curves", "fit_scaling_law_study", "fit_batch_size_study",
-           "fit_lr_study", "fit_envelope_study", "ladder_facts", "describe_scaling_law", "N_KINDS", "write_json", "dumps", "read_fit", "study_dir", "run_script", "NoRuns",
+           "fit_lr_study", "fit_envelope_study", "per_set_laws", "ladder_facts", "describe_scaling_law", "N_KINDS", "write_json", "dumps", "read_fit", "study_dir", "run_script", "NoRuns",
            "SWEEP_OF"]
 
 SWEEP_OF = {"scaling-law": "scaling_law", "batch-size": "batch_size", "lr": "lr", "envelope": "scaling_law"}
@@ -35,7 +35,7 @@ NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": 
            "fork_step": "params.fork_step", "decay_fraction": "params.coord.decay_fraction",
            "branch_tokens_per_param": "params.coord.branch_tokens_per_param", "branch_tokens": "params.coord.branch_tokens",
            "epochs": "metrics.data/epochs", "seed": "params.seed", "d_model": "params.model.d_model", "seq_len": "params.seq_len",
-           "vocab_size": "params.model.vocab_size"}
+           "vocab_size": "params.model.vocab_size", "period_tokens": "params.schedule.period_tokens"}
 MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_std", "parametrization")
 # the µP base of a run's model: hyper-parameters found on a ladder transfer only within one base (DESIGN §3)
 TEXT = {"model": "params.model.name", "parametrization": "params.model.parametrization",
@@ -55,11 +55,14 @@ def study_dir(study: str) -> Path:
     return folder
 
 
-def final_points(sweep: str, *, scale: str, current: bool = True) -> tuple[pd.DataFrame, dict[str, int]]:
+def final_points(sweep: str, *, scale: str, current: bool = True,
+                 diverged: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     """The finished runs of `sweep` at `scale`, one row each, and {reason: count} of the runs left out.
 
     current=True keeps only the runs of the graph sweeps/<sweep>.yaml expands to now (when that file is here):
     runs of an earlier version of the spec (another grid, budget or base) are left out and counted.
+    diverged=True keeps the diverged runs too, with loss inf: to an LR sweep a divergence is information (the
+    optimum lies below that LR), not a failure.
     """
     import pandas as pd
 
@@ -85,7 +88,7 @@ def final_points(sweep: str, *, scale: str, current: bool = True) -> tuple[pd.Da
     frame["group"] = frame["parent"].where(frame["parent"] != "", frame["run"])  # a stable run and its branches
     for key in MUP_BASE:
         frame[f"base.{key}"] = raw[f"params.model.{key}"] if f"params.model.{key}" in raw else ""
-    frame, excluded = _keep_finished(frame.reset_index(drop=True))
+    frame, excluded = _keep_finished(frame.reset_index(drop=True), diverged=diverged)
     spec_file = Path("sweeps") / f"{sweep}.yaml"
     if current and spec_file.is_file():
         from windtunnel.graph import expand, load_sweep
@@ -117,11 +120,13 @@ def _number(value):
     return int(number) if number.is_integer() and "." not in str(value) else number
 
 
-def _keep_finished(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+def _keep_finished(frame: pd.DataFrame, *, diverged: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     excluded: dict[str, int] = {}
-    for status in sorted(set(frame["status"]) - {"finished"}):
+    keep = {"finished", "diverged"} if diverged else {"finished"}
+    for status in sorted(set(frame["status"]) - keep):
         excluded[status or "unfinished"] = int((frame["status"] == status).sum())
-    frame = frame[frame["status"] == "finished"]
+    frame = frame[frame["status"].isin(keep)]
+    frame = frame.assign(loss=frame["loss"].where(frame["status"] == "finished", float("inf")))  # not a final eval
     no_eval = frame["loss"].isna()
     if no_eval.any():
         excluded["finished without a held-out evaluation"] = int(no_eval.sum())
@@ -135,16 +140,17 @@ def loss_curves(frame: pd.DataFrame, *, metric: str = "eval") -> pd.DataFrame:
     """Per run of `frame`, its loss against tokens: columns run_id, model, N, batch_tokens, lr, tokens, loss.
 
     metric "eval": the mean held-out bits per byte at each evaluation (the sets of the `bpb_*` columns);
-    "train": the training loss of every step (nats per token). Gradient statistics come along with "train".
+    "train": the training loss of every step (nats per token), with the step's statistics (TRAIN_STATISTICS and
+    each weight matrix's max |Δw|, `update/max_abs/<matrix>`) as further columns, NaN where a run lacks one.
     """
     import pandas as pd
 
-    from windtunnel.tracking import metric_history
+    from windtunnel.tracking import metric_history, metric_keys
 
-    keys = ([f"eval/{c[4:]}/bpb" for c in frame if c.startswith("bpb_")] if metric == "eval"
-            else ["train/loss", "grad/norm", "grad/cos_prev", "update/max_abs", "lr"])
     parts = []
     for row in frame.itertuples():
+        keys = ([f"eval/{c[4:]}/bpb" for c in frame if c.startswith("bpb_")] if metric == "eval"
+                else ["train/loss", *TRAIN_STATISTICS, *metric_keys(row.run_id, "update/max_abs/")])
         series = [metric_history(row.run_id, key).set_index("step")["value"].rename(key) for key in keys]
         curve = pd.concat(series, axis=1).sort_index()
         curve = curve.dropna(subset=keys if metric == "eval" else ["train/loss"])
@@ -156,6 +162,9 @@ def loss_curves(frame: pd.DataFrame, *, metric: str = "eval") -> pd.DataFrame:
             part = part.assign(**{k: curve[k].to_numpy() for k in keys[1:]})
         parts.append(part)
     return pd.concat(parts, ignore_index=True)
+
+
+TRAIN_STATISTICS = ("lr", "grad/norm", "grad/cos_prev", "grad/D1", "grad/D2", "grad/curvature", "update/max_abs")
 
 
 # ---------------------------------------------------------------- the studies
@@ -198,7 +207,37 @@ def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, n_kind: str =
             "compute_optimal": fit.compute_optimal(law, list(budgets)).to_dict(orient="records"),
             "candidates": [{**c.to_dict(), "n_kind": k, "backtests": [_backtest_summary(b) for b in bt]}
                            for (_, k), (c, bt) in candidates.items()],
+            "per_set": {**per_set_laws(points, n_col=kinds[n_kind], bootstrap=min(bootstrap, PER_SET_BOOTSTRAP),
+                                       seed=seed), "averaged_loss": _exponents(paper)},
             "n_models": int(points["model"].nunique()) if "model" in points else int(np.unique(n).size)}
+
+
+def _exponents(law) -> dict:
+    return {"alpha": law.alpha, "beta": law.beta,
+            "intervals": {k: list(law.intervals[k]) for k in ("alpha", "beta") if k in law.intervals}}
+
+
+PER_SET_BOOTSTRAP = 200  # resamples behind each held-out set's intervals: a rough interval, at a fifth of the cost
+
+
+def per_set_laws(points: pd.DataFrame, *, n_col: str, bootstrap: int = 0, seed: int = 0) -> dict:
+    """§5 as the paper did (Fig. 10/17): the paper's form fitted to each held-out set's final bits per byte (the
+    `bpb_<set>` columns) on its own, and the mean of the per-set exponents: sets of different difficulty (code,
+    prose) can follow different exponents, which the fit of the averaged loss blends. A set too few runs evaluated
+    is named with the reason instead of a fit."""
+    from windtunnel import fit
+
+    sets, out = sorted(c.removeprefix("bpb_") for c in points if c.startswith("bpb_")), {}
+    for name in sets:
+        rows = points[np.isfinite(points[f"bpb_{name}"].to_numpy(float))]
+        try:
+            out[name] = fit.fit_scaling_law(*(rows[c].to_numpy(float) for c in (n_col, "D", f"bpb_{name}")),
+                                            bootstrap=bootstrap, seed=seed, groups=_groups(rows)).to_dict()
+        except fit.FitError as err:
+            out[name] = {"skipped": str(err)}
+    fitted = [law for law in out.values() if "skipped" not in law]
+    mean = {k: float(np.mean([law[k] for law in fitted])) for k in ("alpha", "beta")} if fitted else {}
+    return {"form": "chinchilla", "n_col": n_col, "n_bootstrap": bootstrap, "sets": out, "mean": mean}
 
 
 def _prediction_form(candidates: dict, n_kind: str, form: str | None) -> tuple[str, str]:
@@ -219,6 +258,7 @@ def describe_scaling_law(law: dict) -> list[str]:
     what is not identified, every candidate with its backtests, and the rolling backtests of the predicting law."""
     lines = [f"paper's form: {_law_line(law)}", f"  by curve_fit (as the paper): alpha {law['curve_fit']['alpha']:.3f}, "
              f"beta {law['curve_fit']['beta']:.3f}"]
+    lines += _per_set_lines(law.get("per_set") or {})
     pred = law["prediction"]
     lines.append(f"predicts ({pred['why']}): {_law_line(pred)}")
     lines += [f"  {k} not identified: {why}" for k, why in pred.get("not_identified", {}).items()]
@@ -232,6 +272,25 @@ def describe_scaling_law(law: dict) -> list[str]:
         cover = "no interval" if t["coverage"] is None else f"{sum(t['covered'])}/{t['n_test']} inside the 95% interval"
         lines.append(f"  backtest: fit the {t['n_sizes']} smallest sizes, predict N={t['held_out_N']:,.0f}: mean error "
                      f"{t['mean_rel_err']:+.2%}, mean |error| {t['mean_abs_rel_err']:.2%}, {cover}")
+    return lines
+
+
+def _per_set_lines(per_set: dict) -> list[str]:
+    """Each held-out set's exponents with their intervals, their mean, and the fit of the averaged loss beside them."""
+    if not per_set.get("sets"):
+        return []
+
+    def exponents(law: dict) -> str:
+        iv = law.get("intervals", {})
+        return "  ".join(f"{k} {law[k]:.3f}" + (f" [{iv[k][0]:.3f}, {iv[k][1]:.3f}]" if k in iv else "")
+                         for k in ("alpha", "beta"))
+
+    lines = ["  per held-out set (as the paper, Fig. 10/17):"]
+    lines += [f"    {name:<13} " + (law["skipped"] if "skipped" in law else exponents(law) + "".join(
+        f"  ({k} not identified)" for k in law.get("not_identified", {}))) for name, law in per_set["sets"].items()]
+    if per_set.get("mean"):
+        lines.append(f"    {'mean of sets':<13} {exponents(per_set['mean'])}")
+    lines.append(f"    {'averaged loss':<13} {exponents(per_set['averaged_loss'])}")
     return lines
 
 
@@ -272,9 +331,12 @@ def fit_batch_size_study(curves: pd.DataFrame, *, bootstrap: int, seed: int = 0)
 
 
 def fit_lr_study(points: pd.DataFrame, *, bootstrap: int, seed: int = 0) -> dict:
-    """§3.3: optimal LR per width under µP and SP, and the spread of the optima."""
+    """§3.3: optimal LR per width (d_model) under µP and SP, the spread of the optima with its interval, and whether
+    the LR transfers. Diverged runs in `points` (`final_points(..., diverged=True)`) are censored points."""
     from windtunnel import fit
 
+    if "width" not in points and "d_model" in points and points["d_model"].notna().all():  # older runs lack it
+        points = points.assign(width=points["d_model"])
     return fit.fit_lr_transfer(points, bootstrap=bootstrap, seed=seed).to_dict()
 
 
