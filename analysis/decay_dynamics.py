@@ -1,21 +1,27 @@
-"""Decay dynamics (paper §4.4): during each WSD decay, the loss's slope D1, second derivative D2 and curvature
-K = |D2| / (1 + D1²)^1.5, beside the logged gradient norm, max weight update and gradient cosine.
+"""Decay dynamics (paper §4.4, Fig. 7–8): what changes when a WSD run decays, from the trainer's per-step logs.
 
     python analysis/decay_dynamics.py [--scale micro] [--no-plots]
 
-Reads the 10%-exp decay branches of the wsd sweep, or of the scaling_law sweep when the wsd sweep has not run
-at that scale; each curve starts one decay-length before the fork, on the stable run. Writes results/decay_dynamics/fit.json and decay_dynamics.png.
+The trainer logs, every step, the directional derivatives along the trajectory D1 = g(t+1)·v(t)/‖v(t)‖ and
+D2 = (g(t+1) − g(t))·v(t)/‖v(t)‖² (v the parameter update, g the gradient), the curvature K = |D2|/(1 + D1²)^1.5,
+the gradient norm, the cosine between consecutive gradients and the max |Δw| of each weight matrix. For each
+10%-exp decay branch of the wsd sweep (or of the scaling_law sweep when the wsd sweep has not run at that scale),
+this compares the stable stretch just before the fork (one decay-length of the parent) with the decay's last
+fifth, as medians (single steps are minibatch noise). Writes results/decay_dynamics/fit.json and the figure.
 """
 
 import sys
 
+import numpy as np
 import pandas as pd
 
-from windtunnel import fit, plots, studies
-
+from windtunnel import plots, studies
 
 LEAD = 1.0  # the parent's stable stretch shown before each decay, in units of the decay's length
-MIN_POINTS = 9  # fewer logged steps than this and the derivatives are noise: the branch is skipped
+END = 0.2  # the decay's last fifth is compared with the stretch before it
+MIN_POINTS = 9  # fewer logged steps than this and the medians are noise: the branch is skipped
+QUANTITIES = {"grad/norm": "grad_norm", "grad/cos_prev": "grad_cos", "grad/D1": "D1", "grad/D2": "D2",
+              "grad/curvature": "K", "update/max_abs": "max_update"}
 
 
 def _runs(scale: str, current: bool):
@@ -41,33 +47,57 @@ def _curve(branch, curves, stable):
     return pd.concat([lead, own], ignore_index=True).sort_values("step")
 
 
+def _before_and_end(curve: pd.DataFrame, fork_step: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    before = curve[curve["step"] <= fork_step]
+    decay = curve[curve["step"] > fork_step]
+    return before, decay[decay["step"] > decay["step"].max() - END * len(decay)]
+
+
+def summarize(curve: pd.DataFrame, fork_step: int) -> dict:
+    """Medians before the decay and at its end of every logged quantity, and each matrix's update ratio."""
+    before, end = _before_and_end(curve, fork_step)
+    out = {"loss_before": float(before["loss"].median()), "loss_end": float(end["loss"].median())}
+    for key, name in QUANTITIES.items():
+        if key in curve and curve[key].notna().any():
+            out[f"{name}_before"], out[f"{name}_end"] = float(before[key].median()), float(end[key].median())
+    matrices = [k for k in curve if k.startswith("update/max_abs/")]
+    ratios = {k.removeprefix("update/max_abs/"): float(end[k].median() / before[k].median()) for k in matrices
+              if before[k].median() > 0}
+    if ratios:
+        out["max_update_ratio_by_matrix"] = ratios
+    return out
+
+
 def main(args) -> None:
     sweep, branches, stable, excluded = _runs(args.scale, not args.all_runs)
     curves = studies.loss_curves(pd.concat([branches, stable]), metric="train")
-    dynamics, summary, skipped = {}, [], []
+    shown, summary, skipped = {}, [], []
     for row in branches.itertuples():
         curve = _curve(row, curves, stable)
-        if len(curve) < MIN_POINTS:
+        if len(curve) < MIN_POINTS or not (curve["step"] <= row.fork_step).any():
             skipped.append(row.name)
             continue
-        frame = fit.decay_dynamics(curve["tokens"].to_numpy(float), curve["loss"].to_numpy(float))
-        frame.attrs["curve"] = curve
-        dynamics[row.name] = frame
-        decay = frame[frame["tokens"] > row.fork_step * row.batch_tokens]
-        peak = decay.loc[decay["K"].idxmax()]
-        summary.append({"name": row.name, "decay_start_tokens": float(row.fork_step * row.batch_tokens),
-                        "tokens_at_max_K": float(peak["tokens"]), "max_K": float(peak["K"]),
-                        "loss_drop": float(curve["loss"].iloc[:3].mean() - curve["loss"].iloc[-3:].mean()),
-                        "grad_norm_before": float(curve["grad/norm"].iloc[:3].mean()),
-                        "grad_norm_end": float(curve["grad/norm"].iloc[-3:].mean())})
+        shown[row.name] = (curve, int(row.fork_step))
+        summary.append({"name": row.name, "fork_step": int(row.fork_step), **summarize(curve, row.fork_step)})
+    missing = [s["name"] for s in summary if "D1_before" not in s]
     out = studies.study_dir("decay_dynamics")
-    studies.write_json(out / "fit.json", {"scale": args.scale, "sweep": sweep, "excluded": excluded,
-                                          "skipped_short": skipped, "branches": summary})
-    if not args.no_plots and dynamics:
-        plots.decay_dynamics(dynamics, out / "decay_dynamics.png")
+    studies.write_json(out / "fit.json", {"scale": args.scale, "sweep": sweep, "excluded": excluded, "lead": LEAD,
+                                          "end": END, "skipped_short": skipped, "without_D1": missing,
+                                          "branches": summary})
+    if not args.no_plots and shown:
+        plots.decay_dynamics(shown, out / "decay_dynamics.png")
     for s in summary:
-        print(f"{s['name']:<36} loss {-s['loss_drop']:+.3f} nats/token across the decay; grad norm "
-              f"{s['grad_norm_before']:.3g} → {s['grad_norm_end']:.3g}; max curvature {s['max_K']:.3g}")
+        line = (f"{s['name']:<30} loss {s['loss_before']:.3f} → {s['loss_end']:.3f}; "
+                f"grad norm {s.get('grad_norm_before', np.nan):.3g} → {s.get('grad_norm_end', np.nan):.3g}")
+        if "D1_before" in s:
+            line += (f"; D1 {s['D1_before']:.3g} → {s['D1_end']:.3g}; K {s['K_before']:.3g} → {s['K_end']:.3g}; "
+                     f"cos(g, g_prev) {s['grad_cos_before']:.2f} → {s['grad_cos_end']:.2f}")
+        if "max_update_ratio_by_matrix" in s:
+            ratios = list(s["max_update_ratio_by_matrix"].values())
+            line += f"; max |Δw| per matrix × {min(ratios):.2g}…{max(ratios):.2g}"
+        print(line)
+    if missing:
+        print(f"{len(missing)} branches were trained before D1/D2 were logged (no D1, D2, K): {', '.join(missing[:3])}…")
     if skipped:
         print(f"skipped {len(skipped)} branches with fewer than {MIN_POINTS} logged steps: {', '.join(skipped)}")
     print(f"written: {out}/fit.json ({sweep} sweep)")

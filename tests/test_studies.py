@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -69,14 +70,19 @@ def _lr_runs(rng):
             _log("lr", f"{model} lr={lr:.4g}", {"N": n, "lr": lr, "model.name": model, "model.parametrization": "mup",
                                                 "batch_tokens": 1024},
                  lambda s, loss=loss: {"eval/code/bpb": loss, "eval/docs/bpb": loss})
+    _log("lr", "s1 lr=0.08", {"N": SIZES["s1"], "lr": 0.08, "model.name": "s1", "model.parametrization": "mup",
+                              "batch_tokens": 1024}, lambda s: {"train/loss": 99.0}, status="diverged")  # censored
 
 
 def _wsd_runs():
     """One stable run, decay branches from 20N…80N over 5% and 10% in two shapes, and three Cosine(T) baselines."""
     n = SIZES["s2"]
-    curve = lambda end: (lambda s: {"eval/code/bpb": 2 + 1 / s, "eval/docs/bpb": 2 + 1 / s, "train/loss": 2 + 1 / s})  # noqa: E731
+    curve = lambda end: (lambda s: {"eval/code/bpb": 2 + 1 / s, "eval/docs/bpb": 2 + 1 / s, "train/loss": 2 + 1 / s,  # noqa: E731
+                                    "grad/norm": 0.4, "grad/D1": -0.2, "grad/D2": 0.1, "grad/curvature": 0.1,
+                                    "update/max_abs/embed": 2e-3, "update/max_abs/blocks.0.mlp.w2": 1e-3})
     _log("wsd", "s2 stable", {"N": n, "D": 80 * n, "model.name": "s2", "coord.stage": "stable", "batch_tokens": 1024,
-                              "schedule.kind": "constant"}, curve(0), steps=range(1, 4000, 100), run="w-st")
+                              "schedule.kind": "constant"}, curve(0), run="w-st",
+         steps=sorted({s for at in (20, 40, 60, 80) for s in range(int(at * n / 1024) - 15, int(at * n / 1024) + 1)}))
     for at in (20, 40, 60, 80):
         for fraction in (0.05, 0.1):
             for shape in ("exp", "linear"):
@@ -87,12 +93,15 @@ def _wsd_runs():
                       "schedule.decay_shape": shape, "coord.branch_tokens_per_param": at, "batch_tokens": 1024,
                       "schedule.kind": "wsd", "fork_step": int(at * n / 1024)},
                      lambda s, loss=loss: {"eval/code/bpb": loss, "eval/docs/bpb": loss, "train/loss": loss + 1 / s,
-                                           "grad/norm": 0.3, "grad/cos_prev": 0.1, "update/max_abs": 1e-3},
+                                           "grad/norm": 0.3, "grad/cos_prev": 0.1, "update/max_abs": 1e-3,
+                                           "grad/D1": -0.1 / s, "grad/D2": 0.5, "grad/curvature": 0.5,
+                                           "update/max_abs/embed": 1e-3, "update/max_abs/blocks.0.mlp.w2": 5e-4},
                      steps=range(int(at * n / 1024) + 1, int(at * n / 1024) + 13), parent="w-st")
-    for period in (0.75, 1.0, 1.25):
-        loss = _law(n, 80 * n) + 0.02 * abs(period - 1)
-        _log("wsd", f"s2 cosine T={period}S", {"N": n, "D": 80 * n, "model.name": "s2", "batch_tokens": 1024,
-                                               "schedule.kind": "cosine"},
+    for s_per_param, period in ((88, 0.75), (88, 1.0), (88, 1.25), (22, 1.0)):  # Cosine(T) at S = 88N; T = S at 22N
+        loss = _law(n, s_per_param * n) + 0.02 * abs(period - 1)
+        _log("wsd", f"s2 cosine T={period}S", {"N": n, "D": s_per_param * n, "model.name": "s2", "batch_tokens": 1024,
+                                               "schedule.kind": "cosine",
+                                               **({"schedule.period_tokens": period * s_per_param * n} if period != 1 else {})},
              lambda s, loss=loss: {"eval/code/bpb": loss, "eval/docs/bpb": loss}, steps=(1, 2))
 
 
@@ -137,7 +146,10 @@ def test_final_points_leave_out_failed_and_diverged_runs_and_say_why(store):
     with pytest.raises(studies.NoRuns, match="no runs of sweep 'wsd' at scale 'paper'"):
         studies.final_points("wsd", scale="paper")
     frame, excluded = studies.final_points("lr", scale="micro")  # these runs are not those sweeps/lr.yaml makes
-    assert frame.empty and excluded == {"not in the graph of sweeps/lr.yaml any more (--all-runs keeps them)": 15}
+    assert frame.empty and excluded == {"not in the graph of sweeps/lr.yaml any more (--all-runs keeps them)": 15,
+                                        "diverged": 1}
+    frame, excluded = studies.final_points("lr", scale="micro", current=False, diverged=True)  # as the LR study reads
+    assert excluded == {} and np.isinf(frame.loc[frame["lr"] == 0.08, "loss"]).all() and len(frame) == 16
 
 
 @pytest.fixture(scope="module")
@@ -166,16 +178,55 @@ def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
     assert law["envelope"]["s3"]["better"] in ("power", "exponential")
     lr = json.loads((store / "lr" / "fit.json").read_text())
     assert all(o["lr_opt"] == pytest.approx(0.01, rel=0.1) and not o["at_edge"] for o in lr["optima"])
+    s1 = next(o for o in lr["optima"] if o["model"] == "s1")   # its diverged run is censored: the optimum lies below
+    assert s1["n_censored"] == 1 and s1["lr_diverged"] == 0.08 and s1["width"] == 8
+    assert lr["spread"]["mup"]["width_ratio"] == 4 and lr["goal"]["holds"] is False   # widths 8–32: under 8×
+    per_set = law["per_set"]   # each held-out set on its own (paper Fig. 10/17): drawn with the same exponents
+    assert set(per_set["sets"]) == {"code", "docs"} and per_set["mean"]["alpha"] == pytest.approx(0.3, rel=0.15)
+    assert per_set["averaged_loss"]["alpha"] == law["alpha"]
     bs = json.loads((store / "batch_size" / "fit.json").read_text())
     assert bs["gamma"] == pytest.approx(GAMMA, rel=0.15) and bs["k"] == pytest.approx(K_BS, rel=0.3)
     wsd = json.loads((store / "wsd" / "fit.json").read_text())
-    assert len(wsd["cosine"]) == 3 and len(wsd["branches"]) == 16 and wsd["envelope"]["s2"]["n_points"] == 4
+    assert len(wsd["cosine"]) == 4 and len(wsd["branches"]) == 16 and wsd["envelope"]["s2"]["n_points"] == 4
+    # the 10% branches end 0.03 below Cosine(T = S) at 22N and 88N; T ≠ S ends 0.005 above T = S
+    assert [round(f["tokens"] / SIZES["s2"]) for f in wsd["wsd_vs_cosine"]] == [22, 88]
+    assert all(f["reached"] and f["gap"] < 0 for f in wsd["wsd_vs_cosine"])
+    assert sorted((f["T_over_S"], f["worse"]) for f in wsd["cosine_periods"]) == [(0.75, True), (1.0, False), (1.25, True)]
+    assert wsd["equal_compute"] and all(f["small"] != f["large"] for f in wsd["equal_compute"])  # the ladder's pairs
     for png in ("wsd/fig4_wsd_vs_cosine.png", "wsd/fig5_decay_fractions.png", "wsd/fig6_envelope.png",
                 "scaling_law/fig10_iso_loss.png", "scaling_law/fig17_loss_vs_tokens.png", "scaling_law/fig6_envelope.png",
                 "scaling_law/backtests.png",
                 "lr/fig3_lr_transfer.png", "batch_size/fig1_tokens_vs_batch.png", "batch_size/fig2_batch_size_law.png",
                 "decay_dynamics/decay_dynamics.png"):
         assert (store / png).stat().st_size > 10_000, png
+
+
+def test_decay_dynamics_compares_the_stable_stretch_with_the_decays_end(fitted):
+    dyn = json.loads((fitted / "decay_dynamics" / "fit.json").read_text())
+    assert dyn["sweep"] == "wsd" and len(dyn["branches"]) == 4 and not dyn["without_D1"]  # the 10%-exp branches
+    for b in dyn["branches"]:
+        assert b["D1_before"] == pytest.approx(-0.2) and -0.01 < b["D1_end"] < 0   # D1 = -0.1/step in the decay
+        assert b["K_before"] == pytest.approx(0.1) and b["K_end"] == pytest.approx(0.5)
+        assert b["max_update_ratio_by_matrix"] == pytest.approx({"embed": 0.5, "blocks.0.mlp.w2": 0.5})
+
+
+def test_findings_state_the_papers_claims_from_the_fits(fitted):
+    from windtunnel.findings import findings, table
+
+    rows = findings(fitted)
+
+    def verdict(start):
+        (found,) = [f.verdict for f in rows if f.paper.startswith(start)]
+        return found
+
+    assert verdict("WSD with a ~10% decay") == "reproduced"              # 0.03 below Cosine(T = S), by construction
+    assert verdict("Cosine(T) with T ≠ S") == "reproduced"
+    assert verdict("a 2.5% decay") == "not run"                          # the store has 5% and 10% only
+    assert verdict("the max weight update") == "reproduced"              # 0.5x in every matrix
+    assert verdict("along the trajectory |D1|") == "reproduced"          # |D1| 0.2 → ~0, K 0.1 → 0.5
+    assert verdict("µP keeps each layer's") == "not run"                 # no check in this store
+    assert verdict("high-quality data") == "not run"
+    assert table(rows).count("\n") == len(rows) + 1
 
 
 def test_fit_cli_on_a_sweep_prints_the_design_keys(store, capsys):
@@ -210,6 +261,7 @@ def test_plan_from_the_fits_and_the_report(fitted, capsys):
     assert cli.main(["report"]) == 0
     page = (store / "report.html").read_text()
     assert page.count("data:image/png;base64") >= 7 and "micro-425k" in page and "predict N" in page
+    assert "The paper's findings on this ladder" in page and "| WSD with a ~10% decay" in capsys.readouterr().out
 
 
 def test_plan_without_fits_says_what_is_missing(tmp_path, monkeypatch, capsys):
@@ -281,3 +333,25 @@ def test_validate_trains_the_planned_target_and_logs_predicted_against_actual(fi
     assert (store / "validate" / "micro-24k.png").stat().st_size > 10_000   # the curve against the predicted interval
     assert cli.main(["report"]) == 0
     assert "Predicted against actual" in (store / "report.html").read_text()
+
+
+def test_per_set_laws_recover_each_held_out_sets_exponents():
+    """Two held-out sets drawn from laws with swapped exponents (paper Fig. 10/17 fits each set on its own)."""
+    truth = {"code": (20.0, 0.25, 60.0, 0.35, 0.8), "docs": (20.0, 0.35, 60.0, 0.25, 1.1)}
+    rng = np.random.default_rng(0)
+    n = np.repeat(np.geomspace(2e4, 5e5, 6), 6)
+    d = n * np.tile(np.arange(10, 70, 10), 6) * 1.1
+    points = pd.DataFrame({"N": n, "D": d, "group": np.repeat(np.arange(6), 6),
+                           "bpb_few": np.where(np.arange(n.size) < 3, 2.0, np.nan)})   # a set only 3 runs evaluated
+    for name, (c_n, a, c_d, b, l0) in truth.items():
+        points[f"bpb_{name}"] = (c_n * n ** -a + c_d * d ** -b + l0) * np.exp(rng.normal(0, 0.002, n.size))
+    out = studies.per_set_laws(points, n_col="N")
+    code, docs = out["sets"]["code"], out["sets"]["docs"]
+    # 0.2% noise; tolerances from 15 seeds (max |error|: code α 0.010, β 0.018; docs α 0.054, β 0.010)
+    assert code["alpha"] == pytest.approx(0.25, abs=0.02) and code["beta"] == pytest.approx(0.35, abs=0.03)
+    assert docs["alpha"] == pytest.approx(0.35, abs=0.07) and docs["beta"] == pytest.approx(0.25, abs=0.02)
+    assert out["mean"]["alpha"] == pytest.approx((code["alpha"] + docs["alpha"]) / 2)
+    assert out["mean"]["beta"] == pytest.approx(0.30, abs=0.02)
+    assert "at least 6 points (got 3)" in out["sets"]["few"]["skipped"]
+    lines = studies._per_set_lines({**out, "averaged_loss": {"alpha": 0.3, "beta": 0.3}})
+    assert lines[0].startswith("  per held-out set") and any("mean of sets" in line for line in lines)

@@ -28,13 +28,25 @@ def write_report(path: Path | None = None) -> Path:
     root = results_dir()
     path = path or root / "report.html"
     parts = [f"<html><head><meta charset='utf-8'><title>windtunnel report</title><style>{STYLE}</style></head><body>",
-             "<h1>windtunnel report</h1>", _plans(root / "plans"), _validations(root)]
+             "<h1>windtunnel report</h1>", _findings(root), _plans(root / "plans"), _validations(root)]
     for study, title in STUDIES:
         parts.append(_study(root / study, title))
     parts += [_search(folder) for folder in sorted((root / "search").glob("*/summary.json"))]
+    parts.append(_coord_check(root / "plots" / "coord_check.png"))
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path
+
+
+def _findings(root: Path) -> str:
+    """The paper's findings, each reproduced or not on this ladder, with the numbers (windtunnel.findings)."""
+    from windtunnel.findings import findings
+
+    rows = "".join(f"<tr><td>{html.escape(f.section)}</td><td style='text-align:left'>{html.escape(f.paper)}</td>"
+                   f"<td class='{'' if f.verdict == 'reproduced' else 'gap'}'>{html.escape(f.verdict)}</td>"
+                   f"<td style='text-align:left'>{html.escape(f.here)}</td></tr>" for f in findings(root))
+    return ("<h2>The paper's findings on this ladder</h2><table><tr><th>§</th><th>the paper</th><th>here</th>"
+            "<th>numbers</th></tr>" + rows + "</table>")
 
 
 def _study(folder: Path, title: str) -> str:
@@ -59,13 +71,34 @@ def _summary(study: str, data: dict) -> str:
     if study == "scaling_law":
         return _scaling_law(data)
     if study == "batch_size":
-        return _table([(k, data[k], data.get("intervals", {}).get(k)) for k in ("k", "gamma")])
+        left_out = (f"<p>{data['n_optima']} optima; left out: {data['n_outside']} outside the sampled batch sizes "
+                    f"(never extrapolated), {data['n_concave']} parabolas opening downward.</p>")
+        return _table([(k, data[k], data.get("intervals", {}).get(k)) for k in ("k", "gamma")]) + left_out
     if study == "lr":
-        rows = "".join(f"<tr><td>{o['parametrization']}</td><td>{o['model']}</td><td>{o['lr_opt']:.4g}</td>"
-                       f"<td>{_interval(o['low'], o['high'])}</td><td>{'edge' if o['at_edge'] else ''}</td></tr>"
-                       for o in data["optima"])
-        return "<table><tr><th>param.</th><th>model</th><th>optimal LR</th><th>95%</th><th></th></tr>" + rows + "</table>"
+        return _lr(data)
     return ""
+
+
+def _lr(data: dict) -> str:
+    """Each width's optimal LR (a diverged run is censored: the optimum lies below it), the spread of the optima
+    across widths per parametrization with its 95% interval, and whether µP transfers where SP does not."""
+    rows = "".join(f"<tr><td>{o['parametrization']}</td><td>{_num(o.get('width'), 'g')}</td><td>{o['model']}</td>"
+                   f"<td>{o['lr_opt']:.4g}</td><td>{_interval(o['low'], o['high'])}</td>"
+                   f"<td>{o.get('n_censored', 0)}</td><td>{'edge' if o['at_edge'] else ''}</td></tr>"
+                   for o in sorted(data["optima"], key=lambda o: (o["parametrization"], o.get("width") or 0)))
+    out = ["<table><tr><th>param.</th><th>width</th><th>model</th><th>optimal LR</th><th>95%</th><th>diverged</th>"
+           "<th></th></tr>" + rows + "</table>"]
+    spreads = "".join(f"<tr><td>{k}</td><td>{s['ratio']:.3g}×</td><td>{_interval(*(s.get('interval') or [None] * 2))}"
+                      f"</td><td>{_interval(*(s.get('widths') or [None] * 2))}</td><td>{s.get('n_open', 0)}</td></tr>"
+                      for k, s in data["spread"].items())
+    out.append("<table><tr><th>param.</th><th>spread max/min</th><th>95%</th><th>widths</th>"
+               "<th>open-ended optima left out</th></tr>" + spreads + "</table>")
+    goal = data.get("goal")
+    if goal:
+        verdict = {True: "holds", False: "does not hold", None: "undecided"}[goal["holds"]]
+        out.append(f"<p>µP spread &lt; 2× over ≥ 8× of width, SP clearly more: <b>{verdict}</b> — "
+                   f"{html.escape(goal['why'])}</p>")
+    return "\n".join(out)
 
 
 def _scaling_law(data: dict) -> str:
@@ -79,6 +112,7 @@ def _scaling_law(data: dict) -> str:
            f"bootstrap resamples whole stable runs. {html.escape(data.get('flops', ''))}.</p>",
            "<h3>The paper's form</h3>", _law(data),
            f"<p>by curve_fit, as the paper: α {data['curve_fit']['alpha']:.4g}, β {data['curve_fit']['beta']:.4g}.</p>",
+           _per_set(data.get("per_set") or {}),
            f"<h3>The law that predicts ({html.escape(pred['why'])})</h3>", _law(pred)]
     cands = "".join(f"<tr><td>{c['form']}</td><td>{N_NAMES[c['n_kind']]}</td><td>{_mean_abs(c['backtests'])}</td>"
                     f"<td>{'predicts' if (c['form'], c['n_kind']) == (pred['form'], pred['n_kind']) else ''}</td></tr>"
@@ -94,6 +128,24 @@ def _scaling_law(data: dict) -> str:
                       for r in data["compute_optimal"])
     out.append("<table><tr><th>C = 6ND (FLOPs)</th><th>D/N closed form</th><th>D/N numeric</th></tr>" + optimal + "</table>")
     return "\n".join(out)
+
+
+def _per_set(per_set: dict) -> str:
+    """The paper's form fitted to each held-out set on its own (Fig. 10/17), their mean, and the averaged loss's fit."""
+    if not per_set.get("sets"):
+        return ""
+
+    def cells(law: dict) -> str:
+        iv = law.get("intervals", {})
+        return "".join(f"<td>{law[k]:.4g}</td><td>{_interval(*(iv.get(k) or (None, None)))}</td>" for k in ("alpha", "beta"))
+
+    rows = [f"<tr><td>{html.escape(name)}</td>" + (f"<td colspan=4>{html.escape(law['skipped'])}</td>" if "skipped" in law
+                                                   else cells(law)) + "</tr>" for name, law in per_set["sets"].items()]
+    if per_set.get("mean"):
+        rows.append("<tr><td>mean of the sets</td>" + cells(per_set["mean"]) + "</tr>")
+    rows.append("<tr><td>fit of the averaged loss</td>" + cells(per_set["averaged_loss"]) + "</tr>")
+    return ("<h3>Per held-out set (as the paper)</h3><table><tr><th>set</th><th>α</th><th>95%</th><th>β</th><th>95%</th>"
+            "</tr>" + "".join(rows) + "</table>")
 
 
 def _law(law: dict) -> str:
@@ -129,7 +181,10 @@ def _search(summary: Path) -> str:
 
 
 def _interval(low, high) -> str:
-    return "" if low is None else f"[{low:.4g}, {high:.4g}]"
+    """[low, high]; a side that is None is open (a one-sided bound)."""
+    if low is None and high is None:
+        return ""
+    return "[" + ", ".join("open" if v is None else f"{v:.4g}" for v in (low, high)) + "]"
 
 
 def _table(rows) -> str:
@@ -158,6 +213,14 @@ def _validations(root: Path) -> str:
             "held-out bits per byte.</p><table><tr><th>target</th><th>how</th><th>N</th><th>beyond the "
             "ladder</th><th>tokens</th><th>predicted</th><th>95% prediction interval</th><th>actual</th>"
             "<th>predicted/actual − 1</th><th>inside</th></tr>" + rows + "</table>" + _images(root / "validate"))
+
+
+def _coord_check(png: Path) -> str:
+    """The µP coordinate check's figure (DESIGN §3 "Checking µP"), as `windtunnel check-mup` last drew it."""
+    head = "<h2>µP coordinate check: update size against width — DESIGN §3</h2>"
+    if not png.is_file():
+        return head + "<p class='gap'>not run yet (windtunnel check-mup)</p>"
+    return head + f"<img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}' alt='{png.name}'>"
 
 
 def _num(value, spec: str) -> str:
