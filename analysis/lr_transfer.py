@@ -38,6 +38,11 @@ def table(result: dict) -> list[str]:
         lines.append(f"{width:>5g} {model:<12}{cells}" if width else f"{'?':>5} {model:<12}{cells}")
     for kind in kinds:
         lines.append(f"{kind}: {_spread(result['spread'][kind])}")
+        regret = result["spread"][kind].get("regret")
+        if regret:
+            lines.append(f"{kind}: the LR tuned at width {regret['tuned_at_width']:g} ({regret['lr']:g}) costs at most "
+                         f"{regret['max']:+.2%} loss at any width (" + ", ".join(
+                             f"{w}: {r:+.2%}" for w, r in regret["by_width"].items()) + ")")
     goal = result["goal"]
     verdict = {True: "holds", False: "does not hold", None: "undecided"}[goal["holds"]]
     lines.append(f"goal (µP spread < 2x over >= 8x width, SP clearly more): {verdict} — {goal['why']}")

@@ -31,6 +31,12 @@ def _period(row) -> float:
     return row.D if np.isnan(row.period_tokens) else row.period_tokens
 
 
+def _cosine_label(row) -> str:
+    """"Cosine(T=22N) S=88N": T and S in tokens per parameter of the run's N."""
+    kind = "CosineLoop" if row.schedule == "cosine_loop" else "Cosine"
+    return f"{kind}(T={_period(row) / row.N:.0f}N) S={row.D / row.N:.0f}N"
+
+
 def _same(a, b) -> bool:
     return abs(a - b) <= SAME_TOKENS * max(a, b)
 
@@ -121,9 +127,9 @@ def main(args) -> None:
         "cosine": cosines[["name", "D", "period_tokens", "loss"]].to_dict(orient="records"),
         "branches": branches.sort_values(["D", "loss"])[COLUMNS].to_dict(orient="records")})
     if not args.no_plots and not branches.empty:
-        shown = {**dict(zip(cosines["run_id"], cosines["name"])),
-                 **dict(zip(ten_percent["run_id"], ten_percent["name"])),
-                 **dict(zip(frame.loc[frame["stage"] == "stable", "run_id"], frame.loc[frame["stage"] == "stable", "name"]))}
+        shown = {**{r.run_id: _cosine_label(r) for r in cosines.itertuples()},
+                 **{r.run_id: f"WSD {r.branch_tokens_per_param:g}N + 10% exp" for r in ten_percent.itertuples()},
+                 **{r.run_id: "stable (constant LR)" for r in frame[frame["stage"] == "stable"].itertuples()}}
         curves = studies.loss_curves(frame[frame["run_id"].isin(shown)], metric="eval")
         plots.wsd_curves(curves, shown, out / "fig4_wsd_vs_cosine.png")
         plots.decay_fractions(branches, out / "fig5_decay_fractions.png")

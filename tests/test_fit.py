@@ -460,6 +460,20 @@ def test_lr_transfer_caps_the_optimum_at_the_smallest_diverged_lr():
     assert row["lr_opt"] <= 0.02 and row["high"] <= 0.02 and not row["at_edge"]   # the parabola's vertex is ~0.018
 
 
+def test_transfer_regret_is_zero_when_the_optimum_stays_and_grows_when_it_moves():
+    lrs = [0.005, 0.01, 0.02, 0.04]
+    rows = []
+    for width in (16, 32, 64, 128):
+        for lr in lrs:  # "mup": optimum 0.01 at every width; "sp": optimum 0.01·16/width
+            rows.append(("mup", f"w{width}", width, lr, 3 + 0.3 * np.log10(lr / 0.01) ** 2))
+            rows.append(("sp", f"w{width}", width, lr, 3 + 0.3 * np.log10(lr / (0.16 / width)) ** 2))
+    frame = pd.DataFrame(rows, columns=["parametrization", "model", "width", "lr", "loss"])
+    spread = fit_lr_transfer(frame).spread
+    assert spread["mup"]["regret"]["lr"] == 0.01 and spread["mup"]["regret"]["max"] == pytest.approx(0, abs=1e-12)
+    sp = spread["sp"]["regret"]   # tuned at width 16 (0.01); at width 128 the best is 0.005 (0.3 log-decades off)
+    assert sp["by_width"]["128"] == pytest.approx((3 + 0.3 * np.log10(8) ** 2) / (3 + 0.3 * np.log10(4) ** 2) - 1)
+
+
 def test_lr_transfer_all_diverged_raises():
     frame = pd.DataFrame({"model": "m", "lr": [0.1, 0.2, 0.3], "loss": [np.nan] * 3})
     with pytest.raises(FitError, match="every run of model 'm' \\(mup\\) diverged; add smaller learning rates"):

@@ -223,7 +223,8 @@ def test_findings_state_the_papers_claims_from_the_fits(fitted):
     assert verdict("Cosine(T) with T ≠ S") == "reproduced"
     assert verdict("a 2.5% decay") == "not run"                          # the store has 5% and 10% only
     assert verdict("the max weight update") == "reproduced"              # 0.5x in every matrix
-    assert verdict("along the trajectory |D1|") == "reproduced"          # |D1| 0.2 → ~0, K 0.1 → 0.5
+    assert verdict("the first directional derivative |D1|") == "reproduced"   # |D1| 0.2 → ~0
+    assert verdict("the curvature K") == "reproduced"                    # 0.1 → 0.5
     assert verdict("µP keeps each layer's") == "not run"                 # no check in this store
     assert verdict("high-quality data") == "not run"
     assert table(rows).count("\n") == len(rows) + 1

@@ -59,8 +59,20 @@ def _lr(lr: dict | None) -> Finding:
         iv = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
         return f"{kind} spread {s['ratio']:.2f}×{iv} over widths {widths[0]:g}–{widths[1]:g}"
 
-    verdict = {True: YES, False: NO, None: PARTLY}[goal.get("holds")]
-    return Finding("§3.3 (Fig. 3)", paper, verdict, f"{say('mup')}; {say('sp')}. {goal.get('why', '')}".strip())
+    mup, sp = spread.get("mup", {}), spread.get("sp", {})
+    points_hold = mup.get("ratio", 99) < 2 and sp.get("ratio", 0) > max(2, mup.get("ratio", 99))
+    costs = mup.get("regret", {}).get("max", 1), sp.get("regret", {}).get("max", 0)
+    transfers = costs[0] < 0.01 and costs[1] > 0.05   # the base width's LR is (nearly) optimal at every µP width only
+    verdict = YES if goal.get("holds") else PARTLY if points_hold or transfers or goal.get("holds") is None else NO
+
+    def regret(kind):
+        r = spread.get(kind, {}).get("regret")
+        return f"{kind} {r['max']:+.2%}" if r else f"{kind} —"
+
+    cost = (f"; the LR tuned at width {mup['regret']['tuned_at_width']:g} costs at most {regret('mup')}, "
+            f"{regret('sp')} loss at any width" if mup.get("regret") else "")
+    return Finding("§3.3 (Fig. 3)", paper, verdict,
+                   f"{say('mup')}; {say('sp')}{cost}. {goal.get('why', '')}".strip())
 
 
 def _batch(bs: dict | None) -> Finding:
@@ -74,7 +86,7 @@ def _batch(bs: dict | None) -> Finding:
                    f"optima; {bs['n_outside']} outside the sampled batches left out, {bs['n_concave']} concave")
 
 
-def _wsd(wsd: dict | None) -> list[Finding]:
+def _wsd(wsd: dict | None, ladder_envelopes: dict) -> list[Finding]:
     rows = [("§4.2 (Fig. 4)", "WSD with a ~10% decay reaches Cosine(T = S) at the same tokens"),
             ("§4.1 (Fig. 4)", "Cosine(T) with T ≠ S (and CosineLoop) ends above Cosine(T = S)"),
             ("§4.2 (Fig. 5)", "a 2.5% decay falls short of a 10% one"),
@@ -96,36 +108,44 @@ def _wsd(wsd: dict | None) -> list[Finding]:
     short = sum(f["short_falls_short"] for f in shapes)
     out.append(Finding(*rows[2], _share(short, len(shapes)), "; ".join(
         f"{f['shape']} {f['short_gap']:+.2%}" for f in shapes) + " (2.5% vs 10% from the last branch point)"))
-    fits = {m: f for m, f in wsd.get("envelope", {}).items() if "skipped" not in f}
+    fits = {**{f"{m} (ladder)": f for m, f in ladder_envelopes.items()}, **wsd.get("envelope", {})}
+    fits = {m: f for m, f in fits.items() if "skipped" not in f}
     power = sum(f["better"] == "power" for f in fits.values())
     out.append(Finding(*rows[3], _share(power, len(fits)), "; ".join(
-        f"{m}: AIC power {f['aic']['power']:.1f}, exponential {f['aic']['exponential']:.1f}" for m, f in fits.items())))
+        f"{m} {f['n_points']} points: AIC power {f['aic']['power']:.1f}, exponential {f['aic']['exponential']:.1f}"
+        for m, f in fits.items())))
     pairs = wsd.get("equal_compute", [])
     lower = sum(f["small_lower"] for f in pairs)
     detail = "; ".join(f"{f['small']} vs {f['large']} at {f['C']:.2g} FLOPs {f['small_loss'] / f['large_loss'] - 1:+.1%}"
                        for f in pairs)
-    out.append(Finding(*rows[4], _share(lower, len(pairs)), detail or "no ladder envelopes (make scaling-law)"))
+    out.append(Finding(*rows[4], _share(lower, len(pairs)),
+                       (detail + " (smaller/larger − 1)") if detail else "no ladder envelopes (make scaling-law)"))
     return out
 
 
 def _decay_dynamics(dyn: dict | None) -> list[Finding]:
     rows = [("§4.4 (Fig. 7)", "the max weight update of every matrix falls during the decay"),
             ("§4.4 (Fig. 8)", "the gradient norm falls during the decay"),
-            ("§4.4 (Fig. 8)", "along the trajectory |D1| falls and the curvature K rises during the decay")]
+            ("§4.4 (Fig. 8)", "consecutive gradients stay positively aligned (cos > 0) in the decay"),
+            ("§4.4 (Fig. 8)", "the first directional derivative |D1| diminishes during the decay"),
+            ("§4.4 (Fig. 8)", "the curvature K = |D2|/(1 + D1²)^1.5 rises by about an order of magnitude")]
     branches = [b for b in (dyn or {}).get("branches", []) if "D1_before" in b]
     if not branches:
         return [Finding(s, p, NOT_RUN, "make sweep-wsd (D1/D2 logged by the trainer)") for s, p in rows]
-    ratios = [min(b["max_update_ratio_by_matrix"].values()) for b in branches if "max_update_ratio_by_matrix" in b]
-    highs = [max(b["max_update_ratio_by_matrix"].values()) for b in branches if "max_update_ratio_by_matrix" in b]
-    falls = sum(h < 1 for h in highs)
+    matrices = [b["max_update_ratio_by_matrix"] for b in branches if "max_update_ratio_by_matrix" in b]
+    lows, highs = [min(m.values()) for m in matrices], [max(m.values()) for m in matrices]
     norm = [b["grad_norm_end"] / b["grad_norm_before"] for b in branches]
+    cos = [b["grad_cos_end"] for b in branches]
     d1 = [abs(b["D1_end"]) / abs(b["D1_before"]) for b in branches]
     k = [b["K_end"] / b["K_before"] for b in branches]
-    both = sum(a < 1 and c > 1 for a, c in zip(d1, k))
-    return [Finding(*rows[0], _share(falls, len(highs)), f"end/before ratio {min(ratios):.2g}–{max(highs):.2g} across "
-                                                          f"matrices and {len(highs)} branches"),
+    signs = f"; D1 {_range([b['D1_before'] for b in branches])} before, {_range([b['D1_end'] for b in branches])} at the end"
+    return [Finding(*rows[0], _share(sum(h < 1 for h in highs), len(highs)),
+                    f"end/before {min(lows):.2g}…{max(highs):.2g} across the matrices of {len(highs)} branches"),
             Finding(*rows[1], _share(sum(r < 1 for r in norm), len(norm)), f"end/before {_range(norm)}"),
-            Finding(*rows[2], _share(both, len(branches)), f"|D1| end/before {_range(d1)}; K end/before {_range(k)}")]
+            Finding(*rows[2], _share(sum(c > 0 for c in cos), len(cos)),
+                    f"cos {_range([b['grad_cos_before'] for b in branches])} before, {_range(cos)} at the end"),
+            Finding(*rows[3], _share(sum(r < 1 for r in d1), len(d1)), f"|D1| end/before {_range(d1)}" + signs),
+            Finding(*rows[4], _share(sum(r >= 3 for r in k), len(k)), f"K end/before {_range(k)}")]
 
 
 def _scaling_law(law: dict | None) -> list[Finding]:
@@ -186,7 +206,7 @@ def _iv(interval) -> str:
 def findings(root: Path | None = None) -> list[Finding]:
     """Every finding, in the paper's order."""
     root = root or results_dir()
-    return [_mup_check(root), _batch(_read(root, "batch_size")), _lr(_read(root, "lr")), *_wsd(_read(root, "wsd")),
+    return [_mup_check(root), _batch(_read(root, "batch_size")), _lr(_read(root, "lr")), *_wsd(_read(root, "wsd"), (_read(root, "scaling_law") or {}).get("envelope", {})),
             *_decay_dynamics(_read(root, "decay_dynamics")), *_scaling_law(_read(root, "scaling_law")),
             _decay_data(_read(root, "decay_data"))]
 

@@ -897,6 +897,9 @@ def fit_lr_transfer(frame: pd.DataFrame, *, bootstrap: int = 0, seed: int = 0) -
                  for g, curve, w in zip(groups, curves, wide)]
     optima = pd.DataFrame(rows)
     spread = {p: _spread(g, rng) for p, g in optima.groupby("parametrization")}
+    if "width" in data:
+        for p, part in data.groupby("parametrization"):
+            spread[p]["regret"] = _transfer_regret(part)
     return LRTransferFit(optima, spread, "bootstrap" if bootstrap else "delta", _goal(spread))
 
 
@@ -1004,6 +1007,16 @@ def _spread(optima: pd.DataFrame, rng, n_draws: int = 4000) -> dict:
             "n_models": int(lr.size), "n_open": int((~bounded).sum()),
             "widths": [float(width.min()), float(width.max())] if width.size else None,
             "width_ratio": float(width.max() / width.min()) if width.size else None}
+
+
+def _transfer_regret(part: pd.DataFrame) -> dict:
+    """What transferring costs, straight from the grid (no fit, so it holds however flat the optimum): the grid LR
+    with the lowest loss at the narrowest width, used at every width, against that width's best grid loss."""
+    table = part[np.isfinite(part["loss"])].pivot_table(index="width", columns="lr", values="loss")
+    tuned = float(table.iloc[0].idxmin())
+    regret = (table[tuned] / table.min(axis=1) - 1).dropna()
+    return {"tuned_at_width": float(table.index[0]), "lr": tuned, "max": float(regret.max()),
+            "by_width": {f"{w:g}": float(r) for w, r in regret.items()}}
 
 
 def _goal(spread: dict) -> dict:

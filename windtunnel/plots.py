@@ -111,15 +111,22 @@ def lr_transfer(points: pd.DataFrame, optima: list[dict], path: Path) -> Path:
 
 
 def wsd_curves(curves: pd.DataFrame, labels: dict[str, str], path: Path) -> Path:
-    """Fig. 4: loss against tokens of Cosine(T) runs and WSD decay branches (each branch leaves the stable run)."""
-    fig, (ax,) = _figure(width=7)
-    ids = list(labels)
-    for run_id, color in zip(ids, _colors(len(ids))):
+    """Fig. 4: held-out loss against tokens of the Cosine(T) runs (dashed), the stable run and its WSD decay
+    branches (solid, a dot at each evaluation: a short branch has few)."""
+    fig, (ax,) = _figure(width=8, height=5)
+    import matplotlib
+
+    ids = sorted(labels, key=labels.get)
+    palette = matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))
+    for i, run_id in enumerate(ids):
         group = curves[curves["run_id"] == run_id]
-        style = "--" if "cosine" in labels[run_id] else "-"
-        ax.plot(group["tokens"], group["loss"], style, color=color, lw=1, label=labels[run_id])
+        style = "--" if "osine" in labels[run_id] else ".-"
+        ax.plot(group["tokens"], group["loss"], style, color=palette[i % 20], lw=1.2, ms=5, label=labels[run_id])
     ax.set(xlabel="tokens", ylabel="held-out loss (bits/byte)")
-    ax.legend(fontsize=6, ncol=2)
+    late = curves.loc[curves["tokens"] >= 0.2 * curves["tokens"].max(), "loss"]  # past warm-up: where schedules differ
+    low, high = late.min(), late.max()
+    ax.set_ylim(low - 0.03 * (high - low), high)
+    ax.legend(fontsize=6, ncol=2, loc="upper right")
     return _save(fig, path)
 
 
@@ -252,10 +259,10 @@ def validation(curve: pd.DataFrame, result: dict, path: Path) -> Path:
 def decay_dynamics(curves: dict[str, tuple[pd.DataFrame, int]], path: Path) -> Path:
     """§4.4 (Fig. 7–8): the trainer's per-step statistics around each decay, against steps from the fork.
 
-    `curves` maps a branch's name to (its logged steps led by the parent's, the fork step). D1 and K are
+    `curves` maps a branch's name to (its logged steps led by the parent's, the fork step). Loss, D1 and K are
     rolling medians over ~5% of the steps (one step is minibatch noise); the last panel is Fig. 7: the max
     |Δw| of each weight matrix of the longest branch."""
-    panels = [("loss", "train loss (nats/token)", False), ("grad/norm", "gradient norm", False),
+    panels = [("loss", "train loss (nats/token, median)", False), ("grad/norm", "gradient norm", False),
               ("grad/cos_prev", "cos(g_t, g_t-1)", False), ("grad/D1", "D1 = g(t+1)·v/‖v‖ (median)", False),
               ("grad/curvature", "curvature K = |D2|/(1+D1²)^1.5 (median)", True)]
     import matplotlib
@@ -270,7 +277,8 @@ def decay_dynamics(curves: dict[str, tuple[pd.DataFrame, int]], path: Path) -> P
         for ax, (key, title, log) in zip(axes.flat, panels):
             if key not in curve or curve[key].isna().all():
                 continue
-            y = curve[key].rolling(window, center=True, min_periods=1).median() if key.startswith("grad/") else curve[key]
+            smooth = key == "loss" or key in ("grad/D1", "grad/curvature")
+            y = curve[key].rolling(window, center=True, min_periods=1).median() if smooth else curve[key]
             ax.plot(x, y, lw=0.8, color=color, label=label)
             ax.set(title=title, xlabel="steps from the fork / decay length", yscale="log" if log else "linear")
     longest, (curve, fork) = max(curves.items(), key=lambda kv: len(kv[1][0]))
