@@ -54,10 +54,8 @@ def _lr(lr: dict | None) -> Finding:
         s = spread.get(kind)
         if not s:
             return f"{kind}: no runs"
-        low, high = s.get("interval") or (None, None)
-        widths = s.get("widths") or (None, None)
-        iv = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
-        return f"{kind} spread {s['ratio']:.2f}×{iv} over widths {widths[0]:g}–{widths[1]:g}"
+        over = f" over widths {s['widths'][0]:g}–{s['widths'][1]:g}" if s.get("widths") else ""
+        return f"{kind} spread {s['ratio']:.2f}× {_iv(s.get('interval'))}{over}"
 
     mup, sp = spread.get("mup", {}), spread.get("sp", {})
     points_hold = mup.get("ratio", 99) < 2 and sp.get("ratio", 0) > max(2, mup.get("ratio", 99))
@@ -79,10 +77,10 @@ def _batch(bs: dict | None) -> Finding:
     paper = "bs_opt = k / L^γ: lower loss wants larger batches (paper γ 6.24 on C4)"
     if bs is None:
         return Finding("§3.2 (Fig. 1–2)", paper, NOT_RUN, "make sweep-bs")
-    low, high = bs["intervals"].get("gamma", (None, None))
-    verdict = YES if low is not None and low > 0 else PARTLY
+    interval = bs.get("intervals", {}).get("gamma")
+    verdict = YES if interval and interval[0] > 0 else PARTLY
     return Finding("§3.2 (Fig. 1–2)", paper, verdict,
-                   f"bs_opt = {bs['k']:.3g} / L^{bs['gamma']:.2f} (γ 95% [{low:.2f}, {high:.2f}]) from {bs['n_optima']} "
+                   f"bs_opt = {bs['k']:.3g} / L^{bs['gamma']:.2f} (γ 95% {_iv(interval) or 'not bootstrapped'}) from {bs['n_optima']} "
                    f"optima; {bs['n_outside']} outside the sampled batches left out, {bs['n_concave']} concave")
 
 
@@ -156,10 +154,12 @@ def _scaling_law(law: dict | None) -> list[Finding]:
         return [Finding(s, p, NOT_RUN, "make scaling-law") for s, p in rows]
     iv = law.get("intervals", {})
     errors = {c["form"]: _mean_error(c["backtests"]) for c in law.get("candidates", []) if c["n_kind"] == law["n_kind"]}
+    errors = {form: e for form, e in errors.items() if e is not None}  # too few sizes to backtest: none
     paper = errors.get("chinchilla")
     first = Finding(*rows[0], NOT_RUN if paper is None else YES if paper < 0.03 else PARTLY,
                     f"α {law['alpha']:.2f} {_iv(iv.get('alpha'))}, β {law['beta']:.2f} {_iv(iv.get('beta'))}; rolling "
-                    "backtests, mean |error|: " + ", ".join(f"{k} form {v:.2%}" for k, v in sorted(errors.items())))
+                    "backtests, mean |error|: " + (", ".join(f"{k} form {v:.2%}" for k, v in sorted(errors.items()))
+                                                   or "none (too few sizes)"))
     per_set = law.get("per_set")
     if not per_set or not per_set.get("mean"):
         return [first, Finding(*rows[1], NOT_RUN, "no per-set fits in results/scaling_law/fit.json")]
@@ -200,7 +200,10 @@ def _range(values, *, pct: bool = False) -> str:
 
 
 def _iv(interval) -> str:
-    return f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+    """[low, high] to 2 decimals; "" without an interval, "open" for a side that has none."""
+    if not interval or all(v is None for v in interval):
+        return ""
+    return "[" + ", ".join("open" if v is None else f"{v:.2f}" for v in interval) + "]"
 
 
 def findings(root: Path | None = None) -> list[Finding]:
