@@ -277,7 +277,7 @@ def decay_dynamics(curves: dict[str, tuple[pd.DataFrame, int]], path: Path) -> P
         for ax, (key, title, log) in zip(axes.flat, panels):
             if key not in curve or curve[key].isna().all():
                 continue
-            smooth = key == "loss" or key in ("grad/D1", "grad/curvature")
+            smooth = key in ("loss", "grad/D1", "grad/curvature")
             y = curve[key].rolling(window, center=True, min_periods=1).median() if smooth else curve[key]
             ax.plot(x, y, lw=0.8, color=color, label=label)
             ax.set(title=title, xlabel="steps from the fork / decay length", yscale="log" if log else "linear")

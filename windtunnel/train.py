@@ -320,9 +320,7 @@ class GradStats:
 def _clip_and_compare(params, prev, update, max_norm):
     grads = [p.grad for p in params]
     flat = _flat(grads)
-    sums = torch.stack([flat.dot(flat), flat.dot(prev), prev.dot(prev), flat.dot(update), prev.dot(update),
-                        update.dot(update)])
-    out = _statistics(sums)
+    out = _statistics(_dots(flat, prev, update))
     torch._foreach_mul_(grads, (max_norm / (out[0] + 1e-6)).clamp(max=1.0))  # as clip_grad_norm_
     return out, flat, _flat(params)
 
@@ -336,12 +334,17 @@ def _clip_and_compare_shards(params, prev, update, max_norm):
     flat = _flat(grads)
     prev = torch.zeros_like(flat) if prev is None or prev.shape != flat.shape else prev
     update = torch.zeros_like(flat) if update is None or update.shape != flat.shape else update
-    sums = torch.stack([flat.dot(flat), flat.dot(prev), prev.dot(prev), flat.dot(update), prev.dot(update),
-                        update.dot(update)])
+    sums = _dots(flat, prev, update)
     dist.all_reduce(sums)
     out = _statistics(sums)
     torch._foreach_mul_(grads, (max_norm / (out[0] + 1e-6)).clamp(max=1.0))
     return out, flat, _flat([p.to_local() for p in params])
+
+
+def _dots(flat, prev, update):
+    """The sums g·g, g·g_prev, g_prev·g_prev, g·v, g_prev·v, v·v that _statistics needs (of this rank's shard)."""
+    return torch.stack([flat.dot(flat), flat.dot(prev), prev.dot(prev), flat.dot(update), prev.dot(update),
+                        update.dot(update)])
 
 
 def _statistics(sums):
