@@ -13,7 +13,8 @@ import pytest
 
 from windtunnel import tracking
 from windtunnel.graph import expand, load_sweep
-from windtunnel.orchestrate import run_dir, run_graph
+from windtunnel.orchestrate import run_graph
+from windtunnel.runs import run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = """

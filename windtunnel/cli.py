@@ -59,7 +59,7 @@ def cmd_peak(args) -> None:
 def cmd_train(args) -> None:
     from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides
     from windtunnel.model import count_params
-    from windtunnel.orchestrate import run_dir, train_spec
+    from windtunnel.runs import run_dir, train_spec
     from windtunnel.tracking import RUN_ID_FILE
 
     spec = TrainSpec(model=get_model(args.model))

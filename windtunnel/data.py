@@ -53,7 +53,7 @@ from windtunnel.config import DataSpec
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import results_dir
 
-__all__ = ["Corpus", "Tokenizer", "prepare", "sample_windows", "eval_windows"]
+__all__ = ["Corpus", "Tokenizer", "prepare", "source_fingerprint", "sample_windows", "eval_windows"]
 
 FORMAT = 1  # bump when document extraction or the shard layout changes: old caches are then ignored
 EXTENSIONS = (".txt", ".jsonl", ".parquet")
@@ -545,6 +545,34 @@ def _listing_key(spec: DataSpec, vocab_size: int) -> str:
         files.append(Path(spec.tokenizer).expanduser())
     stats = [f"{path}\0{st.st_size}\0{st.st_mtime_ns}" for path in files if path.exists() for st in [path.stat()]]
     return _hash(settings, *stats)
+
+
+def source_fingerprint(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None) -> str:
+    """Content hash of what `spec`'s corpus is made from, without preparing it: the documents (ids and text), the
+    settings and a given tokenizer file (the tokenizer windtunnel trains is a deterministic function of these: fixed
+    sample and threads). Part of every run's id (windtunnel.runs). Cached under cache_dir/sources by the files'
+    names, sizes and times, like `prepare`: an edited file is read and hashed anew."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
+    listing = _listing_key(spec, vocab_size)
+    stored = cache_dir / "sources" / f"{listing}.json"
+    if stored.is_file():
+        return json.loads(stored.read_text())["fingerprint"]
+    settings = json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size, "format": FORMAT}, sort_keys=True)
+    tokenizer = _pretrained_bytes(spec.tokenizer) if spec.tokenizer else b""
+    if spec.corpus.startswith("hf:"):  # the dataset's own content fingerprint
+        fingerprint = _hash(settings, tokenizer, _hf_dataset(spec.corpus)._fingerprint)
+    else:
+        fingerprint = _hash(settings, tokenizer, *(part for doc in _load_documents(spec) for part in (doc.id, doc.text)))
+    with _atomic_file(stored) as f:
+        f.write(json.dumps({"fingerprint": fingerprint}).encode())
+    return fingerprint
+
+
+def _pretrained_bytes(path: str) -> bytes:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SpecError("DataSpec", "tokenizer", path, "a sentencepiece .model file or a Hugging Face tokenizer.json")
+    return file.read_bytes()
 
 
 def _open(index: Path, cache_dir: Path) -> Corpus | None:

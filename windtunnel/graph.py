@@ -35,10 +35,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load_overrides, read_yaml, spec_hash
+from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load_overrides, read_yaml
 from windtunnel.errors import SpecError
+from windtunnel.runs import Run, make_run
 
-__all__ = ["BranchSpec", "ScaleSpec", "SweepSpec", "Run", "load_sweep", "expand", "summarize"]
+__all__ = ["BranchSpec", "ScaleSpec", "SweepSpec", "load_sweep", "expand", "summarize"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,28 +95,6 @@ class SweepSpec:
     """TrainSpec overrides for every run at every scale"""
     scales: dict = field(default_factory=dict)
     """scale name → ScaleSpec"""
-
-
-@dataclass(frozen=True)
-class Run:
-    """A node of the run graph: a frozen spec, its id, and what it forks from."""
-
-    id: str                   # content hash of the spec (+ parent id and fork step for a branch)
-    name: str                 # readable: model and the sweep coordinates
-    spec: TrainSpec
-    coords: dict              # sweep coordinates (model, grid values, branch point, decay), for tracking
-    parent: str | None = None  # id of the run whose checkpoint this one starts from
-    fork_step: int | None = None  # that checkpoint's step
-
-    @property
-    def tokens(self) -> int:
-        """Total tokens the model has seen at the end (a branch counts its parent's prefix)."""
-        return self.spec.tokens
-
-    @property
-    def own_tokens(self) -> int:
-        """Tokens this node trains itself: a branch only trains its decay."""
-        return self.spec.tokens - (self.fork_step or 0) * self.spec.batch_tokens
 
 
 # ---------------------------------------------------------------- loading
@@ -208,8 +187,7 @@ def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, 
             point = {"branch_tokens_per_param": at} if per_param else {"branch_tokens": at}
             coords = {**stable_run.coords, "stage": "decay", **point, "decay_fraction": fraction, "decay_shape": shape,
                       **({"decay_data": _mixture_label(spec)} if data else {})}
-            runs.append(Run(id=spec_hash(spec, stable_run.id, str(fork)), name=_label(coords), spec=spec,
-                            coords=coords, parent=stable_run.id, fork_step=fork))
+            runs.append(make_run(spec, name=_label(coords), coords=coords, parent=stable_run, fork_step=fork))
     return runs
 
 
@@ -267,14 +245,14 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             spec = apply_overrides(spec, {"tokens": steps * spec.batch_tokens}, source=file)
             coords = _coords(name, variant)
             if not branched:
-                runs.append(Run(id=spec_hash(spec), name=_label(coords), spec=spec, coords=coords))
+                runs.append(make_run(spec, name=_label(coords), coords=coords))
                 continue
             _check_branches(scale.branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name, model=name)
             forks = sorted(set(_fork_steps(scale.branches, n, spec.batch_tokens)))
             stable = apply_overrides(spec, {"schedule": {"kind": "constant", "warmup_tokens": spec.schedule.warmup_tokens},
                                             "tokens": forks[-1] * spec.batch_tokens, "checkpoint_steps": forks}, source=file)
-            stable_run = Run(id=spec_hash(stable), name=_label({**coords, "stage": "stable"}), spec=stable,
-                             coords={**coords, "stage": "stable"})
+            stable_coords = {**coords, "stage": "stable"}
+            stable_run = make_run(stable, name=_label(stable_coords), coords=stable_coords)
             runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file)]
     _check_unique(runs, file=file)
     return runs

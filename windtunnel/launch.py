@@ -163,10 +163,8 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
            experiment: str = "launch") -> dict:
     """Dry run: the layout. Otherwise train the planned target on Ray Train and return the outcome (the run's
     folder, status, final held-out loss against the prediction)."""
-    from windtunnel.config import spec_hash
     from windtunnel.data import prepare
-    from windtunnel.graph import Run
-    from windtunnel.orchestrate import run_dir
+    from windtunnel.runs import make_run, run_dir
 
     plan_path = Path(plan_path)
     plan = load_plan(plan_path)
@@ -177,8 +175,8 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
         return out
     spec = dataclasses.replace(spec, micro_batch_tokens=out["micro_batch_tokens"], parallel=out["strategy"],
                                device="cuda" if gpus_per_worker > 0 else "cpu")
-    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # once here, before the workers start
-    run = Run(id=spec_hash(spec, corpus.fingerprint), name=plan["target"], spec=spec, coords={"model": plan["target"]})
+    prepare(spec.data, vocab_size=spec.model.vocab_size)  # once here, before the workers start
+    run = make_run(spec, name=plan["target"], coords={"model": plan["target"]})
     folder = run_dir(run).resolve()  # the workers' working directory is not this one
     predicted = plan.get("predicted_loss") or {}
     context = {"plan": str(plan_path), "sources": plan.get("sources", {}), "given": sorted(keys),
@@ -310,7 +308,7 @@ def _worker(config: dict) -> None:
     if ray.train.get_context().get_world_rank() != 0:
         train(run.spec, folder)
         return
-    from windtunnel.orchestrate import run_params
+    from windtunnel.runs import run_params
     from windtunnel.tracking import RunLogger
 
     predicted = config["predicted"]

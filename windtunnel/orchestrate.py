@@ -16,15 +16,14 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 from windtunnel.errors import one_line
-from windtunnel.graph import Run
 from windtunnel.paths import results_dir
-from windtunnel.train import checkpoint_path, read_status, total_tokens
+from windtunnel.runs import Run, resources, run_dir, train_one
+from windtunnel.train import checkpoint_path, read_status
 
-__all__ = ["run_graph", "RunOutcome", "init_ray", "train_one", "train_spec", "run_dir"]
+__all__ = ["run_graph", "RunOutcome", "init_ray"]
 
 POLL_SECONDS = 0.5  # how often the driver looks for new branch checkpoints and finished tasks
 
@@ -38,72 +37,6 @@ class RunOutcome:
     attempts: int        # tasks started for it in this invocation (0 = already done before)
     result: dict | None  # TrainResult fields when it trained to the end
     error: str | None    # the last error of a failed run
-
-
-def run_dir(run: Run) -> Path:
-    return results_dir() / "runs" / run.id
-
-
-def _flat(prefix: str, obj: dict) -> dict:
-    out = {}
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            out.update(_flat(f"{prefix}{key}.", value))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def run_params(run: Run) -> dict:
-    """MLflow params of a run: its spec flattened, plus N (non-embedding), N_total (with the tied embedding), D,
-    the branch step and the sweep coordinates."""
-    from windtunnel.model import count_params
-
-    return {**_flat("", asdict(run.spec)), "N": count_params(run.spec.model),
-            "N_total": count_params(run.spec.model, embedding=True), "D": total_tokens(run.spec),
-            "fork_step": run.fork_step, "parent_run": run.parent,
-            **{f"coord.{k}": v for k, v in run.coords.items()}}
-
-
-def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow_id: str | None, tags: dict,
-              threads: int | None = None, progress: bool = False, params: dict | None = None) -> dict:
-    """Train one Run with MLflow logging (the body of a Ray task; `windtunnel train` calls it directly).
-    `params` are logged beside the run's own (a validation's prediction)."""
-    import torch
-
-    from windtunnel.tracking import RunLogger
-    from windtunnel.train import train
-
-    if threads:
-        torch.set_num_threads(threads)
-    folder = run_dir(run)
-    folder.mkdir(parents=True, exist_ok=True)
-    logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params={**run_params(run), **(params or {})},
-                                 tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
-                                       "parent": run.parent or ""},
-                                 parent_run_id=parent_mlflow_id)
-    try:
-        result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
-                       log=logger.log, flush=logger.flush, progress=progress)
-    except BaseException as err:
-        stopped = isinstance(err, KeyboardInterrupt)
-        logger.finish("KILLED" if stopped else "FAILED", tag_status="interrupted" if stopped else "failed")
-        raise
-    logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
-    return asdict(result)
-
-
-def train_spec(spec, *, experiment: str, tags: dict, params: dict | None = None, progress: bool = True) -> tuple[Run, dict]:
-    """Train one spec outside a sweep (`windtunnel train`, `windtunnel validate`): its id hashes the spec and the
-    corpus fingerprint, so editing the corpus trains anew; returns the Run and its TrainResult fields."""
-    from windtunnel.config import spec_hash
-    from windtunnel.data import prepare
-
-    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size)  # bad data fails here, before any run exists
-    run = Run(id=spec_hash(spec, corpus.fingerprint), name=spec.model.name, spec=spec, coords={"model": spec.model.name})
-    result = train_one(run, init_from=None, experiment=experiment, parent_mlflow_id=None,
-                       tags={"parametrization": spec.model.parametrization, **tags}, progress=progress, params=params)
-    return run, result
 
 
 # ---------------------------------------------------------------- the driver
@@ -129,15 +62,6 @@ def init_ray(num_cpus: int | None) -> bool:
 def _not_auth_notice(record: logging.LogRecord) -> bool:
     """Ray announces its default (token auth on) at every start; its warning when auth is off still shows."""
     return not record.getMessage().startswith("Token authentication is enabled")
-
-
-def resources(run: Run, *, gpus: bool) -> dict:
-    """Ray resources of one run: a GPU each when the cluster has GPUs, else 1 CPU (2 above 2M parameters)."""
-    from windtunnel.model import count_params
-
-    if gpus and run.spec.device != "cpu":
-        return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": 1 if count_params(run.spec.model) < 2_000_000 else 2}
 
 
 def _parent_logger(sweep: str, scale: str, runs: list[Run], description: str):

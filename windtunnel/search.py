@@ -116,7 +116,10 @@ class SearchSpec:
     @property
     def identity(self) -> dict:
         """What makes two invocations the same study (budgets and concurrency excluded)."""
-        return {"template": spec_hash(self.template), "objective": self.objective, "seed": self.seed,
+        from windtunnel.runs import data_fingerprint
+
+        return {"template": spec_hash(self.template), "data": data_fingerprint(self.template),
+                "objective": self.objective, "seed": self.seed,
                 "startup_trials": self.startup_trials, "space": [dataclasses.asdict(p) for p in self.space]}
 
 
@@ -286,17 +289,14 @@ def _trial(config: dict, *, ctx: dict) -> None:
     import torch
     from ray import tune
 
-    from windtunnel.graph import Run
-    from windtunnel.orchestrate import run_dir, run_params
+    from windtunnel.runs import run_dir, run_params
     from windtunnel.train import train
 
     os.environ.update(ctx["env"])  # results and MLflow store of the driver, whatever Ray was started with
     os.chdir(ctx["cwd"])  # Tune starts trials in their own folder: relative data paths mean the driver's
     torch.set_num_threads(ctx["threads"])
-    spec = trial_spec(ctx["template"], config)
-    params = {k: _round(v) for k, v in config.items()}
-    run = Run(id=spec_hash(spec), name=_label(spec.model.name, params), spec=spec,
-              coords={"model": spec.model.name, **params})
+    run = trial_run(ctx["template"], config)
+    spec = run.spec
     folder = run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     with _run_lock(folder):  # two trials proposing the same (rounded) values train the run once
@@ -332,6 +332,15 @@ def _run_lock(folder: Path):
     with open(folder / ".search.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def trial_run(template: TrainSpec, config: dict):
+    """The Run a trial trains: the template with the trial's values (rounded as trained)."""
+    from windtunnel.runs import make_run
+
+    spec = trial_spec(template, config)
+    params = {k: _round(v) for k, v in config.items()}
+    return make_run(spec, name=_label(spec.model.name, params), coords={"model": spec.model.name, **params})
 
 
 def _label(model: str, params: dict) -> str:
@@ -403,7 +412,7 @@ def _outcome(result, number: int, spec: SearchSpec, max_evals: int) -> TrialOutc
         intermediate = {} if history is None or METRIC not in history else dict(zip(history["evals"], history[METRIC]))
     except Exception:  # noqa: BLE001 - a trial that never reported has no progress file
         intermediate = {}
-    run_id = spec_hash(trial_spec(spec.template, params)) if params else None
+    run_id = trial_run(spec.template, params).id if params else None
     if result.error is not None:
         status, reason, value = "failed", one_line(result.error), None
     elif metrics.get("status") == "diverged":
@@ -566,8 +575,7 @@ def _trainable(spec: SearchSpec, *, scale: str, parent: str, gpus: bool):
     """The Tune trainable: `_trial` bound to this search's context, with one trial's resources."""
     from ray import tune
 
-    from windtunnel.graph import Run
-    from windtunnel.orchestrate import resources
+    from windtunnel.runs import Run, resources
     from windtunnel.tracking import tracking_uri
 
     need = resources(Run(id="", name="", spec=spec.template, coords={}), gpus=gpus)
