@@ -1,6 +1,7 @@
-"""µP search: bad search files fail before anything runs; a tiny search runs end to end on Ray Tune with
-Optuna's TPE and ASHA, writes best.yaml and the plots, logs MLflow child runs; a larger `trials` continues
-the same study without retraining; a diverged trial is failed, never the best; a SIGKILLed search resumes."""
+"""µP search: bad search files (keys and every numeric field) fail before anything runs; a tiny search runs
+end to end on Ray Tune with Optuna's TPE and ASHA, writes best.yaml and the plots, logs MLflow child runs;
+the Optuna study is stored in the search's folder and a larger `trials` continues it without retraining;
+a diverged trial is failed, never the best; a SIGKILLed search resumes the same stored study."""
 
 import json
 import math
@@ -70,6 +71,17 @@ BAD = [  # (replace this, with that) in SEARCH → expected key and words of the
     ("asha: {grace_evals: 1,", "asha: {grace_evals: 0,", "asha.grace_evals", "an integer >= 1"),
     ("lr: {low: 0.003, high: 300, log: true}", "schedule.warmup_tokens: {low: 4096, high: 409600}",
      "space.schedule.warmup_tokens.high", "at most the run's tokens"),
+    ("high: 300,", "high: .inf,", "space.lr.high", "a finite number"),
+    ("low: 0.003,", "low: .nan,", "space.lr.low", "a finite number"),
+    ("seed: 3", "seed: -1", "seed", "an integer in [0, 4294967296)"),
+    ("startup_trials: 4", "startup_trials: -2", "startup_trials", "an integer >= 0"),
+    ("trials: 2,", "trials: 0,", "scales.micro.trials", "an integer >= 1"),
+    ("concurrency: 1}", "concurrency: 0}", "scales.micro.concurrency", "an integer >= 1"),
+    ("tokens: 20480,", "tokens: 0,", "scales.micro.tokens", "an integer >= 1"),
+    ("tokens: 20480,", "tokens_per_param: -5,", "scales.micro.tokens_per_param", "a finite number > 0"),
+    ("tokens: 20480,", "tokens_per_param: .nan,", "scales.micro.tokens_per_param", "a finite number > 0"),
+    ("reduction_factor: 2}", "reduction_factor: 1}", "asha.reduction_factor", "a finite number > 1"),
+    ("grace_evals: 1,", "grace_evals: 5,", "asha.grace_evals", "at most the 4 evaluations of a trial"),
 ]
 
 
@@ -142,16 +154,52 @@ def test_search_runs_end_to_end_and_writes_best_yaml_and_plots(searched):
 
 
 def test_more_trials_continue_the_same_study_without_retraining(searched):
-    from ray.tune.search.optuna import OptunaSearch
-
     first, before, second = searched
     assert first.n_trials == 2 and [t.number for t in second.trials] == [0, 1, 2, 3]
     assert second.trials[:2] == first.trials  # the first two are read back, not trained again
     after = status_mtimes(second)
     assert {k: after[k] for k in before} == before  # their run dirs were not touched
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(second.folder / "round-1"))
-    assert len(searcher._ot_study.trials) == 4  # one study across both rounds
+
+
+def stored_study(folder: Path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(folder / "study.journal")))
+    assert optuna.get_all_study_names(storage) == [folder.name]  # one study, named <name>-<scale>
+    return optuna.load_study(study_name=folder.name, storage=storage)
+
+
+def test_the_study_is_stored_and_an_extension_continues_it(searched):
+    """Both rounds asked one stored study: trial numbers 0-3 once each, with the states, values, intermediate
+    values and runs of the search's outcomes (a diverged trial: COMPLETE with the penalty, for TPE)."""
+    from optuna.trial import TrialState
+
+    from windtunnel.search import DIVERGED
+    from windtunnel.search.spec import rounded
+
+    first, _, result = searched
+    trials = stored_study(result.folder).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert [t.user_attrs["run"] for t in trials] == [t.run_id for t in result.trials]
+    assert [t.user_attrs["run"] for t in trials[:2]] == [t.run_id for t in first.trials]  # asked in round 0
+    for stored, mine in zip(trials, result.trials):
+        assert {k: rounded(v) for k, v in stored.params.items()} == mine.params
+        if mine.status == "complete":
+            assert stored.state == TrialState.COMPLETE and stored.value == pytest.approx(mine.value)
+        elif mine.status == "pruned":
+            assert stored.state == TrialState.PRUNED and stored.value == pytest.approx(mine.value)
+            assert stored.user_attrs["status"] == "pruned"
+        elif "diverged" in mine.reason:
+            assert stored.state == TrialState.COMPLETE and stored.value == DIVERGED
+            assert stored.user_attrs == {**stored.user_attrs, "status": "diverged", "reason": mine.reason}
+        else:
+            assert stored.state == TrialState.FAIL
+        if mine.status != "failed":  # Tune reports one value per evaluation (step = report number)
+            assert sorted(stored.intermediate_values.values()) == pytest.approx(sorted(mine.intermediate.values()))
+    summary = json.loads((result.folder / "summary.json").read_text())
+    assert summary["storage"] == str(result.folder / "study.journal") and summary["study"] == "tiny-micro"
 
 
 def test_a_diverged_trial_is_failed_with_a_reason_and_never_best(searched):
@@ -187,3 +235,6 @@ def test_sigkill_of_the_search_then_the_same_call_resumes_it(ray_cluster, tmp_pa
     assert result.n_trials == 4 and not (folder / "round-1").exists()  # the same Tune experiment, restored
     for run_id, mtime in finished.items():
         assert (runs / run_id / "status.json").stat().st_mtime == mtime  # not trained again
+    stored = stored_study(folder).trials  # the same stored study, nothing left RUNNING by the kill
+    assert all(t.state.is_finished() for t in stored)
+    assert {t.run_id for t in result.trials} <= {t.user_attrs.get("run") for t in stored}
