@@ -20,7 +20,9 @@ from windtunnel.errors import one_line
 from windtunnel.search.spec import OBJECTIVES, SearchSpec, rounded
 from windtunnel.search.trial import DIVERGED, METRIC, trial_run
 
-__all__ = ["TrialOutcome", "SearchResult", "outcome", "best", "finish", "log_parent"]
+__all__ = ["STUDY_FILE", "TrialOutcome", "SearchResult", "outcome", "best", "finish", "log_parent"]
+
+STUDY_FILE = "study.journal"  # the stored Optuna study, in the search's folder (windtunnel.search.study)
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,6 @@ def finish(spec: SearchSpec, folder: Path, outcomes: list[TrialOutcome], study, 
 
 
 def _write_summary(path: Path, spec: SearchSpec, result: SearchResult) -> None:
-    from windtunnel.search.study import STUDY_FILE
-
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("trials", "folder")}
     summary.update(n_trials=result.n_trials, folder=str(result.folder), plots=[str(p) for p in result.plots],
                    best_yaml=str(result.best_yaml) if result.best_yaml else None,

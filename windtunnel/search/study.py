@@ -29,12 +29,12 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from windtunnel.search.outputs import STUDY_FILE
 from windtunnel.search.spec import SearchSpec
 
-__all__ = ["STUDY_FILE", "StoredSearch", "storage", "load", "distributions", "close_lost",
+__all__ = ["StoredSearch", "storage", "load", "distributions", "close_lost",
            "plot_view"]
 
-STUDY_FILE = "study.journal"  # in the search's folder
 LOST = "lost: its Tune trial was not saved when the search was stopped"
 
 

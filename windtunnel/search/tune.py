@@ -18,7 +18,7 @@ from pathlib import Path
 
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import results_dir
-from windtunnel.search.outputs import SearchResult, TrialOutcome, finish, log_parent, outcome
+from windtunnel.search.outputs import STUDY_FILE, SearchResult, TrialOutcome, finish, log_parent, outcome
 from windtunnel.search.progress import Board, Relay, tag_index
 from windtunnel.search.spec import SearchSpec, max_evals
 from windtunnel.search.trial import METRIC, trainable
@@ -37,9 +37,9 @@ def run_search(spec: SearchSpec, *, file=None, scale: str | None = None, trials:
 
     scale = scale or spec.scale
     file = file or spec.file
-    trials = trials or spec.trials
-    if trials < 1:
-        raise SpecError(file, "trials", trials, "an integer >= 1")
+    trials = spec.trials if trials is None else trials  # --trials 0 is refused, not the file's count
+    if not (isinstance(trials, int) and trials >= 1):
+        raise SpecError(file, "--trials", trials, "an integer >= 1")
     folder = results_dir() / "search" / f"{spec.name}-{scale}"
     _claim(folder, spec)
     prepare(spec.template.data, vocab_size=spec.template.model.vocab_size, progress=progress)  # once, not per trial
@@ -92,6 +92,9 @@ def _claim(folder: Path, spec: SearchSpec) -> None:
         raise WindtunnelError(
             f"{folder} holds a study of a different search (space, objective, seed or trial spec changed in "
             f"{spec.file}); delete that folder to start again, or give the search another `name`")
+    if (folder / "round-0").exists() and not (folder / STUDY_FILE).exists():
+        raise WindtunnelError(f"{folder} holds a search made before searches stored their Optuna study "
+                              f"({STUDY_FILE}); delete that folder to start again, or give the search another `name`")
     path.write_text(json.dumps(identity, indent=1))
 
 
