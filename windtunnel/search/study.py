@@ -9,7 +9,7 @@ earlier trial, and `optuna-dashboard --storage-class JournalFileStorage <folder>
 - a diverged one: COMPLETE with the penalty DIVERGED (so TPE learns to avoid the region), user attr
   `status: diverged` and the reason; `plot_view` shows it as FAIL;
 - one stopped by ASHA: PRUNED, its value the last reported objective;
-- one that raised, or was lost when the search was killed: FAIL;
+- one that raised, or was lost when the search was killed (asked after Tune's last checkpoint): FAIL;
 - every one: its intermediate objective per report (step = Tune's training iteration), user attrs `status`,
   `reason`, `evals` and `run` (its run dir results/runs/<run>).
 
@@ -22,9 +22,9 @@ import warnings
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
@@ -32,8 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from windtunnel.search.outputs import STUDY_FILE
 from windtunnel.search.spec import SearchSpec
 
-__all__ = ["StoredSearch", "storage", "load", "distributions", "close_lost",
-           "plot_view"]
+__all__ = ["StoredSearch", "storage", "load", "distributions", "close_lost", "plot_view"]
 
 LOST = "lost: its Tune trial was not saved when the search was stopped"
 
