@@ -108,6 +108,19 @@ report: plots plan
 hparam-search: $(STAMP)
 	$(BIN)/windtunnel search sweeps/mup_search.yaml --scale $(SCALE)
 
+# the search's stored Optuna study (results/search/$(SEARCH)/study.journal) in optuna-dashboard on 127.0.0.1;
+# optuna-dashboard is installed into .venv on first use; it follows a running search live
+.PHONY: optuna-dashboard
+PORT ?= 8080
+SEARCH ?= mup_search-$(SCALE)
+STUDY_FILE ?= $(or $(WINDTUNNEL_RESULTS),results)/search/$(SEARCH)/study.journal
+optuna-dashboard: $(STAMP)
+	@test -f $(STUDY_FILE) || { echo "no study $(STUDY_FILE):" \
+	  "run make hparam-search SCALE=$(SCALE) first, or name another: make optuna-dashboard SEARCH=<name>-<scale>"; exit 2; }
+	@test -x $(BIN)/optuna-dashboard || $(BIN)/pip install --disable-pip-version-check "optuna-dashboard>=0.21,<0.22"
+	@echo "optuna-dashboard of study $(SEARCH): http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(PORT) --storage-class JournalFileStorage $(STUDY_FILE)
+
 mlflow-ui: $(STAMP)
 	$(BIN)/windtunnel ui
 

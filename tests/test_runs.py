@@ -10,7 +10,7 @@ from windtunnel.config import apply_overrides
 from windtunnel.errors import SpecError
 from windtunnel.graph import expand, load_sweep
 from windtunnel.runs import data_fingerprint, make_run
-from windtunnel.search import trial_run
+from windtunnel.search.trial import trial_run
 
 from conftest import tiny_spec
 

@@ -1,6 +1,7 @@
-"""µP search: bad search files fail before anything runs; a tiny search runs end to end on Ray Tune with
-Optuna's TPE and ASHA, writes best.yaml and the plots, logs MLflow child runs; a larger `trials` continues
-the same study without retraining; a diverged trial is failed, never the best; a SIGKILLed search resumes."""
+"""µP search: bad search files (keys and every numeric field) fail before anything runs; a tiny search runs
+end to end on Ray Tune with Optuna's TPE and ASHA, writes best.yaml and the plots, logs MLflow child runs;
+the Optuna study is stored in the search's folder and a larger `trials` continues it without retraining;
+a diverged trial is failed, never the best; a SIGKILLed search resumes the same stored study."""
 
 import json
 import math
@@ -70,6 +71,17 @@ BAD = [  # (replace this, with that) in SEARCH → expected key and words of the
     ("asha: {grace_evals: 1,", "asha: {grace_evals: 0,", "asha.grace_evals", "an integer >= 1"),
     ("lr: {low: 0.003, high: 300, log: true}", "schedule.warmup_tokens: {low: 4096, high: 409600}",
      "space.schedule.warmup_tokens.high", "at most the run's tokens"),
+    ("high: 300,", "high: .inf,", "space.lr.high", "a finite number"),
+    ("low: 0.003,", "low: .nan,", "space.lr.low", "a finite number"),
+    ("seed: 3", "seed: -1", "seed", "an integer in [0, 4294967296)"),
+    ("startup_trials: 4", "startup_trials: -2", "startup_trials", "an integer >= 0"),
+    ("trials: 2,", "trials: 0,", "scales.micro.trials", "an integer >= 1"),
+    ("concurrency: 1}", "concurrency: 0}", "scales.micro.concurrency", "an integer >= 1"),
+    ("tokens: 20480,", "tokens: 0,", "scales.micro.tokens", "an integer >= 1"),
+    ("tokens: 20480,", "tokens_per_param: -5,", "scales.micro.tokens_per_param", "a finite number > 0"),
+    ("tokens: 20480,", "tokens_per_param: .nan,", "scales.micro.tokens_per_param", "a finite number > 0"),
+    ("reduction_factor: 2}", "reduction_factor: 1}", "asha.reduction_factor", "a finite number > 1"),
+    ("grace_evals: 1,", "grace_evals: 5,", "asha.grace_evals", "at most the 4 evaluations of a trial"),
 ]
 
 
@@ -83,9 +95,74 @@ def test_bad_search_files_raise_spec_error_naming_file_key_and_allowed(tmp_path,
     assert err.value.key == key and str(path) in str(err.value) and words in str(err.value), str(err.value)
 
 
+@pytest.mark.parametrize("trials", [0, -3])
+def test_a_trial_count_below_one_is_refused_before_anything_runs(tmp_path, trials):
+    with pytest.raises(SpecError, match=r"--trials=%d is not allowed; an integer >= 1" % trials):
+        run_search(load_search(write(tmp_path, "refused")), trials=trials, progress=False)
+    assert not (results_dir() / "search" / "refused-micro").exists()
+
+
+def test_a_folder_of_a_search_without_a_stored_study_is_refused(tmp_path):
+    from windtunnel.errors import WindtunnelError
+
+    (results_dir() / "search" / "old-micro" / "round-0").mkdir(parents=True)
+    with pytest.raises(WindtunnelError, match="before searches stored their Optuna study"):
+        run_search(load_search(write(tmp_path, "old")), progress=False)
+
+
 def test_unknown_scale_names_the_scales_defined(tmp_path):
     with pytest.raises(SpecError, match="scales defined here: micro"):
         load_search(write(tmp_path), scale="paper")
+
+
+# ---------------------------------------------------------------- the stored study, without Tune
+
+
+def test_the_searcher_stores_each_trials_state_value_and_reason(tmp_path):
+    """What Tune tells the searcher → the stored trial: finished → COMPLETE; diverged → COMPLETE with the
+    penalty (TPE learns from it) and status diverged; stopped by ASHA → PRUNED at its last report; raised →
+    FAIL. A second searcher on the storage continues the numbering; a copy restored from before a trial
+    ended (a kill) leaves the stored outcome alone; a trial asked and never told is failed at the end."""
+    import pickle
+
+    from optuna.trial import TrialState
+
+    from windtunnel.search import DIVERGED
+    from windtunnel.search.study import StoredSearch, close_lost, distributions, load, plot_view, storage
+
+    spec, folder = load_search(write(tmp_path)), tmp_path / "tiny-micro"
+    folder.mkdir()
+
+    def searcher():
+        return StoredSearch(space=distributions(spec), metric="objective", mode="min", storage=storage(folder),
+                            study_name=folder.name)
+
+    first = searcher()
+    for trial_id in "abcde":
+        first.suggest(trial_id)
+        first.on_trial_result(trial_id, {"objective": 4.0, "training_iteration": 1})
+    last = {"training_iteration": 2, "evals": 2, "run": "r"}
+    first.on_trial_complete("a", {**last, "objective": 3.5, "status": "finished", "reason": ""})
+    first.on_trial_complete("b", {**last, "objective": DIVERGED, "status": "diverged", "reason": "diverged at 7"})
+    first.on_trial_complete("c", {**last, "objective": 3.9, "status": "running", "reason": ""})
+    first.on_trial_complete("d", None, error=True)
+    before_e = pickle.loads(pickle.dumps(first))  # Tune's checkpoint, then a kill after trial e ended
+    first.on_trial_complete("e", {**last, "objective": 3.7, "status": "finished", "reason": ""})
+    before_e.on_trial_result("e", {"objective": 3.8, "training_iteration": 2})  # e trained again after resume
+    before_e.on_trial_complete("e", {**last, "objective": 3.8, "status": "finished", "reason": ""})
+    second = searcher()
+    second.suggest("f")  # asked, then lost with the driver
+    assert close_lost(load(folder)) == 1
+    trials = load(folder).trials
+    assert [(t.number, t.state, t.value) for t in trials] == [
+        (0, TrialState.COMPLETE, 3.5), (1, TrialState.COMPLETE, DIVERGED), (2, TrialState.PRUNED, 3.9),
+        (3, TrialState.FAIL, None), (4, TrialState.COMPLETE, 3.7), (5, TrialState.FAIL, None)]
+    assert [t.user_attrs["status"] for t in trials] == ["complete", "diverged", "pruned", "failed", "complete",
+                                                       "failed"]
+    assert trials[1].user_attrs["reason"] == "diverged at 7" and "lost" in trials[5].user_attrs["reason"]
+    assert trials[0].intermediate_values == {1: 4.0, 2: 3.5} and trials[2].intermediate_values == {1: 4.0, 2: 3.9}
+    assert trials[0].user_attrs["run"] == "r" and trials[0].user_attrs["evals"] == 2
+    assert [t.state for t in plot_view(load(folder)).trials][:2] == [TrialState.COMPLETE, TrialState.FAIL]
 
 
 # ---------------------------------------------------------------- searching
@@ -142,16 +219,100 @@ def test_search_runs_end_to_end_and_writes_best_yaml_and_plots(searched):
 
 
 def test_more_trials_continue_the_same_study_without_retraining(searched):
-    from ray.tune.search.optuna import OptunaSearch
-
     first, before, second = searched
     assert first.n_trials == 2 and [t.number for t in second.trials] == [0, 1, 2, 3]
     assert second.trials[:2] == first.trials  # the first two are read back, not trained again
     after = status_mtimes(second)
     assert {k: after[k] for k in before} == before  # their run dirs were not touched
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(second.folder / "round-1"))
-    assert len(searcher._ot_study.trials) == 4  # one study across both rounds
+
+
+def stored_study(folder: Path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(folder / "study.journal")))
+    assert optuna.get_all_study_names(storage) == [folder.name]  # one study, named <name>-<scale>
+    return optuna.load_study(study_name=folder.name, storage=storage)
+
+
+def test_the_study_is_stored_and_an_extension_continues_it(searched):
+    """Both rounds asked one stored study: trial numbers 0-3 once each, with the states, values, intermediate
+    values and runs of the search's outcomes (a diverged trial: COMPLETE with the penalty, for TPE)."""
+    from optuna.trial import TrialState
+
+    from windtunnel.search import DIVERGED
+    from windtunnel.search.spec import rounded
+
+    first, _, result = searched
+    trials = stored_study(result.folder).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert [t.user_attrs["run"] for t in trials] == [t.run_id for t in result.trials]
+    assert [t.user_attrs["run"] for t in trials[:2]] == [t.run_id for t in first.trials]  # asked in round 0
+    for stored, mine in zip(trials, result.trials):
+        assert {k: rounded(v) for k, v in stored.params.items()} == mine.params
+        if mine.status == "complete":
+            assert stored.state == TrialState.COMPLETE and stored.value == pytest.approx(mine.value)
+        elif mine.status == "pruned":
+            assert stored.state == TrialState.PRUNED and stored.value == pytest.approx(mine.value)
+            assert stored.user_attrs["status"] == "pruned"
+        elif "diverged" in mine.reason:
+            assert stored.state == TrialState.COMPLETE and stored.value == DIVERGED
+            assert stored.user_attrs == {**stored.user_attrs, "status": "diverged", "reason": mine.reason}
+        else:
+            assert stored.state == TrialState.FAIL
+        if mine.status != "failed":  # Tune reports one value per evaluation (step = report number)
+            assert sorted(stored.intermediate_values.values()) == pytest.approx(sorted(mine.intermediate.values()))
+    summary = json.loads((result.folder / "summary.json").read_text())
+    assert summary["storage"] == str(result.folder / "study.journal") and summary["study"] == "tiny-micro"
+
+
+@pytest.fixture(scope="module")  # module scope: set up (or skip) before the module's `searched`
+def dashboard() -> str:
+    """The optuna-dashboard command (skips the test where it is not installed: `make optuna-dashboard`
+    installs it into .venv on first use)."""
+    import shutil
+
+    exe = shutil.which("optuna-dashboard", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                                 os.environ.get("PATH", "")]))
+    if exe is None:
+        pytest.skip("optuna-dashboard is not installed")
+    return exe
+
+
+def test_optuna_dashboard_serves_the_stored_study(dashboard, searched):
+    """What `make optuna-dashboard` runs, on the stored study."""
+    import socket
+
+    _, _, result = searched
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([dashboard, "--host", "127.0.0.1", "--port", str(port), "--storage-class", "JournalFileStorage",
+                             str(result.folder / "study.journal")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        studies = _get_json(f"http://127.0.0.1:{port}/api/studies", deadline=time.time() + 60)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["tiny-micro"]
+        study = _get_json(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}", deadline=time.time() + 10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert [t["number"] for t in study["trials"]] == [0, 1, 2, 3]
+    assert {t["state"] for t in study["trials"]} <= {"Complete", "Pruned", "Fail"}
+
+
+def _get_json(url: str, *, deadline: float) -> dict:
+    import urllib.error
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_a_diverged_trial_is_failed_with_a_reason_and_never_best(searched):
@@ -187,3 +348,6 @@ def test_sigkill_of_the_search_then_the_same_call_resumes_it(ray_cluster, tmp_pa
     assert result.n_trials == 4 and not (folder / "round-1").exists()  # the same Tune experiment, restored
     for run_id, mtime in finished.items():
         assert (runs / run_id / "status.json").stat().st_mtime == mtime  # not trained again
+    stored = stored_study(folder).trials  # the same stored study, nothing left RUNNING by the kill
+    assert all(t.state.is_finished() for t in stored)
+    assert {t.run_id for t in result.trials} <= {t.user_attrs.get("run") for t in stored}
