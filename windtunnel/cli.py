@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 def cmd_models(args) -> None:
     from windtunnel.config import load_models
-    from windtunnel.model import count_params
+    from windtunnel.counts import n_params as count_params
 
     rows = [{"name": name, "n_params": count_params(spec), "n_params_with_embedding": count_params(spec, embedding=True),
              "d_model": spec.d_model, "d_ff": spec.d_ff, "d_head": spec.d_head, "n_heads": spec.n_heads,

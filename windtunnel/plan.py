@@ -80,7 +80,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
               tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
     """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
     from windtunnel.fit import ScalingLawFit
-    from windtunnel.model import attention_flops_per_token, count_params
+    from windtunnel.counts import attention_flops_per_token, n_params as count_params
 
     check_budget(tokens, compute)
     gaps: list[str] = []
