@@ -467,13 +467,13 @@ def _fit_parser(sub) -> None:
     fit = sub.add_parser("fit", help="fit a study on its stored runs (fit.json and figures), or print one law "
                                      "fitted to a sweep or a CSV")
     fit.add_argument("kind", nargs="?", metavar="STUDY|LAW",
-                     help="a study (lr, batch_size, wsd, scaling_law, decay_dynamics, decay_data): writes "
-                          "results/STUDY/fit.json and its figures; a law (scaling-law, batch-size, lr, envelope) "
-                          "with --sweep or --csv: prints it, writes nothing")
+                     help="a study of windtunnel.studies (an unknown name lists them): writes results/STUDY/fit.json "
+                          "and its figures; or, with --sweep or --csv, a law (scaling-law, batch-size, lr, envelope): "
+                          "prints it, writes nothing")
     fit.add_argument("--all", action="store_true", help="every study whose sweep ran at --scale (others are skipped)")
     source = fit.add_mutually_exclusive_group()
     source.add_argument("--sweep", nargs="?", const="", metavar="NAME",
-                        help="fit the law to a stored sweep (default: its study's: scaling_law, batch_size, lr)")
+                        help="fit the law to a stored sweep (default: the sweep its study reads)")
     source.add_argument("--csv", metavar="PATH", help="a CSV with one row per point (per evaluation for batch-size)")
     fit.add_argument("--scale", default="micro", help="the scale the sweep ran at (micro, demo, paper)")
     fit.add_argument("--all-runs", action="store_true",

@@ -51,15 +51,18 @@ def branches(sweep: str, o: Options) -> tuple[pd.DataFrame, dict[str, int]]:
 
 STUDIES: dict[str, Study] = {s.name: s for s in (  # the order of `windtunnel fit --all` and of the report
     Study(name="scaling_law", title="Scaling law L(N, D) — §5", sweep="scaling_law", points=branches,
-          fit=laws.scaling_law, describe=laws.describe_scaling_law, plan="scaling"),
+          fit=laws.scaling_law, describe=laws.describe_scaling_law, plan="scaling",
+          figures=("fig10_iso_loss.png", "fig17_loss_vs_tokens.png", "fig6_envelope.png", "backtests.png")),
     Study(name="batch_size", title="Batch-size law — §3.2", sweep="batch_size", points=runs, fit=laws.batch_size,
-          describe=laws.describe_batch_size, plan="batch"),
+          describe=laws.describe_batch_size, plan="batch",
+          figures=("fig1_tokens_vs_batch.png", "fig2_batch_size_law.png")),
     Study(name="lr", title="LR transfer, µP against SP — §3.3", sweep="lr", points=runs_and_diverged,
-          fit=laws.lr_transfer, describe=laws.describe_lr, plan="lr"),
+          fit=laws.lr_transfer, describe=laws.describe_lr, plan="lr", figures=("fig3_lr_transfer.png",)),
     Study(name="wsd", title="WSD against Cosine(T) — §4", sweep="wsd", points=runs, fit=decay.wsd,
-          describe=decay.describe_wsd),
+          describe=decay.describe_wsd,
+          figures=("fig4_wsd_vs_cosine.png", "fig5_decay_fractions.png", "fig6_envelope.png")),
     Study(name="decay_dynamics", title="Decay dynamics — §4.4", sweep="wsd", points=decay.dynamics_points,
-          fit=decay.decay_dynamics, describe=decay.describe_decay_dynamics),
+          fit=decay.decay_dynamics, describe=decay.describe_decay_dynamics, figures=("decay_dynamics.png",)),
     Study(name="decay_data", title="Decays on other data — §6", sweep="decay_data", points=branches,
           fit=decay.decay_data, describe=decay.describe_decay_data),
 )}
@@ -82,9 +85,13 @@ def run(name: str, o: Options = Options(), *, figures: bool = True) -> tuple[dic
     result = {**fitted.result, "scale": o.scale, "excluded": excluded}
     folder = study_dir(study.name)
     written = [write_json(folder / "fit.json", result)]
-    for file, draw in (fitted.figures.items() if figures else ()):
-        draw(folder / file)
-        written.append(folder / file)
+    undeclared = set(fitted.figures) - set(study.figures)
+    if undeclared:
+        raise WindtunnelError(f"study {study.name} drew {sorted(undeclared)}, not in its registry entry's figures")
+    for file in study.figures if figures else ():
+        if file in fitted.figures:  # a figure without data (no branch to show) is left out
+            fitted.figures[file](folder / file)
+            written.append(folder / file)
     return result, written
 
 

@@ -55,8 +55,10 @@ class Study:
     points: Callable[[str, Options], tuple[pd.DataFrame, dict[str, int]]]
     """(sweep, options) → the rows its fit takes and {reason: count} of the runs left out"""
     fit: Callable[[pd.DataFrame, Options], Fitted]
-    """the rows → fit.json and its figures"""
+    """the rows → fit.json and what draws each of its figures"""
     describe: Callable[[dict], list[str]]
     """fit.json → the lines `windtunnel fit NAME` prints"""
+    figures: tuple[str, ...] = ()
+    """the files its fit draws beside fit.json (the paper's figure numbers), in the order they are drawn"""
     plan: str | None = None
     """the keyword of plan.make_plan its fit.json feeds (scaling, batch, lr); None: the plan does not read it"""
