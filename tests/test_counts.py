@@ -44,8 +44,9 @@ def test_flops_per_token_and_attention():
 
 
 def test_dry_run_plan_and_fit_do_not_import_torch(tmp_path, monkeypatch):
-    """One fresh interpreter runs each command (a sweep's dry run, a plan, a law from a CSV and from stored runs, a
-    study) and then fails if torch was imported; a stored run makes the fits read MLflow and expand the sweep."""
+    """One fresh interpreter runs each command (the ladders, a sweep's dry run, a plan, a law from a CSV and from
+    stored runs, a study) and then fails if torch was imported; a stored run makes the fits read MLflow and expand
+    the sweep."""
     from windtunnel.tracking import RunLogger
 
     monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path / "results"))
@@ -55,7 +56,8 @@ def test_dry_run_plan_and_fit_do_not_import_torch(tmp_path, monkeypatch):
     rows = ["N,D,loss"] + [f"{n},{d},{20 * n ** -0.3 + 60 * d ** -0.3 + 1.0}"
                            for n in (1e5, 3e5, 1e6, 3e6) for d in (2e6, 5e6, 1e7, 3e7)]
     (tmp_path / "runs.csv").write_text("\n".join(rows))
-    commands = [["sweep", "sweeps/scaling_law.yaml", "--dry-run", "--json"], ["plan", "micro-425k", "--tokens", "1e7"],
+    commands = [["models", "--json"], ["sweep", "sweeps/scaling_law.yaml", "--dry-run", "--json"],
+                ["plan", "micro-425k", "--tokens", "1e7"],
                 ["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "0", "--json"],
                 ["fit", "scaling-law", "--sweep", "--bootstrap", "0"],   # its one run has no evaluation: no point
                 ["fit", "lr", "--no-plots"]]                             # a study whose sweep has not run: skipped
@@ -66,6 +68,6 @@ def test_dry_run_plan_and_fit_do_not_import_torch(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     codes = json.loads(out.stdout.strip().splitlines()[-1])
-    assert codes == [0, 0, 0, 2, 3], out.stderr[-2000:]
+    assert codes == [0, 0, 0, 0, 2, 3], out.stderr[-2000:]
     assert "fit needs at least 6 points (got 0)" in out.stderr and "skipped lr: no runs of sweep 'lr'" in out.stderr
     assert '"n_runs"' in out.stdout and (tmp_path / "results" / "plans" / "micro-425k.yaml").is_file()
