@@ -13,7 +13,6 @@ TARGET ?= micro-1.3m
 PLAN_ARGS ?=
 # the micro target at the micro ladder's largest D: a stable stage of 8,388,608 tokens + a 10% decay
 VALIDATE_TOKENS ?= 9227469
-STUDIES := lr_transfer batch_size wsd scaling_law decay_dynamics decay_data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,14 +71,12 @@ scaling-law: $(STAMP)
 sweep-decay-data: $(STAMP)
 	$(BIN)/windtunnel sweep sweeps/decay_data.yaml --scale $(SCALE)
 
-# the analysis: every study whose sweep ran at $(SCALE) (a study not run is skipped: its script exits 3)
+# the analysis: every study of the registry (windtunnel/studies) whose sweep ran at $(SCALE); the others are skipped
 fit: $(STAMP)
-	@for s in $(STUDIES); do $(BIN)/python analysis/$$s.py --scale $(SCALE) --no-plots; rc=$$?; \
-	  if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; done
+	$(BIN)/windtunnel fit --all --scale $(SCALE) --no-plots
 
 plots: $(STAMP)
-	@for s in $(STUDIES); do $(BIN)/python analysis/$$s.py --scale $(SCALE); rc=$$?; \
-	  if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; done
+	$(BIN)/windtunnel fit --all --scale $(SCALE)
 
 plan: $(STAMP)
 	$(BIN)/windtunnel plan $(TARGET) $(PLAN_ARGS)

@@ -1,7 +1,7 @@
 """End to end from stored runs to a plan: synthetic sweeps drawn from known laws are logged to a real MLflow store,
-then the analysis scripts, `windtunnel fit --sweep`, `windtunnel plan` and `windtunnel report` run on them."""
+then every study of the registry (`windtunnel fit --all`), `windtunnel fit KIND --sweep`, `windtunnel plan` and
+`windtunnel report` run on them."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -131,13 +131,6 @@ def store(tmp_path_factory):
     os.environ["WINDTUNNEL_RESULTS"] = old
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "analysis" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_final_points_leave_out_failed_and_diverged_runs_and_say_why(store):
     frame, excluded = studies.final_points("scaling_law", scale="micro", current=False)
     assert excluded == {"diverged": 1, "failed": 1}
@@ -154,14 +147,13 @@ def test_final_points_leave_out_failed_and_diverged_runs_and_say_why(store):
 
 @pytest.fixture(scope="module")
 def fitted(store):
-    """Every analysis script run once on the store (as `make plots` does)."""
-    for name in ("scaling_law", "lr_transfer", "batch_size", "wsd", "decay_dynamics"):
-        script = _script(name)
-        assert studies.run_script(script.main, script.__doc__, ["--bootstrap", "300", "--all-runs"]) == 0, name
+    """Every study of the registry run once on the store, as `make plots` does (decay_data has no runs: skipped)."""
+    assert cli.main(["fit", "--all", "--bootstrap", "300", "--all-runs"]) == 0
+    assert not (store / "decay_data").exists()
     return store
 
 
-def test_analysis_scripts_recover_the_laws_the_runs_were_drawn_from(fitted):
+def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     store = fitted
     law = json.loads((store / "scaling_law" / "fit.json").read_text())
     assert law["alpha"] == pytest.approx(0.3, rel=0.15) and law["beta"] == pytest.approx(0.3, rel=0.15)  # 0.2% noise
@@ -354,5 +346,44 @@ def test_per_set_laws_recover_each_held_out_sets_exponents():
     assert out["mean"]["alpha"] == pytest.approx((code["alpha"] + docs["alpha"]) / 2)
     assert out["mean"]["beta"] == pytest.approx(0.30, abs=0.02)
     assert "at least 6 points (got 3)" in out["sets"]["few"]["skipped"]
-    lines = studies._per_set_lines({**out, "averaged_loss": {"alpha": 0.3, "beta": 0.3}})
+    lines = studies.laws._per_set_lines({**out, "averaged_loss": {"alpha": 0.3, "beta": 0.3}})
     assert lines[0].startswith("  per held-out set") and any("mean of sets" in line for line in lines)
+
+
+def test_the_registry_drives_the_cli_the_plan_and_the_report(tmp_path, monkeypatch, capsys):
+    """Every law reads a registered study; the plan's studies feed make_plan's keywords; the report has a section per
+    study; a name that is neither a study nor a law, or a law without its source, is one line naming the choices."""
+    import inspect
+
+    from windtunnel.plan import make_plan
+    from windtunnel.report import write_report
+
+    assert {law.study for law in studies.LAWS.values()} <= set(studies.STUDIES)
+    assert set(studies.planned()) == {"scaling", "batch", "lr"} <= set(inspect.signature(make_plan).parameters)
+    assert studies.get("scaling-law") is studies.STUDIES["scaling_law"]
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
+    page = write_report().read_text()
+    assert all(f"<h2>{s.title}</h2><p class='gap'>not fitted yet" in page for s in studies.STUDIES.values())
+    for argv, expected in ((["fit", "nope"], "no study 'nope'; studies: scaling_law, batch_size, lr, wsd"),
+                           (["fit", "wsd", "--csv", "x.csv"], "fit wsd --sweep/--csv: not a law; laws: scaling-law"),
+                           (["fit", "envelope"], "fit envelope: a law, fitted with --sweep [NAME] or --csv PATH"),
+                           (["fit", "--all", "--sweep"], "give one STUDY or LAW, or --all"),
+                           (["fit"], "give one STUDY or LAW, or --all")):
+        assert cli.main(argv) == 2, argv
+        assert expected in capsys.readouterr().err, argv
+    assert cli.main(["fit", "decay_data"]) == 3   # its sweep has not run: skipped, as `make fit` skips it
+    assert "skipped decay_data: no runs of sweep 'decay_data'" in capsys.readouterr().err
+    assert not (tmp_path / "decay_data").exists()
+
+
+def test_one_study_without_figures_rewrites_only_its_fit(fitted, capsys):
+    drawn = {f"{s.name}/{f}" for s in studies.STUDIES.values() for f in s.figures}   # what `fit --all` drew
+    assert len(drawn) == 11 and all((fitted / f).stat().st_size > 10_000 for f in drawn)
+    folder = fitted / "batch_size"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert cli.main(["fit", "batch-size", "--no-plots", "--all-runs", "--bootstrap", "300"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("== batch_size (Batch-size law — §3.2)\nbs_opt = ") and f"written: {folder}/fit.json\n" in out
+    after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert after["fit.json"] > before["fit.json"]
+    assert {k: v for k, v in after.items() if k != "fit.json"} == {k: v for k, v in before.items() if k != "fit.json"}

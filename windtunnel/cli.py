@@ -5,6 +5,7 @@
     windtunnel train MODEL [--set-file FILE] [--set key=value ...]
     windtunnel sweep SPEC.yaml [--scale micro|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
     windtunnel search SPEC.yaml [--scale micro|paper] [--trials N]
+    windtunnel fit STUDY [--scale S] [--no-plots] | fit --all [--scale S] [--no-plots]
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
     windtunnel validate TARGET [--tokens T | --compute FLOPS]
@@ -28,7 +29,7 @@ __all__ = ["main"]
 
 def cmd_models(args) -> None:
     from windtunnel.config import load_models
-    from windtunnel.model import count_params
+    from windtunnel.counts import n_params as count_params
 
     rows = [{"name": name, "n_params": count_params(spec), "n_params_with_embedding": count_params(spec, embedding=True),
              "d_model": spec.d_model, "d_ff": spec.d_ff, "d_head": spec.d_head, "n_heads": spec.n_heads,
@@ -141,8 +142,6 @@ def cmd_search(args) -> None:
     print(f"use it: windtunnel sweep SPEC --set-file {result.best_yaml}")
 
 
-FIT_COLUMNS = {"scaling-law": ("N", "D", "loss"), "batch-size": ("model", "batch_tokens", "tokens", "loss"),
-               "lr": ("model", "lr", "loss"), "envelope": ("C", "loss")}
 CSV_COLUMNS = {  # a fit's column: (its --FLAG-col option, what it holds)
     "N": ("n", "N (non-embedding parameters)"), "D": ("d", "D (training tokens)"),
     "C": ("c", "compute C in FLOPs (D = C / 6N)"), "loss": ("loss", "final loss"), "model": ("model", "model name"),
@@ -151,36 +150,75 @@ CSV_COLUMNS = {  # a fit's column: (its --FLAG-col option, what it holds)
     "group": ("group", "a group label: rows sharing it (the branches of one stable run) are resampled together")}
 
 
-def cmd_fit(args) -> None:
+def cmd_fit(args) -> int:
+    """A study on its stored runs (fit.json and figures), every study (--all), or one law printed (--sweep, --csv)."""
     from windtunnel import studies
 
-    if args.group_col and args.kind != "scaling-law":
-        raise WindtunnelError(f"--group-col applies to scaling-law fits only (its bootstrap), not to {args.kind}")
+    if args.all or args.kind is None:
+        if args.kind or args.sweep is not None or args.csv or not args.all:
+            raise WindtunnelError("fit: give one STUDY or LAW, or --all (every study; no --sweep or --csv)")
+        return _fit_studies(list(studies.STUDIES), args)
+    if args.sweep is None and not args.csv:
+        if args.group_col:
+            raise WindtunnelError("--group-col applies to a law fitted with --sweep or --csv, not to a study")
+        if args.kind.replace("_", "-") in studies.LAWS and args.kind.replace("-", "_") not in studies.STUDIES:
+            raise WindtunnelError(f"fit {args.kind}: a law, fitted with --sweep [NAME] or --csv PATH; studies (fitted "
+                                  f"on their own sweep): {', '.join(studies.STUDIES)}")
+        return _fit_studies([studies.get(args.kind).name], args)
+    kind = args.kind.replace("_", "-")
+    if kind not in studies.LAWS:
+        raise WindtunnelError(f"fit {args.kind} --sweep/--csv: not a law; laws: {', '.join(studies.LAWS)} "
+                              f"(a study is fitted without --sweep or --csv)")
+    _fit_law(kind, args)
+    return 0
+
+
+def _options(args):
+    from windtunnel.studies import Options
+    from windtunnel.studies.study import BUDGETS
+
+    return Options(scale=args.scale, bootstrap=args.bootstrap, current=not args.all_runs, form=args.form,
+                   n_kind=args.n_kind, budgets=tuple(args.budget or BUDGETS))
+
+
+def _fit_studies(names: list[str], args) -> int:
+    """Each study on its stored runs; a study whose sweep has not run at this scale is skipped (alone: exit 3)."""
+    from windtunnel import studies
+
+    skipped = 0
+    for name in names:
+        try:
+            result, written = studies.run(name, _options(args), figures=not args.no_plots)
+        except studies.NoRuns as err:
+            print(f"windtunnel: skipped {name}: {err}", file=sys.stderr)
+            skipped += 1
+            continue
+        print(f"== {name} ({studies.STUDIES[name].title})")
+        for line in studies.STUDIES[name].describe(result):
+            print(line)
+        print("written: " + ", ".join(str(p) for p in written))
+    return 3 if skipped == len(names) == 1 else 0
+
+
+def _fit_law(kind: str, args) -> None:
+    """One law fitted to a stored sweep (rows as its study reads them) or to a CSV, printed as JSON."""
+    from windtunnel import studies
+
+    if args.group_col and kind != "scaling-law":
+        raise WindtunnelError(f"--group-col applies to scaling-law fits only (its bootstrap), not to {kind}")
+    options = _options(args)
     if args.csv:
-        frame, excluded = _csv_frame(args), {}
+        frame, excluded = _csv_frame(args, kind), {}
+        options = dataclasses.replace(options, n_kind="given")
     else:
-        frame, excluded = studies.final_points(args.sweep or studies.SWEEP_OF[args.kind], scale=args.scale,
-                                               current=not args.all_runs, diverged=args.kind == "lr")  # censored
-        if args.kind in ("scaling-law", "envelope"):
-            frame = studies.decay_points(frame)
+        frame, excluded = studies.law_points(kind, args.sweep or None, options)
         if args.group_col:  # the stable run by default; e.g. `model` resamples whole sizes
             if args.group_col not in frame:
                 raise WindtunnelError(f"--group-col {args.group_col!r} is not a column of the sweep's table; "
                                       f"columns: {', '.join(frame.columns)}")
             frame = frame.assign(group=frame[args.group_col])
-        if args.kind == "batch-size":
-            frame = studies.loss_curves(frame, metric="eval")
-    if args.kind == "scaling-law":
-        budgets = {"budgets": args.budget} if args.budget else {}
-        n_kind = "given" if args.csv else args.n_kind
-        result = studies.fit_scaling_law_study(frame, bootstrap=args.bootstrap, form=args.form, n_kind=n_kind, **budgets)
-    elif args.kind == "batch-size":
-        result = studies.fit_batch_size_study(frame, bootstrap=args.bootstrap)
-    elif args.kind == "lr":
-        result = studies.fit_lr_study(frame, bootstrap=args.bootstrap)
-    else:
-        result = studies.fit_envelope_study(frame)
-    result = {**_without_samples(result), "excluded": excluded}  # bootstrap samples: fit.json only
+    result = studies.LAWS[kind].fit(frame, options)
+    result = {**_without_samples(result), "excluded": excluded}  # bootstrap samples: a study's fit.json only
     if excluded:
         print("left out: " + ", ".join(f"{n} {why}" for why, n in excluded.items()), file=sys.stderr)
     for name, why in result.get("not_identified", {}).items():
@@ -192,19 +230,20 @@ def _without_samples(result: dict) -> dict:
     return {k: _without_samples(v) if isinstance(v, dict) else v for k, v in result.items() if k != "samples"}
 
 
-def _csv_frame(args):
+def _csv_frame(args, kind: str):
     """The CSV's columns renamed to what the fit takes; C (compute) gives D = C / 6N for the scaling law."""
     import pandas as pd
 
     from windtunnel.fit import FitError
+    from windtunnel.studies import LAWS
 
     try:
         raw = pd.read_csv(args.csv)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise WindtunnelError(f"{args.csv}: cannot read as CSV ({str(err).splitlines()[0]})") from None
     names = {col: getattr(args, f"{flag}_col") for col, (flag, _) in CSV_COLUMNS.items()}
-    need = list(FIT_COLUMNS[args.kind])
-    if args.kind == "scaling-law" and args.c_col and not args.d_col:
+    need = list(LAWS[kind].columns)
+    if kind == "scaling-law" and args.c_col and not args.d_col:
         need = ["N", "C", "loss"]
     for col in need + [c for c in ("N", "parametrization", "group") if c not in need]:
         source = names.get(col) or col
@@ -216,9 +255,9 @@ def _csv_frame(args):
         raw[col] = raw[source]
     if args.group_col and args.group_col not in raw:
         raise FitError(f"{args.csv}: missing column {args.group_col!r} (--group-col); columns are: {', '.join(raw.columns)}")
-    if "C" in need and args.kind == "scaling-law":
+    if "C" in need and kind == "scaling-law":
         raw["D"] = raw["C"] / (6 * raw["N"])
-    if args.kind == "envelope":
+    if kind == "envelope":
         raw = raw.assign(N=1.0, D=raw["C"] / 6.0, model=raw.get("model", "csv"))  # so 6·N·D = C
     return raw
 
@@ -425,15 +464,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _fit_parser(sub) -> None:
-    fit = sub.add_parser("fit", help="fit a law to a stored sweep or a CSV and print it as JSON")
-    fit.add_argument("kind", choices=list(FIT_COLUMNS))
-    source = fit.add_mutually_exclusive_group(required=True)
+    fit = sub.add_parser("fit", help="fit a study on its stored runs (fit.json and figures), or print one law "
+                                     "fitted to a sweep or a CSV")
+    fit.add_argument("kind", nargs="?", metavar="STUDY|LAW",
+                     help="a study of windtunnel.studies (an unknown name lists them): writes results/STUDY/fit.json "
+                          "and its figures; or, with --sweep or --csv, a law (scaling-law, batch-size, lr, envelope): "
+                          "prints it, writes nothing")
+    fit.add_argument("--all", action="store_true", help="every study whose sweep ran at --scale (others are skipped)")
+    source = fit.add_mutually_exclusive_group()
     source.add_argument("--sweep", nargs="?", const="", metavar="NAME",
-                        help="a sweep's name (default for the kind: scaling_law, batch_size, lr)")
+                        help="fit the law to a stored sweep (default: the sweep its study reads)")
     source.add_argument("--csv", metavar="PATH", help="a CSV with one row per point (per evaluation for batch-size)")
-    fit.add_argument("--scale", default="micro", help="with --sweep: the scale the sweep ran at")
+    fit.add_argument("--scale", default="micro", help="the scale the sweep ran at (micro, demo, paper)")
     fit.add_argument("--all-runs", action="store_true",
-                     help="with --sweep: also stored runs that sweeps/NAME.yaml no longer produces")
+                     help="also stored runs that sweeps/NAME.yaml no longer produces")
+    fit.add_argument("--no-plots", action="store_true", help="a study: write fit.json only, no figures")
     for flag, what in CSV_COLUMNS.values():
         fit.add_argument(f"--{flag}-col", help=f"CSV column of {what}")
     fit.add_argument("--budget", type=float, action="append", metavar="FLOPS",
@@ -443,23 +488,22 @@ def _fit_parser(sub) -> None:
                      help="scaling-law: the form that predicts (plan, allocation); default: the one whose rolling "
                           "backtests err less. Every form is fitted and reported; the top level is the paper's")
     fit.add_argument("--n-kind", choices=["total", "non_embedding"], default="total",
-                     help="scaling-law --sweep: N with the tied embedding (default: it backtests better on the micro "
-                          "ladder) or without it (the paper's); both are fitted and reported")
-    fit.add_argument("--json", action="store_true", help="one line of JSON")
+                     help="scaling-law from runs: N with the tied embedding (default: it backtests better on the "
+                          "micro ladder) or without it (the paper's); both are fitted and reported")
+    fit.add_argument("--json", action="store_true", help="a law: one line of JSON")
     fit.set_defaults(func=cmd_fit)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0  # a command returns nothing (0) or its exit code (fit: 3 = skipped)
     except WindtunnelError as err:
         print(f"windtunnel: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("windtunnel: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_toke
 
 def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro") -> list[Run]:
     """Every Run of the sweep at one scale; parents come before their branches."""
-    from windtunnel.model import count_params  # meta-device count: no memory, but torch
+    from windtunnel.counts import n_params as count_params  # closed form: a dry run does not import torch
 
     if not scale.models:
         raise SpecError(file, f"scales.{scale_name}.models", [], "a non-empty list of model names")
@@ -279,7 +279,7 @@ def _check_unique(runs: list[Run], *, file) -> None:
 def summarize(runs: list[Run]) -> dict:
     """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6).
     FLOPs are C = 6·N_total·D, the count of the scaling law and the plan; attention's share is given apart."""
-    from windtunnel.model import attention_flops_per_token, count_params
+    from windtunnel.counts import attention_flops_per_token, n_params as count_params
 
     parents = {r.parent for r in runs if r.parent}
     finals = [r for r in runs if r.id not in parents]

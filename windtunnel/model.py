@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from windtunnel.config import ModelSpec
+from windtunnel.counts import attention_flops_per_token, flops_per_token  # closed form; here for the trainer
 
 __all__ = ["MiniCPM", "count_params", "flops_per_token", "attention_flops_per_token", "linear_cross_entropy",
            "param_groups"]
@@ -212,7 +213,8 @@ def param_groups(model: MiniCPM, *, weight_decay: float) -> list[dict]:
 
 
 def count_params(spec: ModelSpec, *, embedding: bool = False) -> int:
-    """Exact parameter count, built on the meta device (no memory); non-embedding unless embedding=True."""
+    """Exact parameter count, built on the meta device (no memory); non-embedding unless embedding=True.
+    The reference windtunnel.counts.n_params is checked against; code that must not import torch uses that."""
     total, embed = _counts(spec)
     return total if embedding else total - embed
 
@@ -223,18 +225,3 @@ def _counts(spec: ModelSpec) -> tuple[int, int]:
     with torch.device("meta"):
         model = MiniCPM(spec)
     return sum(p.numel() for p in model.parameters()), model.embed.weight.numel()
-
-
-def flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
-    """Training FLOPs per token, attention included (what MFU counts): 6·(N + d·V) + 12·L·d·T.
-
-    6·N_total: 2 FLOPs forward and 4 backward per weight per token, the tied LM head (d·V) included — the
-    count C = 6·N·D of the scaling law, the plan and every budget. 12·L·d·T: the attention scores and values
-    (PaLM appendix B; causal masking not subtracted), which C leaves out as the paper does.
-    """
-    return 6.0 * count_params(spec, embedding=True) + attention_flops_per_token(spec, seq_len=seq_len)
-
-
-def attention_flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
-    """12·L·d·T: forward and backward of QKᵀ and AV per token at context T (not in C = 6·N·D)."""
-    return 12.0 * spec.n_layers * spec.d_model * seq_len

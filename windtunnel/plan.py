@@ -32,7 +32,6 @@ from windtunnel.errors import WindtunnelError
 from windtunnel.schedules import batch_steps
 
 __all__ = ["PlanLimits", "make_plan", "render_yaml", "check_budget", "plan_from_fits", "TRANSFERRED", "FAMILY"]
-STUDIES = ("scaling_law", "batch_size", "lr")  # the fits a plan reads: results/<study>/fit.json
 
 TRANSFERRED = ("d_base", "scale_emb", "scale_depth", "init_std")  # µP base values the plan writes into the target
 FAMILY = ("d_head", "vocab_size")  # the target's own shape: a ladder of another head width or vocabulary is another family
@@ -80,7 +79,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
               tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
     """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
     from windtunnel.fit import ScalingLawFit
-    from windtunnel.model import attention_flops_per_token, count_params
+    from windtunnel.counts import attention_flops_per_token, n_params as count_params
 
     check_budget(tokens, compute)
     gaps: list[str] = []
@@ -286,13 +285,15 @@ def plan_from_fits(target: str, *, tokens: float | None = None, compute: float |
 
     from windtunnel.config import get_model
     from windtunnel.paths import results_dir, write_atomic
+    from windtunnel.studies import planned
 
     check_budget(tokens, compute)  # before anything is read
     model = get_model(target)
-    files = {name: results_dir() / name / "fit.json" for name in STUDIES}
+    studies = planned()  # make_plan's keyword → the study whose fit.json feeds it
+    files = {s.name: results_dir() / s.name / "fit.json" for s in studies.values()}
     fits = {name: json.loads(path.read_text()) if path.is_file() else None for name, path in files.items()}
-    plan = make_plan(model, scaling=fits["scaling_law"], batch=fits["batch_size"], lr=fits["lr"], tokens=tokens,
-                     compute=compute, limits=limits)
+    plan = make_plan(model, **{key: fits[s.name] for key, s in studies.items()}, tokens=tokens, compute=compute,
+                     limits=limits)
     plan["sources"] = {name: "missing" if fit is None else
                        f"results/{name}/fit.json ({fit.get('scale', '?')} scale, sha256 "
                        f"{hashlib.sha256(files[name].read_bytes()).hexdigest()[:12]})" for name, fit in fits.items()}

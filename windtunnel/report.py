@@ -15,22 +15,22 @@ from windtunnel.paths import results_dir
 
 __all__ = ["write_report"]
 
-STUDIES = [("scaling_law", "Scaling law L(N, D) — §5"), ("batch_size", "Batch-size law — §3.2"),
-           ("lr", "LR transfer, µP against SP — §3.3"), ("wsd", "WSD against Cosine(T) — §4"),
-           ("decay_dynamics", "Decay dynamics — §4.4")]
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
 img{max-width:100%;border:1px solid #eee;margin:4px 0}code,pre{background:#f4f4f4;white-space:pre-wrap}.gap{color:#a40}"""
 
 
 def write_report(path: Path | None = None) -> Path:
-    """Gather everything under results/ into one page; studies that were not run are listed as such."""
+    """Gather everything under results/ into one page: a section per study of the registry (windtunnel.studies),
+    in its order; studies that were not run are listed as such."""
+    from windtunnel.studies import STUDIES
+
     root = results_dir()
     path = path or root / "report.html"
     parts = [f"<html><head><meta charset='utf-8'><title>windtunnel report</title><style>{STYLE}</style></head><body>",
              "<h1>windtunnel report</h1>", _findings(root), _plans(root / "plans"), _validations(root)]
-    for study, title in STUDIES:
-        parts.append(_study(root / study, title))
+    for study in STUDIES.values():
+        parts.append(_study(root / study.name, study.title))
     parts += [_search(folder) for folder in sorted((root / "search").glob("*/summary.json"))]
     parts.append(_coord_check(root / "plots" / "coord_check.png"))
     parts.append("</body></html>")

@@ -1,0 +1,39 @@
+"""Parameter counts and FLOPs of a ModelSpec in closed form: pure arithmetic, no torch (DESIGN §3).
+
+The decoder of windtunnel.model has, per block, two RMSNorm weights (d each), the fused QKV projection
+d·(H + 2·KV)·d_head, the output projection H·d_head·d, and the SwiGLU's fused gate/up d·2·d_ff and down
+d_ff·d; then one final RMSNorm (d) and the embedding V·d, which the LM head shares (tied: no bias, no second
+matrix). No term depends on the parametrization: µP and SP differ in multipliers, not in shapes.
+tests/test_counts.py checks every ladder entry against the meta-device count of the real model
+(windtunnel.model.count_params), so `sweep --dry-run`, `plan` and `fit` count without importing torch.
+"""
+
+from __future__ import annotations
+
+from windtunnel.config import ModelSpec
+
+__all__ = ["n_params", "flops_per_token", "attention_flops_per_token"]
+
+
+def n_params(spec: ModelSpec, *, embedding: bool = False) -> int:
+    """Exact parameter count: non-embedding N by default (the paper's), N_total = N + V·d with embedding=True."""
+    d, heads, kv = spec.d_model, spec.n_heads, spec.n_kv_heads
+    attention = d * (heads + 2 * kv) * spec.d_head + heads * spec.d_head * d  # wqkv, wo
+    mlp = 3 * d * spec.d_ff  # w13 (gate and up), w2
+    non_embedding = spec.n_layers * (attention + mlp + 2 * d) + d  # + two norms a block, + the final norm
+    return non_embedding + (spec.vocab_size * d if embedding else 0)
+
+
+def flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
+    """Training FLOPs per token, attention included (what MFU counts): 6·(N + d·V) + 12·L·d·T.
+
+    6·N_total: 2 FLOPs forward and 4 backward per weight per token, the tied LM head (d·V) included — the
+    count C = 6·N·D of the scaling law, the plan and every budget. 12·L·d·T: the attention scores and values
+    (PaLM appendix B; causal masking not subtracted), which C leaves out as the paper does.
+    """
+    return 6.0 * n_params(spec, embedding=True) + attention_flops_per_token(spec, seq_len=seq_len)
+
+
+def attention_flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
+    """12·L·d·T: forward and backward of QKᵀ and AV per token at context T (not in C = 6·N·D)."""
+    return 12.0 * spec.n_layers * spec.d_model * seq_len

@@ -1,0 +1,297 @@
+"""The laws of the paper's studies from their tables of runs: L(N, D) (§5), the batch-size law (§3.2), LR transfer
+(§3.3) and the loss envelope (§4.3), each with what a terminal shows of it; windtunnel.fit does the maths.
+
+    law = fit_scaling_law_study(decay_points(frame), bootstrap=1000)     # frame from points.final_points
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from windtunnel import plots
+from windtunnel.errors import WindtunnelError
+from windtunnel.studies.points import ladder_facts, loss_curves
+from windtunnel.studies.study import BUDGETS, Fitted, Options
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["fit_scaling_law_study", "fit_batch_size_study", "fit_lr_study", "fit_envelope_study", "per_set_laws",
+           "describe_scaling_law", "describe_batch_size", "describe_lr", "scaling_law", "batch_size", "lr_transfer",
+           "N_KINDS", "N_NAMES", "FORM_NAMES"]
+
+N_KINDS = {"total": "N_total", "non_embedding": "N"}
+# the fit's N: every parameter (the tied embedding included) or, as in the paper, all but the embedding
+DEFAULT_N_KIND = "total"  # backtests better on the micro ladder, where the embedding is 0.2–1.4× the rest (LOG.md)
+N_NAMES = {"total": "N with the tied embedding", "non_embedding": "non-embedding N", "given": "N as given"}
+FORM_NAMES = {"chinchilla": "C_N·N^-α + C_D·D^-β + L0", "kaplan": "((N_c/N)^(α_N/α_D) + D_c/D)^α_D + L0"}
+
+
+def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, n_kind: str = DEFAULT_N_KIND,
+                          form: str | None = None, budgets=BUDGETS, seed: int = 0) -> dict:
+    """§5: L(N,D) in every form and convention of N (Huber/L-BFGS, bootstrap over whole groups: a stable run and
+    its decay branches share one seed and trajectory), each with its rolling backtests.
+
+    The top level is the paper's form in the `n_kind` convention, with the paper's curve_fit beside it. The law
+    that predicts — `prediction`, which the plan and the compute-optimal allocation (C = 6·N·D with its N) use —
+    is `form`, or by default the form with the lower mean |error| over the rolling backtests in that convention
+    (the paper's when there are too few sizes to backtest). n_kind "given": a CSV's own N column."""
+    from windtunnel import fit
+
+    kinds = {"given": "N"} if n_kind == "given" else N_KINDS
+    if n_kind not in kinds or form not in (None, *fit.FORMS):
+        raise WindtunnelError(f"form={form!r}, n_kind={n_kind!r} are not allowed; forms: {', '.join(fit.FORMS)}; "
+                              f"N: {', '.join(N_KINDS)}")
+    candidates = {(f, k): _law_and_backtests(points, col, form=f, bootstrap=bootstrap, seed=seed)
+                  for f in fit.FORMS for k, col in kinds.items()}
+    chosen, why = _prediction_form(candidates, n_kind, form)
+    paper, paper_tests = candidates[("chinchilla", n_kind)]
+    law, tests = candidates[(chosen, n_kind)]
+    n, d, loss = (points[c].to_numpy(float) for c in (kinds[n_kind], "D", "loss"))
+    lsq = fit.fit_scaling_law(n, d, loss, method="curve_fit", bootstrap=bootstrap, seed=seed, groups=_groups(points))
+    return {**paper.to_dict(samples=True), "n_kind": n_kind, "curve_fit": lsq.to_dict(), "n_max": float(n.max()),
+            "backtests": [b.to_dict() for b in paper_tests],
+            "prediction": {**law.to_dict(samples=True), "n_kind": n_kind, "why": why,
+                           "backtests": [b.to_dict() for b in tests]},
+            "flops": "C = 6·N·D with N of n_kind (the tied LM head's matmul counted; attention scores not)",
+            "compute_optimal": fit.compute_optimal(law, list(budgets)).to_dict(orient="records"),
+            "candidates": [{**c.to_dict(), "n_kind": k, "backtests": [_backtest_summary(b) for b in bt]}
+                           for (_, k), (c, bt) in candidates.items()],
+            "per_set": {**per_set_laws(points, n_col=kinds[n_kind], bootstrap=min(bootstrap, PER_SET_BOOTSTRAP),
+                                       seed=seed), "averaged_loss": _exponents(paper)},
+            "n_models": int(points["model"].nunique()) if "model" in points else int(np.unique(n).size)}
+
+
+def _exponents(law) -> dict:
+    return {"alpha": law.alpha, "beta": law.beta,
+            "intervals": {k: list(law.intervals[k]) for k in ("alpha", "beta") if k in law.intervals}}
+
+
+PER_SET_BOOTSTRAP = 200  # resamples behind each held-out set's intervals: a rough interval, at a fifth of the cost
+
+
+def per_set_laws(points: pd.DataFrame, *, n_col: str, bootstrap: int = 0, seed: int = 0) -> dict:
+    """§5 as the paper did (Fig. 10/17): the paper's form fitted to each held-out set's final bits per byte (the
+    `bpb_<set>` columns) on its own, and the mean of the per-set exponents: sets of different difficulty (code,
+    prose) can follow different exponents, which the fit of the averaged loss blends. A set too few runs evaluated
+    is named with the reason instead of a fit."""
+    from windtunnel import fit
+
+    sets, out = sorted(c.removeprefix("bpb_") for c in points if c.startswith("bpb_")), {}
+    for name in sets:
+        rows = points[np.isfinite(points[f"bpb_{name}"].to_numpy(float))]
+        try:
+            out[name] = fit.fit_scaling_law(*(rows[c].to_numpy(float) for c in (n_col, "D", f"bpb_{name}")),
+                                            bootstrap=bootstrap, seed=seed, groups=_groups(rows)).to_dict()
+        except fit.FitError as err:
+            out[name] = {"skipped": str(err)}
+    fitted = [law for law in out.values() if "skipped" not in law]
+    mean = {k: float(np.mean([law[k] for law in fitted])) for k in ("alpha", "beta")} if fitted else {}
+    return {"form": "chinchilla", "n_col": n_col, "n_bootstrap": bootstrap, "sets": out, "mean": mean}
+
+
+def _prediction_form(candidates: dict, n_kind: str, form: str | None) -> tuple[str, str]:
+    """The form that predicts, and why: the one asked for, or the one whose rolling backtests err less."""
+    if form is not None:
+        return form, "chosen (--form)"
+    scores = {f: np.mean([t.mean_abs_rel_err for t in tests]) for (f, k), (_, tests) in candidates.items()
+              if k == n_kind and tests}
+    if len(scores) < 2:
+        return "chinchilla", "the paper's form: too few sizes to backtest another"
+    best = min(scores, key=scores.get)
+    return best, ("lower rolling-backtest error: " + ", ".join(f"{f} {v:.2%}" for f, v in sorted(scores.items(),
+                                                                                              key=lambda kv: kv[1])))
+
+
+def describe_scaling_law(law: dict) -> list[str]:
+    """The scaling-law fit.json as lines for a terminal: the paper's law and the predicting law with their intervals,
+    what is not identified, every candidate with its backtests, and the rolling backtests of the predicting law."""
+    lines = [f"paper's form: {_law_line(law)}", f"  by curve_fit (as the paper): alpha {law['curve_fit']['alpha']:.3f}, "
+             f"beta {law['curve_fit']['beta']:.3f}"]
+    lines += _per_set_lines(law.get("per_set") or {})
+    pred = law["prediction"]
+    lines.append(f"predicts ({pred['why']}): {_law_line(pred)}")
+    lines += [f"  {k} not identified: {why}" for k, why in pred.get("not_identified", {}).items()]
+    for c in law["candidates"]:
+        tests = c["backtests"]
+        score = (f"rolling backtests mean |error| {np.mean([t['mean_abs_rel_err'] for t in tests]):.2%}, "
+                 f"largest size {tests[-1]['mean_rel_err']:+.2%}") if tests else "no backtest (≤ 3 sizes)"
+        used = (c["form"], c["n_kind"]) == (pred["form"], pred["n_kind"])
+        lines.append(f"  {c['form']:<10} {N_NAMES[c['n_kind']]:<26} {score}" + ("  <- predicts" if used else ""))
+    for t in pred["backtests"]:
+        cover = "no interval" if t["coverage"] is None else f"{sum(t['covered'])}/{t['n_test']} inside the 95% interval"
+        lines.append(f"  backtest: fit the {t['n_sizes']} smallest sizes, predict N={t['held_out_N']:,.0f}: mean error "
+                     f"{t['mean_rel_err']:+.2%}, mean |error| {t['mean_abs_rel_err']:.2%}, {cover}")
+    return lines
+
+
+def _per_set_lines(per_set: dict) -> list[str]:
+    """Each held-out set's exponents with their intervals, their mean, and the fit of the averaged loss beside them."""
+    if not per_set.get("sets"):
+        return []
+
+    def exponents(law: dict) -> str:
+        iv = law.get("intervals", {})
+        return "  ".join(f"{k} {law[k]:.3f}" + (f" [{iv[k][0]:.3f}, {iv[k][1]:.3f}]" if k in iv else "")
+                         for k in ("alpha", "beta"))
+
+    lines = ["  per held-out set (as the paper, Fig. 10/17):"]
+    lines += [f"    {name:<13} " + (law["skipped"] if "skipped" in law else exponents(law) + "".join(
+        f"  ({k} not identified)" for k in law.get("not_identified", {}))) for name, law in per_set["sets"].items()]
+    if per_set.get("mean"):
+        lines.append(f"    {'mean of sets':<13} {exponents(per_set['mean'])}")
+    lines.append(f"    {'averaged loss':<13} {exponents(per_set['averaged_loss'])}")
+    return lines
+
+
+def _law_line(law: dict) -> str:
+    from windtunnel.fit import FORMS
+
+    iv, missing = law.get("intervals", {}), law.get("not_identified", {})
+    params = "  ".join(f"{k} {law[k]:.4g}" + (f" [{iv[k][0]:.3g}, {iv[k][1]:.3g}]" if k in iv else "")
+                       if k not in missing else f"{k} not identified" for k in FORMS[law["form"]].params)
+    return (f"L(N,D) = {FORM_NAMES[law['form']]}, N = {N_NAMES[law['n_kind']]} ({law['n_points']} points, "
+            f"{law['n_groups']} stable runs): {params}")
+
+
+def _groups(points: pd.DataFrame):
+    return points["group"].to_numpy() if "group" in points else None
+
+
+def _law_and_backtests(points: pd.DataFrame, n_col: str, *, form: str, bootstrap: int, seed: int):
+    from windtunnel import fit
+
+    n, d, loss = (points[c].to_numpy(float) for c in (n_col, "D", "loss"))
+    law = fit.fit_scaling_law(n, d, loss, form=form, bootstrap=bootstrap, seed=seed, groups=_groups(points))
+    tests = fit.rolling_backtests(n, d, loss, form=form, groups=_groups(points), bootstrap=bootstrap, seed=seed) \
+        if np.unique(n).size > 3 else []
+    return law, tests
+
+
+def _backtest_summary(test) -> dict:
+    """A backtest without its fit and per-point lists: what the report's table shows."""
+    return {k: v for k, v in test.to_dict().items() if k not in ("fit", "rel_errors", "low", "high", "covered")}
+
+
+def fit_batch_size_study(curves: pd.DataFrame, *, bootstrap: int, seed: int = 0) -> dict:
+    """§3.2: tokens to reach each loss against batch size, its optima, and bs_opt = k / L^γ."""
+    from windtunnel import fit
+
+    return fit.fit_batch_size_law(curves, bootstrap=bootstrap, seed=seed).to_dict(samples=True)
+
+
+def fit_lr_study(points: pd.DataFrame, *, bootstrap: int, seed: int = 0) -> dict:
+    """§3.3: optimal LR per width (d_model) under µP and SP, the spread of the optima with its interval, and whether
+    the LR transfers. Diverged runs in `points` (`final_points(..., diverged=True)`) are censored points."""
+    from windtunnel import fit
+
+    if "width" not in points and "d_model" in points and points["d_model"].notna().all():  # older runs lack it
+        points = points.assign(width=points["d_model"])
+    return fit.fit_lr_transfer(points, bootstrap=bootstrap, seed=seed).to_dict()
+
+
+def fit_envelope_study(points: pd.DataFrame, *, n_kind: str = DEFAULT_N_KIND) -> dict:
+    """§4.3: per model, the series WSD(D, 0.1D) fit by a power law and by an exponential in compute C = 6ND
+    (N of `n_kind`: the same FLOP count as the scaling law's compute-optimal allocation and the plan's cost)."""
+    from windtunnel import fit
+
+    out = {}
+    for model, group in points.groupby("model"):
+        if len(group) < 4:  # three parameters per form: a fit needs one point to spare
+            out[model] = {"skipped": f"{len(group)} points; the envelope needs at least 4"}
+            continue
+        compute = 6 * group[N_KINDS[n_kind]].to_numpy(float) * group["D"].to_numpy(float)
+        out[model] = fit.fit_envelope(compute, group["loss"].to_numpy(float)).to_dict()
+    return out
+
+
+# ---------------------------------------------------------------- the studies of these laws (windtunnel.studies.STUDIES)
+
+
+SCALING_COLUMNS = ["model", "N", "N_total", "D", "loss", "seed", "group", "name"]  # fit.json's table of points
+
+
+def scaling_law(points: pd.DataFrame, o: Options) -> Fitted:
+    """§5 and §4.3 on the decay branches: the law in every form and convention of N, and each size's envelope."""
+    law = fit_scaling_law_study(points, bootstrap=o.bootstrap, n_kind=o.n_kind, form=o.form, budgets=o.budgets)
+    envelope = fit_envelope_study(points)
+    result = {**law, **ladder_facts(points), "envelope": envelope,
+              "points": points[SCALING_COLUMNS].to_dict(orient="records")}
+    shown = points.assign(N=points[N_KINDS[law["n_kind"]]])  # the figures' N: the predicting law's convention
+    return Fitted(result, {"fig10_iso_loss.png": lambda path: plots.iso_loss(law["prediction"], shown, path),
+                           "fig17_loss_vs_tokens.png": lambda path: plots.loss_vs_tokens([law, law["prediction"]],
+                                                                                         shown, path),
+                           "fig6_envelope.png": lambda path: plots.envelope(shown, envelope, path),
+                           "backtests.png": lambda path: plots.backtests(law["prediction"], shown, path)})
+
+
+def batch_size(frame: pd.DataFrame, o: Options) -> Fitted:
+    """§3.2 from every run's held-out loss curve: tokens to reach each loss against batch size, its optima, the law."""
+    import pandas as pd
+
+    law = fit_batch_size_study(loss_curves(frame, metric="eval"), bootstrap=o.bootstrap)
+    optima = pd.DataFrame(law["optima"])
+    return Fitted({**law, **ladder_facts(frame)},
+                  {"fig1_tokens_vs_batch.png": lambda path: plots.batch_size_curves(pd.DataFrame(law["reach"]),
+                                                                                    optima, path),
+                   "fig2_batch_size_law.png": lambda path: plots.batch_size_law(optima, law, path)})
+
+
+def lr_transfer(frame: pd.DataFrame, o: Options) -> Fitted:
+    """§3.3: each width's optimal LR under µP and SP (diverged runs censored) and the spread across widths."""
+    result = fit_lr_study(frame, bootstrap=o.bootstrap)
+    facts = ladder_facts(frame[frame["parametrization"] == "mup"])  # the base the µP optimum transfers in
+    return Fitted({**result, **facts},
+                  {"fig3_lr_transfer.png": lambda path: plots.lr_transfer(frame, result["optima"], path)})
+
+
+def describe_batch_size(law: dict) -> list[str]:
+    low, high = law["intervals"].get("gamma", (float("nan"),) * 2)
+    lines = [f"bs_opt = {law['k']:.4g} / L^{law['gamma']:.3f} tokens (gamma 95% [{low:.3f}, {high:.3f}]; "
+             f"{len(law['optima'])} optima)"]
+    if law["n_skipped"]:
+        lines.append(f"left out {law['n_skipped']} (model, loss) parabolas: {law['n_outside']} with the optimum outside "
+                     f"the sampled batch sizes (not extrapolated: add batch sizes beyond them), {law['n_concave']} "
+                     "opening downward (no minimum)")
+    return lines
+
+
+def describe_lr(result: dict) -> list[str]:
+    """One line per width with the µP and SP optima side by side, then each spread and the verdict."""
+    kinds = [k for k in ("mup", "sp") if k in result["spread"]]
+    rows = {}
+    for o in result["optima"]:
+        rows.setdefault((o.get("width") or 0, o["model"]), {})[o["parametrization"]] = o
+    lines = [f"{'width':>5} {'model':<12}" + "".join(f"{kind + ' lr_opt [95%]':<34}" for kind in kinds)]
+    for (width, model), by_kind in sorted(rows.items()):
+        cells = "".join(f"{_optimum(by_kind.get(kind)):<34}" for kind in kinds)
+        lines.append(f"{width:>5g} {model:<12}{cells}" if width else f"{'?':>5} {model:<12}{cells}")
+    for kind in kinds:
+        lines.append(f"{kind}: {_spread(result['spread'][kind])}")
+        regret = result["spread"][kind].get("regret")
+        if regret:
+            lines.append(f"{kind}: the LR tuned at width {regret['tuned_at_width']:g} ({regret['lr']:g}) costs at most "
+                         f"{regret['max']:+.2%} loss at any width (" + ", ".join(
+                             f"{w}: {r:+.2%}" for w, r in regret["by_width"].items()) + ")")
+    goal = result["goal"]
+    verdict = {True: "holds", False: "does not hold", None: "undecided"}[goal["holds"]]
+    lines.append(f"goal (µP spread < 2x over >= 8x width, SP clearly more): {verdict} — {goal['why']}")
+    return lines
+
+
+def _optimum(o: dict | None) -> str:
+    if o is None:
+        return "—"
+    low, high = (f"{v:.3g}" if v is not None else "open" for v in (o["low"], o["high"]))
+    notes = (["edge"] if o["at_edge"] else []) + ([f"{o['n_censored']} diverged"] if o["n_censored"] else [])
+    return f"{o['lr_opt']:.3g} [{low}, {high}]" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _spread(s: dict) -> str:
+    interval = "no interval" if s["interval"] is None else f"95% [{s['interval'][0]:.2f}, {s['interval'][1]:.2f}]"
+    widths = "" if s["widths"] is None else \
+        f" over widths {s['widths'][0]:g}–{s['widths'][1]:g} ({s['width_ratio']:.2g}x)"
+    open_ = f"; {s['n_open']} width(s) with an open-ended optimum left out" if s["n_open"] else ""
+    return f"optima span {s['ratio']:.2f}x, {interval}{widths}{open_}"

@@ -1,0 +1,199 @@
+"""Stored sweeps → the tidy tables the fits take (the join of tracking and fit), and fit.json on disk.
+
+A study reads a sweep of `sweeps/` back from MLflow: one row per finished run, with its loss = the mean over the
+held-out sets of the final bits per byte (DESIGN §3: averaged per byte, so tokenizers compare). Failed, diverged
+and unfinished runs are left out and counted with their reason.
+
+    frame, excluded = final_points("scaling_law", scale="micro")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from windtunnel.errors import WindtunnelError
+from windtunnel.paths import results_dir, write_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["final_points", "decay_points", "loss_curves", "ladder_facts", "study_dir", "write_json", "dumps",
+           "read_fit", "NoRuns"]
+
+NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": "params.batch_tokens",
+           "fork_step": "params.fork_step", "decay_fraction": "params.coord.decay_fraction",
+           "branch_tokens_per_param": "params.coord.branch_tokens_per_param", "branch_tokens": "params.coord.branch_tokens",
+           "epochs": "metrics.data/epochs", "seed": "params.seed", "d_model": "params.model.d_model", "seq_len": "params.seq_len",
+           "vocab_size": "params.model.vocab_size", "period_tokens": "params.schedule.period_tokens"}
+MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_std", "parametrization")
+# the µP base of a run's model: hyper-parameters found on a ladder transfer only within one base (DESIGN §3)
+TEXT = {"model": "params.model.name", "parametrization": "params.model.parametrization",
+        "schedule": "params.schedule.kind", "decay_shape": "params.schedule.decay_shape",
+        "stage": "params.coord.stage", "run": "tags.windtunnel.run", "parent": "tags.parent", "status": "tags.status",
+        "corpus": "params.data.corpus", "decay_data": "params.coord.decay_data"}
+
+
+class NoRuns(WindtunnelError):
+    """The sweep a study reads has not been run at this scale (`windtunnel fit STUDY` then exits 3: skipped)."""
+
+
+def study_dir(study: str) -> Path:
+    """results/<study>/: where a study's fit.json and figures go."""
+    folder = results_dir() / study
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def final_points(sweep: str, *, scale: str, current: bool = True,
+                 diverged: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The finished runs of `sweep` at `scale`, one row each, and {reason: count} of the runs left out.
+
+    current=True keeps only the runs of the graph sweeps/<sweep>.yaml expands to now (when that file is here):
+    runs of an earlier version of the spec (another grid, budget or base) are left out and counted.
+    diverged=True keeps the diverged runs too, with loss inf: to an LR sweep a divergence is information (the
+    optimum lies below that LR), not a failure.
+    """
+    import pandas as pd
+
+    from windtunnel.tracking import runs_dataframe
+
+    raw = runs_dataframe(experiment=sweep)
+    if "tags.kind" in raw:
+        raw = raw[raw["tags.kind"] != "sweep"]
+    raw = raw[raw["tags.scale"] == scale] if "tags.scale" in raw else raw.iloc[:0]
+    if raw.empty:
+        raise NoRuns(f"no runs of sweep {sweep!r} at scale {scale!r} in {_store()}; "
+                              f"run `windtunnel sweep sweeps/{sweep}.yaml --scale {scale}` first")
+    frame = pd.DataFrame({"run_id": raw["run_id"], "name": raw["run_name"]})
+    for col, key in NUMERIC.items():
+        frame[col] = pd.to_numeric(raw[key], errors="coerce") if key in raw else float("nan")
+    for col, key in TEXT.items():
+        frame[col] = raw[key].fillna("") if key in raw else ""
+    evals = sorted(c for c in raw if c.startswith("metrics.eval/") and c.endswith("/bpb"))
+    for col in evals:
+        frame[f"bpb_{col.split('/')[1]}"] = raw[col]
+    frame["loss"] = raw[evals].mean(axis=1, skipna=False) if evals else float("nan")
+    frame["N_total"] = frame["N"] + frame["d_model"] * frame["vocab_size"]  # the tied embedding is vocab × width
+    frame["group"] = frame["parent"].where(frame["parent"] != "", frame["run"])  # a stable run and its branches
+    for key in MUP_BASE:
+        frame[f"base.{key}"] = raw[f"params.model.{key}"] if f"params.model.{key}" in raw else ""
+    frame, excluded = _keep_finished(frame.reset_index(drop=True), diverged=diverged)
+    spec_file = Path("sweeps") / f"{sweep}.yaml"
+    if current and spec_file.is_file():
+        from windtunnel.graph import expand, load_sweep
+
+        ids = {run.id for run in expand(*load_sweep(spec_file, scale=scale), file=spec_file, scale_name=scale)}
+        stale = ~frame["run"].isin(ids)
+        if stale.any():
+            excluded[f"not in the graph of {spec_file} any more (--all-runs keeps them)"] = int(stale.sum())
+        frame = frame[~stale].reset_index(drop=True)
+    return frame, excluded
+
+
+def ladder_facts(frame: pd.DataFrame) -> dict:
+    """What a plan must match to use a study's fits: the runs' µP base (one mapping, or a list when they mix
+    bases), context length, corpus and learning rates. Written into each study's fit.json."""
+    bases = frame[[f"base.{k}" for k in MUP_BASE]].drop_duplicates().to_dict(orient="records")
+    bases = [{k.removeprefix("base."): _number(v) for k, v in b.items()} for b in bases]
+    return {"mup_base": bases[0] if len(bases) == 1 else (bases or None),
+            "seq_len": sorted({int(v) for v in frame["seq_len"].dropna()}),
+            "corpus": sorted(set(frame["corpus"]) - {""}), "lr": sorted({float(v) for v in frame["lr"].dropna()})}
+
+
+def _number(value):
+    """A param as stored by MLflow (a string) back to a number where it is one."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) else number
+
+
+def _keep_finished(frame: pd.DataFrame, *, diverged: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
+    excluded: dict[str, int] = {}
+    keep = {"finished", "diverged"} if diverged else {"finished"}
+    for status in sorted(set(frame["status"]) - keep):
+        excluded[status or "unfinished"] = int((frame["status"] == status).sum())
+    frame = frame[frame["status"].isin(keep)]
+    frame = frame.assign(loss=frame["loss"].where(frame["status"] == "finished", float("inf")))  # not a final eval
+    no_eval = frame["loss"].isna()
+    if no_eval.any():
+        excluded["finished without a held-out evaluation"] = int(no_eval.sum())
+    repeated = frame["epochs"] > 1  # a token seen twice: the loss is no longer that of D fresh tokens
+    if repeated.any():
+        excluded["past one epoch of the corpus"] = int(repeated.sum())
+    return frame[~no_eval & ~repeated].reset_index(drop=True), excluded
+
+
+def loss_curves(frame: pd.DataFrame, *, metric: str = "eval") -> pd.DataFrame:
+    """Per run of `frame`, its loss against tokens: columns run_id, model, N, batch_tokens, lr, tokens, loss.
+
+    metric "eval": the mean held-out bits per byte at each evaluation (the sets of the `bpb_*` columns);
+    "train": the training loss of every step (nats per token), with the step's statistics (TRAIN_STATISTICS and
+    each weight matrix's max |Δw|, `update/max_abs/<matrix>`) as further columns, NaN where a run lacks one.
+    """
+    import pandas as pd
+
+    from windtunnel.tracking import metric_history, metric_keys
+
+    parts = []
+    for row in frame.itertuples():
+        keys = ([f"eval/{c[4:]}/bpb" for c in frame if c.startswith("bpb_")] if metric == "eval"
+                else ["train/loss", *TRAIN_STATISTICS, *metric_keys(row.run_id, "update/max_abs/")])
+        series = [metric_history(row.run_id, key).set_index("step")["value"].rename(key) for key in keys]
+        curve = pd.concat(series, axis=1).sort_index()
+        curve = curve.dropna(subset=keys if metric == "eval" else ["train/loss"])
+        loss = curve[keys].mean(axis=1) if metric == "eval" else curve["train/loss"]
+        part = pd.DataFrame({"run_id": row.run_id, "model": row.model, "N": row.N, "batch_tokens": row.batch_tokens,
+                             "lr": row.lr, "step": curve.index, "tokens": curve.index * row.batch_tokens,
+                             "loss": loss.to_numpy()})
+        if metric == "train":
+            part = part.assign(**{k: curve[k].to_numpy() for k in keys[1:]})
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+TRAIN_STATISTICS = ("lr", "grad/norm", "grad/cos_prev", "grad/D1", "grad/D2", "grad/curvature", "update/max_abs")
+
+
+
+def decay_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """The decay branches of a branched sweep: the final points L(N, D) of §5 and the envelope of §4.3."""
+    return frame[frame["stage"] == "decay"].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- fit.json
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write atomically (temporary file, then rename): a report never reads half a fit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, dumps(payload) + "\n")
+
+
+def dumps(payload: dict, *, indent: int | None = 1) -> str:
+    """JSON of a fit result (numpy scalars and arrays included)."""
+    return json.dumps(payload, indent=indent, default=_jsonable)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def read_fit(study: str) -> dict | None:
+    """results/<study>/fit.json, or None when that study has not been fitted."""
+    path = results_dir() / study / "fit.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _store() -> str:
+    from windtunnel.tracking import tracking_uri
+
+    return tracking_uri()
+

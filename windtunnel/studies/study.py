@@ -1,0 +1,64 @@
+"""What a study is (the rows of the registry in windtunnel.studies) and what its fit gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Study", "Options", "Fitted"]
+
+BUDGETS = (1e18, 1e20, 1e22, 1e24)  # FLOPs at which the scaling law's compute-optimal N and D are reported
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """How a study or a law is fitted (`windtunnel fit` options)."""
+
+    scale: str = "micro"
+    """the scale section the sweep ran at (micro, demo, paper)"""
+    bootstrap: int = 1000
+    """resamples behind the 95% intervals (0: none)"""
+    current: bool = True
+    """only the runs the sweep's file expands to now (False: --all-runs, every stored run of the sweep)"""
+    form: str | None = None
+    """scaling law: the form that predicts (None: the one whose rolling backtests err less)"""
+    n_kind: str = "total"
+    """scaling law: N with the tied embedding ("total") or without ("non_embedding"); "given" for a CSV's N"""
+    budgets: tuple[float, ...] = BUDGETS
+    """scaling law: compute budgets C = 6·N·D (FLOPs) of the compute-optimal allocation"""
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A study's fit: `result` is its fit.json (scale and excluded runs are added by `studies.run`), `figures` maps
+    each figure's file name to what draws it there (called only when figures are asked for)."""
+
+    result: dict
+    figures: dict[str, Callable[[Path], object]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Study:
+    """One study: the sweep it reads, how its rows come out of the stored runs, its fit and figures, what a
+    terminal shows of it and what the plan takes from it."""
+
+    name: str
+    """results/<name>/ holds its fit.json and figures; `windtunnel fit NAME` runs it"""
+    title: str
+    """the report's heading, with the paper's section"""
+    sweep: str
+    """the sweep of sweeps/ it reads (its MLflow experiment)"""
+    points: Callable[[str, Options], tuple[pd.DataFrame, dict[str, int]]]
+    """(sweep, options) → the rows its fit takes and {reason: count} of the runs left out"""
+    fit: Callable[[pd.DataFrame, Options], Fitted]
+    """the rows → fit.json and what draws each of its figures"""
+    describe: Callable[[dict], list[str]]
+    """fit.json → the lines `windtunnel fit NAME` prints"""
+    figures: tuple[str, ...] = ()
+    """the files its fit draws beside fit.json (the paper's figure numbers), in the order they are drawn"""
+    plan: str | None = None
+    """the keyword of plan.make_plan its fit.json feeds (scaling, batch, lr); None: the plan does not read it"""
