@@ -29,9 +29,9 @@ __all__ = ["main"]
 
 def cmd_models(args) -> None:
     from windtunnel.config import load_models
-    from windtunnel.counts import n_params as count_params
+    from windtunnel.counts import n_params
 
-    rows = [{"name": name, "n_params": count_params(spec), "n_params_with_embedding": count_params(spec, embedding=True),
+    rows = [{"name": name, "n_params": n_params(spec), "n_params_with_embedding": n_params(spec, embedding=True),
              "d_model": spec.d_model, "d_ff": spec.d_ff, "d_head": spec.d_head, "n_heads": spec.n_heads,
              "n_kv_heads": spec.n_kv_heads, "n_layers": spec.n_layers, "vocab_size": spec.vocab_size,
              "paper_n": spec.paper_n} for name, spec in load_models().items()]
@@ -59,7 +59,7 @@ def cmd_peak(args) -> None:
 
 def cmd_train(args) -> None:
     from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides
-    from windtunnel.model import count_params
+    from windtunnel.counts import n_params
     from windtunnel.runs import run_dir, train_spec
     from windtunnel.tracking import RUN_ID_FILE
 
@@ -71,7 +71,7 @@ def cmd_train(args) -> None:
     evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result["eval"].items())
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] else ""
     mlflow_id = (run_dir(run) / RUN_ID_FILE).read_text()
-    print(f"{spec.model.name} N={count_params(spec.model):,} {result['status']}: {result['step']} steps, "
+    print(f"{spec.model.name} N={n_params(spec.model):,} {result['status']}: {result['step']} steps, "
           f"{result['tokens']:,} tokens, train loss {result['train_loss']:.3f}; eval {evals}; "
           f"{result['tokens_per_s']:,.0f} tok/s{mfu}; run {run_dir(run)}, MLflow run {mlflow_id} (windtunnel ui)")
 

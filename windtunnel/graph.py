@@ -222,7 +222,7 @@ def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_toke
 
 def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro") -> list[Run]:
     """Every Run of the sweep at one scale; parents come before their branches."""
-    from windtunnel.counts import n_params as count_params  # closed form: a dry run does not import torch
+    from windtunnel.counts import n_params  # closed form: a dry run does not import torch
 
     if not scale.models:
         raise SpecError(file, f"scales.{scale_name}.models", [], "a non-empty list of model names")
@@ -235,7 +235,7 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             model = get_model(name)
         except SpecError as err:
             raise SpecError(file, f"scales.{scale_name}.models", name, err.allowed) from None
-        n = count_params(model)
+        n = n_params(model)
         base = apply_overrides(apply_overrides(TrainSpec(model=model), sweep.base, source=file), scale.set, source=file)
         base = apply_overrides(base, _per_model(scale, name, file=file, scale_name=scale_name), source=file)
         tokens = scale.tokens or scale.tokens_per_param * n
@@ -279,11 +279,11 @@ def _check_unique(runs: list[Run], *, file) -> None:
 def summarize(runs: list[Run]) -> dict:
     """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6).
     FLOPs are C = 6·N_total·D, the count of the scaling law and the plan; attention's share is given apart."""
-    from windtunnel.counts import attention_flops_per_token, n_params as count_params
+    from windtunnel.counts import attention_flops_per_token, n_params
 
     parents = {r.parent for r in runs if r.parent}
     finals = [r for r in runs if r.id not in parents]
-    per_token = {r.id: 6.0 * count_params(r.spec.model, embedding=True) for r in runs}
+    per_token = {r.id: 6.0 * n_params(r.spec.model, embedding=True) for r in runs}
     attention = sum(r.own_tokens * attention_flops_per_token(r.spec.model, seq_len=r.spec.seq_len) for r in runs)
     return {"n_runs": len(runs), "n_final_points": len(finals), "tokens": sum(r.own_tokens for r in runs),
             "tokens_from_scratch": sum(r.tokens for r in finals),

@@ -80,12 +80,12 @@ def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, d
     plus two gathered blocks), and the activations one micro-batch keeps for the backward pass: per token and
     layer the norms' inputs and outputs, q/k/v, the attention output and the SwiGLU's four d_ff-wide tensors
     (flash attention: no T×T scores), plus the LM head's chunked gradient buffers."""
-    from windtunnel.model import count_params
+    from windtunnel.counts import n_params
 
     m = spec.model
-    n = count_params(m, embedding=True)
+    n = n_params(m, embedding=True)
     shard = workers if strategy == "fsdp" else 1
-    block = count_params(m) / m.n_layers  # parameters of one block
+    block = n_params(m) / m.n_layers  # parameters of one block
     act_bytes = 2 if dtype == "bf16" else 4
     per_token_layer = 8 * m.d_model + 2 * m.n_kv_heads * m.d_head + 4 * m.d_ff
     activations = micro_tokens * (m.n_layers * per_token_layer + 2 * m.d_model) * act_bytes

@@ -79,14 +79,14 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
               tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
     """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
     from windtunnel.fit import ScalingLawFit
-    from windtunnel.counts import attention_flops_per_token, n_params as count_params
+    from windtunnel.counts import attention_flops_per_token, n_params
 
     check_budget(tokens, compute)
     gaps: list[str] = []
     fits = {"scaling law": scaling, "batch-size law": batch, "LR transfer": lr}
     usable = {name: _in_family(model, fit, name, gaps) for name, fit in fits.items()}
     n_kind = scaling.get("n_kind", "non_embedding") if scaling else "total"
-    n = count_params(model, embedding=n_kind == "total")
+    n = n_params(model, embedding=n_kind == "total")
     # the law that predicts: the form whose rolling backtests erred less (the paper's form when older fits lack it)
     law = ScalingLawFit.from_dict(scaling.get("prediction", scaling)) if usable["scaling law"] else None
     if scaling is not None and n / scaling["n_max"] > limits.max_n_extrapolation:

@@ -79,22 +79,22 @@ def _flat(prefix: str, obj: dict) -> dict:
 def run_params(run: Run) -> dict:
     """MLflow params of a run: its spec flattened, plus N (non-embedding), N_total (with the tied embedding), D,
     the branch step and the sweep coordinates."""
-    from windtunnel.model import count_params
+    from windtunnel.counts import n_params
     from windtunnel.train import total_tokens
 
-    return {**_flat("", asdict(run.spec)), "N": count_params(run.spec.model),
-            "N_total": count_params(run.spec.model, embedding=True), "D": total_tokens(run.spec),
+    return {**_flat("", asdict(run.spec)), "N": n_params(run.spec.model),
+            "N_total": n_params(run.spec.model, embedding=True), "D": total_tokens(run.spec),
             "fork_step": run.fork_step, "parent_run": run.parent,
             **{f"coord.{k}": v for k, v in run.coords.items()}}
 
 
 def resources(run: Run, *, gpus: bool) -> dict:
     """Ray resources of one run: a GPU each when the cluster has GPUs, else 1 CPU (2 above 2M parameters)."""
-    from windtunnel.model import count_params
+    from windtunnel.counts import n_params
 
     if gpus and run.spec.device != "cpu":
         return {"num_gpus": 1, "num_cpus": 1}
-    return {"num_cpus": 1 if count_params(run.spec.model) < 2_000_000 else 2}
+    return {"num_cpus": 1 if n_params(run.spec.model) < 2_000_000 else 2}
 
 
 def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow_id: str | None, tags: dict,

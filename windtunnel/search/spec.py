@@ -184,7 +184,7 @@ def _check_section(path: Path, key: str, section: _ScaleSection) -> None:
 
 def _template(path: Path, key: str, top: _SearchFile, section: _ScaleSection) -> TrainSpec:
     """Every trial's spec: the model, base and scale overrides, tokens rounded to whole steps."""
-    from windtunnel.model import count_params
+    from windtunnel.counts import n_params
 
     try:
         model = get_model(section.model)
@@ -192,7 +192,7 @@ def _template(path: Path, key: str, top: _SearchFile, section: _ScaleSection) ->
         raise SpecError(path, f"{key}.model", section.model, err.allowed) from None
     template = apply_overrides(apply_overrides(TrainSpec(model=model), top.base, source=str(path)),
                                section.set, source=str(path))
-    tokens = section.tokens or section.tokens_per_param * count_params(model)
+    tokens = section.tokens or section.tokens_per_param * n_params(model)
     steps = max(1, round(tokens / template.batch_tokens))
     return apply_overrides(template, {"tokens": steps * template.batch_tokens}, source=str(path))
 
