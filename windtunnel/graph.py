@@ -25,6 +25,8 @@ Sweep file layout:
           decay_shapes: [exp]
           decay_data: [{}, {python: 0.7, python-docstrings: 0.3}]   # the decay's data mixtures ({}: the run's own)
           min_steps: 250               # refuse a branch point with fewer optimizer steps than this
+        resources: {cpus: 1, gpus: 0.25}   # what Ray reserves per run (a runtime setting: run ids do not change);
+                                           # without it: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load_overrides, read_yaml, spec_hash
 from windtunnel.errors import SpecError
 
-__all__ = ["BranchSpec", "ScaleSpec", "SweepSpec", "Run", "load_sweep", "expand", "summarize"]
+__all__ = ["BranchSpec", "ResourceSpec", "ScaleSpec", "SweepSpec", "Run", "load_sweep", "expand", "summarize"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +60,16 @@ class BranchSpec:
     decay_data: tuple[dict, ...] = ({},)
     """decay-stage data mixtures, each branch once per mixture ({} = the run's own data; {python: 0.7,
     python-docstrings: 0.3} mixes in prose, paper §6; see TrainSpec.decay_data)"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceSpec:
+    """What Ray reserves for each run of a scale: where a run trains, never what it computes (not in its id)."""
+
+    cpus: float = 1
+    """CPU cores per run, > 0; the run's torch threads are its whole cores (at least 1)"""
+    gpus: float = 0
+    """GPUs per run: 0, a fraction below 1 so tiny models share a GPU (0.25: four runs per GPU), or a whole number"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +94,8 @@ class ScaleSpec:
     """model name → overrides for that model only (its tuned LR and batch size), after `set`"""
     seeds: tuple[int, ...] = ()
     """run every variant once per seed (each seed its own stable run); empty = the spec's seed only"""
+    resources: ResourceSpec | None = None
+    """Ray resources per run; None: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +120,7 @@ class Run:
     coords: dict              # sweep coordinates (model, grid values, branch point, decay), for tracking
     parent: str | None = None  # id of the run whose checkpoint this one starts from
     fork_step: int | None = None  # that checkpoint's step
+    resources: dict | None = None  # {"cpus": ..., "gpus": ...} Ray reserves for it (runtime only: not in the id)
 
     @property
     def tokens(self) -> int:
@@ -133,7 +148,19 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
     section = dict(sweep.scales[scale])
     if isinstance(section.get("branches"), dict):
         section["branches"] = build(BranchSpec, section["branches"], file=path, prefix=f"scales.{scale}.branches.")
+    if isinstance(section.get("resources"), dict):
+        section["resources"] = _resources(section["resources"], file=path, key=f"scales.{scale}.resources")
     return sweep, build(ScaleSpec, section, file=path, prefix=f"scales.{scale}.")
+
+
+def _resources(raw: dict, *, file, key: str) -> ResourceSpec:
+    """cpus > 0; gpus 0, a fraction below 1, or a whole number (Ray shares a GPU only in fractions of one)."""
+    spec = build(ResourceSpec, raw, file=file, prefix=key + ".")
+    if not (math.isfinite(spec.cpus) and spec.cpus > 0):
+        raise SpecError(file, f"{key}.cpus", raw["cpus"], "a number of CPU cores > 0 (1, 2, 0.5)")
+    if not (math.isfinite(spec.gpus) and spec.gpus >= 0 and (spec.gpus < 1 or spec.gpus == int(spec.gpus))):
+        raise SpecError(file, f"{key}.gpus", raw["gpus"], "0, a fraction of one GPU below 1 (0.25), or a whole number of GPUs")
+    return spec
 
 
 # ---------------------------------------------------------------- expanding
@@ -277,6 +304,8 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
                              coords={**coords, "stage": "stable"})
             runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file)]
     _check_unique(runs, file=file)
+    if scale.resources is not None:  # after the ids: where a run trains is not what it computes
+        runs = [dataclasses.replace(r, resources=dataclasses.asdict(scale.resources)) for r in runs]
     return runs
 
 

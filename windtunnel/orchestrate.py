@@ -19,14 +19,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from windtunnel.errors import one_line
+from windtunnel.errors import WindtunnelError, one_line
 from windtunnel.graph import Run
 from windtunnel.paths import results_dir
 from windtunnel.train import checkpoint_path, read_status, total_tokens
 
-__all__ = ["run_graph", "RunOutcome", "init_ray", "train_one", "train_spec", "run_dir"]
+__all__ = ["run_graph", "RunOutcome", "init_ray", "runtime_env", "probe_cluster", "resources", "train_one", "train_spec",
+           "run_dir"]
 
 POLL_SECONDS = 0.5  # how often the driver looks for new branch checkpoints and finished tasks
+PROBE_SECONDS = 3.0  # how long a cluster at $RAY_ADDRESS may take to accept a connection
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,10 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         torch.set_num_threads(threads)
     folder = run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
+    where = _record_attempt(folder)
     logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params={**run_params(run), **(params or {})},
                                  tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
-                                       "parent": run.parent or ""},
+                                       "parent": run.parent or "", **where},
                                  parent_run_id=parent_mlflow_id)
     try:
         result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
@@ -91,6 +94,21 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         raise
     logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
     return asdict(result)
+
+
+def _record_attempt(folder: Path) -> dict:
+    """Where this attempt trains — host, and the Ray node when in a Ray task — appended to `attempts.jsonl` in
+    the run folder (one line per attempt: a retry may land elsewhere) and returned as MLflow tags."""
+    import json
+    import socket
+
+    where = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")  # imported in every Ray worker; never imported here for a plain `train`
+    if ray is not None and ray.is_initialized():
+        where["ray.node"] = ray.get_runtime_context().get_node_id()
+    with open(folder / "attempts.jsonl", "a") as f:
+        f.write(json.dumps({**where, "pid": os.getpid(), "started": time.time()}) + "\n")
+    return where
 
 
 def train_spec(spec, *, experiment: str, tags: dict, params: dict | None = None, progress: bool = True) -> tuple[Run, dict]:
@@ -110,20 +128,50 @@ def train_spec(spec, *, experiment: str, tags: dict, params: dict | None = None,
 
 
 def init_ray(num_cpus: int | None) -> bool:
-    """Embedded local Ray, or the cluster at $RAY_ADDRESS, unless Ray is already up; True when started here.
+    """The cluster at $RAY_ADDRESS, or else an embedded local Ray started here, unless Ray is already up;
+    True when connected here.
 
-    Workers get this process's results and MLflow paths."""
+    Embedded means `address="local"`: a bare `ray.init()` would first try a cluster still recorded in Ray's
+    temp folder (`ray_current_cluster`) and, if that one died, wait minutes on time-outs (DESIGN §8). A
+    cluster at $RAY_ADDRESS is probed first, so one that does not answer fails in seconds."""
     import ray
-
-    from windtunnel.tracking import tracking_uri
 
     if ray.is_initialized():
         return False
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address:
+        probe_cluster(address)
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_auth_notice)
-    env = {"WINDTUNNEL_RESULTS": str(results_dir()), "MLFLOW_TRACKING_URI": tracking_uri()}
-    ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else num_cpus,
-             include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env})
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False, runtime_env=runtime_env())
     return True
+
+
+def runtime_env() -> dict:
+    """What every Ray worker gets: windtunnel's code, shipped by Ray (so a node relies neither on the driver's
+    working directory nor on windtunnel installed at the same path), and this process's results and MLflow
+    locations (shared storage, or a tracking server, on a cluster)."""
+    import windtunnel
+    from windtunnel.tracking import tracking_uri
+
+    return {"py_modules": [str(Path(windtunnel.__file__).parent)], "excludes": ["__pycache__/"],
+            "env_vars": {"WINDTUNNEL_RESULTS": str(results_dir()), "MLFLOW_TRACKING_URI": tracking_uri()}}
+
+
+def probe_cluster(address: str, *, timeout: float = PROBE_SECONDS) -> None:
+    """Raise a one-line WindtunnelError unless something accepts a connection at the cluster's host:port
+    ("ray://host:port" for Ray Client); "auto" and "local" are Ray's to resolve."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise WindtunnelError(f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} within {timeout:g} s "
+                              f"({err.strerror or err}); start it (`ray start --head --port={port}` there) or unset "
+                              "RAY_ADDRESS to run on an embedded local Ray") from None
 
 
 def _not_auth_notice(record: logging.LogRecord) -> bool:
@@ -132,12 +180,27 @@ def _not_auth_notice(record: logging.LogRecord) -> bool:
 
 
 def resources(run: Run, *, gpus: bool) -> dict:
-    """Ray resources of one run: a GPU each when the cluster has GPUs, else 1 CPU (2 above 2M parameters)."""
+    """Ray resources of one run: its sweep's `resources` when set; else a GPU each when the cluster has GPUs,
+    else 1 CPU (2 above 2M parameters)."""
     from windtunnel.model import count_params
 
+    if run.resources:
+        return {"num_cpus": run.resources["cpus"], "num_gpus": run.resources["gpus"]}
     if gpus and run.spec.device != "cpu":
         return {"num_gpus": 1, "num_cpus": 1}
     return {"num_cpus": 1 if count_params(run.spec.model) < 2_000_000 else 2}
+
+
+def _check_fits(ray, runs: list[Run], *, gpus: bool) -> None:
+    """Refuse a sweep whose runs ask more CPUs or GPUs than any one node has: Ray would queue them forever."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    for run in runs:
+        need = resources(run, gpus=gpus)
+        for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            most = max((n.get(name, 0) for n in nodes), default=0)
+            if need.get(key, 0) > most:
+                raise WindtunnelError(f"run {run.name} needs {key}={need[key]:g} but the largest Ray node has {most:g} "
+                                      f"{name}; lower the sweep's scales.<scale>.resources or add a bigger node")
 
 
 def _parent_logger(sweep: str, scale: str, runs: list[Run], description: str):
@@ -226,6 +289,7 @@ def _drive(todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board
 def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board, *, sweep, scale, parent,
           retries: int) -> None:
     gpus = ray.cluster_resources().get("GPU", 0) > 0
+    _check_fits(ray, todo, gpus=gpus)
     task = ray.remote(max_retries=0)(train_one)  # retries are ours: a retry resumes from the checkpoint
     pending: dict = {}
     attempts: dict[str, int] = {}
@@ -241,7 +305,7 @@ def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _B
                 continue
             need = resources(run, gpus=gpus)
             ref = task.options(**need).remote(run, init_from=init_from, experiment=sweep,
-                                               parent_mlflow_id=parent.run_id, threads=need["num_cpus"],
+                                               parent_mlflow_id=parent.run_id, threads=max(1, int(need["num_cpus"])),
                                                tags={"sweep": sweep, "scale": scale})
             pending[ref] = run
             attempts[run.id] = attempts.get(run.id, 0) + 1
