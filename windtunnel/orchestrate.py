@@ -28,7 +28,7 @@ __all__ = ["run_graph", "RunOutcome", "init_ray", "runtime_env", "probe_cluster"
            "run_dir"]
 
 POLL_SECONDS = 0.5  # how often the driver looks for new branch checkpoints and finished tasks
-PROBE_SECONDS = 3.0  # how long a cluster at $RAY_ADDRESS may take to accept a connection
+PROBE_SECONDS = 3.0  # how long a cluster at $RAY_ADDRESS may take to accept a TCP connection
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,10 @@ def runtime_env() -> dict:
 
 
 def probe_cluster(address: str, *, timeout: float = PROBE_SECONDS) -> None:
-    """Raise a one-line WindtunnelError unless something accepts a connection at the cluster's host:port
-    ("ray://host:port" for Ray Client); "auto" and "local" are Ray's to resolve."""
+    """Raise a one-line WindtunnelError unless a Ray cluster answers at `address` within seconds, where
+    `ray.init` would retry for minutes: a TCP connect to host:port, then (not for Ray Client, "ray://") one
+    request to its GCS, which also catches a port some other server holds and a missing auth token.
+    "auto" and "local" are Ray's to resolve."""
     import socket
 
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -168,10 +170,15 @@ def probe_cluster(address: str, *, timeout: float = PROBE_SECONDS) -> None:
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as err:
-        raise WindtunnelError(f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} within {timeout:g} s "
-                              f"({err.strerror or err}); start it (`ray start --head --port={port}` there) or unset "
-                              "RAY_ADDRESS to run on an embedded local Ray") from None
+        if not address.startswith("ray://"):
+            from ray._raylet import GcsClient  # Ray's own client: one request, no retries
+
+            GcsClient(address=f"{host}:{port}").cluster_id
+    except Exception as err:  # OSError: nothing listens; a Ray error: not a GCS, or it refused our token
+        reason = (err.strerror if isinstance(err, OSError) else None) or one_line(err)
+        raise WindtunnelError(f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} ({reason}); start it "
+                              f"(`ray start --head --port={port}` there), check its auth token (RAY_AUTH_TOKEN or "
+                              "~/.ray/auth_token), or unset RAY_ADDRESS to run on an embedded local Ray") from None
 
 
 def _not_auth_notice(record: logging.LogRecord) -> bool:
