@@ -159,7 +159,8 @@ def _resources(raw: dict, *, file, key: str) -> ResourceSpec:
     if not (math.isfinite(spec.cpus) and spec.cpus > 0):
         raise SpecError(file, f"{key}.cpus", raw["cpus"], "a number of CPU cores > 0 (1, 2, 0.5)")
     if not (math.isfinite(spec.gpus) and spec.gpus >= 0 and (spec.gpus < 1 or spec.gpus == int(spec.gpus))):
-        raise SpecError(file, f"{key}.gpus", raw["gpus"], "0, a fraction of one GPU below 1 (0.25), or a whole number of GPUs")
+        raise SpecError(file, f"{key}.gpus", raw["gpus"],
+                        "0, a fraction of one GPU below 1 (0.25), or a whole number of GPUs")
     return spec
 
 

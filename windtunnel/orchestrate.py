@@ -8,6 +8,11 @@ skipped; interrupted ones resume from their last checkpoint; a run that raises i
 `retries` times, then recorded as failed while the sweep goes on. One MLflow parent run per sweep,
 one child per Run, logged by the task itself (metrics are flushed before each checkpoint, and a
 resumed run drops the steps MLflow already holds, so each step is stored once).
+
+On a cluster: windtunnel's code reaches every worker through a Ray runtime_env (`py_modules`), each run
+reserves its sweep's `resources` (CPUs, fractional GPUs), and each attempt records its host and Ray node
+(`attempts.jsonl` in the run folder, MLflow tags `host` and `ray.node`). The run folders, the data cache
+and the MLflow store (unless MLFLOW_TRACKING_URI names a server) must be on storage every node shares.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from windtunnel.graph import Run
 from windtunnel.paths import results_dir
 from windtunnel.train import checkpoint_path, read_status, total_tokens
 
-__all__ = ["run_graph", "RunOutcome", "init_ray", "runtime_env", "probe_cluster", "resources", "train_one", "train_spec",
-           "run_dir"]
+__all__ = ["run_graph", "RunOutcome", "init_ray", "runtime_env", "probe_cluster", "resources", "train_one",
+           "train_spec", "run_dir"]
 
 POLL_SECONDS = 0.5  # how often the driver looks for new branch checkpoints and finished tasks
 PROBE_SECONDS = 3.0  # how long a cluster at $RAY_ADDRESS may take to accept a TCP connection
