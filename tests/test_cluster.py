@@ -94,7 +94,7 @@ STARTED = [0.0]
 def cluster():
     """A head and a second node, 1 CPU each, with a fresh auth token; yields (address, env for clients)."""
     STARTED[0] = time.time()
-    temp = Path(tempfile.mkdtemp(prefix="wt-", dir="/tmp"))
+    temp = Path(tempfile.mkdtemp(prefix="windtunnel-ray-", dir="/tmp"))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS", "WINDTUNNEL_RESULTS")}
     port, nodes = free_port(), []

@@ -186,7 +186,7 @@ def test_unreachable_ray_address_fails_in_seconds_naming_it(monkeypatch, address
 def dead_recorded_cluster(monkeypatch):
     """Ray's temp folder (a short private one: Ray's socket paths have a length limit) recording a cluster
     whose GCS port is closed, as a `ray start` that died leaves /tmp/ray/ray_current_cluster."""
-    root = tempfile.mkdtemp(prefix="wt-", dir="/tmp")
+    root = tempfile.mkdtemp(prefix="windtunnel-ray-", dir="/tmp")
     (Path(root) / "ray").mkdir()
     (Path(root) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{closed_port()}")
     monkeypatch.setenv("RAY_TMPDIR", root)
