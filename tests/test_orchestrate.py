@@ -1,20 +1,26 @@
 """Sweeps on Ray: branches fork from checkpoints, four concurrent runs log to MLflow exactly once,
 failed runs are retried then recorded, diverged runs are recorded, finished runs are skipped, and a
-SIGKILLed sweep resumes."""
+SIGKILLed sweep resumes. Resources per run come from the sweep without changing run ids; an embedded
+Ray ignores a dead cluster recorded in Ray's temp folder; an unreachable $RAY_ADDRESS fails in seconds."""
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from windtunnel import tracking
+from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.graph import expand, load_sweep
-from windtunnel.orchestrate import run_graph
-from windtunnel.runs import run_dir
+from windtunnel.orchestrate import _check_fits, init_ray, run_graph
+from windtunnel.runs import resources, run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = """
@@ -103,3 +109,105 @@ def test_sigkill_of_the_sweep_then_the_same_command_finishes_everything_once(tmp
     for run_id, mtime in finished_before.items():
         assert (results / "runs" / run_id / "status.json").stat().st_mtime == mtime  # not trained again
     assert_each_step_once("kill", runs)
+
+
+RESOURCES = """
+name: res
+base: {{batch_tokens: 2048, seq_len: 64, eval_every: 5, checkpoint_every: 5, data: {{eval_tokens: 2048}},
+        schedule: {{kind: constant, warmup_tokens: 2048}}}}
+scales:
+  micro:
+    models: [micro-24k]
+    tokens: 8192
+    grid: {{lr: [0.01, 0.02]}}
+    {resources}
+"""
+
+
+def resource_runs(tmp_path, resources_line: str):
+    path = tmp_path / "res.yaml"
+    path.write_text(RESOURCES.format(resources=resources_line))
+    sweep, section = load_sweep(path, scale="micro")
+    return expand(sweep, section, file=path)
+
+
+def test_resources_per_run_come_from_the_sweep_and_leave_run_ids_alone(tmp_path):
+    plain = resource_runs(tmp_path, "")
+    shared = resource_runs(tmp_path, "resources: {cpus: 1, gpus: 0.25}")
+    assert [r.id for r in shared] == [r.id for r in plain]  # where a run trains is not what it computes
+    assert all(r.resources == {"cpus": 1.0, "gpus": 0.25} for r in shared)
+    assert resources(shared[0], gpus=True) == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert resources(plain[0], gpus=False) == {"num_cpus": 1}  # today's rule without the key
+    assert resources(plain[0], gpus=True) == {"num_cpus": 1, "num_gpus": 1}
+    assert resource_runs(tmp_path, "resources: {gpus: 2}")[0].resources == {"cpus": 1, "gpus": 2.0}
+
+
+@pytest.mark.parametrize("line, key", [
+    ("{cpus: 0}", "cpus"), ("{cpus: -1}", "cpus"), ("{cpus: .nan}", "cpus"), ("{cpus: two}", "cpus"),
+    ("{gpus: -0.5}", "gpus"), ("{gpus: 1.5}", "gpus"), ("{gpus: .inf}", "gpus"), ("{tpus: 1}", "tpus"),
+])
+def test_bad_resources_are_refused_in_one_line(tmp_path, line, key):
+    with pytest.raises(SpecError) as err:
+        resource_runs(tmp_path, f"resources: {line}")
+    message = str(err.value)
+    assert "res.yaml" in message and f"scales.micro.resources.{key}" in message and "\n" not in message
+
+
+def test_runs_asking_more_than_any_node_has_are_refused():
+    runs = resource_runs(Path(tempfile.mkdtemp()), "resources: {cpus: 1, gpus: 0.5}")
+
+    class FakeRay:  # two CPU nodes, no GPU
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": {"CPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 1.0}}]
+
+    with pytest.raises(WindtunnelError, match="needs num_gpus=0.5 but the largest Ray node has 0 GPU"):
+        _check_fits(FakeRay, runs, gpus=False)
+    _check_fits(FakeRay, resource_runs(Path(tempfile.mkdtemp()), "resources: {cpus: 1}"), gpus=False)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "10.255.255.1:6379"])
+def test_unreachable_ray_address_fails_in_seconds_naming_it(monkeypatch, address):
+    address = address.format(port=closed_port())
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    start = time.time()
+    with pytest.raises(WindtunnelError) as err:
+        init_ray(None)
+    assert time.time() - start < 10
+    assert f"RAY_ADDRESS={address}" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.fixture()
+def dead_recorded_cluster(monkeypatch):
+    """Ray's temp folder (a short private one: Ray's socket paths have a length limit) recording a cluster
+    whose GCS port is closed, as a `ray start` that died leaves /tmp/ray/ray_current_cluster."""
+    root = tempfile.mkdtemp(prefix="windtunnel-ray-", dir="/tmp")
+    (Path(root) / "ray").mkdir()
+    (Path(root) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("RAY_TMPDIR", root)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_embedded_ray_starts_its_own_despite_a_dead_recorded_cluster(tmp_path, results, dead_recorded_cluster):
+    import ray
+
+    runs = resource_runs(tmp_path, "")[:1]
+    start = time.time()  # a bare ray.init() waits on the dead GCS (>35 s), then fails
+    assert init_ray(None)  # None: the CLI's default, all CPUs
+    started = time.time() - start
+    try:
+        outcomes = run_graph(runs, sweep="res", scale="micro", progress=False)  # on the Ray started above
+    finally:
+        ray.shutdown()
+    assert started < 30 and [o.status for o in outcomes] == ["finished"]
+    assert list(Path(dead_recorded_cluster, "ray").glob("session_*"))  # the embedded Ray ran in that temp folder
+    attempt = json.loads((run_dir(runs[0]) / "attempts.jsonl").read_text().splitlines()[-1])
+    assert attempt["host"] == socket.gethostname() and len(attempt["ray.node"]) == 56  # a Ray node id: 28 bytes hex

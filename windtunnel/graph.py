@@ -25,6 +25,8 @@ Sweep file layout:
           decay_shapes: [exp]
           decay_data: [{}, {python: 0.7, python-docstrings: 0.3}]   # the decay's data mixtures ({}: the run's own)
           min_steps: 250               # refuse a branch point with fewer optimizer steps than this
+        resources: {cpus: 1, gpus: 0.25}   # what Ray reserves per run (a runtime setting: run ids do not change);
+                                           # without it: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load
 from windtunnel.errors import SpecError
 from windtunnel.runs import Run, make_run
 
-__all__ = ["BranchSpec", "ScaleSpec", "SweepSpec", "load_sweep", "expand", "summarize"]
+__all__ = ["BranchSpec", "ResourceSpec", "ScaleSpec", "SweepSpec", "load_sweep", "expand", "summarize"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,16 @@ class BranchSpec:
     decay_data: tuple[dict, ...] = ({},)
     """decay-stage data mixtures, each branch once per mixture ({} = the run's own data; {python: 0.7,
     python-docstrings: 0.3} mixes in prose, paper §6; see TrainSpec.decay_data)"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceSpec:
+    """What Ray reserves for each run of a scale: where a run trains, never what it computes (not in its id)."""
+
+    cpus: float = 1
+    """CPU cores per run, > 0; the run's torch threads are its whole cores (at least 1)"""
+    gpus: float = 0
+    """GPUs per run: 0, a fraction below 1 so tiny models share a GPU (0.25: four runs per GPU), or a whole number"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +95,8 @@ class ScaleSpec:
     """model name → overrides for that model only (its tuned LR and batch size), after `set`"""
     seeds: tuple[int, ...] = ()
     """run every variant once per seed (each seed its own stable run); empty = the spec's seed only"""
+    resources: ResourceSpec | None = None
+    """Ray resources per run; None: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +126,20 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
     section = dict(sweep.scales[scale])
     if isinstance(section.get("branches"), dict):
         section["branches"] = build(BranchSpec, section["branches"], file=path, prefix=f"scales.{scale}.branches.")
+    if isinstance(section.get("resources"), dict):
+        section["resources"] = _resources(section["resources"], file=path, key=f"scales.{scale}.resources")
     return sweep, build(ScaleSpec, section, file=path, prefix=f"scales.{scale}.")
+
+
+def _resources(raw: dict, *, file, key: str) -> ResourceSpec:
+    """cpus > 0; gpus 0, a fraction below 1, or a whole number (Ray shares a GPU only in fractions of one)."""
+    spec = build(ResourceSpec, raw, file=file, prefix=key + ".")
+    if not (math.isfinite(spec.cpus) and spec.cpus > 0):
+        raise SpecError(file, f"{key}.cpus", raw["cpus"], "a number of CPU cores > 0 (1, 2, 0.5)")
+    if not (math.isfinite(spec.gpus) and spec.gpus >= 0 and (spec.gpus < 1 or spec.gpus == int(spec.gpus))):
+        raise SpecError(file, f"{key}.gpus", raw["gpus"],
+                        "0, a fraction of one GPU below 1 (0.25), or a whole number of GPUs")
+    return spec
 
 
 # ---------------------------------------------------------------- expanding
@@ -255,6 +282,8 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             stable_run = make_run(stable, name=_label(stable_coords), coords=stable_coords)
             runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file)]
     _check_unique(runs, file=file)
+    if scale.resources is not None:  # after the ids: where a run trains is not what it computes
+        runs = [dataclasses.replace(r, resources=dataclasses.asdict(scale.resources)) for r in runs]
     return runs
 
 

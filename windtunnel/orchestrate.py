@@ -8,6 +8,11 @@ skipped; interrupted ones resume from their last checkpoint; a run that raises i
 `retries` times, then recorded as failed while the sweep goes on. One MLflow parent run per sweep,
 one child per Run, logged by the task itself (metrics are flushed before each checkpoint, and a
 resumed run drops the steps MLflow already holds, so each step is stored once).
+
+On a cluster: windtunnel's code reaches every worker through a Ray runtime_env (`py_modules`), each run
+reserves its sweep's `resources` (CPUs, fractional GPUs), and each attempt records its host and Ray node
+(`attempts.jsonl` in the run folder, MLflow tags `host` and `ray.node`). The run folders, the data cache
+and the MLflow store (unless MLFLOW_TRACKING_URI names a server) must be on storage every node shares.
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from windtunnel.errors import one_line
+from windtunnel.errors import WindtunnelError, one_line
 from windtunnel.paths import results_dir
 from windtunnel.runs import Run, resources, run_dir, train_one
 from windtunnel.train import checkpoint_path, read_status
 
-__all__ = ["run_graph", "RunOutcome", "init_ray"]
+__all__ = ["run_graph", "RunOutcome", "init_ray", "runtime_env", "probe_cluster"]
 
 POLL_SECONDS = 0.5  # how often the driver looks for new branch checkpoints and finished tasks
+PROBE_SECONDS = 3.0  # how long a cluster at $RAY_ADDRESS may take to accept a TCP connection
 
 
 @dataclass(frozen=True)
@@ -43,25 +50,74 @@ class RunOutcome:
 
 
 def init_ray(num_cpus: int | None) -> bool:
-    """Embedded local Ray, or the cluster at $RAY_ADDRESS, unless Ray is already up; True when started here.
+    """The cluster at $RAY_ADDRESS, or else an embedded local Ray started here, unless Ray is already up;
+    True when connected here.
 
-    Workers get this process's results and MLflow paths."""
+    Embedded means `address="local"`: a bare `ray.init()` would first try a cluster still recorded in Ray's
+    temp folder (`ray_current_cluster`) and, if that one died, wait minutes on time-outs (DESIGN §8). A
+    cluster at $RAY_ADDRESS is probed first, so one that does not answer fails in seconds."""
     import ray
-
-    from windtunnel.tracking import tracking_uri
 
     if ray.is_initialized():
         return False
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address:
+        probe_cluster(address)
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_auth_notice)
-    env = {"WINDTUNNEL_RESULTS": str(results_dir()), "MLFLOW_TRACKING_URI": tracking_uri()}
-    ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else num_cpus,
-             include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env})
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False, runtime_env=runtime_env())
     return True
+
+
+def runtime_env() -> dict:
+    """What every Ray worker gets: windtunnel's code, shipped by Ray (so a node relies neither on the driver's
+    working directory nor on windtunnel installed at the same path), and this process's results and MLflow
+    locations (shared storage, or a tracking server, on a cluster)."""
+    import windtunnel
+    from windtunnel.tracking import tracking_uri
+
+    return {"py_modules": [str(Path(windtunnel.__file__).parent)], "excludes": ["__pycache__/"],
+            "env_vars": {"WINDTUNNEL_RESULTS": str(results_dir()), "MLFLOW_TRACKING_URI": tracking_uri()}}
+
+
+def probe_cluster(address: str, *, timeout: float = PROBE_SECONDS) -> None:
+    """Raise a one-line WindtunnelError unless a Ray cluster answers at `address` within seconds, where
+    `ray.init` would retry for minutes: a TCP connect to host:port, then (not for Ray Client, "ray://") one
+    request to its GCS, which also catches a port some other server holds and a missing auth token.
+    "auto" and "local" are Ray's to resolve."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        if not address.startswith("ray://"):
+            from ray._raylet import GcsClient  # Ray's own client: one request, no retries
+
+            GcsClient(address=f"{host}:{port}").cluster_id
+    except Exception as err:  # OSError: nothing listens; a Ray error: not a GCS, or it refused our token
+        reason = (err.strerror if isinstance(err, OSError) else None) or one_line(err)
+        raise WindtunnelError(f"RAY_ADDRESS={address}: no Ray cluster answers at {host}:{port} ({reason}); start it "
+                              f"(`ray start --head --port={port}` there), check its auth token (RAY_AUTH_TOKEN or "
+                              "~/.ray/auth_token), or unset RAY_ADDRESS to run on an embedded local Ray") from None
 
 
 def _not_auth_notice(record: logging.LogRecord) -> bool:
     """Ray announces its default (token auth on) at every start; its warning when auth is off still shows."""
     return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def _check_fits(ray, runs: list[Run], *, gpus: bool) -> None:
+    """Refuse a sweep whose runs ask more CPUs or GPUs than any one node has: Ray would queue them forever."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    for run in runs:
+        need = resources(run, gpus=gpus)
+        for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            most = max((n.get(name, 0) for n in nodes), default=0)
+            if need.get(key, 0) > most:
+                raise WindtunnelError(f"run {run.name} needs {key}={need[key]:g} but the largest Ray node has {most:g} "
+                                      f"{name}; lower the sweep's scales.<scale>.resources or add a bigger node")
 
 
 def _parent_logger(sweep: str, scale: str, runs: list[Run], description: str):
@@ -150,6 +206,7 @@ def _drive(todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board
 def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board, *, sweep, scale, parent,
           retries: int) -> None:
     gpus = ray.cluster_resources().get("GPU", 0) > 0
+    _check_fits(ray, todo, gpus=gpus)
     task = ray.remote(max_retries=0)(train_one)  # retries are ours: a retry resumes from the checkpoint
     pending: dict = {}
     attempts: dict[str, int] = {}
@@ -165,7 +222,7 @@ def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _B
                 continue
             need = resources(run, gpus=gpus)
             ref = task.options(**need).remote(run, init_from=init_from, experiment=sweep,
-                                               parent_mlflow_id=parent.run_id, threads=need["num_cpus"],
+                                               parent_mlflow_id=parent.run_id, threads=max(1, int(need["num_cpus"])),
                                                tags={"sweep": sweep, "scale": scale})
             pending[ref] = run
             attempts[run.id] = attempts.get(run.id, 0) + 1

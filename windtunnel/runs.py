@@ -10,6 +10,11 @@ reusing runs trained on other text.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +34,7 @@ class Run:
     coords: dict              # sweep coordinates (model, grid values, branch point, decay), for tracking
     parent: str | None = None  # id of the run whose checkpoint this one starts from
     fork_step: int | None = None  # that checkpoint's step
+    resources: dict | None = None  # {"cpus": ..., "gpus": ...} Ray reserves for it (runtime only: not in the id)
 
     @property
     def tokens(self) -> int:
@@ -89,9 +95,12 @@ def run_params(run: Run) -> dict:
 
 
 def resources(run: Run, *, gpus: bool) -> dict:
-    """Ray resources of one run: a GPU each when the cluster has GPUs, else 1 CPU (2 above 2M parameters)."""
+    """Ray resources of one run: its sweep's `resources` when set; else a GPU each when the cluster has GPUs,
+    else 1 CPU (2 above 2M parameters)."""
     from windtunnel.counts import n_params
 
+    if run.resources:
+        return {"num_cpus": run.resources["cpus"], "num_gpus": run.resources["gpus"]}
     if gpus and run.spec.device != "cpu":
         return {"num_gpus": 1, "num_cpus": 1}
     return {"num_cpus": 1 if n_params(run.spec.model) < 2_000_000 else 2}
@@ -110,9 +119,10 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         torch.set_num_threads(threads)
     folder = run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
+    where = _record_attempt(folder)
     logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params={**run_params(run), **(params or {})},
                                  tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
-                                       "parent": run.parent or ""},
+                                       "parent": run.parent or "", **where},
                                  parent_run_id=parent_mlflow_id)
     try:
         result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
@@ -123,6 +133,18 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         raise
     logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
     return asdict(result)
+
+
+def _record_attempt(folder: Path) -> dict:
+    """Where this attempt trains — host, and the Ray node when in a Ray task — appended to `attempts.jsonl` in
+    the run folder (one line per attempt: a retry may land elsewhere) and returned as MLflow tags."""
+    where = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")  # imported in every Ray worker; never imported here for a plain `train`
+    if ray is not None and ray.is_initialized():
+        where["ray.node"] = ray.get_runtime_context().get_node_id()
+    with open(folder / "attempts.jsonl", "a") as f:
+        f.write(json.dumps({**where, "pid": os.getpid(), "started": time.time()}) + "\n")
+    return where
 
 
 def train_spec(spec: TrainSpec, *, experiment: str, tags: dict, params: dict | None = None,
