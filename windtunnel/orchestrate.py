@@ -12,6 +12,7 @@ resumed run drops the steps MLflow already holds, so each step is stored once).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -81,7 +82,7 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
     logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params={**run_params(run), **(params or {})},
                                  tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
                                        "parent": run.parent or ""},
-                                 parent_run_id=parent_mlflow_id)
+                                 parent_run_id=parent_mlflow_id, system_metrics=True)
     try:
         result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
                        log=logger.log, flush=logger.flush, progress=progress)
@@ -188,31 +189,48 @@ def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "",
         if status and status["status"] in ("finished", "diverged"):
             outcomes[run.id] = RunOutcome(run, status["status"], 0, status.get("result"), None)
     todo = [r for r in runs if r.id not in outcomes]
+    from windtunnel.data import prepare
+
+    for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # once, not per task; bad data
+        prepare(data, vocab_size=vocab, progress=progress)  # fails here, before the sweep's MLflow run exists
     parent = _parent_logger(sweep, scale, runs, description)
-    board = _Board(runs, outcomes, enabled=progress)
-    try:
-        if todo:
-            _drive(todo, {r.id: r for r in runs}, outcomes, board, sweep=sweep, scale=scale, parent=parent,
-                   retries=retries, num_cpus=num_cpus)
-    except BaseException:
-        parent.finish("KILLED", tag_status="interrupted")
-        raise
-    finally:
-        board.close()
-    failed = any(o.status == "failed" for o in outcomes.values())
-    parent.log({"runs/finished": sum(o.status == "finished" for o in outcomes.values()),
-                "runs/failed": sum(o.status == "failed" for o in outcomes.values()),
-                "runs/diverged": sum(o.status == "diverged" for o in outcomes.values())}, step=0)
-    parent.finish("FAILED" if failed else "FINISHED", tag_status="failed" if failed else "finished")
+    with _closing_children(parent):  # the parent ends FAILED on an error, KILLED on Ctrl-C; so do orphaned children
+        board = _Board(runs, outcomes, enabled=progress)
+        try:
+            if todo:
+                _drive(todo, {r.id: r for r in runs}, outcomes, board, sweep=sweep, scale=scale, parent=parent,
+                       retries=retries, num_cpus=num_cpus)
+        finally:
+            board.close()
+        failed = any(o.status == "failed" for o in outcomes.values())
+        parent.log({"runs/finished": sum(o.status == "finished" for o in outcomes.values()),
+                    "runs/failed": sum(o.status == "failed" for o in outcomes.values()),
+                    "runs/diverged": sum(o.status == "diverged" for o in outcomes.values())}, step=0)
+        parent.finish("FAILED" if failed else "FINISHED", tag_status="failed" if failed else "finished")
     return [outcomes[r.id] for r in runs]
+
+
+@contextlib.contextmanager
+def _closing_children(parent):
+    """Within: `parent` (a RunLogger) ends FAILED if the block raises, KILLED on Ctrl-C. Either way, on the way out
+    its children still RUNNING are ended too: their tasks are over (done, or their workers killed or lost), so a
+    child RUNNING now was never ended by its own process."""
+    from windtunnel.tracking import close_children
+
+    try:
+        with parent:
+            yield
+    except BaseException as err:
+        killed = isinstance(err, KeyboardInterrupt)
+        with contextlib.suppress(Exception):  # the block's own error is the one to report
+            close_children(parent.run_id, status="KILLED" if killed else "FAILED",
+                           tag_status="interrupted" if killed else "failed")
+        raise
+    close_children(parent.run_id, status="FAILED", tag_status="failed")
 
 
 def _drive(todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board, *, sweep, scale, parent,
            retries: int, num_cpus: int | None) -> None:
-    from windtunnel.data import prepare
-
-    for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # tokenize once, not per task
-        prepare(data, vocab_size=vocab, progress=board.bar.disable is False)
     import ray
 
     started_ray = init_ray(num_cpus)
