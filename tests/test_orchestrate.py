@@ -102,3 +102,40 @@ def test_sigkill_of_the_sweep_then_the_same_command_finishes_everything_once(tmp
     for run_id, mtime in finished_before.items():
         assert (results / "runs" / run_id / "status.json").stat().st_mtime == mtime  # not trained again
     assert_each_step_once("kill", runs)
+
+
+def _statuses(experiment: str) -> dict[str, str]:
+    frame = tracking.runs_dataframe(experiment=experiment)
+    return dict(zip(frame["run_name"], frame["status"]))
+
+
+def test_a_sweep_that_fails_after_its_parent_run_exists_leaves_no_run_running(tmp_path, results, monkeypatch):
+    from windtunnel import cli, orchestrate
+    from windtunnel.errors import WindtunnelError
+
+    def no_cluster(num_cpus):
+        raise WindtunnelError("RAY_ADDRESS=10.0.0.9:6379 does not answer")
+
+    _, path = sweep_runs(tmp_path, name="fails")
+    monkeypatch.setattr("windtunnel.data.prepare", lambda *args, **kwargs: None)  # the corpus is not the point
+    monkeypatch.setattr(orchestrate, "init_ray", no_cluster)  # after the parent run is created
+    assert cli.main(["sweep", str(path), "--no-mup-check"]) == 2
+    assert _statuses("fails") == {"fails (micro)": "FAILED"}
+
+
+def test_ctrl_c_ends_the_sweep_and_its_orphaned_children_killed(tmp_path, results, monkeypatch):
+    from windtunnel import orchestrate
+
+    def interrupted(ray, todo, by_id, outcomes, board, *, sweep, scale, parent, retries):
+        """A task whose worker is killed with the driver: its run never ends itself."""
+        tracking.RunLogger(experiment=sweep, run_name="child", params={}, tags={}, parent_run_id=parent.run_id)
+        raise KeyboardInterrupt
+
+    runs, _ = sweep_runs(tmp_path, name="stop")
+    monkeypatch.setattr("windtunnel.data.prepare", lambda *args, **kwargs: None)
+    monkeypatch.setattr(orchestrate, "init_ray", lambda num_cpus: False)
+    monkeypatch.setattr(orchestrate, "_loop", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_graph(runs, sweep="stop", scale="micro", progress=False)
+    assert _statuses("stop") == {"stop (micro)": "KILLED", "child": "KILLED"}
+    assert set(tracking.runs_dataframe(experiment="stop")["tags.status"]) == {"interrupted"}
