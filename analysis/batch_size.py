@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 
-from windtunnel import plots, studies
+from windtunnel import plots, studies, tracking
 
 
 def main(args) -> None:
@@ -33,6 +33,7 @@ def main(args) -> None:
               f"sampled batch sizes (not extrapolated: add batch sizes beyond them), {law['n_concave']} opening "
               "downward (no minimum)")
     print(f"written: {out}/fit.json" + ("" if args.no_plots else " and fig1/fig2 PNGs"))
+    tracking.log_outputs([out], output="batch_size", sweep="batch_size", scale=args.scale)  # on the sweep's MLflow run
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ helped), by size and on average over pairs. Writes results/decay_data/fit.json.
 
 import sys
 
-from windtunnel import studies
+from windtunnel import studies, tracking
 
 KEYS = ["parent", "branch_tokens", "decay_fraction", "decay_shape"]
 
@@ -49,6 +49,7 @@ def main(args) -> None:
                                                              for c in names))
     print("(final loss of the mixture decay / the plain decay − 1, per held-out set: negative = the mixture helped)")
     print(f"written: {out}/fit.json")
+    tracking.log_outputs([out], output="decay_data", sweep="decay_data", scale=args.scale)  # on the sweep's MLflow run
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from windtunnel import plots, studies
+from windtunnel import plots, studies, tracking
 
 LEAD = 1.0  # the parent's stable stretch shown before each decay, in units of the decay's length
 END = 0.2  # the decay's last fifth is compared with the stretch before it
@@ -101,6 +101,7 @@ def main(args) -> None:
     if skipped:
         print(f"skipped {len(skipped)} branches with fewer than {MIN_POINTS} logged steps: {', '.join(skipped)}")
     print(f"written: {out}/fit.json ({sweep} sweep)")
+    tracking.log_outputs([out], output="decay_dynamics", sweep=sweep, scale=args.scale)  # on the sweep's MLflow run
 
 
 if __name__ == "__main__":

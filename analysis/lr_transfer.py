@@ -10,7 +10,7 @@ clearly more under SP. Writes results/lr/fit.json and fig3_lr_transfer.png.
 
 import sys
 
-from windtunnel import plots, studies
+from windtunnel import plots, studies, tracking
 
 
 def main(args) -> None:
@@ -24,6 +24,7 @@ def main(args) -> None:
     for line in table(result):
         print(line)
     print(f"written: {out}/fit.json" + ("" if args.no_plots else " and fig3_lr_transfer.png"))
+    tracking.log_outputs([out], output="lr", sweep="lr", scale=args.scale)  # on the sweep's MLflow run
 
 
 def table(result: dict) -> list[str]:

@@ -11,7 +11,7 @@ results/scaling_law/fit.json and the figures beside it.
 
 import sys
 
-from windtunnel import plots, studies
+from windtunnel import plots, studies, tracking
 
 COLUMNS = ["model", "N", "N_total", "D", "loss", "seed", "group", "name"]
 
@@ -35,6 +35,7 @@ def main(args) -> None:
     for line in studies.describe_scaling_law(law):
         print(line)
     print(f"written: {out}/fit.json" + ("" if args.no_plots else " and fig6/fig10/fig17/backtests PNGs"))
+    tracking.log_outputs([out], output="scaling_law", sweep="scaling_law", scale=args.scale)  # on the sweep's MLflow run
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from windtunnel import plots, studies
+from windtunnel import plots, studies, tracking
 
 COLUMNS = ["name", "D", "loss", "branch_tokens_per_param", "decay_fraction", "decay_shape"]
 TIE = 0.002        # relative loss gap within which two runs count as equal (0.2%: below the decay-shape spread)
@@ -136,6 +136,7 @@ def main(args) -> None:
         plots.envelope(ten_percent, envelope, out / "fig6_envelope.png")
     _print(findings, envelope)
     print(f"written: {out}/fit.json")
+    tracking.log_outputs([out], output="wsd", sweep="wsd", scale=args.scale)  # on the sweep's MLflow run
 
 
 def _print(findings: dict, envelope: dict) -> None:

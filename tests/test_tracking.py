@@ -367,7 +367,8 @@ def test_log_outputs_of_a_study_go_on_its_sweeps_parent_run(store, tmp_path):
     (tmp_path / "fit.json").write_text('{"a": 1}')
     (tmp_path / "fig.png").write_text("png")
     files = [tmp_path / "fit.json", tmp_path / "fig.png"]
-    assert tracking.log_outputs(files, output="lr", sweep="lr", scale="micro") == micro.run_id
+    (tmp_path / "sub").mkdir()  # a folder in the folder: not logged
+    assert tracking.log_outputs([tmp_path], output="lr", sweep="lr", scale="micro") == micro.run_id
     assert _artifacts(micro.run_id, "lr") == {"lr/fig.png": "png", "lr/fit.json": '{"a": 1}'}
     assert _artifacts(paper.run_id, "lr") == {}
     assert runs_dataframe(experiment="lr").status.tolist() == ["FINISHED", "FINISHED"]  # the sweep's state kept

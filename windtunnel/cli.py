@@ -225,10 +225,12 @@ def _csv_frame(args):
 
 def cmd_plan(args) -> None:
     from windtunnel.plan import PlanLimits, plan_from_fits
+    from windtunnel.tracking import log_outputs
 
     limits = PlanLimits(mfu=args.mfu, gpu_flops=args.gpu_flops, max_loss_rel_interval=args.max_loss_interval)
     plan, path = plan_from_fits(args.target, tokens=args.tokens, compute=args.compute, limits=limits)
     _print_plan(plan, path)
+    log_outputs([path], output="plans")  # MLflow: experiment windtunnel-outputs, run "plans"
 
 
 def _print_plan(plan: dict, path) -> None:
@@ -309,9 +311,12 @@ def cmd_launch(args) -> None:
 def cmd_report(args) -> None:
     from windtunnel.findings import findings, table
     from windtunnel.report import write_report
+    from windtunnel.tracking import log_outputs
 
     print(table(findings()))
-    print(f"written: {write_report()}")
+    path = write_report()
+    print(f"written: {path}")
+    log_outputs([path], output="report")  # MLflow: experiment windtunnel-outputs, run "report"
 
 
 def cmd_check_mup(args) -> None:

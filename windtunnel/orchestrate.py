@@ -12,7 +12,6 @@ resumed run drops the steps MLflow already holds, so each step is stored once).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -183,18 +182,19 @@ class _Board:
 def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "", retries: int = 2,
               num_cpus: int | None = None, progress: bool = True) -> list[RunOutcome]:
     """Train every run of the graph not yet done; returns one outcome per run, in graph order."""
+    from windtunnel.data import prepare
+    from windtunnel.tracking import ending_family
+
     outcomes: dict[str, RunOutcome] = {}
     for run in runs:
         status = read_status(run_dir(run))
         if status and status["status"] in ("finished", "diverged"):
             outcomes[run.id] = RunOutcome(run, status["status"], 0, status.get("result"), None)
     todo = [r for r in runs if r.id not in outcomes]
-    from windtunnel.data import prepare
-
     for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # once, not per task; bad data
         prepare(data, vocab_size=vocab, progress=progress)  # fails here, before the sweep's MLflow run exists
     parent = _parent_logger(sweep, scale, runs, description)
-    with _closing_children(parent):  # the parent ends FAILED on an error, KILLED on Ctrl-C; so do orphaned children
+    with ending_family(parent):  # the parent ends FAILED on an error, KILLED on Ctrl-C; so do orphaned children
         board = _Board(runs, outcomes, enabled=progress)
         try:
             if todo:
@@ -208,25 +208,6 @@ def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "",
                     "runs/diverged": sum(o.status == "diverged" for o in outcomes.values())}, step=0)
         parent.finish("FAILED" if failed else "FINISHED", tag_status="failed" if failed else "finished")
     return [outcomes[r.id] for r in runs]
-
-
-@contextlib.contextmanager
-def _closing_children(parent):
-    """Within: `parent` (a RunLogger) ends FAILED if the block raises, KILLED on Ctrl-C. Either way, on the way out
-    its children still RUNNING are ended too: their tasks are over (done, or their workers killed or lost), so a
-    child RUNNING now was never ended by its own process."""
-    from windtunnel.tracking import close_children
-
-    try:
-        with parent:
-            yield
-    except BaseException as err:
-        killed = isinstance(err, KeyboardInterrupt)
-        with contextlib.suppress(Exception):  # the block's own error is the one to report
-            close_children(parent.run_id, status="KILLED" if killed else "FAILED",
-                           tag_status="interrupted" if killed else "failed")
-        raise
-    close_children(parent.run_id, status="FAILED", tag_status="failed")
 
 
 def _drive(todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board, *, sweep, scale, parent,

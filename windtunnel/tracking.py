@@ -30,8 +30,8 @@ from windtunnel.paths import results_dir
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["tracking_uri", "RunLogger", "log_outputs", "close_children", "runs_dataframe", "metric_history",
-           "serve_ui", "start_ui_server", "stop_ui_server"]
+__all__ = ["tracking_uri", "RunLogger", "log_outputs", "close_children", "end_if_running", "ending_family",
+           "runs_dataframe", "metric_history", "serve_ui", "start_ui_server", "stop_ui_server"]
 
 FLUSH_POINTS = 200  # buffered points that trigger a flush: one log_batch call
 FLUSH_SECONDS = 5.0  # ... or seconds since the last flush, checked on each log()
@@ -346,15 +346,40 @@ def close_children(parent_run_id: str, *, status: str, tag_status: str) -> list[
     parent = client.get_run(parent_run_id)
     where = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
     runs = client.search_runs([parent.info.experiment_id], where, max_results=1000)
-    for run in runs:
-        client.set_tag(run.info.run_id, "status", tag_status)
-        client.set_terminated(run.info.run_id, status=status)
-    return [run.info.run_id for run in runs]
+    return [run.info.run_id for run in runs if end_if_running(run.info.run_id, status=status, tag_status=tag_status)]
+
+
+def end_if_running(run_id: str, *, status: str, tag_status: str) -> bool:
+    """End run `run_id` as `status` (tag status=`tag_status`) if it is still RUNNING; True when it was.
+    For a driver whose worker was killed before it could end its own run."""
+    client = _client()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "status", tag_status)
+    client.set_terminated(run_id, status=status)
+    return True
+
+
+@contextlib.contextmanager
+def ending_family(parent: RunLogger):
+    """A driver's block: `parent` ends FAILED if the block raises, KILLED on Ctrl-C (the block itself finishes it
+    otherwise). Either way its children still RUNNING on the way out are ended as well (close_children)."""
+    try:
+        with parent:
+            yield parent
+    except BaseException as err:
+        killed = isinstance(err, KeyboardInterrupt)
+        with contextlib.suppress(Exception):  # the block's own error is the one to report
+            close_children(parent.run_id, status="KILLED" if killed else "FAILED",
+                           tag_status="interrupted" if killed else "failed")
+        raise
+    close_children(parent.run_id, status="FAILED", tag_status="failed")
 
 
 def log_outputs(paths, *, output: str, sweep: str | None = None, scale: str | None = None) -> str:
     """Log files (a fit.json and its figures, a plan, report.html) as MLflow artifacts in folder `output`/ of one
-    run; returns that run's id. A rerun overwrites the same artifacts in the same run.
+    run; returns that run's id. A folder in `paths` stands for the files in it. A rerun overwrites the same
+    artifacts in the same run.
 
     With `sweep`: that sweep's parent run (experiment `sweep`, tag kind=sweep, at `scale` when given, the newest),
     beside the runs the files were fitted on. Otherwise, or when the store holds no such run, the run named `output`
@@ -362,7 +387,7 @@ def log_outputs(paths, *, output: str, sweep: str | None = None, scale: str | No
     """
     from mlflow.exceptions import MlflowException
 
-    files = [Path(p) for p in paths]
+    files = [f for p in map(Path, paths) for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if not f.is_dir()]
     if missing := [str(f) for f in files if not f.is_file()]:
         raise WindtunnelError(f"log_outputs: {', '.join(missing)} is not a file; pass files that exist")
     client = _client()
