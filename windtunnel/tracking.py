@@ -137,7 +137,7 @@ class RunLogger:
     Non-finite values are stored, not dropped: NaN as NaN, ±inf as ±1.8e308 (MLflow's sql store clamps them).
     As a context manager the run ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises; a constructor
     that fails once the run is RUNNING ends it the same way, so no error leaves a run RUNNING.
-    `system_metrics=True` samples CPU, memory, disk, network (and NVIDIA GPUs when pynvml is installed) into
+    `system_metrics=True` samples CPU, memory, disk, network (and NVIDIA GPUs, through nvidia-ml-py's pynvml) into
     `system/...` metrics every SYSTEM_SECONDS in a background thread, stopped when the run ends.
     """
 
