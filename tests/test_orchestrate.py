@@ -211,3 +211,39 @@ def test_embedded_ray_starts_its_own_despite_a_dead_recorded_cluster(tmp_path, r
     assert list(Path(dead_recorded_cluster, "ray").glob("session_*"))  # the embedded Ray ran in that temp folder
     attempt = json.loads((run_dir(runs[0]) / "attempts.jsonl").read_text().splitlines()[-1])
     assert attempt["host"] == socket.gethostname() and len(attempt["ray.node"]) == 56  # a Ray node id: 28 bytes hex
+
+def _statuses(experiment: str) -> dict[str, str]:
+    frame = tracking.runs_dataframe(experiment=experiment)
+    return dict(zip(frame["run_name"], frame["status"]))
+
+
+def test_a_sweep_that_fails_after_its_parent_run_exists_leaves_no_run_running(tmp_path, results, monkeypatch):
+    from windtunnel import cli, orchestrate
+    from windtunnel.errors import WindtunnelError
+
+    def no_cluster(num_cpus):
+        raise WindtunnelError("RAY_ADDRESS=10.0.0.9:6379 does not answer")
+
+    _, path = sweep_runs(tmp_path, name="fails")
+    monkeypatch.setattr("windtunnel.data.prepare", lambda *args, **kwargs: None)  # the corpus is not the point
+    monkeypatch.setattr(orchestrate, "init_ray", no_cluster)  # after the parent run is created
+    assert cli.main(["sweep", str(path), "--no-mup-check"]) == 2
+    assert _statuses("fails") == {"fails (micro)": "FAILED"}
+
+
+def test_ctrl_c_ends_the_sweep_and_its_orphaned_children_killed(tmp_path, results, monkeypatch):
+    from windtunnel import orchestrate
+
+    def interrupted(ray, todo, by_id, outcomes, board, *, sweep, scale, parent, retries):
+        """A task whose worker is killed with the driver: its run never ends itself."""
+        tracking.RunLogger(experiment=sweep, run_name="child", params={}, tags={}, parent_run_id=parent.run_id)
+        raise KeyboardInterrupt
+
+    runs, _ = sweep_runs(tmp_path, name="stop")
+    monkeypatch.setattr("windtunnel.data.prepare", lambda *args, **kwargs: None)
+    monkeypatch.setattr(orchestrate, "init_ray", lambda num_cpus: False)
+    monkeypatch.setattr(orchestrate, "_loop", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_graph(runs, sweep="stop", scale="micro", progress=False)
+    assert _statuses("stop") == {"stop (micro)": "KILLED", "child": "KILLED"}
+    assert set(tracking.runs_dataframe(experiment="stop")["tags.status"]) == {"interrupted"}

@@ -4,6 +4,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,11 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository: put on PYTHONPATH 
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh default store: results/ in a temporary folder, no tracking server."""
+def fresh_store(tmp_path, monkeypatch):
+    """A default store not created yet: results/ in a temporary folder, no tracking server."""
     monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path / "results"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory):
+    """An empty MLflow sqlite file, its tables created once (MLflow's migrations take ~8 s on 2 busy cores)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+@pytest.fixture
+def store(fresh_store, empty_db):
+    """A fresh default store: a copy of the empty one in results/ of a temporary folder."""
+    fresh_store.mkdir(parents=True)
+    shutil.copy(empty_db, fresh_store / "mlflow.db")
+    return fresh_store
 
 
 def _python(code: str, **kwargs) -> subprocess.Popen:
@@ -40,7 +59,8 @@ def test_import_does_not_import_mlflow():
     assert check.wait(60) == 0
 
 
-def test_tracking_uri_is_sqlite_in_results_unless_env_set(store, monkeypatch):
+def test_tracking_uri_is_sqlite_in_results_unless_env_set(fresh_store, monkeypatch):
+    store = fresh_store
     assert tracking_uri() == f"sqlite:///{store}/mlflow.db"
     assert store.is_dir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
@@ -199,7 +219,7 @@ def _log_from_process(run_name: str) -> None:
             run.log({"loss": 1.0 / (step + 1), "tokens": 1000.0 * step}, step=step)
 
 
-def test_four_processes_lose_and_duplicate_nothing(store):
+def test_four_processes_lose_and_duplicate_nothing(fresh_store):
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_log_from_process, args=(f"w{i}",)) for i in range(4)]
     for worker in workers:
@@ -268,3 +288,131 @@ def test_serve_ui_refuses_a_remote_tracking_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     with pytest.raises(WindtunnelError, match="already a tracking server"):
         serve_ui(port=5000)
+
+
+def _metric_names(run_id: str) -> list[str]:
+    return sorted(tracking._client().get_run(run_id).data.metrics)
+
+
+def test_a_short_run_gets_system_metrics(store):
+    run = RunLogger(experiment="e", run_name="r", params={}, tags={}, system_metrics=True)
+    run.log({"loss": 1.0}, step=0)
+    run.finish("FINISHED")  # well before the first interval: one sample over the whole run
+    names = _metric_names(run.run_id)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(names), names
+    assert 0 < metric_history(run.run_id, "system/system_memory_usage_megabytes").value.iloc[0]
+
+
+def test_system_metrics_are_sampled_during_a_run_and_stop_with_it(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    run = RunLogger(experiment="e", run_name="r", params={}, tags={}, system_metrics=True)
+    time.sleep(1.5)
+    run.finish("FINISHED")
+    steps = metric_history(run.run_id, "system/cpu_utilization_percentage").step.tolist()
+    assert len(steps) >= 3 and steps == list(range(len(steps)))
+    time.sleep(0.5)  # the sampling thread has stopped: nothing more arrives
+    assert len(metric_history(run.run_id, "system/cpu_utilization_percentage")) == len(steps)
+
+
+def test_without_psutil_training_logs_on_without_system_metrics(store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError
+    monkeypatch.setattr(tracking, "_SYSTEM_METRICS_OFF", [])
+    with pytest.warns(UserWarning, match="pip install psutil"):
+        run = RunLogger(experiment="e", run_name="r", params={}, tags={}, system_metrics=True)
+    run.log({"loss": 1.0}, step=0)
+    run.finish("FINISHED")
+    assert _metric_names(run.run_id) == ["loss"]
+    assert runs_dataframe(experiment="e").status.tolist() == ["FINISHED"]
+
+
+def test_system_metrics_can_be_switched_off(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    run = RunLogger(experiment="e", run_name="r", params={}, tags={}, system_metrics=True)
+    run.finish("FINISHED")
+    assert _metric_names(run.run_id) == []
+
+
+def _artifacts(run_id: str, folder: str) -> dict[str, str]:
+    """{path: text} of the run's artifacts in `folder`, downloaded through MLflow."""
+    import mlflow.artifacts
+
+    client = tracking._client()
+    found = {}
+    for item in client.list_artifacts(run_id, folder):
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=item.path,
+                                                    tracking_uri=tracking_uri())
+        found[item.path] = Path(local).read_text()
+    return found
+
+
+def test_log_outputs_reuses_one_output_run_and_stores_under_results(store, tmp_path):
+    report = tmp_path / "report.html"
+    report.write_text("<html>1</html>")
+    first = tracking.log_outputs([report], output="report")
+    report.write_text("<html>2</html>")
+    again = tracking.log_outputs([report], output="report")
+    assert again == first
+    frame = runs_dataframe(experiment=tracking.OUTPUTS_EXPERIMENT)
+    assert frame[["run_name", "status", "tags.kind"]].values.tolist() == [["report", "FINISHED", "outputs"]]
+    assert _artifacts(first, "report") == {"report/report.html": "<html>2</html>"}  # overwritten, not added
+    stored = list((store / "mlartifacts").rglob("report.html"))
+    assert len(stored) == 1 and stored[0].read_text() == "<html>2</html>"
+
+
+def test_log_outputs_of_a_study_go_on_its_sweeps_parent_run(store, tmp_path):
+    micro = RunLogger(experiment="lr", run_name="lr (micro)", params={}, tags={"kind": "sweep", "scale": "micro"})
+    paper = RunLogger(experiment="lr", run_name="lr (paper)", params={}, tags={"kind": "sweep", "scale": "paper"})
+    for run in (micro, paper):
+        run.finish("FINISHED")
+    (tmp_path / "fit.json").write_text('{"a": 1}')
+    (tmp_path / "fig.png").write_text("png")
+    files = [tmp_path / "fit.json", tmp_path / "fig.png"]
+    (tmp_path / "sub").mkdir()  # a folder in the folder: not logged
+    assert tracking.log_outputs([tmp_path], output="lr", sweep="lr", scale="micro") == micro.run_id
+    assert _artifacts(micro.run_id, "lr") == {"lr/fig.png": "png", "lr/fit.json": '{"a": 1}'}
+    assert _artifacts(paper.run_id, "lr") == {}
+    assert runs_dataframe(experiment="lr").status.tolist() == ["FINISHED", "FINISHED"]  # the sweep's state kept
+    assert len(runs_dataframe(experiment=tracking.OUTPUTS_EXPERIMENT)) == 0
+    elsewhere = tracking.log_outputs(files, output="wsd", sweep="wsd", scale="micro")  # that sweep never ran here
+    assert runs_dataframe(experiment=tracking.OUTPUTS_EXPERIMENT).run_name.tolist() == ["wsd (micro)"]
+    assert set(_artifacts(elsewhere, "wsd")) == {"wsd/fig.png", "wsd/fit.json"}
+
+
+def test_log_outputs_refuses_a_missing_file(store, tmp_path):
+    with pytest.raises(WindtunnelError, match=r"nope.json is not a file"):
+        tracking.log_outputs([tmp_path / "nope.json"], output="plans")
+
+
+def test_a_sqlite_store_named_by_env_keeps_artifacts_beside_it(tmp_path, monkeypatch, empty_db):
+    """As Ray workers see the default store (MLFLOW_TRACKING_URI set by the driver): never ./mlruns of their cwd."""
+    (tmp_path / "store").mkdir()
+    shutil.copy(empty_db, tmp_path / "store" / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    run = RunLogger(experiment="e", run_name="r", params={}, tags={})
+    run.finish("FINISHED")
+    assert tracking._client().get_run(run.run_id).info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_constructor_that_fails_leaves_no_run_running(store, monkeypatch):
+    def refuse(self, params, tags):
+        raise ValueError("store refused the params")
+
+    monkeypatch.setattr(RunLogger, "_log_entities", refuse)
+    with pytest.raises(ValueError, match="refused"):
+        RunLogger(experiment="e", run_name="r", params={"a": 1}, tags={})
+    assert runs_dataframe(experiment="e")[["status", "tags.status"]].values.tolist() == [["FAILED", "failed"]]
+
+
+def test_close_children_ends_only_running_children_of_that_parent(store):
+    parent = RunLogger(experiment="e", run_name="p", params={}, tags={})
+    other = RunLogger(experiment="e", run_name="q", params={}, tags={})
+    open_child = RunLogger(experiment="e", run_name="c1", params={}, tags={}, parent_run_id=parent.run_id)
+    done = RunLogger(experiment="e", run_name="c2", params={}, tags={}, parent_run_id=parent.run_id)
+    done.finish("FINISHED")
+    RunLogger(experiment="e", run_name="c3", params={}, tags={}, parent_run_id=other.run_id)
+    closed = tracking.close_children(parent.run_id, status="KILLED", tag_status="interrupted")
+    assert closed == [open_child.run_id]
+    status = runs_dataframe(experiment="e").set_index("run_name")["status"].to_dict()
+    assert status == {"p": "RUNNING", "q": "RUNNING", "c1": "KILLED", "c2": "FINISHED", "c3": "RUNNING"}

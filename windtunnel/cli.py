@@ -184,6 +184,7 @@ def _options(args):
 def _fit_studies(names: list[str], args) -> int:
     """Each study on its stored runs; a study whose sweep has not run at this scale is skipped (alone: exit 3)."""
     from windtunnel import studies
+    from windtunnel.tracking import log_outputs
 
     skipped = 0
     for name in names:
@@ -197,6 +198,7 @@ def _fit_studies(names: list[str], args) -> int:
         for line in studies.STUDIES[name].describe(result):
             print(line)
         print("written: " + ", ".join(str(p) for p in written))
+        log_outputs(written, output=name, sweep=studies.STUDIES[name].sweep, scale=args.scale)  # on the sweep's run
     return 3 if skipped == len(names) == 1 else 0
 
 
@@ -264,10 +266,12 @@ def _csv_frame(args, kind: str):
 
 def cmd_plan(args) -> None:
     from windtunnel.plan import PlanLimits, plan_from_fits
+    from windtunnel.tracking import log_outputs
 
     limits = PlanLimits(mfu=args.mfu, gpu_flops=args.gpu_flops, max_loss_rel_interval=args.max_loss_interval)
     plan, path = plan_from_fits(args.target, tokens=args.tokens, compute=args.compute, limits=limits)
     _print_plan(plan, path)
+    log_outputs([path], output="plans")  # MLflow: experiment windtunnel-outputs, run "plans"
 
 
 def _print_plan(plan: dict, path) -> None:
@@ -348,9 +352,12 @@ def cmd_launch(args) -> None:
 def cmd_report(args) -> None:
     from windtunnel.findings import findings, table
     from windtunnel.report import write_report
+    from windtunnel.tracking import log_outputs
 
     print(table(findings()))
-    print(f"written: {write_report()}")
+    path = write_report()
+    print(f"written: {path}")
+    log_outputs([path], output="report")  # MLflow: experiment windtunnel-outputs, run "report"
 
 
 def cmd_check_mup(args) -> None:

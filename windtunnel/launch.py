@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -252,9 +253,12 @@ def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_work
                                  failure_config=FailureConfig(max_failures=max_failures)),
         )
         _with_progress(trainer.fit, folder, total=total_tokens(run.spec), desc=run.name)
-    except Exception as err:
+    except BaseException as err:
         from windtunnel.errors import one_line
 
+        _end_rank0_run(folder, killed=isinstance(err, KeyboardInterrupt))
+        if not isinstance(err, Exception):
+            raise
         raise WindtunnelError(f"launch of {run.name} failed: {one_line(err)} (run folder {folder}; the same command "
                               "resumes from its newest checkpoint)") from err
     finally:
@@ -262,6 +266,17 @@ def _fit_on_ray(run, folder: Path, context: dict, *, workers: int, gpus_per_work
             import ray
 
             ray.shutdown()
+
+
+def _end_rank0_run(folder: Path, *, killed: bool) -> None:
+    """End rank 0's MLflow run if it is still RUNNING: its worker was stopped before it could end the run."""
+    from windtunnel.tracking import RUN_ID_FILE, end_if_running
+
+    id_file = folder / RUN_ID_FILE
+    if id_file.is_file():
+        with contextlib.suppress(Exception):  # the launch's own error is the one to report
+            end_if_running(id_file.read_text().strip(), status="KILLED" if killed else "FAILED",
+                           tag_status="interrupted" if killed else "failed")
 
 
 PROGRESS = "progress.json"  # rank 0's latest tokens, loss and throughput, for the driver's progress bar
@@ -320,7 +335,8 @@ def _worker(config: dict) -> None:
     tags = {"windtunnel.run": run.id, "windtunnel.plan": config["plan"], "model": run.name,
             "given": ", ".join(config["given"]), **{f"windtunnel.fit.{k}": v for k, v in config["sources"].items()}}
     folder.mkdir(parents=True, exist_ok=True)
-    logger = RunLogger.in_folder(folder, experiment=config["experiment"], run_name=run.name, params=params, tags=tags)
+    logger = RunLogger.in_folder(folder, experiment=config["experiment"], run_name=run.name, params=params, tags=tags,
+                                 system_metrics=True)
 
     shown = [0.0]
 

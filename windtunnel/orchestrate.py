@@ -162,37 +162,36 @@ class _Board:
 def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "", retries: int = 2,
               num_cpus: int | None = None, progress: bool = True) -> list[RunOutcome]:
     """Train every run of the graph not yet done; returns one outcome per run, in graph order."""
+    from windtunnel.data import prepare
+    from windtunnel.tracking import ending_family
+
     outcomes: dict[str, RunOutcome] = {}
     for run in runs:
         status = read_status(run_dir(run))
         if status and status["status"] in ("finished", "diverged"):
             outcomes[run.id] = RunOutcome(run, status["status"], 0, status.get("result"), None)
     todo = [r for r in runs if r.id not in outcomes]
+    for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # once, not per task; bad data
+        prepare(data, vocab_size=vocab, progress=progress)  # fails here, before the sweep's MLflow run exists
     parent = _parent_logger(sweep, scale, runs, description)
-    board = _Board(runs, outcomes, enabled=progress)
-    try:
-        if todo:
-            _drive(todo, {r.id: r for r in runs}, outcomes, board, sweep=sweep, scale=scale, parent=parent,
-                   retries=retries, num_cpus=num_cpus)
-    except BaseException:
-        parent.finish("KILLED", tag_status="interrupted")
-        raise
-    finally:
-        board.close()
-    failed = any(o.status == "failed" for o in outcomes.values())
-    parent.log({"runs/finished": sum(o.status == "finished" for o in outcomes.values()),
-                "runs/failed": sum(o.status == "failed" for o in outcomes.values()),
-                "runs/diverged": sum(o.status == "diverged" for o in outcomes.values())}, step=0)
-    parent.finish("FAILED" if failed else "FINISHED", tag_status="failed" if failed else "finished")
+    with ending_family(parent):  # the parent ends FAILED on an error, KILLED on Ctrl-C; so do orphaned children
+        board = _Board(runs, outcomes, enabled=progress)
+        try:
+            if todo:
+                _drive(todo, {r.id: r for r in runs}, outcomes, board, sweep=sweep, scale=scale, parent=parent,
+                       retries=retries, num_cpus=num_cpus)
+        finally:
+            board.close()
+        failed = any(o.status == "failed" for o in outcomes.values())
+        parent.log({"runs/finished": sum(o.status == "finished" for o in outcomes.values()),
+                    "runs/failed": sum(o.status == "failed" for o in outcomes.values()),
+                    "runs/diverged": sum(o.status == "diverged" for o in outcomes.values())}, step=0)
+        parent.finish("FAILED" if failed else "FINISHED", tag_status="failed" if failed else "finished")
     return [outcomes[r.id] for r in runs]
 
 
 def _drive(todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board, *, sweep, scale, parent,
            retries: int, num_cpus: int | None) -> None:
-    from windtunnel.data import prepare
-
-    for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # tokenize once, not per task
-        prepare(data, vocab_size=vocab, progress=board.bar.disable is False)
     import ray
 
     started_ray = init_ray(num_cpus)

@@ -123,7 +123,7 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
     logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params={**run_params(run), **(params or {})},
                                  tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
                                        "parent": run.parent or "", **where},
-                                 parent_run_id=parent_mlflow_id)
+                                 parent_run_id=parent_mlflow_id, system_metrics=True)
     try:
         result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
                        log=logger.log, flush=logger.flush, progress=progress)

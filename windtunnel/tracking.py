@@ -1,17 +1,20 @@
-"""The one place windtunnel talks to MLflow: log runs' params and per-step metrics, read runs back as DataFrames,
-and serve the MLflow UI.
+"""The one place windtunnel talks to MLflow: log runs' params, per-step metrics and system metrics, log output
+files (fits, figures, plans, the report) as artifacts, read runs back as DataFrames, and serve the MLflow UI.
 
-The store is $MLFLOW_TRACKING_URI, else the sqlite file results/mlflow.db (DESIGN §5): one parent MLflow run per sweep,
-one child per training run (`parent_run_id`). mlflow and pandas are imported inside functions, so importing this
-module stays cheap.
+The store is $MLFLOW_TRACKING_URI (a tracking server on a cluster: every process, Ray workers included, logs there),
+else the sqlite file results/mlflow.db with artifacts in results/mlartifacts (DESIGN §5): one parent MLflow run per
+sweep, one child per training run (`parent_run_id`). mlflow and pandas are imported inside functions, so importing
+this module stays cheap.
 
     with RunLogger(experiment="sweep-lr", run_name="w64-lr0.01", params=spec, tags={"sweep": "lr"}) as run:
         run.log({"train/loss": 3.21}, step=10)   # the trainer's `log` callback
+    log_outputs([fit_json, *figures], output="scaling_law", sweep="scaling_law", scale="micro")
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -21,14 +24,14 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from windtunnel.errors import WindtunnelError
+from windtunnel.errors import WindtunnelError, one_line
 from windtunnel.paths import results_dir
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["tracking_uri", "RunLogger", "runs_dataframe", "metric_history", "serve_ui", "start_ui_server",
-           "stop_ui_server"]
+__all__ = ["tracking_uri", "RunLogger", "log_outputs", "close_children", "end_if_running", "ending_family",
+           "runs_dataframe", "metric_history", "serve_ui", "start_ui_server", "stop_ui_server"]
 
 FLUSH_POINTS = 200  # buffered points that trigger a flush: one log_batch call
 FLUSH_SECONDS = 5.0  # ... or seconds since the last flush, checked on each log()
@@ -40,6 +43,9 @@ PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests child runs unde
 STATUSES = ("FINISHED", "FAILED", "KILLED")  # the terminal MLflow run statuses
 BASE_COLUMNS = ["run_id", "run_name", "status", "start_time", "parent_run_id"]
 RUN_ID_FILE = "mlflow_run_id"  # in a run dir or sweep folder: the id of its MLflow run (RunLogger.in_folder)
+OUTPUTS_EXPERIMENT = "windtunnel-outputs"  # the plans' and the report's runs, and fits without a sweep run
+OUTPUT_TAG = "windtunnel.output"  # names an output run, so a rerun finds and reuses it
+SYSTEM_SECONDS = 10.0  # system metrics sampling interval (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)
 
 
 def tracking_uri() -> str:
@@ -84,8 +90,14 @@ def _sqlite_init_lock(uri: str):
 
 
 def _artifact_location() -> str | None:
-    """results/mlartifacts for the default store; else the store's own default (MLflow's is ./mlruns of the cwd)."""
-    return None if os.environ.get("MLFLOW_TRACKING_URI") else (results_dir() / "mlartifacts").as_uri()
+    """mlartifacts/ beside a local sqlite store (results/mlflow.db: results/mlartifacts), whoever opens it (Ray
+    workers get the store as $MLFLOW_TRACKING_URI); else None: a tracking server's own artifact root. Never MLflow's
+    default for a local store, ./mlruns of whatever directory the process runs in."""
+    uri = tracking_uri()
+    path = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else ""
+    if path in ("", ":memory:"):
+        return None
+    return (Path(path).resolve().parent / "mlartifacts").as_uri()
 
 
 def _experiment_id(client, name: str, *, create: bool) -> str | None:
@@ -123,7 +135,10 @@ class RunLogger:
     is dropped. A trainer resumed from a checkpoint on a reopened run (`run_id=...`) replays steps already logged;
     they are dropped, so every step is stored exactly once.
     Non-finite values are stored, not dropped: NaN as NaN, ±inf as ±1.8e308 (MLflow's sql store clamps them).
-    As a context manager the run ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises.
+    As a context manager the run ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises; a constructor
+    that fails once the run is RUNNING ends it the same way, so no error leaves a run RUNNING.
+    `system_metrics=True` samples CPU, memory, disk, network (and NVIDIA GPUs, through nvidia-ml-py's pynvml) into
+    `system/...` metrics every SYSTEM_SECONDS in a background thread, stopped when the run ends.
     """
 
     def __init__(
@@ -135,6 +150,7 @@ class RunLogger:
         tags: dict,
         parent_run_id: str | None = None,
         run_id: str | None = None,
+        system_metrics: bool = False,
     ):
         self._client = _client()
         self._buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp in ms, step) not yet sent
@@ -142,16 +158,23 @@ class RunLogger:
         self._stored_keys: set[str] = set()  # keys a reopened run already holds; their last step is read on first use
         self._last_flush = time.monotonic()
         self._finished = False
+        self._monitor = None  # mlflow's SystemMetricsMonitor while system metrics are sampled
         tags = _strings(tags, TAG_CHARS) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
         params = _strings(params, PARAM_CHARS)
         if run_id is None:
             experiment_id = _experiment_id(self._client, experiment, create=True)
             self.run_id: str = self._client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+            tags = {}
         else:
             self.run_id = run_id
-            params = self._reopen(experiment, params)
-            self._log_entities({}, tags)
-        self._log_entities(params, {})
+            params = self._reopen(experiment, params)  # RUNNING from here on
+        try:
+            self._log_entities(params, tags)
+            if system_metrics:
+                self._monitor = _system_monitor(self.run_id, resume=run_id is not None)
+        except BaseException as err:
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
 
     @classmethod
     def in_folder(cls, folder: Path, **kwargs) -> RunLogger:
@@ -159,7 +182,11 @@ class RunLogger:
         file then holds this run's id. How a run dir or sweep folder keeps one MLflow run across restarts."""
         id_file = Path(folder) / RUN_ID_FILE
         logger = cls(**kwargs, run_id=id_file.read_text().strip() if id_file.exists() else None)
-        id_file.write_text(logger.run_id)
+        try:
+            id_file.write_text(logger.run_id)
+        except BaseException as err:
+            logger.__exit__(type(err), err, err.__traceback__)
+            raise
         return logger
 
     def _reopen(self, experiment: str, params: dict[str, str]) -> dict[str, str]:
@@ -242,9 +269,26 @@ class RunLogger:
         self._end(status, tag_status or status.lower())
 
     def _end(self, status: str, tag_status: str) -> None:
+        self._stop_monitor()
         self._client.set_tag(self.run_id, "status", tag_status)
         self._client.set_terminated(self.run_id, status=status)
         self._finished = True
+
+    def _stop_monitor(self) -> None:
+        """Stop sampling; a run shorter than one interval gets one sample over its whole length."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        try:
+            monitor.finish()  # wakes the sampling thread, joins it, sends what it recorded
+            if monitor._logging_step == 0:  # nothing sent yet: the thread sends its first sample after an interval
+                for part in monitor.monitors:
+                    part.clear_metrics()  # psutil's first cpu_percent() is a meaningless 0.0
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+        except Exception as err:  # noqa: BLE001 - monitoring must never fail a run
+            warnings.warn(f"MLflow run {self.run_id}: system metrics not stored ({one_line(err)})", stacklevel=3)
 
     def __enter__(self) -> RunLogger:
         return self
@@ -255,13 +299,132 @@ class RunLogger:
         if exc_type is None:
             self.finish("FINISHED")
             return
-        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        killed = issubclass(exc_type, KeyboardInterrupt)
         try:
             self.flush()
         except Exception as err:  # the block's own error propagates; a logging error must not replace it
             lost = len(self._buffer)
             warnings.warn(f"MLflow run {self.run_id}: {lost} metric points not stored ({err})", stacklevel=2)
-        self._end(status, status.lower())
+        self._end("KILLED" if killed else "FAILED", "interrupted" if killed else "failed")
+
+
+_SYSTEM_METRICS_OFF: list[str] = []  # why system metrics are off in this process (warned once)
+
+
+def _system_monitor(run_id: str, *, resume: bool):
+    """mlflow's SystemMetricsMonitor for the run, started; None when switched off or when psutil is missing.
+
+    Off when $MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is set to false. Without psutil (a dependency; a lean image may
+    lack it) training goes on without system metrics and one warning per process says how to get them back: a
+    monitor is a nicety, a failed training run is not."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in ("false", "0"):
+        return None
+    try:
+        import psutil  # noqa: F401 - mlflow's CPU, disk and network monitors need it
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as err:
+        if not _SYSTEM_METRICS_OFF:
+            _SYSTEM_METRICS_OFF.append(str(err))
+            warnings.warn(f"no MLflow system metrics: {err}; `pip install psutil` turns them on", stacklevel=4)
+        return None
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not "Started monitoring" for every run
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_SECONDS, resume_logging=resume,
+                                   tracking_uri=tracking_uri())
+    monitor.start()
+    return monitor
+
+
+def close_children(parent_run_id: str, *, status: str, tag_status: str) -> list[str]:
+    """End the child runs of `parent_run_id` still RUNNING as `status`; return their ids.
+
+    A driver calls it when it stops: a child still RUNNING then belongs to a task whose process was killed (Ctrl-C,
+    Ray shutting its workers down, a worker lost to the OOM killer) and will never end its run itself."""
+    if status not in STATUSES:
+        raise WindtunnelError(f"close_children: status={status!r} is not allowed; allowed: {', '.join(STATUSES)}")
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    where = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([parent.info.experiment_id], where, max_results=1000)
+    return [run.info.run_id for run in runs if end_if_running(run.info.run_id, status=status, tag_status=tag_status)]
+
+
+def end_if_running(run_id: str, *, status: str, tag_status: str) -> bool:
+    """End run `run_id` as `status` (tag status=`tag_status`) if it is still RUNNING; True when it was.
+    For a driver whose worker was killed before it could end its own run."""
+    client = _client()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "status", tag_status)
+    client.set_terminated(run_id, status=status)
+    return True
+
+
+@contextlib.contextmanager
+def ending_family(parent: RunLogger):
+    """A driver's block: `parent` ends FAILED if the block raises, KILLED on Ctrl-C (the block itself finishes it
+    otherwise). Either way its children still RUNNING on the way out are ended as well (close_children)."""
+    try:
+        with parent:
+            yield parent
+    except BaseException as err:
+        killed = isinstance(err, KeyboardInterrupt)
+        with contextlib.suppress(Exception):  # the block's own error is the one to report
+            close_children(parent.run_id, status="KILLED" if killed else "FAILED",
+                           tag_status="interrupted" if killed else "failed")
+        raise
+    close_children(parent.run_id, status="FAILED", tag_status="failed")
+
+
+def log_outputs(paths, *, output: str, sweep: str | None = None, scale: str | None = None) -> str:
+    """Log files (a fit.json and its figures, a plan, report.html) as MLflow artifacts in folder `output`/ of one
+    run; returns that run's id. A folder in `paths` stands for the files in it. A rerun overwrites the same
+    artifacts in the same run.
+
+    With `sweep`: that sweep's parent run (experiment `sweep`, tag kind=sweep, at `scale` when given, the newest),
+    beside the runs the files were fitted on. Otherwise, or when the store holds no such run, the run named `output`
+    (" (scale)" added when given) of experiment windtunnel-outputs, created on first use and reused after.
+    """
+    from mlflow.exceptions import MlflowException
+
+    files = [f for p in map(Path, paths) for f in (sorted(p.iterdir()) if p.is_dir() else [p]) if not f.is_dir()]
+    if missing := [str(f) for f in files if not f.is_file()]:
+        raise WindtunnelError(f"log_outputs: {', '.join(missing)} is not a file; pass files that exist")
+    client = _client()
+    run_id = _sweep_run(client, sweep, scale) if sweep else None
+    own = run_id is None  # an output run of ours: its status says whether the last logging went through
+    run_id = run_id or _output_run(client, output + (f" ({scale})" if scale else ""))
+    try:
+        for file in files:
+            client.log_artifact(run_id, str(file), artifact_path=output)
+    except (MlflowException, OSError) as err:
+        if own:
+            client.set_terminated(run_id, status="FAILED")
+        raise WindtunnelError(f"{', '.join(str(f) for f in files)} written, but not logged to MLflow run {run_id} "
+                              f"in {tracking_uri()}: {one_line(err)}") from err
+    if own:
+        client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def _sweep_run(client, sweep: str, scale: str | None) -> str | None:
+    """The id of the newest parent run of `sweep` (at `scale`), or None."""
+    experiment_id = _experiment_id(client, sweep, create=False)
+    if experiment_id is None:
+        return None
+    where = "tags.kind = 'sweep'" + (f" and tags.scale = '{scale}'" if scale else "")
+    runs = client.search_runs([experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _output_run(client, name: str) -> str:
+    """The id of output run `name` in experiment windtunnel-outputs, created when missing."""
+    experiment_id = _experiment_id(client, OUTPUTS_EXPERIMENT, create=True)
+    where = f"tags.`{OUTPUT_TAG}` = '{name}'"
+    runs = client.search_runs([experiment_id], where, order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    return client.create_run(experiment_id, tags={OUTPUT_TAG: name, "kind": "outputs"}, run_name=name).info.run_id
 
 
 def _all_runs(client, experiment_id: str) -> list:

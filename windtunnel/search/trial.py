@@ -145,7 +145,7 @@ def _child_logger(run, folder: Path, params: dict, ctx: dict):
     from windtunnel.tracking import RUN_ID_FILE, RunLogger
 
     kwargs = dict(experiment=ctx["experiment"], run_name=run.name, params=params, parent_run_id=ctx["parent"],
-                  tags={"search": ctx["experiment"], "scale": ctx["scale"], "windtunnel.run": run.id,
+                  system_metrics=True, tags={"search": ctx["experiment"], "scale": ctx["scale"], "windtunnel.run": run.id,
                         "model": run.spec.model.name, "kind": "trial"})
     try:
         return RunLogger.in_folder(folder, **kwargs)

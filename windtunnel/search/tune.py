@@ -34,6 +34,7 @@ def run_search(spec: SearchSpec, *, file=None, scale: str | None = None, trials:
     """
     from windtunnel.data import prepare
     from windtunnel.orchestrate import init_ray
+    from windtunnel.tracking import ending_family
 
     scale = scale or spec.scale
     file = file or spec.file
@@ -44,18 +45,16 @@ def run_search(spec: SearchSpec, *, file=None, scale: str | None = None, trials:
     _claim(folder, spec)
     prepare(spec.template.data, vocab_size=spec.template.model.vocab_size, progress=progress)  # once, not per trial
     parent = _parent_logger(spec, scale, folder, trials)
-    started = init_ray(num_cpus)
-    try:
-        outcomes = _run_rounds(spec, folder, scale=scale, trials=trials, parent=parent.run_id, progress=progress)
-    except BaseException:
-        parent.finish("KILLED", tag_status="interrupted")
-        raise
-    finally:
-        if started:
-            __import__("ray").shutdown()
-    _close_pruned(spec, outcomes)
-    result = finish(spec, folder, outcomes, _stored(folder), scale=scale)
-    log_parent(parent, result)
+    with ending_family(parent):  # FAILED on an error, KILLED on Ctrl-C, with its trials still RUNNING
+        started = init_ray(num_cpus)
+        try:
+            outcomes = _run_rounds(spec, folder, scale=scale, trials=trials, parent=parent.run_id, progress=progress)
+        finally:
+            if started:
+                __import__("ray").shutdown()
+        _close_pruned(spec, outcomes)
+        result = finish(spec, folder, outcomes, _stored(folder), scale=scale)
+        log_parent(parent, result)
     return result
 
 
