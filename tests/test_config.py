@@ -28,7 +28,7 @@ def test_ladder_defaults_and_shape_rules(tmp_path):
     ("{d_model: 40, n_heads: 2, n_layers: 2}", "models.a.d_model", "multiple of d_head=16"),
     ("{d_model: 48, n_heads: 3, n_kv_heads: 2, n_layers: 2}", "models.a.n_kv_heads", "divisor of n_heads=3"),
     ("{d_model: 32, n_heads: 4, n_layers: 2}", "models.a.n_heads", "d_model / d_head = 2"),
-    ("{d_model: 32, n_heads: 2, n_layers: 0}", "models.a.n_layers", "positive"),
+    ("{d_model: 32, n_heads: 2, n_layers: 0}", "models.a.n_layers", "an integer ≥ 1"),
     ("{d_model: 32, n_heads: 2, n_layers: 2, parametrization: xp}", "models.a.parametrization", "'mup', 'sp'"),
     ("{n_heads: 2, n_layers: 2}", "models.a.d_model", "required"),
 ])
