@@ -494,7 +494,7 @@ def _fit_parser(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.models:  # through the environment, so Ray workers and child processes find the same ladders
-        os.environ["WINDTUNNEL_MODELS"] = args.models
+        os.environ["WINDTUNNEL_MODELS"] = os.path.abspath(args.models)
     try:
         args.func(args)
     except WindtunnelError as err:

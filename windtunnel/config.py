@@ -20,7 +20,7 @@ from typing import Literal
 
 import yaml
 
-from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range, check_fields
+from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import packaged
 from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
