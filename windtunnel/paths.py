@@ -32,11 +32,12 @@ def packaged(name: str) -> Path:
 
 @contextmanager
 def atomic_path(path: Path):
-    """A temporary path beside `path` to write to (a figure, a binary file); renamed to `path` when the block ends
-    without an error, removed when it raises: a reader, or a killed command, never leaves half a file at `path`."""
+    """A temporary path beside `path` to write to (a figure: give savefig the format, the name ends in .tmp); renamed
+    to `path` when the block ends without an error, removed when it raises: a reader, or a killed command, never
+    leaves half a file at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)  # suffix: the format
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # no glob of *.json sees it
     os.close(fd)
     try:
         yield Path(tmp)

@@ -35,8 +35,8 @@ def _save(fig, path: Path) -> Path:
 
     fig.tight_layout()
     try:
-        with atomic_path(path) as tmp:  # a temporary file of the same suffix (the format), renamed when complete
-            fig.savefig(tmp, dpi=120)
+        with atomic_path(path) as tmp:  # a temporary file, renamed when complete
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
     return path
