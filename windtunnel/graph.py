@@ -242,9 +242,10 @@ def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, 
             decay = max(1, math.ceil(fraction * fork))
             schedule = {"kind": "wsd", "warmup_tokens": stable.schedule.warmup_tokens,
                         "decay_start_tokens": fork * batch, "decay_shape": shape}
-            spec = check_run(apply_overrides(stable, {"tokens": (fork + decay) * batch, "schedule": schedule,
-                                                      "checkpoint_steps": [], **({"decay_data": data} if data else {})},
-                                             source=file), file=file)
+            spec = apply_overrides(stable, {"tokens": (fork + decay) * batch, "schedule": schedule,
+                                            "checkpoint_steps": [], **({"decay_data": data} if data else {})},
+                                   source=file)
+            check_run(spec, file=file)
             point = {"branch_tokens_per_param": at} if per_param else {"branch_tokens": at}
             coords = {**stable_run.coords, "stage": "decay", **point, "decay_fraction": fraction, "decay_shape": shape,
                       **({"decay_data": _mixture_label(spec)} if data else {})}
@@ -304,7 +305,8 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             spec = apply_overrides(spec, {"tokens": steps * spec.batch_tokens}, source=file)
             coords = _coords(name, variant)
             if not branched:
-                runs.append(Run(id=spec_hash(check_run(spec, file=file)), name=_label(coords), spec=spec, coords=coords))
+                check_run(spec, file=file)  # the run's fields together, now that every override is in
+                runs.append(Run(id=spec_hash(spec), name=_label(coords), spec=spec, coords=coords))
                 continue
             _check_branches(scale.branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name, model=name)
             forks = sorted(set(_fork_steps(scale.branches, n, spec.batch_tokens)))
