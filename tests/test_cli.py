@@ -69,7 +69,7 @@ def test_bad_ladder_is_one_line_naming_file_and_key(tmp_path, case):
     (tmp_path / "models").mkdir()
     ladder = tmp_path / "models" / "mine.yaml"
     ladder.write_text(f"defaults: {{d_head: 16, vocab_size: 256}}\nmodels:\n  {fields}\n")
-    out = windtunnel("models", cwd=tmp_path, results=tmp_path / "results")
+    out = windtunnel("--models", "models", "models", cwd=tmp_path, results=tmp_path / "results")
     assert out.returncode == 2 and out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert str(ladder) in out.stderr and key in out.stderr and "allowed" in out.stderr
@@ -105,9 +105,80 @@ def test_bad_input_is_one_line_and_touches_no_result(finished_results, args, exp
     assert _tree_digest(finished_results) == before
 
 
-def test_missing_models_folder(tmp_path):
-    out = windtunnel("models", cwd=tmp_path, results=tmp_path)
-    assert out.returncode == 2 and "no model ladders" in out.stderr and "Traceback" not in out.stderr
+@pytest.mark.parametrize("args, expected", [
+    (["train", "micro-24k", "--set", "seq_len=0"], "--set: seq_len=0 is not allowed; an integer ≥ 1 (tokens)"),
+    (["train", "micro-24k", "--set", "lr=nan"], "--set: lr=nan is not allowed; a finite number > 0"),
+    (["train", "micro-24k", "--set", "micro_batch_tokens=100"], "--set: micro_batch_tokens=100 is not allowed; a "
+     "multiple of seq_len=128"),  # checked before the run's folder or MLflow run is made
+    (["train", "micro-24k", "--set", "tokens=8192", "--set", "schedule.warmup_tokens=65536"],
+     "--set: schedule.warmup_tokens=65536 is not allowed; at most the run's tokens"),
+    (["sweep", "no-such-sweep", "--dry-run"], "no-such-sweep: sweep file not found (searched"),
+    (["plan", "micro-24k", "--tokens", "-1"], "plan: --tokens -1 is not allowed; give a positive number"),
+    (["plan", "micro-24k", "--compute", "0"], "plan: --compute 0 is not allowed"),
+    (["plan", "micro-24k", "--mfu", "1.5"], "argument --mfu: 1.5 is not allowed; a finite number in (0, 1]"),
+    (["ui", "--port", "70000"], "argument --port: 70000 is not allowed; an integer in [1, 65535]"),
+    (["sweep", "lr", "--num-cpus", "0"], "argument --num-cpus: 0 is not allowed; an integer ≥ 1"),
+    (["launch", "plan.yaml", "--workers", "two"], "argument --workers: 'two' is not allowed; an integer ≥ 1"),
+    (["--models", "/no/such/ladders", "models"], "/no/such/ladders: no such folder (--models or $WINDTUNNEL_MODELS)"),
+])
+def test_bad_numbers_are_refused_in_one_line_before_anything_is_written(finished_results, monkeypatch, capsys, args,
+                                                                        expected):
+    """In-process (fast): the same main() as the command, with the finished results folder as $WINDTUNNEL_RESULTS."""
+    from windtunnel import cli
+
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(finished_results))
+    monkeypatch.setenv("WINDTUNNEL_MODELS", "")  # empty: the packaged ladders; main() may set it, this restores it
+    before = _tree_digest(finished_results)
+    try:
+        code = cli.main(args)
+    except SystemExit as stop:  # argparse refuses a bad option before main() runs anything
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert _tree_digest(finished_results) == before
+
+
+def test_an_empty_models_folder_is_named(tmp_path):
+    out = windtunnel("--models", str(tmp_path), "models", cwd=tmp_path, results=tmp_path)
+    assert out.returncode == 2 and f"{tmp_path}: no model ladders" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("cell, shown", [("abc", "'abc'"), ("", "an empty cell (or NaN)"), ("nan", "an empty cell"),
+                                         ("-0.01", "-0.01")])
+def test_a_bad_csv_cell_names_the_file_column_and_line_and_writes_nothing(tmp_path, monkeypatch, capsys, cell,
+                                                                         shown):
+    from windtunnel import cli
+
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path / "results"))
+    csv = tmp_path / "runs.csv"
+    csv.write_text(f"model,lr,loss\nm,0.01,2.5\n\nm,{cell},2.4\nm,0.04,2.6\n")  # the bad cell: line 4
+    assert cli.main(["fit", "lr", "--csv", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert f"{csv}: line 4 (the header is line 1), column 'lr': {shown}" in err and err.count("\n") == 1
+    assert "is not allowed; a finite number > 0 (learning rate)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv"]  # no fit.json, no results folder
+
+
+def test_the_ladders_and_sweeps_are_found_from_any_directory(tmp_path):
+    results = os.environ["WINDTUNNEL_RESULTS"]  # the session's caches: the dry run fingerprints the corpus
+    out = windtunnel("models", "--json", cwd=tmp_path, results=results)
+    assert out.returncode == 0, out.stderr
+    assert {"micro-24k", "minicpm-1.2b"} <= {r["name"] for r in json.loads(out.stdout)}
+    out = windtunnel("sweep", "lr", "--dry-run", "--json", "--scale", "micro", cwd=tmp_path, results=results)
+    assert out.returncode == 0, out.stderr  # by name; `sweeps/lr.yaml` too (test_graph: find_sweep)
+    assert json.loads(out.stdout)["sweep"] == "lr" and json.loads(out.stdout)["n_runs"] > 0
+    ladders = tmp_path / "ladders"  # --models: this folder's shapes only, in `models` and in a sweep
+    ladders.mkdir()
+    (ladders / "mine.yaml").write_text("defaults: {d_head: 16, vocab_size: 256}\nmodels:\n"
+                                       "  tiny-a: {d_model: 32, n_heads: 2, n_layers: 2}\n")
+    out = windtunnel("--models", str(ladders), "models", "--json", cwd=tmp_path, results=results)
+    assert out.returncode == 0, out.stderr
+    assert [r["name"] for r in json.loads(out.stdout)] == ["tiny-a"]
+    (tmp_path / "mine.yaml").write_text("name: mine\nscales:\n  micro: {models: [tiny-a], tokens: 65536}\n")
+    out = windtunnel("--models", "ladders", "sweep", "mine.yaml", "--dry-run", "--json", cwd=tmp_path, results=results)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["n_runs"] == 1
+    assert not (tmp_path / "results").exists()  # results go to $WINDTUNNEL_RESULTS, nothing beside the cwd
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_ladder_defaults_and_shape_rules(tmp_path):
     ("{d_model: 40, n_heads: 2, n_layers: 2}", "models.a.d_model", "multiple of d_head=16"),
     ("{d_model: 48, n_heads: 3, n_kv_heads: 2, n_layers: 2}", "models.a.n_kv_heads", "divisor of n_heads=3"),
     ("{d_model: 32, n_heads: 4, n_layers: 2}", "models.a.n_heads", "d_model / d_head = 2"),
-    ("{d_model: 32, n_heads: 2, n_layers: 0}", "models.a.n_layers", "positive"),
+    ("{d_model: 32, n_heads: 2, n_layers: 0}", "models.a.n_layers", "an integer ≥ 1"),
     ("{d_model: 32, n_heads: 2, n_layers: 2, parametrization: xp}", "models.a.parametrization", "'mup', 'sp'"),
     ("{n_heads: 2, n_layers: 2}", "models.a.d_model", "required"),
 ])
@@ -102,3 +102,76 @@ def test_override_files_merge_nested_specs_and_replace_schedules(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("target: x\ntrain: {tokens: 1000, lr: 0.03}\n")
     assert load_overrides(plan) == {"tokens": 1000, "lr": 0.03}  # a plan's train: section
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("seq_len=0", "seq_len", "an integer ≥ 1 (tokens)"),
+    ("tokens=-5", "tokens", "an integer ≥ 1 (tokens)"),
+    ("batch_tokens=0", "batch_tokens", "an integer ≥ 1"),
+    ("lr=0", "lr", "a finite number > 0"),
+    ("lr=nan", "lr", "a finite number > 0"),
+    ("lr=.inf", "lr", "a finite number > 0"),
+    ("eval_every=0", "eval_every", "an integer ≥ 1 (steps)"),
+    ("beta2=1", "beta2", "[0, 1)"),
+    ("grad_clip=-1", "grad_clip", "≥ 0"),
+    ("diverge_ratio=1", "diverge_ratio", "> 1"),
+    ("seed=-1", "seed", "an integer ≥ 0"),
+    ("checkpoint_steps=[10, 0]", "checkpoint_steps", "a list, each an integer ≥ 1"),
+    ("schedule.warmup_tokens=-1", "schedule.warmup_tokens", ">= 0"),
+    ("schedule.decay_fraction=0", "schedule.decay_fraction", "(0, 1]"),
+    ("data.valid_percent=100", "data.valid_percent", "[1, 99]"),
+    ("data.eval_tokens=0", "data.eval_tokens", "an integer ≥ 1"),
+    ("model.vocab_size=0", "model.vocab_size", "an integer ≥ 1"),
+    ("model.n_layers=-2", "model.n_layers", "an integer ≥ 1"),
+    ("model.init_std=nan", "model.init_std", "a finite number > 0"),
+    ("decay_data={python: -1}", "decay_data", "weights > 0"),
+])
+def test_every_number_is_checked_where_it_enters(override, key, allowed):
+    with pytest.raises(SpecError) as err:
+        apply_overrides(TrainSpec(model=get_model("micro-24k")), [override])
+    message = str(err.value)
+    assert err.value.key == key and message.startswith("--set: ") and allowed in message and "\n" not in message
+
+
+def test_a_spec_made_in_python_is_checked_too():
+    with pytest.raises(SpecError, match="seq_len=0 is not allowed"):
+        TrainSpec(model=get_model("micro-24k"), seq_len=0)
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (["micro_batch_tokens=100"], "micro_batch_tokens", "a multiple of seq_len=128"),
+    (["batch_tokens=200"], "batch_tokens", "a multiple of seq_len=128"),
+    (["micro_batch_tokens=1024", "batch_tokens=1536"], "batch_tokens", "a multiple of micro_batch_tokens=1024"),
+    (["batch_warmup=[[0, 1024], [4096, 2048]]"], "batch_warmup", "last batch is batch_tokens=4096"),
+    (["decay_data={python: 1}", "schedule={kind: cosine}"], "decay_data", "only with schedule.kind 'wsd'"),
+    (["tokens=8192", "schedule.warmup_tokens=16384"], "schedule.warmup_tokens", "at most the run's tokens"),
+    (["tokens=8192", "schedule={kind: wsd, decay_start_tokens: 8192}"], "schedule.decay_start_tokens",
+     "less than the run's tokens"),
+])
+def test_a_runs_fields_are_checked_together_before_it_trains(overrides, key, allowed):
+    from windtunnel.config import check_run
+
+    spec = apply_overrides(TrainSpec(model=get_model("micro-24k")), overrides)  # each field alone is allowed
+    with pytest.raises(SpecError) as err:
+        check_run(spec, file="--set")
+    assert err.value.key == key and allowed in str(err.value) and str(err.value).startswith("--set: ")
+    assert check_run(apply_overrides(spec, {"tokens": 40960}) if "tokens=8192" in overrides else
+                     TrainSpec(model=get_model("micro-24k")), file="--set")
+
+
+def test_the_ladders_come_with_the_package_or_from_a_folder_given(tmp_path, monkeypatch):
+    from windtunnel.config import models_dir
+    from windtunnel.paths import packaged
+
+    monkeypatch.delenv("WINDTUNNEL_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)  # not the repository: the packaged ladders are found all the same
+    assert models_dir() == packaged("ladders") and (models_dir() / "micro.yaml").is_file()
+    assert get_model("micro-24k").d_model == 32
+    write(tmp_path, GOOD, "mine.yaml")
+    monkeypatch.setenv("WINDTUNNEL_MODELS", str(tmp_path))
+    assert list(load_models()) == ["a"]
+    with pytest.raises(SpecError, match=f"{tmp_path}/\\*.yaml: model='micro-24k' is not allowed; known models: a"):
+        get_model("micro-24k")
+    monkeypatch.setenv("WINDTUNNEL_MODELS", str(tmp_path / "nope"))
+    with pytest.raises(WindtunnelError, match="nope: no such folder \\(--models or \\$WINDTUNNEL_MODELS\\)"):
+        load_models()

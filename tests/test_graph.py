@@ -117,6 +117,18 @@ def test_every_sweep_expands_at_every_scale(spec, scale):
     (("decay_fractions: [0.1]", "decay_fraction: [0.1]"), "scales.micro.branches.decay_fraction"),
     (("name: t", "name: t\nbase2: {}"), "base2"),
     (("warmup_tokens: 4096", "warmup_tokens: lots"), "schedule.warmup_tokens"),
+    (("tokens_per_param: 6", "tokens_per_param: -5"), "scales.micro.tokens_per_param"),
+    (("tokens_per_param: 6", "tokens_per_param: .nan"), "scales.micro.tokens_per_param"),
+    (("tokens_per_param: 6", "tokens: 0"), "scales.micro.tokens"),
+    (("models: [micro-24k]", "models: [micro-24k]\n    seeds: [0, -1]"), "scales.micro.seeds"),
+    (("models: [micro-24k]", "models: [micro-24k]\n    seeds: [1, 1]"), "scales.micro.seeds"),
+    (("decay_fractions: [0.1]", "decay_fractions: [0.1, 0]"), "scales.micro.branches.decay_fractions"),
+    (("decay_fractions: [0.1]", "decay_shapes: [exp, zigzag]"), "scales.micro.branches.decay_shapes"),
+    (("at_tokens_per_param: [2, 4, 6]", "at_tokens_per_param: [-2, 4]"), "scales.micro.branches.at_tokens_per_param"),
+    (("decay_fractions: [0.1]", "min_steps: -1"), "scales.micro.branches.min_steps"),
+    (("grid: {lr: [0.01, 0.02]}", "grid: {lr: [0.01, -0.02]}"), "lr"),  # grid values get the TrainSpec checks
+    (("grid: {lr: [0.01, 0.02]}", "grid: {seq_len: [64, 0]}"), "seq_len"),
+    (("grid: {lr: [0.01, 0.02]}", "grid: {micro_batch_tokens: [96]}"), "micro_batch_tokens"),  # 96 % 64: a run's fields together
 ])
 def test_malformed_sweeps_are_rejected_before_anything_trains(tmp_path, edit, key):
     with pytest.raises(SpecError) as err:
@@ -167,3 +179,19 @@ def test_base_may_name_an_override_file(tmp_path):
     with pytest.raises(SpecError, match="best.yaml: train=\\[1, 2\\] is not allowed; a mapping"):
         graph(tmp_path, SWEEP.replace("base: {batch_tokens: 2048, seq_len: 64, schedule: {kind: constant, warmup_tokens: 4096}}",
                                       f"base: {best}"))
+
+
+def test_a_sweep_is_found_by_name_or_repository_path_from_any_directory(tmp_path, monkeypatch):
+    from windtunnel.graph import find_sweep
+    from windtunnel.paths import packaged
+
+    monkeypatch.chdir(tmp_path)
+    for given in ("lr", "lr.yaml", "sweeps/lr.yaml"):
+        assert find_sweep(given) == packaged("sweeps") / "lr.yaml"
+    mine = tmp_path / "sweeps" / "lr.yaml"  # a file that exists wins over the packaged one
+    mine.parent.mkdir()
+    mine.write_text(SWEEP)
+    assert find_sweep("sweeps/lr.yaml") == Path("sweeps/lr.yaml") and load_sweep("sweeps/lr.yaml", scale="micro")[0].name == "t"
+    with pytest.raises(WindtunnelError) as err:
+        find_sweep("nope")
+    assert f"searched {tmp_path / 'nope'} and the packaged sweeps" in str(err.value) and "scaling_law" in str(err.value)

@@ -111,3 +111,18 @@ def test_bad_budgets_are_refused_in_one_line(tokens, compute, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message.split(" is")[0] in err and err.count("\n") == 1
+
+
+def test_a_bad_budget_or_limit_writes_no_plan(tmp_path, monkeypatch, capsys):
+    from windtunnel.plan import PlanLimits, plan_from_fits
+
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
+    for argv in (["--tokens", "-1"], ["--compute", "nan"], ["--tokens", "inf"]):
+        assert cli.main(["plan", "micro-1.3m", *argv]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(WindtunnelError, match="PlanLimits: mfu=0 is not allowed; a finite number in \\(0, 1\\]"):
+        plan_from_fits("micro-1.3m", tokens=1e9, limits=PlanLimits(mfu=0))
+    assert list(tmp_path.iterdir()) == []  # no plans/ folder, no plan file
+    _, path = plan_from_fits("micro-1.3m", tokens=1e9)  # the same with a good budget writes its plan
+    assert path == tmp_path / "plans" / "micro-1.3m.yaml" and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == ["micro-1.3m.yaml"]  # no temporary file left beside it

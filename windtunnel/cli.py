@@ -1,10 +1,11 @@
 """The `windtunnel` command: parse, call one function, print. Bad input is one line on stderr, exit 2.
 
+    windtunnel [--models DIR] COMMAND ...   (DIR: ladder files instead of the packaged ones; or $WINDTUNNEL_MODELS)
     windtunnel models [--json]
     windtunnel peak
     windtunnel train MODEL [--set-file FILE] [--set key=value ...]
-    windtunnel sweep SPEC.yaml [--scale micro|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
-    windtunnel search SPEC.yaml [--scale micro|paper] [--trials N]
+    windtunnel sweep SPEC.yaml|NAME [--scale micro|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
+    windtunnel search SPEC.yaml|NAME [--scale micro|paper] [--trials N]
     windtunnel fit STUDY [--scale S] [--no-plots] | fit --all [--scale S] [--no-plots]
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
@@ -20,8 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
+from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, Range, option
 from windtunnel.errors import WindtunnelError
 
 __all__ = ["main"]
@@ -58,7 +61,7 @@ def cmd_peak(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides
+    from windtunnel.config import TrainSpec, apply_overrides, check_run, get_model, load_overrides
     from windtunnel.counts import n_params
     from windtunnel.runs import run_dir, train_spec
     from windtunnel.tracking import RUN_ID_FILE
@@ -66,8 +69,8 @@ def cmd_train(args) -> None:
     spec = TrainSpec(model=get_model(args.model))
     if args.set_file:
         spec = apply_overrides(spec, load_overrides(args.set_file), source=args.set_file)
-    spec = apply_overrides(spec, args.set)
-    run, result = train_spec(spec, experiment="train", tags={})
+    spec = check_run(apply_overrides(spec, args.set), file="--set" if args.set else args.set_file or "defaults")
+    run, result = train_spec(spec, experiment="train", tags={})  # the spec is checked: nothing is written before
     evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result["eval"].items())
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] else ""
     mlflow_id = (run_dir(run) / RUN_ID_FILE).read_text()
@@ -77,8 +80,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from windtunnel.graph import expand, load_sweep, summarize
+    from windtunnel.graph import expand, find_sweep, load_sweep, summarize
 
+    args.spec = find_sweep(args.spec)  # a file, or a packaged sweep by name (`lr`, `sweeps/lr.yaml`)
     sweep, scale = load_sweep(args.spec, scale=args.scale)
     if args.set_file:  # e.g. the search's best µP hyper-parameters as the base of every run
         from windtunnel.config import load_overrides, merge_overrides
@@ -128,8 +132,10 @@ def _print_outcomes(outcomes) -> None:
 
 
 def cmd_search(args) -> None:
+    from windtunnel.graph import find_sweep
     from windtunnel.search import load_search, run_search
 
+    args.spec = find_sweep(args.spec)  # a file, or a packaged search by name (`mup_search`)
     spec = load_search(args.spec, scale=args.scale)  # a bad search space fails here, before anything runs
     result = run_search(spec, file=args.spec, scale=args.scale, trials=args.trials, num_cpus=args.num_cpus)
     print(f"{result.n_trials} trials: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} failed")
@@ -233,16 +239,19 @@ def _without_samples(result: dict) -> dict:
 
 
 def _csv_frame(args, kind: str):
-    """The CSV's columns renamed to what the fit takes; C (compute) gives D = C / 6N for the scaling law."""
+    """The CSV's columns renamed to what the fit takes, each number checked (a bad cell is one line naming the file,
+    column and line); C (compute) gives D = C / 6N for the scaling law."""
     import pandas as pd
 
     from windtunnel.fit import FitError
     from windtunnel.studies import LAWS
 
     try:
-        raw = pd.read_csv(args.csv)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raw = pd.read_csv(args.csv, skip_blank_lines=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise WindtunnelError(f"{args.csv}: cannot read as CSV ({str(err).splitlines()[0]})") from None
+    raw.index += 2  # the file's line numbers: the header is line 1 (blank lines are kept, then dropped)
+    raw = raw.dropna(how="all")
     names = {col: getattr(args, f"{flag}_col") for col, (flag, _) in CSV_COLUMNS.items()}
     need = list(LAWS[kind].columns)
     if kind == "scaling-law" and args.c_col and not args.d_col:
@@ -254,14 +263,37 @@ def _csv_frame(args, kind: str):
                 raise FitError(f"{args.csv}: missing column {source!r} (set it with --{CSV_COLUMNS[col][0]}-col); "
                                f"columns are: {', '.join(raw.columns)}")
             continue
-        raw[col] = raw[source]
+        raw[col] = _csv_numbers(raw[source], args, kind, col, source) if col in CSV_NUMBERS else raw[source]
     if args.group_col and args.group_col not in raw:
         raise FitError(f"{args.csv}: missing column {args.group_col!r} (--group-col); columns are: {', '.join(raw.columns)}")
     if "C" in need and kind == "scaling-law":
         raw["D"] = raw["C"] / (6 * raw["N"])
     if kind == "envelope":
         raw = raw.assign(N=1.0, D=raw["C"] / 6.0, model=raw.get("model", "csv"))  # so 6·N·D = C
-    return raw
+    return raw.reset_index(drop=True)
+
+
+CSV_NUMBERS = {"N", "D", "C", "loss", "batch_tokens", "tokens", "lr"}  # the fit columns that hold numbers
+
+
+def _csv_numbers(column, args, kind: str, col: str, source: str):
+    """`column` as floats, all finite and > 0 (an LR sweep's loss may be inf: a diverged run); else one line
+    naming the file, the column and the first bad cell's line."""
+    import numpy as np
+    import pandas as pd
+
+    from windtunnel.fit import FitError
+
+    values = pd.to_numeric(column, errors="coerce")
+    diverged = kind == "lr" and col == "loss"
+    ok = (values > 0) & (np.isfinite(values) | diverged)
+    if not ok.all():
+        line, cell = ok.idxmin(), column[ok.idxmin()]
+        shown = repr(cell) if isinstance(cell, str) else "an empty cell (or NaN)" if cell != cell else f"{cell:g}"
+        allowed = "a number > 0, or inf for a diverged run" if diverged else "a finite number > 0"
+        raise FitError(f"{args.csv}: line {line} (the header is line 1), column {source!r}: {shown} is not allowed; "
+                       f"{allowed} ({CSV_COLUMNS[col][1]})")
+    return values.astype(float)
 
 
 def cmd_plan(args) -> None:
@@ -397,10 +429,20 @@ def cmd_ui(args) -> None:
     serve_ui(port=args.port)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (exit 2) like every other refused input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="windtunnel", description=__doc__.splitlines()[0])
+    p = _Parser(prog="windtunnel", description=__doc__.splitlines()[0])
+    p.add_argument("--models", metavar="DIR", help="a folder of model ladder files (*.yaml) used instead of the "
+                   "packaged ones (default: $WINDTUNNEL_MODELS, else the ladders packaged with windtunnel)")
     sub = p.add_subparsers(dest="command", required=True)
-    models = sub.add_parser("models", help="every shape in models/*.yaml with its exact non-embedding N")
+    models = sub.add_parser("models", help="every shape of the ladders (--models DIR, or the packaged models/*.yaml) "
+                            "with its exact non-embedding N")
     models.add_argument("--json", action="store_true", help="one JSON list of objects")
     models.set_defaults(func=cmd_models)
     pk = sub.add_parser("peak", help="this machine's measured fp32 matmul peak (state it with any wall time)")
@@ -412,29 +454,29 @@ def parser() -> argparse.ArgumentParser:
                     help="override a TrainSpec field (dotted for nested: schedule.kind=wsd, model.d_base=64)")
     tr.set_defaults(func=cmd_train)
     sw = sub.add_parser("sweep", help="run a sweep's graph on Ray (skips finished runs, resumes the rest)")
-    sw.add_argument("spec", help="a sweep file, e.g. sweeps/lr.yaml")
+    sw.add_argument("spec", help="a sweep file, or a packaged sweep by name: lr, sweeps/lr.yaml")
     sw.add_argument("--scale", default="micro", help="which scale section of the sweep (micro | paper)")
     sw.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides merged into the sweep's base")
     sw.add_argument("--dry-run", action="store_true", help="print the run graph, tokens and FLOPs; train nothing")
     sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
-    sw.add_argument("--retries", type=int, default=2, help="retries of a run that raises before it is marked failed")
-    sw.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    sw.add_argument("--retries", type=option(NON_NEGATIVE_INT), default=2, help="retries of a run that raises before it is marked failed")
+    sw.add_argument("--num-cpus", type=option(POSITIVE_INT), default=None, help="CPUs of the embedded local Ray (default: all)")
     sw.add_argument("--no-mup-check", action="store_true", help="skip the µP coordinate check of the µP models' base")
     sw.set_defaults(func=cmd_sweep)
     se = sub.add_parser("search", help="Bayesian µP hyper-parameter search (Optuna TPE through Ray Tune, ASHA)")
-    se.add_argument("spec", help="a search file, e.g. sweeps/mup_search.yaml")
+    se.add_argument("spec", help="a search file, or a packaged one by name: mup_search, sweeps/mup_search.yaml")
     se.add_argument("--scale", default="micro", help="which scale section (micro | paper)")
-    se.add_argument("--trials", type=int, default=None, help="trials in all; more than before continues the study")
-    se.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    se.add_argument("--trials", type=option(POSITIVE_INT), default=None, help="trials in all; more than before continues the study")
+    se.add_argument("--num-cpus", type=option(POSITIVE_INT), default=None, help="CPUs of the embedded local Ray (default: all)")
     se.set_defaults(func=cmd_search)
     _fit_parser(sub)
     pl = sub.add_parser("plan", help="the full run's tokens, batch, LR, schedule, loss and cost from the fits")
     pl.add_argument("target", help="a model name, e.g. minicpm-1.2b")
     pl.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
     pl.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it: D = C / 6N")
-    pl.add_argument("--mfu", type=float, default=0.4, help="MFU the GPU-hours are costed at")
-    pl.add_argument("--gpu-flops", type=float, default=989e12, help="peak FLOP/s of one GPU (H100 bf16 dense)")
-    pl.add_argument("--max-loss-interval", type=float, default=0.15,
+    pl.add_argument("--mfu", type=option(Range(low=0, high=1, low_open=True)), default=0.4, help="MFU the GPU-hours are costed at")
+    pl.add_argument("--gpu-flops", type=option(POSITIVE), default=989e12, help="peak FLOP/s of one GPU (H100 bf16 dense)")
+    pl.add_argument("--max-loss-interval", type=option(POSITIVE), default=0.15,
                     help="largest relative half-width of the predicted loss's 95%% interval the plan accepts")
     pl.set_defaults(func=cmd_plan)
     va = sub.add_parser("validate", help="plan a target beyond the ladder, train it as planned, compare with the prediction")
@@ -443,17 +485,17 @@ def parser() -> argparse.ArgumentParser:
     va.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it")
     va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a value the plan left out (batch_tokens, lr), stated in the comparison; nothing else")
-    va.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (make validate: 2)")
+    va.add_argument("--workers", type=option(POSITIVE_INT), default=1, help="data-parallel Ray Train workers (make validate: 2)")
     va.set_defaults(func=cmd_validate)
     la = sub.add_parser("launch", help="train a plan's target on Ray Train (data-parallel; resumes a stopped launch)")
     la.add_argument("plan", help="a plan file, e.g. results/plans/minicpm-1.2b.yaml")
-    la.add_argument("--workers", type=int, default=1, help="data-parallel workers (processes)")
-    la.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (0: CPU workers, gloo)")
-    la.add_argument("--device-memory", type=float, default=None,
+    la.add_argument("--workers", type=option(POSITIVE_INT), default=1, help="data-parallel workers (processes)")
+    la.add_argument("--gpus-per-worker", type=option(NON_NEGATIVE), default=0, help="GPUs per worker (0: CPU workers, gloo)")
+    la.add_argument("--device-memory", type=option(POSITIVE), default=None,
                     help="GB of one worker's device (default: 80 per GPU, or this machine's RAM / workers)")
     la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a value the plan left out (batch_tokens, lr), or how it runs (micro_batch_tokens, device, ...)")
-    la.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the newest checkpoint")
+    la.add_argument("--max-failures", type=option(NON_NEGATIVE_INT), default=3, help="worker-group restarts from the newest checkpoint")
     la.add_argument("--dry-run", action="store_true", help="print the layout, memory and hours; train nothing")
     la.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
     la.set_defaults(func=cmd_launch)
@@ -461,11 +503,11 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
     cm = sub.add_parser("check-mup", help="µP coordinate check: each layer's update size against width, µP and SP")
     cm.add_argument("--model-base", default="micro-24k", metavar="NAME", help="check this model's µP base")
-    cm.add_argument("--widths", type=int, nargs="+", help="widths spanning ≥16x, multiples of d_head (default: from about d_base/2, x1..16)")
+    cm.add_argument("--widths", type=option(POSITIVE_INT), nargs="+", help="widths spanning ≥16x, multiples of d_head (default: from about d_base/2, x1..16)")
     cm.add_argument("--json", action="store_true", help="one JSON object: widths, mup and sp slopes, passed")
     cm.set_defaults(func=cmd_check_mup)
     ui = sub.add_parser("ui", help="serve the MLflow UI on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=option(PORT), default=5000, help="a TCP port, 1 to 65535")
     ui.set_defaults(func=cmd_ui)
     return p
 
@@ -488,9 +530,9 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--no-plots", action="store_true", help="a study: write fit.json only, no figures")
     for flag, what in CSV_COLUMNS.values():
         fit.add_argument(f"--{flag}-col", help=f"CSV column of {what}")
-    fit.add_argument("--budget", type=float, action="append", metavar="FLOPS",
+    fit.add_argument("--budget", type=option(POSITIVE), action="append", metavar="FLOPS",
                      help="scaling-law: compute budgets for the compute-optimal N, D and D/N (default 1e18…1e24)")
-    fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
+    fit.add_argument("--bootstrap", type=option(NON_NEGATIVE_INT), default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
     fit.add_argument("--form", choices=["chinchilla", "kaplan"], default=None,
                      help="scaling-law: the form that predicts (plan, allocation); default: the one whose rolling "
                           "backtests err less. Every form is fitted and reported; the top level is the paper's")
@@ -503,6 +545,8 @@ def _fit_parser(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.models:  # through the environment, so Ray workers and child processes find the same ladders
+        os.environ["WINDTUNNEL_MODELS"] = os.path.abspath(args.models)
     try:
         return args.func(args) or 0  # a command returns nothing (0) or its exit code (fit: 3 = skipped)
     except WindtunnelError as err:

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,14 +20,17 @@ from typing import Literal
 
 import yaml
 
+from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
 from windtunnel.errors import SpecError, WindtunnelError
-from windtunnel.schedules import ScheduleSpec
+from windtunnel.paths import packaged
+from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
 
 __all__ = [
     "ModelSpec", "DataSpec", "TrainSpec", "PaperRun",
-    "load_ladder", "load_models", "get_model", "build", "apply_overrides", "spec_hash", "models_dir",
-    "load_overrides", "merge_overrides", "read_yaml",
+    "load_ladder", "load_models", "get_model", "build", "apply_overrides", "check_run", "spec_hash", "models_dir",
+    "load_overrides", "merge_overrides", "read_yaml", "MODELS_ENV",
 ]
+MODELS_ENV = "WINDTUNNEL_MODELS"  # a folder of ladder files used instead of the packaged ones (`--models DIR` sets it)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +43,10 @@ class PaperRun:
     """batch size in tokens; several values = the batch-size warmup (1.2B: 2M → 4M)"""
     lr: float
     """maximum learning rate"""
+
+    def __post_init__(self):
+        check_fields(self, {"tokens": Range(low=0, low_open=True, unit="tokens"),
+                            "batch_tokens": Range(low=1, integer=True, unit="tokens"), "lr": POSITIVE})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,8 +92,10 @@ class ModelSpec:
     def __post_init__(self):
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        if self.d_ff is None:
+        if self.d_ff is None and isinstance(self.d_model, int):
             object.__setattr__(self, "d_ff", int(2.5 * self.d_model))
+        check_fields(self, MODEL_RANGES)
+        _check_shape(self)
 
     @property
     def width_mult(self) -> float:
@@ -111,6 +121,9 @@ class DataSpec:
     tokenizer: str | None = None
     """a pretrained tokenizer instead of training one: a sentencepiece .model file or a Hugging Face tokenizer.json
     (read by the `tokenizers` package); model.vocab_size must hold its vocabulary"""
+
+    def __post_init__(self):
+        check_fields(self, DATA_RANGES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,10 +190,80 @@ class TrainSpec:
     peak_flops: float | None = None
     """declared peak FLOP/s for MFU; None = a table for known GPUs, a measured fp32 matmul peak on CPU"""
 
+    def __post_init__(self):
+        check_fields(self, TRAIN_RANGES)
+
+
+# ---------------------------------------------------------------- allowed numbers (checked when a spec is made)
+
+_SHAPE = Range(low=1, integer=True)
+MODEL_RANGES = {**{name: _SHAPE for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff",
+                                             "vocab_size", "d_base")},
+                "scale_emb": POSITIVE, "scale_depth": POSITIVE, "init_std": POSITIVE, "rope_theta": POSITIVE,
+                "norm_eps": POSITIVE, "paper_n": POSITIVE}
+DATA_RANGES = {"valid_percent": Range(low=1, high=99, integer=True, unit="percent"),
+               "tokenizer_sample_bytes": Range(low=1, integer=True, unit="bytes"),
+               "eval_tokens": Range(low=1, integer=True, unit="tokens")}
+_TOKENS = Range(low=1, integer=True, unit="tokens")
+_STEPS = Range(low=1, integer=True, unit="steps")
+TRAIN_RANGES = {"tokens": _TOKENS, "batch_tokens": _TOKENS, "micro_batch_tokens": _TOKENS, "seq_len": _TOKENS,
+                "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "beta1": Range(low=0, high=1, high_open=True),
+                "beta2": Range(low=0, high=1, high_open=True), "eps": POSITIVE, "grad_clip": NON_NEGATIVE,
+                "seed": NON_NEGATIVE_INT, "eval_every": _STEPS, "diverge_ratio": Range(low=1, low_open=True),
+                "checkpoint_every": _STEPS, "checkpoint_steps": _STEPS, "peak_flops": Range(low=0, low_open=True,
+                                                                                            unit="FLOP/s")}
+
+
+def _check_shape(spec: ModelSpec) -> None:
+    """Shapes that cannot be built: heads that do not tile d_model, kv heads that do not divide them, odd heads."""
+    if spec.d_model % spec.d_head:
+        raise SpecError("ModelSpec", "d_model", spec.d_model, f"a multiple of d_head={spec.d_head}")
+    if spec.n_heads * spec.d_head != spec.d_model:
+        raise SpecError("ModelSpec", "n_heads", spec.n_heads, f"d_model / d_head = {spec.d_model // spec.d_head}")
+    if spec.n_heads % spec.n_kv_heads:
+        raise SpecError("ModelSpec", "n_kv_heads", spec.n_kv_heads, f"a divisor of n_heads={spec.n_heads}")
+    if spec.d_head % 2:
+        raise SpecError("ModelSpec", "d_head", spec.d_head, "an even number (RoPE rotates pairs)")
+
+
+def check_run(spec: TrainSpec, *, file) -> TrainSpec:
+    """The checks between a run's fields, on its final spec (overrides applied in layers may pass through other
+    combinations): batches of whole sequences (and micro-batches), a batch warm-up ending at batch_tokens, a decay
+    mixture only with WSD, and the schedule's boundaries inside the run's tokens. Returns the spec."""
+    micro, seq = spec.micro_batch_tokens, spec.seq_len
+    if micro is not None and micro % seq:
+        raise SpecError(file, "micro_batch_tokens", micro, f"a multiple of seq_len={seq}")
+    unit, name = (micro, "micro_batch_tokens") if micro else (seq, "seq_len")
+    for key, batch in [("batch_tokens", spec.batch_tokens)] + [("batch_warmup", b) for _, b in spec.batch_warmup]:
+        if batch % unit:
+            raise SpecError(file, key, batch, f"a multiple of {name}={unit}")
+    if spec.batch_warmup and spec.batch_warmup[-1][1] != spec.batch_tokens:
+        raise SpecError(file, "batch_warmup", [list(x) for x in spec.batch_warmup],
+                        f"stages whose last batch is batch_tokens={spec.batch_tokens}")
+    if spec.decay_data and spec.schedule.kind != "wsd":
+        raise SpecError(file, "decay_data", dict(spec.decay_data),
+                        f"a mixture only with schedule.kind 'wsd' (a decay stage to switch at), not {spec.schedule.kind!r}")
+    if spec.tokens is not None:  # as train() makes it: in tokens seen when the batch warms up, else in steps
+        steps, batch = ((spec.tokens, 1) if spec.batch_warmup
+                        else (batch_steps(spec.tokens, spec.batch_tokens, ()), spec.batch_tokens))
+        try:
+            make_schedule(spec.schedule, lr=spec.lr, total_steps=steps, batch_tokens=batch)
+        except SpecError as err:
+            raise SpecError(file, err.key, err.value, err.allowed) from None
+    return spec
+
 
 def models_dir() -> Path:
-    """The ladder folder: ./models of the working directory (the repository root)."""
-    return Path("models").resolve()
+    """The ladder folder: $WINDTUNNEL_MODELS (`--models DIR`), else the ladders packaged with windtunnel (the
+    repository's models/ in a source checkout or an editable install)."""
+    given = os.environ.get(MODELS_ENV)
+    if given:
+        folder = Path(given).expanduser().resolve()
+        if not folder.is_dir():
+            raise WindtunnelError(f"{folder}: no such folder (--models or ${MODELS_ENV}); give a folder of ladder "
+                                  "files (*.yaml)")
+        return folder
+    return packaged("ladders")
 
 
 # ---------------------------------------------------------------- building from mappings
@@ -260,7 +343,10 @@ def build(cls, mapping: dict, *, file, prefix: str = ""):
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise SpecError(file, prefix + missing[0], None, f"{prefix}{missing[0]} is required")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)  # __post_init__ checks each number's range (and a shape's fit)
+    except SpecError as err:
+        raise SpecError(file, prefix + err.key, err.value, err.allowed) from None
 
 
 def _batch_stages(value, *, file, key: str) -> tuple[tuple[int, int], ...]:
@@ -299,23 +385,6 @@ def _mixture(value, *, file, key: str) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(out.items()))
 
 
-def _check_model(spec: ModelSpec, *, file, key: str | None = None) -> ModelSpec:
-    """Reject impossible shapes before anything is allocated; `key` prefixes the error's key."""
-    key = key or f"models.{spec.name}"
-    for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff", "vocab_size", "d_base"):
-        if getattr(spec, name) <= 0:
-            raise SpecError(file, f"{key}.{name}", getattr(spec, name), "a positive integer")
-    if spec.d_model % spec.d_head:
-        raise SpecError(file, f"{key}.d_model", spec.d_model, f"a multiple of d_head={spec.d_head}")
-    if spec.n_heads * spec.d_head != spec.d_model:
-        raise SpecError(file, f"{key}.n_heads", spec.n_heads, f"d_model / d_head = {spec.d_model // spec.d_head}")
-    if spec.n_heads % spec.n_kv_heads:
-        raise SpecError(file, f"{key}.n_kv_heads", spec.n_kv_heads, f"a divisor of n_heads={spec.n_heads}")
-    if spec.d_head % 2:
-        raise SpecError(file, f"{key}.d_head", spec.d_head, "an even number (RoPE rotates pairs)")
-    return spec
-
-
 # ---------------------------------------------------------------- ladders
 
 
@@ -341,17 +410,19 @@ def load_ladder(path: Path) -> dict[str, ModelSpec]:
     for name, fields in (raw["models"] or {}).items():
         if not isinstance(fields, dict):
             raise SpecError(path, f"models.{name}", fields, "a mapping of shape fields")
-        spec = build(ModelSpec, {**defaults, **fields, "name": str(name)}, file=path, prefix=f"models.{name}.")
-        ladder[str(name)] = _check_model(spec, file=path)
+        ladder[str(name)] = build(ModelSpec, {**defaults, **fields, "name": str(name)}, file=path,
+                                  prefix=f"models.{name}.")
     return ladder
 
 
 def load_models(folder: Path | None = None) -> dict[str, ModelSpec]:
-    """Every shape in every `models/*.yaml`, by name; a name defined twice is an error."""
+    """Every shape in every ladder file (*.yaml) of `folder` (default: models_dir()), by name; a name defined
+    twice is an error."""
     folder = Path(folder) if folder else models_dir()
     files = sorted(folder.glob("*.yaml"))
     if not files:
-        raise WindtunnelError(f"{folder}: no model ladders (*.yaml) found; run from the repository root")
+        raise WindtunnelError(f"{folder}: no model ladders (*.yaml) found; give a folder of ladder files with "
+                              f"--models DIR or ${MODELS_ENV}")
     models: dict[str, ModelSpec] = {}
     for path in files:
         for name, spec in load_ladder(path).items():
@@ -363,10 +434,10 @@ def load_models(folder: Path | None = None) -> dict[str, ModelSpec]:
 
 def get_model(name: str, folder: Path | None = None) -> ModelSpec:
     """One shape by name, with the list of known names when it is unknown."""
+    folder = Path(folder) if folder else models_dir()
     models = load_models(folder)
     if name not in models:
-        where = Path(folder) if folder else models_dir()
-        raise SpecError(f"{where}/*.yaml", "model", name, "known models: " + ", ".join(models))
+        raise SpecError(f"{folder}/*.yaml", "model", name, "known models: " + ", ".join(models))
     return models[name]
 
 
@@ -389,7 +460,7 @@ def apply_overrides(spec, overrides: list[str] | dict, *, source: str = "--set")
             node = node[part]
         node[leaf] = value
     model = build(ModelSpec, raw.pop("model"), file=source, prefix="model.")
-    return build(type(spec), {**raw, "model": _check_model(model, file=source, key="model")}, file=source)
+    return build(type(spec), {**raw, "model": model}, file=source)
 
 
 def _parse(item: str, source) -> tuple[str, object]:

@@ -37,11 +37,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from windtunnel.config import TrainSpec, apply_overrides, build, get_model, load_overrides, read_yaml
-from windtunnel.errors import SpecError
+from windtunnel.checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
+from windtunnel.config import TrainSpec, apply_overrides, build, check_run, get_model, load_overrides, read_yaml
+from windtunnel.errors import SpecError, WindtunnelError
+from windtunnel.paths import packaged
 from windtunnel.runs import Run, make_run
+from windtunnel.schedules import DECAY_SHAPES
 
-__all__ = ["BranchSpec", "ResourceSpec", "ScaleSpec", "SweepSpec", "load_sweep", "expand", "summarize"]
+__all__ = ["BranchSpec", "ResourceSpec", "ScaleSpec", "SweepSpec", "find_sweep", "packaged_sweeps", "load_sweep",
+           "expand", "summarize"]
+_TOKENS = Range(low=1, integer=True, unit="tokens")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +66,16 @@ class BranchSpec:
     decay_data: tuple[dict, ...] = ({},)
     """decay-stage data mixtures, each branch once per mixture ({} = the run's own data; {python: 0.7,
     python-docstrings: 0.3} mixes in prose, paper §6; see TrainSpec.decay_data)"""
+
+    def __post_init__(self):
+        check_fields(self, {"at_tokens_per_param": POSITIVE, "at_tokens": _TOKENS, "min_steps": NON_NEGATIVE_INT,
+                            "decay_fractions": FRACTION})
+        for shape in self.decay_shapes:
+            if shape not in DECAY_SHAPES:
+                raise SpecError("BranchSpec", "decay_shapes", shape, "shapes of " + ", ".join(DECAY_SHAPES))
+        if not all(isinstance(mixture, dict) for mixture in self.decay_data):
+            raise SpecError("BranchSpec", "decay_data", list(self.decay_data),
+                            "a list of {corpus: weight} mappings ({} = the run's own data)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +113,11 @@ class ScaleSpec:
     resources: ResourceSpec | None = None
     """Ray resources per run; None: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)"""
 
+    def __post_init__(self):
+        check_fields(self, {"tokens_per_param": POSITIVE, "tokens": _TOKENS, "seeds": NON_NEGATIVE_INT})
+        if len(set(self.seeds)) != len(self.seeds):
+            raise SpecError("ScaleSpec", "seeds", list(self.seeds), "distinct seeds")
+
 
 @dataclass(frozen=True, kw_only=True)
 class SweepSpec:
@@ -114,9 +134,28 @@ class SweepSpec:
 # ---------------------------------------------------------------- loading
 
 
+def packaged_sweeps() -> list[str]:
+    """Names of the sweeps packaged with windtunnel (the repository's sweeps/*.yaml)."""
+    return sorted(p.stem for p in packaged("sweeps").glob("*.yaml"))
+
+
+def find_sweep(given) -> Path:
+    """A sweep file: `given` when it is a file, else the packaged sweep of that name (`lr`, `lr.yaml` or
+    `sweeps/lr.yaml` from any working directory)."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1 or path.parent.name == "sweeps":  # a name, or the repository's sweeps/NAME.yaml
+        candidate = packaged("sweeps") / f"{path.name.removesuffix('.yaml')}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise WindtunnelError(f"{given}: sweep file not found (searched {path.resolve()} and the packaged sweeps in "
+                          f"{packaged('sweeps')}: {', '.join(packaged_sweeps())})")
+
+
 def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
-    """The sweep file and its section for `scale`, validated (names file, key and allowed values)."""
-    path = Path(path)
+    """The sweep file (find_sweep) and its section for `scale`, validated (names file, key and allowed values)."""
+    path = find_sweep(path)
     raw = read_yaml(path, what="sweep file")
     if isinstance(raw, dict) and isinstance(raw.get("base"), str):  # `base: results/search/best.yaml`
         raw = {**raw, "base": load_overrides(raw["base"])}  # a path relative to the working directory
@@ -211,6 +250,7 @@ def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, 
             spec = apply_overrides(stable, {"tokens": (fork + decay) * batch, "schedule": schedule,
                                             "checkpoint_steps": [], **({"decay_data": data} if data else {})},
                                    source=file)
+            check_run(spec, file=file)
             point = {"branch_tokens_per_param": at} if per_param else {"branch_tokens": at}
             coords = {**stable_run.coords, "stage": "decay", **point, "decay_fraction": fraction, "decay_shape": shape,
                       **({"decay_data": _mixture_label(spec)} if data else {})}
@@ -242,9 +282,6 @@ def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_toke
         if steps < branches.min_steps:
             raise SpecError(file, f"{key}.{field_name}", at, f"≥ min_steps={branches.min_steps} steps; it is {steps} "
                             f"steps of {model} at batch_tokens={batch_tokens}")
-    bad = [f for f in branches.decay_fractions if not 0 < f <= 1]
-    if bad:
-        raise SpecError(file, f"{key}.decay_fractions", bad[0], "fractions in (0, 1]")
 
 
 def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro") -> list[Run]:
@@ -272,12 +309,14 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             spec = apply_overrides(spec, {"tokens": steps * spec.batch_tokens}, source=file)
             coords = _coords(name, variant)
             if not branched:
+                check_run(spec, file=file)  # the run's fields together, now that every override is in
                 runs.append(make_run(spec, name=_label(coords), coords=coords))
                 continue
             _check_branches(scale.branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name, model=name)
             forks = sorted(set(_fork_steps(scale.branches, n, spec.batch_tokens)))
             stable = apply_overrides(spec, {"schedule": {"kind": "constant", "warmup_tokens": spec.schedule.warmup_tokens},
                                             "tokens": forks[-1] * spec.batch_tokens, "checkpoint_steps": forks}, source=file)
+            check_run(stable, file=file)
             stable_coords = {**coords, "stage": "stable"}
             stable_run = make_run(stable, name=_label(stable_coords), coords=stable_coords)
             runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file)]

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, Range
 from windtunnel.errors import WindtunnelError
 from windtunnel.paths import results_dir, write_atomic
 
@@ -49,7 +50,10 @@ def load_plan(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WindtunnelError(f"{path}: no such plan (make plan TARGET=... writes results/plans/TARGET.yaml)")
-    plan = yaml.safe_load(path.read_text())
+    try:
+        plan = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(plan, dict) or not isinstance(plan.get("train"), dict) or "target" not in plan:
         raise WindtunnelError(f"{path}: not a windtunnel plan (no 'target' and 'train:' section)")
     return plan
@@ -57,7 +61,7 @@ def load_plan(path: str | Path) -> dict:
 
 def plan_spec(plan: dict, *, source: str, given: list[str] = ()):
     """The target's TrainSpec from a plan, `given` (key=value) filling its gaps; returns (spec, given keys)."""
-    from windtunnel.config import TrainSpec, apply_overrides, get_model
+    from windtunnel.config import TrainSpec, apply_overrides, check_run, get_model
 
     fillable = {GAP_KEYS[g.split(":")[0]] for g in plan.get("gaps", []) if g.split(":")[0] in GAP_KEYS}
     keys = {item.partition("=")[0].strip() for item in given}
@@ -70,7 +74,7 @@ def plan_spec(plan: dict, *, source: str, given: list[str] = ()):
         raise WindtunnelError(f"the plan for {plan['target']} is incomplete: " + "; ".join(unfilled)
                               + f" ({source}; --set fills batch_tokens or lr)")
     spec = apply_overrides(TrainSpec(model=get_model(plan["target"])), plan["train"], source=source)
-    return apply_overrides(spec, list(given)), keys
+    return check_run(apply_overrides(spec, list(given)), file=f"{source} with --set" if given else source), keys
 
 
 # ---------------------------------------------------------------- layout and memory
@@ -97,6 +101,17 @@ def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, d
     return out
 
 
+LAUNCH_RANGES = {"workers": POSITIVE_INT, "gpus_per_worker": NON_NEGATIVE, "device_memory": Range(low=0, low_open=True,
+                 unit="bytes"), "mfu": Range(low=0, high=1, low_open=True), "max_failures": NON_NEGATIVE_INT}
+
+
+def _check_numbers(**values) -> None:
+    """One line naming the option, its value and what is allowed, for the first number out of LAUNCH_RANGES."""
+    for name, value in values.items():
+        if value is not None and not LAUNCH_RANGES[name].ok(value):
+            raise WindtunnelError(f"launch: --{name.replace('_', '-')} {value} is not allowed; {LAUNCH_RANGES[name]}")
+
+
 def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float | None = None,
            mfu: float = 0.4) -> dict:
     """How `spec` runs on `workers`: strategy, micro-batch, accumulation, memory per worker and expected hours.
@@ -105,9 +120,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
     from windtunnel.model import flops_per_token
     from windtunnel.train import total_steps, total_tokens
 
-    if workers < 1 or gpus_per_worker < 0:
-        raise WindtunnelError(f"launch: --workers {workers} / --gpus-per-worker {gpus_per_worker} not allowed; "
-                              "give --workers >= 1 and --gpus-per-worker >= 0")
+    _check_numbers(workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory, mfu=mfu)
     gpu = gpus_per_worker > 0
     dtype = spec.dtype if spec.dtype != "auto" else ("bf16" if gpu else "fp32")
     device_memory = device_memory or (GPU_MEMORY * gpus_per_worker if gpu else _host_memory() / workers)
@@ -167,6 +180,7 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
     from windtunnel.data import prepare
     from windtunnel.runs import make_run, run_dir
 
+    _check_numbers(max_failures=max_failures)
     plan_path = Path(plan_path)
     plan = load_plan(plan_path)
     spec, keys = plan_spec(plan, source=str(plan_path), given=given)

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from windtunnel.checks import FRACTION, POSITIVE, Range, check_fields
 from windtunnel.config import ModelSpec
 from windtunnel.errors import WindtunnelError
 from windtunnel.schedules import batch_steps
@@ -63,6 +64,14 @@ class PlanLimits:
     cosine optimum, §4.3)"""
     warmup_fraction: float = 0.01
     """share of the tokens spent warming the LR up"""
+
+    def __post_init__(self):
+        ratio = Range(low=1)  # a high/low ratio of an interval: 1 would accept only an exact value
+        check_fields(self, {"max_loss_rel_interval": POSITIVE, "max_tokens_ratio": ratio, "max_batch_ratio": ratio,
+                            "max_lr_ratio": ratio, "max_n_extrapolation": ratio, "mfu": FRACTION,
+                            "gpu_flops": Range(low=0, low_open=True, unit="FLOP/s"),
+                            "seq_len": Range(low=1, integer=True, unit="tokens"), "decay_fraction": FRACTION,
+                            "warmup_fraction": Range(low=0, high=1, high_open=True)})
 
 
 def check_budget(tokens: float | None, compute: float | None) -> None:

@@ -31,10 +31,14 @@ def _figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.0):
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from windtunnel.paths import atomic_path
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a temporary file, renamed when complete
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

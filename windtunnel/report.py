@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from windtunnel.paths import results_dir
+from windtunnel.paths import results_dir, write_atomic
 
 __all__ = ["write_report"]
 
@@ -34,8 +34,7 @@ def write_report(path: Path | None = None) -> Path:
     parts += [_search(folder) for folder in sorted((root / "search").glob("*/summary.json"))]
     parts.append(_coord_check(root / "plots" / "coord_check.png"))
     parts.append("</body></html>")
-    path.write_text("\n".join(parts))
-    return path
+    return write_atomic(path, "\n".join(parts))  # a reader (or a killed command) never sees half a page
 
 
 def _findings(root: Path) -> str:
