@@ -6,7 +6,7 @@ Writes results/plots/schedules.png (under $WINDTUNNEL_RESULTS if set) and prints
 
 from pathlib import Path
 
-from windtunnel.paths import results_dir
+from windtunnel.paths import atomic_path, results_dir
 from windtunnel.schedules import DECAY_SHAPES, ScheduleSpec, make_schedule
 
 STEPS, BATCH, LR = 1000, 1, 0.01  # run length S in steps, tokens per step (1: tokens = steps), max LR η
@@ -43,8 +43,8 @@ def main() -> Path:
     fig.suptitle(f"Learning-rate schedules (η = {LR}, warmup {WARMUP} steps, S = {STEPS} steps)")
     fig.tight_layout()
     path = results_dir() / "plots" / "schedules.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 

@@ -138,7 +138,6 @@ def test_a_sweep_on_a_two_node_cluster_runs_on_both_nodes(tmp_path, cluster, ses
     results = tmp_path / "results"
     results.mkdir()
     (results / "cache").symlink_to(session_results / "cache")  # the shared data cache
-    (tmp_path / "models").symlink_to(ROOT / "models")  # the ladder, found from the working directory
     start = time.time()
     out = subprocess.run([sys.executable, "-m", "windtunnel.cli", "sweep", "cluster.yaml", "--no-mup-check"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from windtunnel.errors import WindtunnelError, one_line
-from windtunnel.paths import results_dir
+from windtunnel.paths import results_dir, write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,7 +183,7 @@ class RunLogger:
         id_file = Path(folder) / RUN_ID_FILE
         logger = cls(**kwargs, run_id=id_file.read_text().strip() if id_file.exists() else None)
         try:
-            id_file.write_text(logger.run_id)
+            write_atomic(id_file, logger.run_id)
         except BaseException as err:
             logger.__exit__(type(err), err, err.__traceback__)
             raise

@@ -17,6 +17,7 @@ import yaml
 
 from windtunnel.config import spec_hash
 from windtunnel.errors import one_line
+from windtunnel.paths import atomic_path, write_atomic
 from windtunnel.search.spec import OBJECTIVES, SearchSpec, rounded
 from windtunnel.search.trial import DIVERGED, METRIC, trial_run
 
@@ -104,8 +105,8 @@ def finish(spec: SearchSpec, folder: Path, outcomes: list[TrialOutcome], study, 
     if top is not None:
         best_yaml = folder / "best.yaml"
         text = _best_yaml(spec, top, counts, scale=scale)
-        best_yaml.write_text(text)
-        (folder.parent / "best.yaml").write_text(text)
+        write_atomic(best_yaml, text)
+        write_atomic(folder.parent / "best.yaml", text)
     plots = _plots(spec, folder, study) if counts["complete"] else ()
     result = SearchResult(name=spec.name, scale=scale, folder=folder, objective=spec.objective,
                           best_params=top.params if top else None, best_value=top.value if top else None,
@@ -122,14 +123,14 @@ def _write_summary(path: Path, spec: SearchSpec, result: SearchResult) -> None:
                    best_yaml=str(result.best_yaml) if result.best_yaml else None,
                    template_run_spec=spec_hash(spec.template), study=result.folder.name,
                    storage=str(result.folder / STUDY_FILE))
-    path.write_text(json.dumps(summary, indent=1, default=str))
+    write_atomic(path, json.dumps(summary, indent=1, default=str))
 
 
 def _write_trials(path: Path, outcomes: list[TrialOutcome]) -> None:
     import csv
 
     names = sorted({k for t in outcomes for k in t.params})
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial", "status", "objective", "evals", *names, "run_id", "reason"])
         for t in outcomes:
@@ -181,7 +182,8 @@ def _plots(spec: SearchSpec, folder: Path, study) -> tuple[Path, ...]:
                 plot(view)
             path = folder / f"{name}.png"
             plt.gcf().set_size_inches(max(6.4, 3.2 * len(spec.space)) if name == "slice" else 6.4, 4.8)
-            plt.gcf().savefig(path, dpi=100, bbox_inches="tight")
+            with atomic_path(path) as tmp:
+                plt.gcf().savefig(tmp, dpi=100, bbox_inches="tight", format="png")
             saved.append(path)
         except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. importances of 1 complete trial
             warnings.warn(f"{spec.name}: {name} plot skipped ({err})", stacklevel=2)

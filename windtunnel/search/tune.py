@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from windtunnel.errors import SpecError, WindtunnelError
-from windtunnel.paths import results_dir
+from windtunnel.paths import results_dir, write_atomic
 from windtunnel.search.outputs import STUDY_FILE, SearchResult, TrialOutcome, finish, log_parent, outcome
 from windtunnel.search.progress import Board, Relay, tag_index
 from windtunnel.search.spec import SearchSpec, max_evals
@@ -94,7 +94,7 @@ def _claim(folder: Path, spec: SearchSpec) -> None:
     if (folder / "round-0").exists() and not (folder / STUDY_FILE).exists():
         raise WindtunnelError(f"{folder} holds a search made before searches stored their Optuna study "
                               f"({STUDY_FILE}); delete that folder to start again, or give the search another `name`")
-    path.write_text(json.dumps(identity, indent=1))
+    write_atomic(path, json.dumps(identity, indent=1))
 
 
 def _parent_logger(spec: SearchSpec, scale: str, folder: Path, trials: int):
@@ -138,7 +138,7 @@ def _run_rounds(spec: SearchSpec, folder: Path, *, scale: str, trials: int, pare
             board.round(outcomes)
             path = folder / f"round-{len(rounds)}"
             samples[path.name] = trials - len(outcomes)
-            sizes.write_text(json.dumps(samples))
+            write_atomic(sizes, json.dumps(samples))
             tuner = _new_tuner(spec, path, run, samples=samples[path.name], restore_from=rounds[-1] if rounds else None)
             outcomes += _round_outcomes(_fit(tuner, samples[path.name]), spec, offset=len(outcomes))
     finally:
