@@ -54,21 +54,21 @@ def _spec(model: str, tokens_per_param: float):
 
 def _objective(spec, record: list):
     """The search's objective for an Optuna trial: train the spec, mean held-out bpb (DIVERGED when diverged)."""
-    from windtunnel.config import spec_hash
-    from windtunnel.paths import results_dir
-    from windtunnel.search import DIVERGED, objective_value, trial_spec
+    from windtunnel.runs import run_dir
+    from windtunnel.search import DIVERGED, objective_value
+    from windtunnel.search.trial import trial_run
     from windtunnel.train import train
 
     def objective(trial) -> float:
         params = {p.name: (trial.suggest_int if p.integer else trial.suggest_float)(p.name, p.low, p.high, log=p.log)
                   for p in spec.space}
-        run_spec = trial_spec(spec.template, params)
+        run = trial_run(spec.template, params)  # the run a search trial with these values would train
         started = time.perf_counter()
-        result = train(run_spec, results_dir() / "runs" / spec_hash(run_spec))
+        result = train(run.spec, run_dir(run))
         value = objective_value(result.eval, spec.objective)
         diverged = result.status == "diverged" or math.isnan(value)
         record.append({"params": params, "value": None if diverged else value, "status": result.status,
-                       "run": spec_hash(run_spec), "wall_s": time.perf_counter() - started})
+                       "run": run.id, "wall_s": time.perf_counter() - started})
         return DIVERGED if diverged else value
 
     return objective

@@ -44,7 +44,7 @@ from torch import nn  # noqa: E402
 
 from windtunnel.config import TrainSpec, apply_overrides, get_model  # noqa: E402
 from windtunnel.data import prepare, sample_windows  # noqa: E402
-from windtunnel.model import count_params, flops_per_token  # noqa: E402
+from windtunnel.counts import flops_per_token, n_params  # noqa: E402
 from windtunnel.train import train  # noqa: E402
 
 SEQ_LEN = 128
@@ -113,7 +113,7 @@ def plain_run(spec, train_tokens, *, steps: int, batch_tokens: int) -> dict:
     m = spec.model
     model = PlainLlama(m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.d_ff, spec.seq_len)
     non_embedding = sum(p.numel() for p in model.parameters()) - model.embed.weight.numel()
-    assert non_embedding == count_params(m), (non_embedding, count_params(m))  # same shape, same N
+    assert non_embedding == n_params(m), (non_embedding, n_params(m))  # same shape, same N
     opt = torch.optim.AdamW(model.parameters())
     rows, step_s, faults = batch_tokens // spec.seq_len, [], []
     for step in range(steps):
@@ -287,7 +287,7 @@ def bench_shape(name: str, batch_tokens: int, *, reps: int, target_s: float, pea
 
 def summarize(spec, steps, warm, runs, peak) -> dict:
     flops = flops_per_token(spec.model, seq_len=spec.seq_len)
-    out = {"shape": spec.model.name, "n_params": count_params(spec.model), "vocab": spec.model.vocab_size,
+    out = {"shape": spec.model.name, "n_params": n_params(spec.model), "vocab": spec.model.vocab_size,
            "flops_per_token": flops, "batch_tokens": spec.batch_tokens, "seq_len": spec.seq_len,
            "steps": steps, "warm_steps": warm, "reps": len(runs["plain"]), "variants": {}}
     for variant, rs in runs.items():

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from windtunnel.config import ModelSpec, load_models
-from windtunnel.model import MiniCPM, count_params, flops_per_token, linear_cross_entropy, param_groups
+from windtunnel.counts import flops_per_token
+from windtunnel.model import MiniCPM, count_params, linear_cross_entropy, param_groups
 
 
 def tiny(d_model=32, parametrization="mup", **kw) -> ModelSpec:

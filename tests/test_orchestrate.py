@@ -247,3 +247,21 @@ def test_ctrl_c_ends_the_sweep_and_its_orphaned_children_killed(tmp_path, result
         run_graph(runs, sweep="stop", scale="micro", progress=False)
     assert _statuses("stop") == {"stop (micro)": "KILLED", "child": "KILLED"}
     assert set(tracking.runs_dataframe(experiment="stop")["tags.status"]) == {"interrupted"}
+
+
+def test_a_run_done_on_disk_but_not_in_mlflow_is_settled_by_the_next_sweep(tmp_path, results):
+    """The process died between writing status.json and ending its MLflow run: the fits would leave it out."""
+    import json
+
+    runs, _ = sweep_runs(tmp_path, name="settle")
+    for run in runs:  # every run done on disk: the sweep needs no Ray
+        run_dir(run).mkdir(parents=True, exist_ok=True)
+        (run_dir(run) / "status.json").write_text(json.dumps({"status": "finished", "result": None}))
+    killed = tracking.RunLogger(experiment="settle", run_name="killed", params={},
+                                tags={"windtunnel.run": runs[0].id})
+    killed.finish("KILLED", tag_status="interrupted")
+    tracking.RunLogger(experiment="settle", run_name="running", params={}, tags={"windtunnel.run": runs[1].id})
+    run_graph(runs, sweep="settle", scale="micro", progress=False)
+    frame = tracking.runs_dataframe(experiment="settle").set_index("run_name")
+    assert frame.loc[["killed", "running"], "status"].tolist() == ["FINISHED", "FINISHED"]
+    assert frame.loc[["killed", "running"], "tags.status"].tolist() == ["finished", "finished"]

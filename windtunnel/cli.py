@@ -4,8 +4,8 @@
     windtunnel models [--json]
     windtunnel peak
     windtunnel train MODEL [--set-file FILE] [--set key=value ...]
-    windtunnel sweep SPEC.yaml|NAME [--scale micro|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
-    windtunnel search SPEC.yaml|NAME [--scale micro|paper] [--trials N]
+    windtunnel sweep SPEC.yaml|NAME [--scale micro|demo|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
+    windtunnel search SPEC.yaml|NAME [--scale micro|demo|paper] [--trials N]
     windtunnel fit STUDY [--scale S] [--no-plots] | fit --all [--scale S] [--no-plots]
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
@@ -25,7 +25,7 @@ import os
 import sys
 
 from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, Range, option
-from windtunnel.errors import WindtunnelError
+from windtunnel.errors import WindtunnelError, one_line
 
 __all__ = ["main"]
 
@@ -192,7 +192,7 @@ def _fit_studies(names: list[str], args) -> int:
     from windtunnel import studies
     from windtunnel.tracking import log_outputs
 
-    skipped = 0
+    skipped = unlogged = 0
     for name in names:
         try:
             result, written = studies.run(name, _options(args), figures=not args.no_plots)
@@ -204,7 +204,13 @@ def _fit_studies(names: list[str], args) -> int:
         for line in studies.STUDIES[name].describe(result):
             print(line)
         print("written: " + ", ".join(str(p) for p in written))
-        log_outputs(written, output=name, sweep=studies.STUDIES[name].sweep, scale=args.scale)  # on the sweep's run
+        try:  # on the sweep's MLflow run; the files are written whatever MLflow says
+            log_outputs(written, output=name, sweep=studies.STUDIES[name].sweep, scale=args.scale)
+        except WindtunnelError as err:
+            print(f"windtunnel: {name}: not logged to MLflow: {one_line(err)}", file=sys.stderr)
+            unlogged += 1
+    if unlogged:
+        return 2
     return 3 if skipped == len(names) == 1 else 0
 
 
@@ -455,7 +461,7 @@ def parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
     sw = sub.add_parser("sweep", help="run a sweep's graph on Ray (skips finished runs, resumes the rest)")
     sw.add_argument("spec", help="a sweep file, or a packaged sweep by name: lr, sweeps/lr.yaml")
-    sw.add_argument("--scale", default="micro", help="which scale section of the sweep (micro | paper)")
+    sw.add_argument("--scale", default="micro", help="which scale section of the sweep (micro, demo, paper)")
     sw.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides merged into the sweep's base")
     sw.add_argument("--dry-run", action="store_true", help="print the run graph, tokens and FLOPs; train nothing")
     sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
@@ -465,7 +471,7 @@ def parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=cmd_sweep)
     se = sub.add_parser("search", help="Bayesian µP hyper-parameter search (Optuna TPE through Ray Tune, ASHA)")
     se.add_argument("spec", help="a search file, or a packaged one by name: mup_search, sweeps/mup_search.yaml")
-    se.add_argument("--scale", default="micro", help="which scale section (micro | paper)")
+    se.add_argument("--scale", default="micro", help="which scale section (micro, demo, paper)")
     se.add_argument("--trials", type=option(POSITIVE_INT), default=None, help="trials in all; more than before continues the study")
     se.add_argument("--num-cpus", type=option(POSITIVE_INT), default=None, help="CPUs of the embedded local Ray (default: all)")
     se.set_defaults(func=cmd_search)

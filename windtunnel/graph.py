@@ -236,7 +236,7 @@ def _fork_steps(branches: BranchSpec, n: int, batch_tokens: int) -> list[int]:
     return [_round_steps(tokens, batch_tokens) for tokens in points]
 
 
-def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, *, file) -> list[Run]:
+def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, *, file, memo: dict) -> list[Run]:
     """One WSD run per (branch point, decay fraction, shape), each forked from the stable run."""
     runs, batch = [], stable.batch_tokens
     per_param = not branches.at_tokens
@@ -254,7 +254,7 @@ def _branches(stable: TrainSpec, stable_run: Run, branches: BranchSpec, n: int, 
             point = {"branch_tokens_per_param": at} if per_param else {"branch_tokens": at}
             coords = {**stable_run.coords, "stage": "decay", **point, "decay_fraction": fraction, "decay_shape": shape,
                       **({"decay_data": _mixture_label(spec)} if data else {})}
-            runs.append(make_run(spec, name=_label(coords), coords=coords, parent=stable_run, fork_step=fork))
+            runs.append(make_run(spec, name=_label(coords), coords=coords, parent=stable_run, fork_step=fork, memo=memo))
     return runs
 
 
@@ -294,6 +294,7 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
         raise SpecError(file, f"scales.{scale_name}.tokens_per_param", scale.tokens_per_param,
                         "exactly one of tokens_per_param and tokens")
     runs: list[Run] = []
+    memo: dict = {}  # the corpus's fingerprint, listed once per sweep, not per run
     for name in scale.models:
         try:
             model = get_model(name)
@@ -310,7 +311,7 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
             coords = _coords(name, variant)
             if not branched:
                 check_run(spec, file=file)  # the run's fields together, now that every override is in
-                runs.append(make_run(spec, name=_label(coords), coords=coords))
+                runs.append(make_run(spec, name=_label(coords), coords=coords, memo=memo))
                 continue
             _check_branches(scale.branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name, model=name)
             forks = sorted(set(_fork_steps(scale.branches, n, spec.batch_tokens)))
@@ -318,8 +319,8 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
                                             "tokens": forks[-1] * spec.batch_tokens, "checkpoint_steps": forks}, source=file)
             check_run(stable, file=file)
             stable_coords = {**coords, "stage": "stable"}
-            stable_run = make_run(stable, name=_label(stable_coords), coords=stable_coords)
-            runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file)]
+            stable_run = make_run(stable, name=_label(stable_coords), coords=stable_coords, memo=memo)
+            runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file, memo=memo)]
     _check_unique(runs, file=file)
     if scale.resources is not None:  # after the ids: where a run trains is not what it computes
         runs = [dataclasses.replace(r, resources=dataclasses.asdict(scale.resources)) for r in runs]

@@ -117,7 +117,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
     """How `spec` runs on `workers`: strategy, micro-batch, accumulation, memory per worker and expected hours.
     The micro-batch is spec.micro_batch_tokens, else the most whole sequences that divide a worker's share of
     every warm-up stage's batch and whose memory fits."""
-    from windtunnel.model import flops_per_token
+    from windtunnel.counts import flops_per_token
     from windtunnel.train import total_steps, total_tokens
 
     _check_numbers(workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory, mfu=mfu)

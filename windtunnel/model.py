@@ -20,10 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from windtunnel.config import ModelSpec
-from windtunnel.counts import attention_flops_per_token, flops_per_token  # closed form; here for the trainer
 
-__all__ = ["MiniCPM", "count_params", "flops_per_token", "attention_flops_per_token", "linear_cross_entropy",
-           "param_groups"]
+__all__ = ["MiniCPM", "count_params", "linear_cross_entropy", "param_groups"]
 
 
 class RMSNorm(nn.Module):

@@ -163,7 +163,7 @@ def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "",
               num_cpus: int | None = None, progress: bool = True) -> list[RunOutcome]:
     """Train every run of the graph not yet done; returns one outcome per run, in graph order."""
     from windtunnel.data import prepare
-    from windtunnel.tracking import ending_family
+    from windtunnel.tracking import ending_family, settle_runs
 
     outcomes: dict[str, RunOutcome] = {}
     for run in runs:
@@ -173,6 +173,9 @@ def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "",
     todo = [r for r in runs if r.id not in outcomes]
     for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # once, not per task; bad data
         prepare(data, vocab_size=vocab, progress=progress)  # fails here, before the sweep's MLflow run exists
+    if todo and os.environ.get("RAY_ADDRESS"):  # so does a cluster that does not answer
+        probe_cluster(os.environ["RAY_ADDRESS"])
+    settle_runs(sweep, {r.run.id: r.status for r in outcomes.values()})
     parent = _parent_logger(sweep, scale, runs, description)
     with ending_family(parent):  # the parent ends FAILED on an error, KILLED on Ctrl-C; so do orphaned children
         board = _Board(runs, outcomes, enabled=progress)

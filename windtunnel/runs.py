@@ -21,7 +21,8 @@ from pathlib import Path
 from windtunnel.config import TrainSpec, spec_hash
 from windtunnel.paths import results_dir
 
-__all__ = ["Run", "make_run", "data_fingerprint", "run_dir", "run_params", "resources", "train_one", "train_spec"]
+__all__ = ["Run", "make_run", "data_fingerprint", "run_dir", "run_params", "resources", "record_attempt", "train_one",
+           "train_spec"]
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,31 @@ class Run:
         return self.spec.tokens - (self.fork_step or 0) * self.spec.batch_tokens
 
 
-def data_fingerprint(spec: TrainSpec) -> str:
-    """Content hash of every corpus `spec` reads: its own, and each decay-stage corpus (TrainSpec.decay_data)."""
+def data_fingerprint(spec: TrainSpec, *, memo: dict | None = None) -> str:
+    """Content hash of every corpus `spec` reads: its own, and each decay-stage corpus (TrainSpec.decay_data).
+    `memo` (a dict the caller keeps for one sweep) spares listing the corpus's files again for every run."""
     import dataclasses
 
     from windtunnel.data import source_fingerprint
 
     vocab = spec.model.vocab_size
-    names = sorted({name for name, _ in spec.decay_data} - {spec.data.corpus})
+    names = tuple(sorted({name for name, _ in spec.decay_data} - {spec.data.corpus}))
+    key = (spec.data, vocab, names)
+    if memo is not None and key in memo:
+        return memo[key]
     sources = [dataclasses.replace(spec.data, corpus="python" if name == "python-docstrings" else name) for name in names]
-    return "-".join(source_fingerprint(data, vocab_size=vocab) for data in [spec.data, *sources])
+    found = "-".join(source_fingerprint(data, vocab_size=vocab) for data in [spec.data, *sources])
+    if memo is not None:
+        memo[key] = found
+    return found
 
 
-def make_run(spec: TrainSpec, *, name: str, coords: dict, parent: Run | None = None,
-             fork_step: int | None = None) -> Run:
-    """The Run of `spec`, its id hashing the spec, its data's content and (a branch) its parent and fork step."""
+def make_run(spec: TrainSpec, *, name: str, coords: dict, parent: Run | None = None, fork_step: int | None = None,
+             memo: dict | None = None) -> Run:
+    """The Run of `spec`, its id hashing the spec, its data's content and (a branch) its parent and fork step;
+    `memo`: see data_fingerprint."""
     fork = (parent.id, str(fork_step)) if parent is not None else ()
-    return Run(id=spec_hash(spec, data_fingerprint(spec), *fork), name=name, spec=spec, coords=coords,
+    return Run(id=spec_hash(spec, data_fingerprint(spec, memo=memo), *fork), name=name, spec=spec, coords=coords,
                parent=parent.id if parent is not None else None, fork_step=fork_step)
 
 
@@ -119,7 +128,7 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         torch.set_num_threads(threads)
     folder = run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
-    where = _record_attempt(folder)
+    where = record_attempt(folder)
     logger = RunLogger.in_folder(folder, experiment=experiment, run_name=run.name, params={**run_params(run), **(params or {})},
                                  tags={**tags, "windtunnel.run": run.id, "model": run.spec.model.name,
                                        "parent": run.parent or "", **where},
@@ -135,7 +144,7 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
     return asdict(result)
 
 
-def _record_attempt(folder: Path) -> dict:
+def record_attempt(folder: Path) -> dict:
     """Where this attempt trains — host, and the Ray node when in a Ray task — appended to `attempts.jsonl` in
     the run folder (one line per attempt: a retry may land elsewhere) and returned as MLflow tags."""
     where = {"host": socket.gethostname()}

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["tracking_uri", "RunLogger", "log_outputs", "close_children", "end_if_running", "ending_family",
-           "runs_dataframe", "metric_history", "serve_ui", "start_ui_server", "stop_ui_server"]
+           "settle_runs", "runs_dataframe", "metric_history", "serve_ui", "start_ui_server", "stop_ui_server"]
 
 FLUSH_POINTS = 200  # buffered points that trigger a flush: one log_batch call
 FLUSH_SECONDS = 5.0  # ... or seconds since the last flush, checked on each log()
@@ -360,6 +360,25 @@ def end_if_running(run_id: str, *, status: str, tag_status: str) -> bool:
     return True
 
 
+def settle_runs(experiment: str, statuses: dict[str, str]) -> int:
+    """Runs done on disk (windtunnel run id → finished | diverged, from status.json) whose MLflow run says
+    otherwise — RUNNING or KILLED because the process died between writing its status and ending its run — end
+    as the trainer would have ended them, so the fits do not leave them out. Returns how many were mended."""
+    client = _client()
+    experiment_id = _experiment_id(client, experiment, create=False)
+    if experiment_id is None or not statuses:
+        return 0
+    mended = 0
+    for run in _all_runs(client, experiment_id, "attributes.status != 'FINISHED'"):
+        status = statuses.get(run.data.tags.get("windtunnel.run"))
+        if status is None or run.data.tags.get("status") == status:
+            continue
+        client.set_tag(run.info.run_id, "status", status)
+        client.set_terminated(run.info.run_id, status="FINISHED" if status == "finished" else "FAILED")
+        mended += 1
+    return mended
+
+
 @contextlib.contextmanager
 def ending_family(parent: RunLogger):
     """A driver's block: `parent` ends FAILED if the block raises, KILLED on Ctrl-C (the block itself finishes it
@@ -427,12 +446,13 @@ def _output_run(client, name: str) -> str:
     return client.create_run(experiment_id, tags={OUTPUT_TAG: name, "kind": "outputs"}, run_name=name).info.run_id
 
 
-def _all_runs(client, experiment_id: str) -> list:
-    """Every live run of the experiment, oldest first, paging through search_runs (1000 runs a page)."""
+def _all_runs(client, experiment_id: str, where: str = "") -> list:
+    """Every live run of the experiment (that matches `where`), oldest first, paging through search_runs (1000 runs
+    a page)."""
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [experiment_id], max_results=1000, order_by=["attributes.start_time ASC"], page_token=token
+            [experiment_id], where, max_results=1000, order_by=["attributes.start_time ASC"], page_token=token
         )
         runs.extend(page)
         token = page.token

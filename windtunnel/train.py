@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from windtunnel.config import TrainSpec
 from windtunnel.data import eval_windows, mixture_tokens, mixture_windows, prepare, sample_windows
 from windtunnel.errors import SpecError, WindtunnelError
-from windtunnel.model import MiniCPM, count_params, flops_per_token, param_groups
+from windtunnel.counts import flops_per_token, n_params
+from windtunnel.model import MiniCPM, param_groups
 from windtunnel.paths import write_atomic
 from windtunnel.schedules import batch_stage, batch_steps, make_schedule
 
@@ -64,7 +65,7 @@ class TrainResult:
 
 def total_tokens(spec: TrainSpec) -> int:
     """Tokens the segment trains: spec.tokens, or 20 per non-embedding parameter."""
-    return spec.tokens if spec.tokens is not None else 20 * count_params(spec.model)
+    return spec.tokens if spec.tokens is not None else 20 * n_params(spec.model)
 
 
 def batch_at(spec: TrainSpec, tokens: int) -> int:

@@ -121,7 +121,7 @@ def _write_summary(path: Path, spec: SearchSpec, result: SearchResult) -> None:
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("trials", "folder")}
     summary.update(n_trials=result.n_trials, folder=str(result.folder), plots=[str(p) for p in result.plots],
                    best_yaml=str(result.best_yaml) if result.best_yaml else None,
-                   template_run_spec=spec_hash(spec.template), study=result.folder.name,
+                   template_spec_hash=spec_hash(spec.template), study=result.folder.name,
                    storage=str(result.folder / STUDY_FILE))
     write_atomic(path, json.dumps(summary, indent=1, default=str))
 

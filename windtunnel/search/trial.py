@@ -88,7 +88,7 @@ def _trial(config: dict, *, ctx: dict) -> None:
     """One Tune trial (runs in a Ray worker): train the template with `config`, reporting to Tune and MLflow."""
     import torch
 
-    from windtunnel.runs import run_dir, run_params
+    from windtunnel.runs import record_attempt, run_dir, run_params
     from windtunnel.train import train
 
     os.environ.update(ctx["env"])  # results and MLflow store of the driver, whatever Ray was started with
@@ -98,7 +98,7 @@ def _trial(config: dict, *, ctx: dict) -> None:
     folder = run_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     with _run_lock(folder):  # two trials proposing the same (rounded) values train the run once
-        logger = _child_logger(run, folder, run_params(run), ctx)
+        logger = _child_logger(run, folder, run_params(run), ctx, where=record_attempt(folder))
         reporter = _Reporter(run.spec, logger, ctx["objective"], run.id)
         try:
             result = train(run.spec, folder, log=reporter.log, flush=logger.flush)
@@ -140,13 +140,13 @@ def _run_lock(folder: Path):
         yield
 
 
-def _child_logger(run, folder: Path, params: dict, ctx: dict):
+def _child_logger(run, folder: Path, params: dict, ctx: dict, *, where: dict):
     """The trial's MLflow child run; a run dir's existing MLflow run is reopened (its steps are kept once)."""
     from windtunnel.tracking import RUN_ID_FILE, RunLogger
 
     kwargs = dict(experiment=ctx["experiment"], run_name=run.name, params=params, parent_run_id=ctx["parent"],
                   system_metrics=True, tags={"search": ctx["experiment"], "scale": ctx["scale"], "windtunnel.run": run.id,
-                        "model": run.spec.model.name, "kind": "trial"})
+                        "model": run.spec.model.name, "kind": "trial", **where})
     try:
         return RunLogger.in_folder(folder, **kwargs)
     except WindtunnelError:  # the run dir's MLflow run belongs to another experiment or store: start one here

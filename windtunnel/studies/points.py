@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from windtunnel.errors import WindtunnelError
-from windtunnel.paths import packaged, results_dir, write_atomic
+from windtunnel.paths import results_dir, write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,11 +80,13 @@ def final_points(sweep: str, *, scale: str, current: bool = True,
     for key in MUP_BASE:
         frame[f"base.{key}"] = raw[f"params.model.{key}"] if f"params.model.{key}" in raw else ""
     frame, excluded = _keep_finished(frame.reset_index(drop=True), diverged=diverged)
-    spec_file = Path("sweeps") / f"{sweep}.yaml"  # the working directory's, else the packaged sweep of that name
-    spec_file = spec_file if spec_file.is_file() else packaged("sweeps") / spec_file.name
-    if current and spec_file.is_file():
-        from windtunnel.graph import expand, load_sweep
+    from windtunnel.graph import expand, find_sweep, load_sweep
 
+    try:  # the working directory's sweeps/NAME.yaml, else the packaged sweep of that name
+        spec_file = find_sweep(Path("sweeps") / f"{sweep}.yaml")
+    except WindtunnelError:  # a sweep of the user's own, not here: every stored run counts
+        spec_file = None
+    if current and spec_file is not None:
         ids = {run.id for run in expand(*load_sweep(spec_file, scale=scale), file=spec_file, scale_name=scale)}
         stale = ~frame["run"].isin(ids)
         if stale.any():
