@@ -387,3 +387,24 @@ def test_one_study_without_figures_rewrites_only_its_fit(fitted, capsys):
     after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert after["fit.json"] > before["fit.json"]
     assert {k: v for k, v in after.items() if k != "fit.json"} == {k: v for k, v in before.items() if k != "fit.json"}
+
+
+def test_a_figure_with_nothing_to_draw_is_neither_listed_nor_logged(tmp_path, monkeypatch):
+    """A small ladder has no backtests (fewer than four sizes): `fit --all` must not list, or log to MLflow, the
+    figure it did not draw (make demo's `make plots` failed on exactly that)."""
+    from windtunnel.studies.study import Fitted, Study
+
+    def drawn(path):
+        path.write_bytes(b"png")
+        return path
+
+    study = Study(name="sparse", title="t", sweep="sparse", points=lambda sweep, o: (pd.DataFrame(), {}),
+                  fit=lambda frame, o: Fitted({"n": 3}, {"a.png": drawn, "b.png": lambda path: None}),
+                  describe=lambda result: [], figures=("a.png", "b.png"))
+    monkeypatch.setitem(studies.STUDIES, "sparse", study)
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
+    logged = []
+    monkeypatch.setattr("windtunnel.tracking.log_outputs", lambda paths, **kw: logged.extend(paths))
+    assert cli.main(["fit", "sparse"]) == 0
+    assert [p.name for p in logged] == ["fit.json", "a.png"] and all(p.is_file() for p in logged)
+    assert not (tmp_path / "sparse" / "b.png").exists()

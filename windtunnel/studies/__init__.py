@@ -89,9 +89,9 @@ def run(name: str, o: Options = Options(), *, figures: bool = True) -> tuple[dic
     if undeclared:
         raise WindtunnelError(f"study {study.name} drew {sorted(undeclared)}, not in its registry entry's figures")
     for file in study.figures if figures else ():
-        if file in fitted.figures:  # a figure without data (no branch to show) is left out
-            fitted.figures[file](folder / file)
-            written.append(folder / file)
+        drawn = fitted.figures[file](folder / file) if file in fitted.figures else None
+        if drawn is not None:  # a figure without data (no branch to show, no backtest) is left out
+            written.append(drawn)
     return result, written
 
 

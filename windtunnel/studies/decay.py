@@ -26,6 +26,8 @@ by size and on average over pairs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -149,12 +151,12 @@ def wsd(frame: pd.DataFrame, o: Options) -> Fitted:
                            "fig6_envelope.png": lambda path: plots.envelope(ten_percent, envelope, path)})
 
 
-def _wsd_curves(frame: pd.DataFrame, cosines: pd.DataFrame, ten_percent: pd.DataFrame, path) -> None:
+def _wsd_curves(frame: pd.DataFrame, cosines: pd.DataFrame, ten_percent: pd.DataFrame, path) -> Path:
     """Fig. 4: the held-out loss against tokens of each Cosine(T), each 10% WSD branch and the stable run."""
     shown = {**{r.run_id: _cosine_label(r) for r in cosines.itertuples()},
              **{r.run_id: f"WSD {r.branch_tokens_per_param:g}N + 10% exp" for r in ten_percent.itertuples()},
              **{r.run_id: "stable (constant LR)" for r in frame[frame["stage"] == "stable"].itertuples()}}
-    plots.wsd_curves(loss_curves(frame[frame["run_id"].isin(shown)], metric="eval"), shown, path)
+    return plots.wsd_curves(loss_curves(frame[frame["run_id"].isin(shown)], metric="eval"), shown, path)
 
 
 def describe_wsd(result: dict) -> list[str]:

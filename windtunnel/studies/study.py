@@ -38,7 +38,7 @@ class Fitted:
     each figure's file name to what draws it there (called only when figures are asked for)."""
 
     result: dict
-    figures: dict[str, Callable[[Path], object]] = field(default_factory=dict)
+    figures: dict[str, Callable[[Path], Path | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
