@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from windtunnel.checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
+from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
 from windtunnel.config import TrainSpec, apply_overrides, build, check_run, get_model, load_overrides, read_yaml
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import packaged
@@ -86,6 +86,12 @@ class ResourceSpec:
     """CPU cores per run, > 0; the run's torch threads are its whole cores (at least 1)"""
     gpus: float = 0
     """GPUs per run: 0, a fraction below 1 so tiny models share a GPU (0.25: four runs per GPU), or a whole number"""
+
+    def __post_init__(self):
+        check_fields(self, {"cpus": Range(low=0, low_open=True, unit="CPU cores"), "gpus": NON_NEGATIVE})
+        if self.gpus > 1 and self.gpus != int(self.gpus):  # Ray shares a GPU only in fractions of one
+            raise SpecError("ResourceSpec", "gpus", self.gpus, "0, a fraction of one GPU below 1 (0.25), or a whole "
+                            "number of GPUs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,19 +172,8 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
     if isinstance(section.get("branches"), dict):
         section["branches"] = build(BranchSpec, section["branches"], file=path, prefix=f"scales.{scale}.branches.")
     if isinstance(section.get("resources"), dict):
-        section["resources"] = _resources(section["resources"], file=path, key=f"scales.{scale}.resources")
+        section["resources"] = build(ResourceSpec, section["resources"], file=path, prefix=f"scales.{scale}.resources.")
     return sweep, build(ScaleSpec, section, file=path, prefix=f"scales.{scale}.")
-
-
-def _resources(raw: dict, *, file, key: str) -> ResourceSpec:
-    """cpus > 0; gpus 0, a fraction below 1, or a whole number (Ray shares a GPU only in fractions of one)."""
-    spec = build(ResourceSpec, raw, file=file, prefix=key + ".")
-    if not (math.isfinite(spec.cpus) and spec.cpus > 0):
-        raise SpecError(file, f"{key}.cpus", raw["cpus"], "a number of CPU cores > 0 (1, 2, 0.5)")
-    if not (math.isfinite(spec.gpus) and spec.gpus >= 0 and (spec.gpus < 1 or spec.gpus == int(spec.gpus))):
-        raise SpecError(file, f"{key}.gpus", raw["gpus"],
-                        "0, a fraction of one GPU below 1 (0.25), or a whole number of GPUs")
-    return spec
 
 
 # ---------------------------------------------------------------- expanding
