@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from windtunnel.config import TrainSpec
+from windtunnel.config import TrainSpec, check_run
 from windtunnel.data import eval_windows, mixture_tokens, mixture_windows, prepare, sample_windows
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.counts import flops_per_token, n_params
@@ -124,7 +124,9 @@ def _compiled(fn, device: str):
 
 
 def _check_batch(spec: TrainSpec, workers: int = 1) -> int:
-    """Rows (sequences) per micro-batch of one worker, after checking that batch sizes fit together."""
+    """Rows (sequences) per micro-batch of one worker: the run's fields together are config.check_run's; here,
+    that every batch splits over `workers` whole micro-batches."""
+    check_run(spec, file="train spec")
     micro = spec.micro_batch_tokens or spec.batch_tokens // workers
     if micro <= 0 or micro % spec.seq_len:
         raise SpecError("train spec", "micro_batch_tokens", micro, f"a positive multiple of seq_len={spec.seq_len}")
@@ -132,12 +134,6 @@ def _check_batch(spec: TrainSpec, workers: int = 1) -> int:
         if batch % (micro * workers):
             raise SpecError("train spec", "batch_tokens", batch, f"a multiple of {workers} worker(s) × "
                             f"micro_batch_tokens={micro}")
-    if spec.decay_data and spec.schedule.kind != "wsd":
-        raise SpecError("train spec", "decay_data", dict(spec.decay_data), "a mixture only with schedule.kind 'wsd' "
-                        f"(a decay stage to switch at), not {spec.schedule.kind!r}")
-    if spec.batch_warmup and spec.batch_warmup[-1][1] != spec.batch_tokens:
-        raise SpecError("train spec", "batch_warmup", [list(x) for x in spec.batch_warmup],
-                        f"stages whose last batch is batch_tokens={spec.batch_tokens}")
     return micro // spec.seq_len
 
 
