@@ -270,8 +270,7 @@ class RunLogger:
 
     def _end(self, status: str, tag_status: str) -> None:
         self._stop_monitor()
-        self._client.set_tag(self.run_id, "status", tag_status)
-        self._client.set_terminated(self.run_id, status=status)
+        _terminate(self._client, self.run_id, status=status, tag_status=tag_status)
         self._finished = True
 
     def _stop_monitor(self) -> None:
@@ -345,7 +344,7 @@ def close_children(parent_run_id: str, *, status: str, tag_status: str) -> list[
     client = _client()
     parent = client.get_run(parent_run_id)
     where = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    runs = client.search_runs([parent.info.experiment_id], where, max_results=1000)
+    runs = _all_runs(client, parent.info.experiment_id, where)  # asked again one by one: a child may end meanwhile
     return [run.info.run_id for run in runs if end_if_running(run.info.run_id, status=status, tag_status=tag_status)]
 
 
@@ -355,9 +354,14 @@ def end_if_running(run_id: str, *, status: str, tag_status: str) -> bool:
     client = _client()
     if client.get_run(run_id).info.status != "RUNNING":
         return False
+    _terminate(client, run_id, status=status, tag_status=tag_status)
+    return True
+
+
+def _terminate(client, run_id: str, *, status: str, tag_status: str) -> None:
+    """End a run as MLflow `status`, with windtunnel's reason in its tag `status` (what the fits read)."""
     client.set_tag(run_id, "status", tag_status)
     client.set_terminated(run_id, status=status)
-    return True
 
 
 def settle_runs(experiment: str, statuses: dict[str, str]) -> int:
@@ -373,8 +377,7 @@ def settle_runs(experiment: str, statuses: dict[str, str]) -> int:
         status = statuses.get(run.data.tags.get("windtunnel.run"))
         if status is None or run.data.tags.get("status") == status:
             continue
-        client.set_tag(run.info.run_id, "status", status)
-        client.set_terminated(run.info.run_id, status="FINISHED" if status == "finished" else "FAILED")
+        _terminate(client, run.info.run_id, status="FINISHED" if status == "finished" else "FAILED", tag_status=status)
         mended += 1
     return mended
 
