@@ -535,9 +535,14 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
     return _corpus(made, tokenizer, fingerprint)
 
 
+def _settings(spec: DataSpec, vocab_size: int) -> str:
+    """A corpus's settings as one canonical string, a part of its listing key and of its fingerprint."""
+    return json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size, "format": FORMAT}, sort_keys=True)
+
+
 def _listing_key(spec: DataSpec, vocab_size: int) -> str:
     """What names a corpus without reading it: its settings and each file's path, size and modification time."""
-    settings = json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size, "format": FORMAT}, sort_keys=True)
+    settings = _settings(spec, vocab_size)
     if spec.corpus.startswith("hf:"):
         return _hash(settings, _hf_dataset(spec.corpus)._fingerprint)
     files = [path for _, path in _python_paths()] if spec.corpus == "python" else _local_files(spec)[0]
@@ -557,7 +562,7 @@ def source_fingerprint(spec: DataSpec, *, vocab_size: int, cache_dir: Path | Non
     stored = cache_dir / "sources" / f"{listing}.json"
     if stored.is_file():
         return json.loads(stored.read_text())["fingerprint"]
-    settings = json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size, "format": FORMAT}, sort_keys=True)
+    settings = _settings(spec, vocab_size)
     tokenizer = _pretrained_bytes(spec.tokenizer) if spec.tokenizer else b""
     if spec.corpus.startswith("hf:"):  # the dataset's own content fingerprint
         fingerprint = _hash(settings, tokenizer, _hf_dataset(spec.corpus)._fingerprint)
