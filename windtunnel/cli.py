@@ -552,7 +552,9 @@ def _fit_parser(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.models:  # through the environment, so Ray workers and child processes find the same ladders
-        os.environ["WINDTUNNEL_MODELS"] = os.path.abspath(args.models)
+        from windtunnel.config import MODELS_ENV
+
+        os.environ[MODELS_ENV] = os.path.abspath(args.models)
     try:
         return args.func(args) or 0  # a command returns nothing (0) or its exit code (fit: 3 = skipped)
     except WindtunnelError as err:
