@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from windtunnel.fit import (FitError, ScalingLawFit, compute_optimal, d_over_n, rolling_backtests,
+from windtunnel.fit import (FitError, ScalingLawFit, compute_optimal, d_over_n,
                             fit_batch_size_law, fit_envelope, fit_lr_transfer, fit_scaling_law,
                             tokens_to_reach, validate)
 
@@ -167,18 +167,6 @@ def test_compute_optimal_closed_form_matches_numeric(clean_fit):
     f = clean_fit                                                      # §5: N/D = K²·(C/6)^η
     np.testing.assert_allclose(1 / table["ratio_closed"], f.K ** 2 * (budgets / 6) ** f.eta, rtol=1e-9)
     assert d_over_n(f, 1e22) == pytest.approx(table["ratio_numeric"].iloc[2])
-
-
-def test_rolling_backtests_are_accurate_on_clean_data():
-    N, D, loss = ladder(0.0)
-    tests = rolling_backtests(N, D, loss, bootstrap=0)
-    assert [t.n_sizes for t in tests] == [3, 4, 5]                       # fit sizes 1..k, predict k+1, k ≥ 3
-    assert [t.held_out_N for t in tests] == pytest.approx(np.unique(N)[3:])
-    assert [(t.n_train, t.n_test) for t in tests] == [(30, 10), (40, 10), (50, 10)]
-    for t in tests:
-        assert t.mean_abs_rel_err < 0.005 and t.max_abs_rel_err < 0.01   # noiseless: extrapolation within 0.5% / 1%
-        assert t.covered == () and np.isnan(t.coverage)                  # no bootstrap: errors only
-    assert json.loads(json.dumps(tests[-1].to_dict()))["n_test"] == 10
 
 
 def grouped_ladder(seed: int, *, sd_group: float = 0.005, sd_point: float = 0.0005, seeds: int = 2):

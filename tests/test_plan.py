@@ -9,7 +9,7 @@ import torch
 from windtunnel import cli
 from windtunnel.config import ModelSpec, TrainSpec, apply_overrides
 from windtunnel.errors import WindtunnelError
-from windtunnel.fit import fit_scaling_law
+from windtunnel.predict import LIMITS, fit_ladder
 from windtunnel.model import MiniCPM, count_params, param_groups
 from windtunnel.plan import make_plan
 
@@ -33,9 +33,10 @@ def scaling_fit(n_kind: str = "total") -> dict:
     d = np.tile(np.array([1, 2, 4, 8]) * 1.1e6, 12)
     groups = np.repeat(np.arange(12), 4)
     loss = (30 * n ** -0.3 + 50 * d ** -0.3 + 1.0) * np.exp(rng.normal(0, 0.003, 12)[groups])
-    law = fit_scaling_law(n, d, loss, bootstrap=200, groups=groups)
-    return {**law.to_dict(samples=True), "n_kind": n_kind, "n_max": float(n.max()), "mup_base": LADDER_BASE,
-            "seq_len": [128]}
+    ladder = fit_ladder({n_kind: n}, d, loss, bootstrap=200, groups=groups)
+    law = ladder.best.law.to_dict(samples=True)
+    return {**law, "n_kind": n_kind, "n_max": float(n.max()), "mup_base": LADDER_BASE, "seq_len": [128],
+            "prediction": {**law, "n_kind": n_kind}, "ladder": ladder.to_dict()}
 
 
 def test_the_planned_target_has_exactly_the_per_tensor_lr_and_init_that_mup_prescribes():
@@ -77,7 +78,7 @@ def test_a_compute_budget_is_the_reported_cost_in_the_fits_convention():
     fit = scaling_fit()
     model = target()
     for n_kind in ("total", "non_embedding"):
-        plan = make_plan(model, scaling={**fit, "n_kind": n_kind}, batch=None, lr=LR_FIT, compute=3e14)
+        plan = make_plan(model, scaling=scaling_fit(n_kind), batch=None, lr=LR_FIT, compute=3e14)
         n = count_params(model, embedding=n_kind == "total")
         assert plan["n_params"] == n and plan["cost"]["flops"] == pytest.approx(3e14, rel=0.01)
         assert plan["train"]["tokens"] == pytest.approx(3e14 / (6 * n), rel=0.01)
@@ -85,16 +86,26 @@ def test_a_compute_budget_is_the_reported_cost_in_the_fits_convention():
     plan = make_plan(model, scaling=fit, batch=None, lr=LR_FIT, tokens=2e7)
     low, high = plan["predicted_loss"]["interval95"]
     assert low < plan["predicted_loss"]["value"] < high and plan["predicted_loss"]["usable"]
+    ratios = plan["predicted_loss"]["extrapolation"]                   # stated in N, D and C
+    assert ratios["n"] == pytest.approx(count_params(model, embedding=True) / 5e5)
+    assert ratios["d"] == pytest.approx(plan["train"]["tokens"] / 8.8e6, rel=1e-3)
+    assert ratios["c"] == pytest.approx(ratios["n"] * ratios["d"])
     schedule = plan["train"]["schedule"]                     # the ladder's branches: decay = 10% of the stable stage
     assert schedule["decay_start_tokens"] * 1.1 == pytest.approx(plan["train"]["tokens"], rel=1e-3)
     assert plan["train"]["seq_len"] == 128                   # the context the ladder was trained at
 
 
 def test_a_target_far_beyond_the_ladder_is_not_extrapolated_to():
+    """Beyond the calibrated limit in N (predict.LIMITS) nothing of the law is used; within N but beyond D, the loss
+    is refused with the direction named."""
     big = target(d_model=4096, n_heads=256, n_layers=8)
     plan = make_plan(big, scaling=scaling_fit(), batch=None, lr=LR_FIT, tokens=1e9)
-    assert plan["predicted_loss"] is None and any("beyond the 10× the plan extrapolates" in g for g in plan["gaps"])
+    limit = LIMITS["n"]
+    assert plan["predicted_loss"] is None and any(f"beyond the {limit:g}× its calibration was checked to" in g
+                                                  for g in plan["gaps"])
     assert plan["train"]["lr"] == pytest.approx(0.02)        # the LR still transfers exactly: same base
+    plan = make_plan(target(), scaling=scaling_fit(), batch=None, lr=LR_FIT, tokens=8.8e6 * (LIMITS["d"] + 1))
+    assert plan["predicted_loss"] is None and any("D " in g and "limit" in g for g in plan["gaps"])
 
 
 @pytest.mark.parametrize("tokens, compute, message", [

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, Range, option
 from windtunnel.errors import WindtunnelError, one_line
@@ -223,7 +224,8 @@ def _fit_law(kind: str, args) -> None:
     options = _options(args)
     if args.csv:
         frame, excluded = _csv_frame(args, kind), {}
-        options = dataclasses.replace(options, n_kind="given")
+        if kind == "scaling-law" and args.n_kind == "total":  # --n-kind says what the CSV's N column counts
+            frame = frame.rename(columns={"N": "N_total"})
     else:
         frame, excluded = studies.law_points(kind, args.sweep or None, options)
         if args.group_col:  # the stable run by default; e.g. `model` resamples whole sizes
@@ -231,7 +233,18 @@ def _fit_law(kind: str, args) -> None:
                 raise WindtunnelError(f"--group-col {args.group_col!r} is not a column of the sweep's table; "
                                       f"columns: {', '.join(frame.columns)}")
             frame = frame.assign(group=frame[args.group_col])
+    if (args.predict or args.out) and kind != "scaling-law":
+        raise WindtunnelError(f"--predict and --out apply to scaling-law fits, not to {kind}")
     result = studies.LAWS[kind].fit(frame, options)
+    if args.out:  # with its bootstrap samples, as a study's fit.json: `windtunnel plan TARGET --fit PATH` reads it
+        from windtunnel.paths import write_atomic
+
+        write_atomic(Path(args.out), studies.dumps({**result, "source": args.csv or f"sweep {args.sweep or 'scaling_law'}"}))
+    if args.predict:
+        from windtunnel.predict import LadderFit
+
+        n, d = zip(*args.predict)
+        result = {**result, "predictions": LadderFit.from_dict(result["ladder"]).predict(list(n), list(d))}
     result = {**_without_samples(result), "excluded": excluded}  # bootstrap samples: a study's fit.json only
     if excluded:
         print("left out: " + ", ".join(f"{n} {why}" for why, n in excluded.items()), file=sys.stderr)
@@ -307,7 +320,7 @@ def cmd_plan(args) -> None:
     from windtunnel.tracking import log_outputs
 
     limits = PlanLimits(mfu=args.mfu, gpu_flops=args.gpu_flops, max_loss_rel_interval=args.max_loss_interval)
-    plan, path = plan_from_fits(args.target, tokens=args.tokens, compute=args.compute, limits=limits)
+    plan, path = plan_from_fits(args.target, tokens=args.tokens, compute=args.compute, limits=limits, fit=args.fit)
     _print_plan(plan, path)
     log_outputs([path], output="plans")  # MLflow: experiment windtunnel-outputs, run "plans"
 
@@ -319,7 +332,8 @@ def _print_plan(plan: dict, path) -> None:
         print(f"  tokens        {train['tokens']:.4g}  ({plan['tokens_basis']})")
     if loss:
         print(f"  final loss    {loss['value']:.4f} bits/byte, 95% prediction interval [{loss['interval95'][0]:.4f}, "
-              f"{loss['interval95'][1]:.4f}] ({loss['n_extrapolation']:.2g}× the ladder's largest N)"
+              f"{loss['interval95'][1]:.4f}] (" + ", ".join(f"{k.upper()} {v:.3g}×" for k, v in loss["extrapolation"].items())
+              + " the ladder's largest)"
               + ("" if loss["usable"] else "  (too uncertain to plan with)"))
     if "batch_tokens" in train:
         stages = train.get("batch_warmup") or [[0, train["batch_tokens"]]]
@@ -484,6 +498,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu-flops", type=option(POSITIVE), default=989e12, help="peak FLOP/s of one GPU (H100 bf16 dense)")
     pl.add_argument("--max-loss-interval", type=option(POSITIVE), default=0.15,
                     help="largest relative half-width of the predicted loss's 95%% interval the plan accepts")
+    pl.add_argument("--fit", metavar="FIT.json", help="plan from this scaling-law fit (written by `fit scaling-law "
+                                                      "--csv ... --out` or another ladder's results/scaling_law/fit.json)")
     pl.set_defaults(func=cmd_plan)
     va = sub.add_parser("validate", help="plan a target beyond the ladder, train it as planned, compare with the prediction")
     va.add_argument("target", help="a model name, e.g. micro-1.3m")
@@ -518,6 +534,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _n_colon_d(text: str) -> tuple[float, float]:
+    """--predict N:D → (N, D), both finite and > 0."""
+    import math
+
+    try:
+        n, d = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N:D; give two numbers, e.g. 1.2e9:1.1e12") from None
+    if not all(math.isfinite(x) and x > 0 for x in (n, d)):
+        raise argparse.ArgumentTypeError(f"{text!r}: N and D must be finite numbers > 0")
+    return n, d
+
+
 def _fit_parser(sub) -> None:
     fit = sub.add_parser("fit", help="fit a study on its stored runs (fit.json and figures), or print one law "
                                      "fitted to a sweep or a CSV")
@@ -545,6 +574,11 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--n-kind", choices=["total", "non_embedding"], default="total",
                      help="scaling-law from runs: N with the tied embedding (default: it backtests better on the "
                           "micro ladder) or without it (the paper's); both are fitted and reported")
+    fit.add_argument("--predict", type=_n_colon_d, action="append", metavar="N:D",
+                     help="scaling-law: add the 95%% prediction interval of a new run of N parameters (in --n-kind's "
+                          "convention) and D tokens, with its extrapolation beyond the ladder (repeatable)")
+    fit.add_argument("--out", metavar="PATH", help="scaling-law: also write the fit as a fit.json that "
+                                                   "`windtunnel plan TARGET --fit PATH` reads")
     fit.add_argument("--json", action="store_true", help="a law: one line of JSON")
     fit.set_defaults(func=cmd_fit)
 

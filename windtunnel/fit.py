@@ -26,7 +26,7 @@ from windtunnel.errors import WindtunnelError
 
 __all__ = [
     "FitError", "validate",
-    "ScalingLawFit", "fit_scaling_law", "compute_optimal", "d_over_n", "Backtest", "rolling_backtests",
+    "ScalingLawFit", "fit_scaling_law", "compute_optimal", "d_over_n", "Backtest",
     "BatchSizeFit", "tokens_to_reach", "fit_batch_size_law",
     "LRTransferFit", "fit_lr_transfer",
     "EnvelopeFit", "fit_envelope",
@@ -243,6 +243,7 @@ class ScalingLawFit:
     group_dof: int = 0               # degrees of freedom of group_sd (groups − parameters that absorb group offsets)
     drift_sd: float = 0.0            # sd of a group's offset slope in log D: seeds drift apart as they train
     drift_center: float = 0.0        # the mean log D the offsets are measured at
+    log_d_range: tuple = ()          # (min, max) log D fitted: the drift is measured over it only
     not_identified: dict = field(default_factory=dict)  # parameter -> why the data cannot pin it down
 
     def __getattr__(self, name):
@@ -274,29 +275,32 @@ class ScalingLawFit:
         return self._form.predict(self._p, np.asarray(N, dtype=float), np.asarray(D, dtype=float))
 
     def predict_interval(self, N, D, *, level: float = 0.95, new_run: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile interval of the loss at (N, D) over the bootstrap refits.
+        """Percentile interval of the loss at (N, D) over `predictive_draws` (new_run=True: a prediction interval)
+        or over the bootstrap refits alone (new_run=False: the interval of the law itself)."""
+        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+        return _bootstrap_interval(self.samples, lambda: self.predictive_draws(N, D, new_run=new_run), level)
 
-        new_run=True (a prediction interval): each refit's prediction also gets the offset of a new group
-        — a new stable run has its own seed and trajectory — drawn as sd(D) × Student-t(group_dof), sd(D) =
-        hypot(group_sd, drift_sd·(log D − drift_center)) since seeds drift apart as they train, the t because
-        the sds are estimated from few groups. new_run=False: the interval of the law itself.
-        The refits' spread around the fit is widened by sqrt(G/(G−1)) for G groups (a bootstrap of G clusters
-        underestimates the variance by (G−1)/G).
-        """
+    def predictive_draws(self, N, D, n_draws: int = 4000, *, new_run: bool = True) -> np.ndarray:
+        """Draws (last axis) of the loss of a run at (N, D): each bootstrap refit's prediction, its spread around the
+        fit widened by sqrt(G/(G−1)) for G groups (a bootstrap of G clusters underestimates the variance by
+        (G−1)/G), times a new group's offset — a new stable run has its own seed and trajectory — drawn as
+        sd(D) × Student-t(group_dof), sd(D) = hypot(group_sd, drift_sd·(log D − drift_center)) since seeds drift apart
+        as they train, the t because the sds are estimated from few groups. The drift is measured over the ladder's
+        D only: log D is clipped to the fitted range (windtunnel.predict adds the error of going beyond it)."""
+        if self.samples is None:
+            raise FitError("predict_interval needs bootstrap samples; refit with bootstrap=1000 or more")
         N, D = np.asarray(N, dtype=float)[..., None], np.asarray(D, dtype=float)[..., None]
-        if new_run and not (self.group_dof > 0 and math.isfinite(self.group_sd)):
+        pred = _inflate(self._form.predict(self.samples.T, N, D), self.predict(N, D), self.n_groups)
+        if not new_run:
+            return pred
+        if not (self.group_dof > 0 and math.isfinite(self.group_sd)):
             raise FitError(f"a prediction interval needs the spread between groups; {self.n_groups} groups leave "
                            f"{self.group_dof} degrees of freedom — add sizes or seeds")
-
-        def preds():
-            pred = _inflate(self._form.predict(self.samples.T, N, D), self.predict(N, D), self.n_groups)
-            if not new_run:
-                return pred
-            repeats = max(1, 4000 // len(self.samples))   # several offsets per refit: smooth percentiles
-            sd = np.hypot(self.group_sd, self.drift_sd * (np.log(D) - self.drift_center))  # a new run's, at its D
-            offsets = sd * np.random.default_rng(0).standard_t(self.group_dof, repeats * len(self.samples))
-            return np.repeat(pred, repeats, axis=-1) * np.exp(offsets)
-        return _bootstrap_interval(self.samples, preds, level)
+        repeats = max(1, n_draws // len(self.samples))   # several offsets per refit: smooth percentiles
+        log_d = np.clip(np.log(D), *self.log_d_range) if self.log_d_range else np.log(D)
+        sd = np.hypot(self.group_sd, self.drift_sd * (log_d - self.drift_center))  # a new run's, at its D
+        offsets = sd * np.random.default_rng(0).standard_t(self.group_dof, repeats * len(self.samples))
+        return np.repeat(pred, repeats, axis=-1) * np.exp(offsets)
 
     def optimal_n(self, compute: float) -> float:
         """Compute-optimal N at budget C = 6ND (closed form of `compute_optimal`)."""
@@ -321,7 +325,7 @@ class ScalingLawFit:
                    intervals=_jsonable(self.intervals), n_groups=self.n_groups,
                    group_sd=None if math.isnan(self.group_sd) else float(self.group_sd), group_dof=self.group_dof,
                    drift_sd=float(self.drift_sd), drift_center=float(self.drift_center),
-                   not_identified=dict(self.not_identified))
+                   log_d_range=list(self.log_d_range), not_identified=dict(self.not_identified))
         if samples and self.samples is not None:
             out["samples"] = self.samples.tolist()
         return out
@@ -336,7 +340,7 @@ class ScalingLawFit:
                    n_groups=int(data.get("n_groups", 0)), group_sd=math.nan if sd is None else float(sd),
                    group_dof=int(data.get("group_dof", 0)), drift_sd=float(data.get("drift_sd", 0.0)),
                    drift_center=float(data.get("drift_center", 0.0)),
-                   not_identified=dict(data.get("not_identified", {})))
+                   log_d_range=tuple(data.get("log_d_range", ())), not_identified=dict(data.get("not_identified", {})))
 
 
 def _K(alpha, C_N, beta, C_D):
@@ -398,6 +402,7 @@ def fit_scaling_law(N, D, loss, *, method: str = "huber", form: str = "chinchill
                            5 if n_groups == len(loss) else GROUP_PARAMS)
     return ScalingLawFit(method, values, len(loss), form, n_bootstrap=int(bootstrap), intervals=intervals,
                          samples=samples, n_groups=n_groups, **spread,
+                         log_d_range=(float(np.log(D).min()), float(np.log(D).max())),
                          not_identified=_not_identified(values, FORMS[form], loss))
 
 
@@ -481,11 +486,11 @@ class _Problem:
         return res.x, res.fun
 
     def fit_huber(self, starts, n_refine: int = 8):
-        """Score every start, refine the `n_refine` best with L-BFGS-B; keep the lowest objective."""
+        """Score every start, refine the `n_refine` best together (`refit_batch`), polish the lowest with L-BFGS-B."""
         w = np.full(self.x.size, 1 / self.x.size)
         best = starts[np.argsort(self.batch_objective(starts, w[None]))[:n_refine]]
-        fits = [self.lbfgs(theta0, w) for theta0 in best]
-        return min(fits, key=lambda f: f[1])[0]
+        refined = self.refit_batch(best, np.tile(w, (len(best), 1)))
+        return self.lbfgs(refined[np.argmin(self.batch_objective(refined, w[None]))], w)[0]
 
     def fit_curve(self, theta0, idx=None):
         """Least squares on the loss (§5, as the paper did) from θ0; parameters kept ≥ 0."""
@@ -526,14 +531,14 @@ class _Problem:
         return np.column_stack(self.form.natural(thetas.T, self.mN, self.mD))
 
     def refit_batch(self, theta0, weights, *, max_iter: int = 1000, tol: float = 1e-7):
-        """Minimise the Huber objective for every row of `weights` at once, all started from θ0.
+        """Minimise the Huber objective for every row of `weights` at once, started from θ0 (one row, or one per row).
 
         Levenberg–Marquardt on the IRLS majoriser of the Huber loss (weights ψ(r)/r), steps
         accepted per row only when the true objective falls: the same optimum as L-BFGS-B,
         but one numpy pass serves all K bootstrap refits (scipy's per-call overhead would cost
         ~50 ms per refit, minutes for K = 4000). Rows not converged after `max_iter` finish with L-BFGS-B.
         """
-        theta = np.tile(np.asarray(theta0, float), (len(weights), 1))
+        theta = np.broadcast_to(np.asarray(theta0, float), (len(weights), 5)).copy()
         f, lam = self.batch_objective(theta, weights), np.full(len(weights), 1e-3)
         active = np.ones(len(weights), bool)
         for _ in range(max_iter):
@@ -619,7 +624,8 @@ def d_over_n(fit: ScalingLawFit, compute: float) -> float:
 
 @dataclass(frozen=True)
 class Backtest:
-    """A scaling law fitted on the sizes up to the k-th, scored on the next size's points (§5 extrapolation)."""
+    """A scaling law fitted on the sizes up to the k-th, scored on the next size's points (§5 extrapolation); made by
+    windtunnel.predict.rolling_backtests."""
 
     held_out_N: float
     n_sizes: int                 # sizes the law was fitted on (the k smallest)
@@ -633,6 +639,7 @@ class Backtest:
     high: tuple = ()
     covered: tuple = ()          # whether each actual loss lies in its interval
     fit: ScalingLawFit | None = field(default=None, repr=False)
+    by_candidate: dict = field(default_factory=dict)   # each candidate law's mean |error| (windtunnel.predict)
 
     @property
     def coverage(self) -> float:
@@ -644,33 +651,9 @@ class Backtest:
                                               "max_abs_rel_err", "mean_rel_err")}
         out.update(rel_errors=list(self.rel_errors), low=list(self.low), high=list(self.high),
                    covered=[bool(c) for c in self.covered], coverage=None if not self.covered else self.coverage,
-                   fit=None if self.fit is None else self.fit.to_dict())
+                   fit=None if self.fit is None else self.fit.to_dict(), by_candidate=dict(self.by_candidate))
         return out
 
-
-def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: int = 0, min_sizes: int = 3,
-                      form: str = "chinchilla", delta: float = 1e-3) -> list[Backtest]:
-    """For every k ≥ min_sizes: fit the k smallest sizes, predict every point of size k+1 with its 95%
-    prediction interval (bootstrap over `groups`; bootstrap=0: errors only). One Backtest per k."""
-    N, D, loss = _arrays("scaling-law back-test", 7, N=N, D=D, loss=loss)
-    group_ids = _group_ids(groups, len(loss))
-    sizes = np.unique(N)
-    if sizes.size <= min_sizes:
-        raise FitError(f"a rolling back-test needs more than {min_sizes} sizes (got {sizes.size}); add runs of other sizes")
-    out = []
-    for k in range(min_sizes, sizes.size):
-        train, test = N <= sizes[k - 1], N == sizes[k]
-        fit = fit_scaling_law(N[train], D[train], loss[train], form=form, delta=delta, bootstrap=bootstrap,
-                              seed=seed, groups=group_ids[train])
-        rel = (fit.predict(N[test], D[test]) - loss[test]) / loss[test]
-        low = high = covered = ()
-        if bootstrap and fit.group_dof > 0:
-            lo, hi = fit.predict_interval(N[test], D[test])
-            low, high, covered = tuple(map(float, lo)), tuple(map(float, hi)), tuple((lo <= loss[test]) & (loss[test] <= hi))
-        out.append(Backtest(float(sizes[k]), k, int(train.sum()), int(test.sum()), tuple(map(float, rel)),
-                            float(np.abs(rel).mean()), float(np.abs(rel).max()), float(rel.mean()),
-                            low, high, covered, fit))
-    return out
 
 
 # ---------------------------------------------------------------- §3.2 batch-size law

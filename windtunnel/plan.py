@@ -14,8 +14,9 @@ guessed — and the plan's status says `incomplete`:
   matmul, the tied LM head included); `--compute C` plans a run that costs C, and the compute-optimal
   allocation uses the same count. Attention scores (12·L·d·T per token) are not in C, as in the paper; the
   GPU-hours add them.
-- the predicted loss has a 95% prediction interval (a new run: its own seed), and the plan extrapolates N
-  only so far beyond the ladder (`max_n_extrapolation`).
+- the predicted loss has a 95% prediction interval of a new run, pooled over the candidate laws the ladder's
+  backtests keep and widened with the distance beyond the ladder (windtunnel.predict); the plan states its
+  extrapolation in N, D and C and refuses beyond the calibrated limits (predict.LIMITS), naming the one passed.
 The `train:` section is a TrainSpec override mapping: `windtunnel train TARGET --set-file PLAN.yaml` runs it.
 """
 
@@ -51,8 +52,6 @@ class PlanLimits:
     """largest high/low ratio of the batch size's 95% interval"""
     max_lr_ratio: float = 4.0
     """largest high/low ratio of an LR optimum's 95% interval"""
-    max_n_extrapolation: float = 10.0
-    """largest N of the target over the largest N of the ladder the scaling law is extrapolated to"""
     mfu: float = 0.4
     """model FLOPs utilisation the GPU-hours are costed at"""
     gpu_flops: float = 989e12
@@ -68,7 +67,7 @@ class PlanLimits:
     def __post_init__(self):
         ratio = Range(low=1)  # a high/low ratio of an interval: 1 would accept only an exact value
         check_fields(self, {"max_loss_rel_interval": POSITIVE, "max_tokens_ratio": ratio, "max_batch_ratio": ratio,
-                            "max_lr_ratio": ratio, "max_n_extrapolation": ratio, "mfu": FRACTION,
+                            "max_lr_ratio": ratio, "mfu": FRACTION,
                             "gpu_flops": Range(low=0, low_open=True, unit="FLOP/s"),
                             "seq_len": Range(low=1, integer=True, unit="tokens"), "decay_fraction": FRACTION,
                             "warmup_fraction": Range(low=0, high=1, high_open=True)})
@@ -87,23 +86,34 @@ def check_budget(tokens: float | None, compute: float | None) -> None:
 def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr: dict | None,
               tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
     """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
-    from windtunnel.fit import ScalingLawFit
     from windtunnel.counts import attention_flops_per_token, n_params
+    from windtunnel.fit import ScalingLawFit
+    from windtunnel.predict import LadderFit
 
     check_budget(tokens, compute)
     gaps: list[str] = []
     fits = {"scaling law": scaling, "batch-size law": batch, "LR transfer": lr}
     usable = {name: _in_family(model, fit, name, gaps) for name, fit in fits.items()}
     n_kind = scaling.get("n_kind", "non_embedding") if scaling else "total"
-    n = n_params(model, embedding=n_kind == "total")
-    # the law that predicts: the form whose rolling backtests erred less (the paper's form when older fits lack it)
+    counts = {"total": n_params(model, embedding=True), "non_embedding": n_params(model)}
+    n = counts[n_kind]
+    # the law of the allocation: the kept candidate in n_kind whose backtests erred least (studies.laws)
     law = ScalingLawFit.from_dict(scaling.get("prediction", scaling)) if usable["scaling law"] else None
-    if scaling is not None and n / scaling["n_max"] > limits.max_n_extrapolation:
-        gaps.append(f"scaling law: N = {n:,} is {n / scaling['n_max']:,.0f}× the ladder's largest ({scaling['n_max']:,.0f}), "
-                    f"beyond the {limits.max_n_extrapolation:g}× the plan extrapolates — fit a ladder that reaches N/{limits.max_n_extrapolation:g}")
-        law = None
+    ladder = None
+    if law is not None:
+        if "ladder" not in scaling:
+            gaps.append("scaling law: the fit predates calibrated intervals — refit it (windtunnel fit scaling_law)")
+            law = None
+        else:
+            ladder = LadderFit.from_dict(scaling["ladder"])
+            ratio, limit = n / ladder.extent[n_kind]["n_max"], ladder.limits["n"]
+            if ratio > limit:
+                gaps.append(f"scaling law: N = {n:,} is {ratio:,.3g}× the ladder's largest, beyond the {limit:g}× "
+                            "its calibration was checked to (predict.LIMITS) — fit a ladder that reaches "
+                            f"N/{limit:g}")
+                law = ladder = None
     plan_tokens, basis = _tokens(n, law, limits, tokens=tokens, compute=compute, gaps=gaps)
-    loss = _loss(n, plan_tokens, law, scaling, limits, gaps) if plan_tokens else None
+    loss = _loss(counts, n_kind, plan_tokens, ladder, law, limits, gaps) if plan_tokens else None
     if not plan_tokens:
         gaps.append("predicted loss: needs a token budget")
     seq_len = _ladder_seq_len(scaling, limits)
@@ -208,22 +218,29 @@ def _tokens(n: int, law, limits: PlanLimits, *, tokens, compute, gaps: list) -> 
     return d, basis
 
 
-def _loss(n: int, d: float, law, scaling: dict | None, limits: PlanLimits, gaps: list) -> dict | None:
-    """2) the predicted final loss (mean held-out bits per byte) with its 95% prediction interval."""
-    if law is None:
+def _loss(counts: dict, n_kind: str, d: float, ladder, law, limits: PlanLimits, gaps: list) -> dict | None:
+    """2) the predicted final loss (mean held-out bits per byte) with its 95% prediction interval, pooled over the
+    candidate laws the ladder keeps, and how far it lies beyond the ladder in N, D and C."""
+    if ladder is None:
         gaps.append("predicted loss: no usable scaling-law fit (make scaling-law fit)")
         return None
-    value = float(law.predict(n, d))
     if not law.n_bootstrap or not law.group_dof:
         gaps.append("predicted loss: the scaling-law fit has no bootstrap prediction interval (fit with --bootstrap, "
                     "≥ 4 stable runs)")
         return None
-    low, high = (float(x) for x in law.predict_interval(n, d))
+    (pred,) = ladder.predict({k: [v] for k, v in counts.items() if k in ladder.extent}, [d])
+    ratios = pred["extrapolation"]
+    if pred["loss"] is None:
+        gaps.append(f"predicted loss: {pred['reason']}")
+        return None
+    value, low, high = pred["loss"], pred["low"], pred["high"]
     half = (high - low) / 2 / value
     out = {"value": value, "interval95": [low, high], "unit": "bits per byte, mean over held-out sets",
-           "interval": "prediction interval of a new run (law bootstrap over stable runs + a new run's offset)",
-           "form": law.form,
-           "n_extrapolation": n / scaling["n_max"], "not_identified": sorted(law.not_identified)}
+           "interval": "prediction interval of a new run, pooled over the candidate laws the backtests keep "
+                       f"({', '.join(pred['candidates'])}): law bootstrap over stable runs + a new run's offset + "
+                       f"misspecification growing with the {pred['distance']:.2f} e-folds beyond the ladder",
+           "form": law.form, "extrapolation": ratios, "n_extrapolation": ratios["n"],
+           "not_identified": sorted(law.not_identified)}
     if not math.isfinite(half) or half > limits.max_loss_rel_interval:
         gaps.append(f"predicted loss: 95% interval [{low:.3g}, {high:.3g}] is ±{half:.0%} of {value:.3g}, "
                     f"wider than the ±{limits.max_loss_rel_interval:.0%} limit — fit more sizes or larger ones")
@@ -287,9 +304,10 @@ def _lr(lr: dict | None, limits: PlanLimits, gaps: list) -> float | None:
 
 
 def plan_from_fits(target: str, *, tokens: float | None = None, compute: float | None = None,
-                   limits: PlanLimits = PlanLimits()) -> tuple[dict, Path]:
-    """Plan `target` (a model name) from the studies' fit.json files; write results/plans/TARGET.yaml atomically.
-    The plan's `sources` name each fit with the hash of its file, so a run launched from it says what it came from."""
+                   limits: PlanLimits = PlanLimits(), fit: str | None = None) -> tuple[dict, Path]:
+    """Plan `target` (a model name) from the studies' fit.json files (`fit`: the scaling law's from that file
+    instead); write results/plans/TARGET.yaml atomically. The plan's `sources` name each fit with the hash of its
+    file, so a run launched from it says what it came from."""
     import hashlib
 
     from windtunnel.config import get_model
@@ -300,12 +318,18 @@ def plan_from_fits(target: str, *, tokens: float | None = None, compute: float |
     model = get_model(target)
     studies = planned()  # make_plan's keyword → the study whose fit.json feeds it
     files = {s.name: results_dir() / s.name / "fit.json" for s in studies.values()}
+    if fit is not None:
+        files["scaling_law"] = Path(fit)
+        if not files["scaling_law"].is_file():
+            raise WindtunnelError(f"plan --fit {fit}: no such file; write one with `windtunnel fit scaling-law --csv "
+                                  "FILE ... --out PATH` or give a results/scaling_law/fit.json")
     fits = {name: json.loads(path.read_text()) if path.is_file() else None for name, path in files.items()}
     plan = make_plan(model, **{key: fits[s.name] for key, s in studies.items()}, tokens=tokens, compute=compute,
                      limits=limits)
-    plan["sources"] = {name: "missing" if fit is None else
-                       f"results/{name}/fit.json ({fit.get('scale', '?')} scale, sha256 "
-                       f"{hashlib.sha256(files[name].read_bytes()).hexdigest()[:12]})" for name, fit in fits.items()}
+    plan["sources"] = {name: "missing" if data is None else
+                       f"{fit if fit and name == 'scaling_law' else f'results/{name}/fit.json'} ("
+                       f"{data['scale'] + ' scale' if 'scale' in data else data.get('source', '?')}, sha256 "
+                       f"{hashlib.sha256(files[name].read_bytes()).hexdigest()[:12]})" for name, data in fits.items()}
     path = results_dir() / "plans" / f"{target}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, render_yaml(plan))

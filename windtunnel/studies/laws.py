@@ -25,43 +25,57 @@ __all__ = ["fit_scaling_law_study", "fit_batch_size_study", "fit_lr_study", "fit
 N_KINDS = {"total": "N_total", "non_embedding": "N"}
 # the fit's N: every parameter (the tied embedding included) or, as in the paper, all but the embedding
 DEFAULT_N_KIND = "total"  # backtests better on the micro ladder, where the embedding is 0.2–1.4× the rest (LOG.md)
-N_NAMES = {"total": "N with the tied embedding", "non_embedding": "non-embedding N", "given": "N as given"}
+N_NAMES = {"total": "N with the tied embedding", "non_embedding": "non-embedding N"}
 FORM_NAMES = {"chinchilla": "C_N·N^-α + C_D·D^-β + L0", "kaplan": "((N_c/N)^(α_N/α_D) + D_c/D)^α_D + L0"}
 
 
 def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, n_kind: str = DEFAULT_N_KIND,
                           form: str | None = None, budgets=BUDGETS, seed: int = 0) -> dict:
     """§5: L(N,D) in every form and convention of N (Huber/L-BFGS, bootstrap over whole groups: a stable run and
-    its decay branches share one seed and trajectory), each with its rolling backtests.
+    its decay branches share one seed and trajectory), calibrated for extrapolation (windtunnel.predict).
 
-    The top level is the paper's form in the `n_kind` convention, with the paper's curve_fit beside it. The law
-    that predicts — `prediction`, which the plan and the compute-optimal allocation (C = 6·N·D with its N) use —
-    is `form`, or by default the form with the lower mean |error| over the rolling backtests in that convention
-    (the paper's when there are too few sizes to backtest). n_kind "given": a CSV's own N column."""
-    from windtunnel import fit
+    The top level is the paper's form in the `n_kind` convention, with the paper's curve_fit beside it. `ladder` is
+    every candidate with its directional backtests and misspecification sd: the plan's predicted loss and interval
+    pool the candidates its backtests do not reject. The law that gives the compute-optimal allocation (C = 6·N·D
+    with its N) — `prediction` — is `form`, or by default the kept candidate in `n_kind` whose directional backtests
+    erred least; its `backtests` are the ladder's rolling backtests with the intervals it would have given.
+    Every convention of N whose column `points` has is a candidate (a CSV gives one)."""
+    from windtunnel import fit, predict
 
-    kinds = {"given": "N"} if n_kind == "given" else N_KINDS
+    kinds = {k: col for k, col in N_KINDS.items() if col in points}
     if n_kind not in kinds or form not in (None, *fit.FORMS):
         raise WindtunnelError(f"form={form!r}, n_kind={n_kind!r} are not allowed; forms: {', '.join(fit.FORMS)}; "
                               f"N: {', '.join(N_KINDS)}")
-    candidates = {(f, k): _law_and_backtests(points, col, form=f, bootstrap=bootstrap, seed=seed)
-                  for f in fit.FORMS for k, col in kinds.items()}
-    chosen, why = _prediction_form(candidates, n_kind, form)
-    paper, paper_tests = candidates[("chinchilla", n_kind)]
-    law, tests = candidates[(chosen, n_kind)]
-    n, d, loss = (points[c].to_numpy(float) for c in (kinds[n_kind], "D", "loss"))
-    lsq = fit.fit_scaling_law(n, d, loss, method="curve_fit", bootstrap=bootstrap, seed=seed, groups=_groups(points))
-    return {**paper.to_dict(samples=True), "n_kind": n_kind, "curve_fit": lsq.to_dict(), "n_max": float(n.max()),
-            "backtests": [b.to_dict() for b in paper_tests],
+    order = [n_kind] + [k for k in kinds if k != n_kind]    # the study's convention first: ratios are stated in it
+    Ns = {k: points[kinds[k]].to_numpy(float) for k in order}
+    d, loss, groups = points["D"].to_numpy(float), points["loss"].to_numpy(float), _groups(points)
+    ladder = predict.fit_ladder(Ns, d, loss, groups=groups, bootstrap=bootstrap, seed=seed)
+    chosen, why = _prediction_form(ladder, n_kind, form)
+    law = next(c.law for c in ladder.candidates if (c.form, c.n_kind) == (chosen, n_kind))
+    paper = next(c.law for c in ladder.candidates if (c.form, c.n_kind) == ("chinchilla", n_kind))
+    tests = predict.rolling_backtests(Ns, d, loss, groups=groups, bootstrap=bootstrap, seed=seed) \
+        if np.unique(Ns[n_kind]).size > 3 else []
+    lsq = fit.fit_scaling_law(Ns[n_kind], d, loss, method="curve_fit", bootstrap=bootstrap, seed=seed, groups=groups)
+    return {**paper.to_dict(samples=True), "n_kind": n_kind, "curve_fit": lsq.to_dict(), "n_max": float(Ns[n_kind].max()),
             "prediction": {**law.to_dict(samples=True), "n_kind": n_kind, "why": why,
                            "backtests": [b.to_dict() for b in tests]},
+            "ladder": ladder.to_dict(),
             "flops": "C = 6·N·D with N of n_kind (the tied LM head's matmul counted; attention scores not)",
             "compute_optimal": fit.compute_optimal(law, list(budgets)).to_dict(orient="records"),
-            "candidates": [{**c.to_dict(), "n_kind": k, "backtests": [_backtest_summary(b) for b in bt]}
-                           for (_, k), (c, bt) in candidates.items()],
+            "candidates": [_candidate_summary(c, tests) for c in ladder.candidates],
             "per_set": {**per_set_laws(points, n_col=kinds[n_kind], bootstrap=min(bootstrap, PER_SET_BOOTSTRAP),
                                        seed=seed), "averaged_loss": _exponents(paper)},
-            "n_models": int(points["model"].nunique()) if "model" in points else int(np.unique(n).size)}
+            "n_models": int(points["model"].nunique()) if "model" in points else int(np.unique(d).size)}
+
+
+def _candidate_summary(candidate, tests) -> dict:
+    """A candidate law as the report lists it: its parameters, misspecification sd, whether its directional
+    backtests reject it, their rms log error, and its mean |error| in each rolling backtest."""
+    rms = [float(np.sqrt(np.mean(np.square(b["errors"])))) for b in candidate.backtests]
+    return {**candidate.law.to_dict(), "n_kind": candidate.n_kind, "own_sd": candidate.to_dict()["own_sd"],
+            "rejected": candidate.rejected, "directional_rms": float(np.mean(rms)) if rms else None,
+            "backtests": [{"held_out_N": t.held_out_N, "n_sizes": t.n_sizes,
+                           "mean_abs_rel_err": t.by_candidate[candidate.name]} for t in tests]}
 
 
 def _exponents(law) -> dict:
@@ -92,17 +106,18 @@ def per_set_laws(points: pd.DataFrame, *, n_col: str, bootstrap: int = 0, seed: 
     return {"form": "chinchilla", "n_col": n_col, "n_bootstrap": bootstrap, "sets": out, "mean": mean}
 
 
-def _prediction_form(candidates: dict, n_kind: str, form: str | None) -> tuple[str, str]:
-    """The form that predicts, and why: the one asked for, or the one whose rolling backtests err less."""
+def _prediction_form(ladder, n_kind: str, form: str | None) -> tuple[str, str]:
+    """The form that gives the allocation, and why: the one asked for, or the kept candidate in `n_kind` whose
+    directional backtests erred least (the paper's form when none could be backtested)."""
     if form is not None:
         return form, "chosen (--form)"
-    scores = {f: np.mean([t.mean_abs_rel_err for t in tests]) for (f, k), (_, tests) in candidates.items()
-              if k == n_kind and tests}
-    if len(scores) < 2:
+    rms = {c.form: np.mean([np.mean(np.square(b["errors"])) for b in c.backtests]) for c in ladder.kept
+           if c.n_kind == n_kind and c.backtests}
+    if not rms:
         return "chinchilla", "the paper's form: too few sizes to backtest another"
-    best = min(scores, key=scores.get)
-    return best, ("lower rolling-backtest error: " + ", ".join(f"{f} {v:.2%}" for f, v in sorted(scores.items(),
-                                                                                              key=lambda kv: kv[1])))
+    best = min(rms, key=rms.get)
+    return best, ("lower directional-backtest error: " + ", ".join(f"{f} rms {np.sqrt(v):.2%}" for f, v in
+                                                                   sorted(rms.items(), key=lambda kv: kv[1])))
 
 
 def describe_scaling_law(law: dict) -> list[str]:
@@ -114,12 +129,21 @@ def describe_scaling_law(law: dict) -> list[str]:
     pred = law["prediction"]
     lines.append(f"predicts ({pred['why']}): {_law_line(pred)}")
     lines += [f"  {k} not identified: {why}" for k, why in pred.get("not_identified", {}).items()]
+    ladder = law["ladder"]
+    lines.append(f"  intervals: every kept candidate pooled, each widened by s·ρ beyond the ladder (s ≥ the floor "
+                 f"{ladder['floor']:.2%} per e-fold; limits N {ladder['limits']['n']:g}×, D {ladder['limits']['d']:g}×, "
+                 f"C {ladder['limits']['c']:g}×)" + (f"; {ladder['n_dropped']} runs with D < N left out"
+                                                    if ladder["n_dropped"] else ""))
     for c in law["candidates"]:
         tests = c["backtests"]
-        score = (f"rolling backtests mean |error| {np.mean([t['mean_abs_rel_err'] for t in tests]):.2%}, "
-                 f"largest size {tests[-1]['mean_rel_err']:+.2%}") if tests else "no backtest (≤ 3 sizes)"
+        rolling = (f"rolling backtests mean |error| {np.mean([t['mean_abs_rel_err'] for t in tests]):.2%}"
+                   if tests else "no rolling backtest (≤ 3 sizes)")
+        own = "—" if c["own_sd"] is None else f"{c['own_sd']:.2%}"
+        directional = "—" if c["directional_rms"] is None else f"{c['directional_rms']:.2%}"
         used = (c["form"], c["n_kind"]) == (pred["form"], pred["n_kind"])
-        lines.append(f"  {c['form']:<10} {N_NAMES[c['n_kind']]:<26} {score}" + ("  <- predicts" if used else ""))
+        lines.append(f"  {c['form']:<10} {N_NAMES[c['n_kind']]:<26} directional rms {directional}, s {own}/e-fold, "
+                     f"{rolling}" + (f"  REJECTED: {c['rejected']}" if c["rejected"] else "")
+                     + ("  <- allocation" if used else ""))
     for t in pred["backtests"]:
         cover = "no interval" if t["coverage"] is None else f"{sum(t['covered'])}/{t['n_test']} inside the 95% interval"
         lines.append(f"  backtest: fit the {t['n_sizes']} smallest sizes, predict N={t['held_out_N']:,.0f}: mean error "
@@ -158,21 +182,6 @@ def _law_line(law: dict) -> str:
 
 def _groups(points: pd.DataFrame):
     return points["group"].to_numpy() if "group" in points else None
-
-
-def _law_and_backtests(points: pd.DataFrame, n_col: str, *, form: str, bootstrap: int, seed: int):
-    from windtunnel import fit
-
-    n, d, loss = (points[c].to_numpy(float) for c in (n_col, "D", "loss"))
-    law = fit.fit_scaling_law(n, d, loss, form=form, bootstrap=bootstrap, seed=seed, groups=_groups(points))
-    tests = fit.rolling_backtests(n, d, loss, form=form, groups=_groups(points), bootstrap=bootstrap, seed=seed) \
-        if np.unique(n).size > 3 else []
-    return law, tests
-
-
-def _backtest_summary(test) -> dict:
-    """A backtest without its fit and per-point lists: what the report's table shows."""
-    return {k: v for k, v in test.to_dict().items() if k not in ("fit", "rel_errors", "low", "high", "covered")}
 
 
 def fit_batch_size_study(curves: pd.DataFrame, *, bootstrap: int, seed: int = 0) -> dict:

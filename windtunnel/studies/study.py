@@ -27,7 +27,7 @@ class Options:
     form: str | None = None
     """scaling law: the form that predicts (None: the one whose rolling backtests err less)"""
     n_kind: str = "total"
-    """scaling law: N with the tied embedding ("total") or without ("non_embedding"); "given" for a CSV's N"""
+    """scaling law: N with the tied embedding ("total") or without ("non_embedding"); for a CSV, what its N column counts"""
     budgets: tuple[float, ...] = BUDGETS
     """scaling law: compute budgets C = 6·N·D (FLOPs) of the compute-optimal allocation"""
 
