@@ -160,12 +160,15 @@ def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     assert law["L0"] == pytest.approx(1.0, rel=0.05)
     assert law["intervals"]["alpha"][0] < 0.3 < law["intervals"]["alpha"][1]
     assert law["n_kind"] == "total" and law["n_groups"] == 5 and law["not_identified"] == {}
-    assert [t["n_sizes"] for t in law["backtests"]] == [3, 4]            # rolling: fit 1..k, predict k+1
-    assert all(t["mean_abs_rel_err"] < 0.01 for t in law["backtests"]) and law["excluded"] == {"diverged": 1, "failed": 1}
+    tests = law["prediction"]["backtests"]   # rolling: fit 1..k, predict k+1, with the intervals the ladder gives
+    assert [t["n_sizes"] for t in tests] == [3, 4] and len(tests[1]["covered"]) == tests[1]["n_test"]
+    assert tests[0]["covered"] == []   # 3 stable runs leave no spread between them: errors only
+    assert all(t["mean_abs_rel_err"] < 0.01 for t in tests) and law["excluded"] == {"diverged": 1, "failed": 1}
     assert law["prediction"]["form"] == "chinchilla"   # drawn from the paper's form: it backtests better than Kaplan's
-    assert "lower rolling-backtest error" in law["prediction"]["why"] and law["prediction"]["n_kind"] == "total"
+    assert "lower directional-backtest error" in law["prediction"]["why"] and law["prediction"]["n_kind"] == "total"
     kinds = {(c["form"], c["n_kind"]) for c in law["candidates"]}   # every form and convention of N, reported
     assert kinds == {(f, k) for f in ("chinchilla", "kaplan") for k in ("total", "non_embedding")}
+    assert law["ladder"]["primary"] == "total" and len(law["ladder"]["candidates"]) == 4
     assert law["mup_base"]["d_base"] == 32 and law["seq_len"] == [128]
     assert law["envelope"]["s3"]["better"] in ("power", "exponential")
     lr = json.loads((store / "lr" / "fit.json").read_text())
@@ -274,11 +277,38 @@ def test_fit_cli_on_a_csv_with_compute_column(tmp_path, capsys):
     assert cli.main(["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--n-col", "size", "--c-col", "flops",
                      "--loss-col", "final", "--bootstrap", "0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["alpha"] == pytest.approx(0.3, rel=0.05) and result["n_points"] == 16
+    assert result["alpha"] == pytest.approx(0.3, rel=0.05) and result["n_points"] == 15
+    assert result["ladder"]["n_dropped"] == 1   # N 3e6 at D 2e6: fewer tokens than parameters, left out
     assert cli.main(["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--json"]) == 2
     assert "missing column 'N' (set it with --n-col); columns are: size, flops, final" in capsys.readouterr().err
     assert cli.main(["fit", "lr", "--csv", str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv: cannot read as CSV" in capsys.readouterr().err
+
+
+def test_fit_cli_predicts_new_runs_and_writes_a_fit_the_plan_reads(tmp_path, monkeypatch, capsys):
+    """`fit scaling-law --csv --predict N:D --out FIT.json`, then `plan TARGET --fit FIT.json` (issue 20, point 1)."""
+    rng = np.random.default_rng(2)
+    n = np.repeat([1e5, 2e5, 4e5, 8e5, 1.6e6, 3.2e6], 8)
+    d = np.tile([2e6, 5e6, 1e7, 3e7], 12) * (n / 1e5)
+    run = np.repeat(np.arange(12), 4)
+    loss = _law(n, d) * np.exp(rng.normal(0, 0.003, 12)[run])
+    (tmp_path / "runs.csv").write_text("\n".join(["N,D,loss,run"] + [f"{a},{b},{c},{r}" for a, b, c, r in
+                                                                     zip(n, d, loss, run)]))
+    out = tmp_path / "fit.json"
+    assert cli.main(["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--group-col", "run", "--bootstrap",
+                     "100", "--predict", "6.4e6:2e9", "--predict", "1e9:1e11", "--out", str(out), "--json"]) == 0
+    near, far = json.loads(capsys.readouterr().out)["predictions"]
+    assert near["low"] < _law(6.4e6, 2e9) < near["high"] and near["extrapolation"]["n"] == pytest.approx(2.0)
+    assert far["loss"] is None and "beyond the calibrated extrapolation" in far["reason"]
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path / "results"))
+    assert cli.main(["plan", "micro-1.3m", "--fit", str(out), "--tokens", "2e7"]) == 0
+    printed = capsys.readouterr().out
+    plan = yaml.safe_load((tmp_path / "results" / "plans" / "micro-1.3m.yaml").read_text())
+    assert plan["predicted_loss"]["extrapolation"]["n"] == pytest.approx(plan["n_params"] / 3.2e6)
+    assert "N 0.4" in printed and str(out) in plan["sources"]["scaling_law"]
+    assert cli.main(["plan", "micro-1.3m", "--fit", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err
+    assert "plan --fit" in err and "no such file" in err
 
 
 def test_fit_cli_resamples_the_groups_a_csv_names(tmp_path, capsys):
@@ -292,10 +322,11 @@ def test_fit_cli_resamples_the_groups_a_csv_names(tmp_path, capsys):
     args = ["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--bootstrap", "100", "--json"]
     assert cli.main(args + ["--group-col", "stable_run"]) == 0
     grouped = json.loads(capsys.readouterr().out)
-    assert grouped["n_groups"] == 12 and grouped["group_dof"] == 9 and grouped["n_kind"] == "given"
-    assert [t["n_sizes"] for t in grouped["backtests"]] == [3, 4, 5] and all(t["low"] for t in grouped["backtests"])
+    assert grouped["n_groups"] == 12 and grouped["group_dof"] == 9 and grouped["n_kind"] == "total"
+    tests = grouped["prediction"]["backtests"]
+    assert [t["n_sizes"] for t in tests] == [3, 4, 5] and all(t["low"] for t in tests)
     assert cli.main(args) == 0
-    assert json.loads(capsys.readouterr().out)["n_groups"] == 48      # without it every row is its own group
+    assert json.loads(capsys.readouterr().out)["n_groups"] == 46      # every row its own group (2 with D < N out)
     assert cli.main(args + ["--group-col", "seed"]) == 2
     assert "missing column 'seed' (--group-col)" in capsys.readouterr().err
     assert cli.main(["fit", "lr", "--csv", str(tmp_path / "runs.csv"), "--group-col", "stable_run"]) == 2
@@ -308,9 +339,9 @@ def test_validate_trains_the_planned_target_and_logs_predicted_against_actual(fi
     from windtunnel.tracking import runs_dataframe
 
     store = fitted
-    assert cli.main(["validate", "micro-24k", "--tokens", "40960", "--set", "lr=0.5"]) == 2   # the plan gives the LR
+    assert cli.main(["validate", "micro-24k", "--tokens", "61440", "--set", "lr=0.5"]) == 2   # the plan gives the LR
     assert "--set lr: the plan gives that value" in capsys.readouterr().err
-    assert cli.main(["validate", "micro-24k", "--tokens", "40960"]) == 0
+    assert cli.main(["validate", "micro-24k", "--tokens", "61440"]) == 0
     out = capsys.readouterr().out
     result = json.loads((store / "validate" / "micro-24k.json").read_text())
     assert {"target", "n_params", "tokens", "predicted", "low", "high", "actual"} <= set(result)

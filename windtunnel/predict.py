@@ -214,6 +214,11 @@ class LadderFit:
     def _refusal(self, point: dict, usable: list) -> str:
         if not usable:
             return "no candidate law in the given convention of N"
+        law = usable[0].law
+        if law.samples is None or law.group_dof <= 0:
+            return (f"no prediction interval: the fit has {'no bootstrap' if law.samples is None else ''}"
+                    f"{' and ' if law.samples is None and law.group_dof <= 0 else ''}"
+                    f"{f'{law.n_groups} stable runs, too few for the spread between them' if law.group_dof <= 0 else ''}")
         if point["d"] < MIN_TOKENS_PER_PARAM * point["n"]:
             return (f"D = {point['d']:.3g} tokens is fewer than N = {point['n']:.3g} parameters: the early transient, "
                     "where no power law holds")
@@ -283,7 +288,8 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
                       max_origins: int = MAX_ORIGINS) -> list:
     """The ladder's rolling backtests with the intervals it would have given: for the last `max_origins` k ≥
     min_sizes, fit the k smallest sizes (every candidate, calibrated as `fit_ladder`) and predict every point of
-    size k+1 with its 95% prediction interval (guardrails off: this tests the interval). One fit.Backtest per k;
+    size k+1 with its 95% prediction interval (guardrails off: this tests the interval; runs with D < N are out of
+    the law's domain, in the fit and among the held-out points). One fit.Backtest per k;
     its `fit` is the best candidate's law, `by_candidate` each candidate's mean |error| there."""
     from windtunnel.fit import Backtest
 
@@ -292,6 +298,8 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
     D, loss = np.asarray(D, dtype=float).ravel(), np.asarray(loss, dtype=float).ravel()
     primary = next(iter(Ns))
     groups = np.arange(D.size) if groups is None else np.asarray(groups, dtype=object).ravel()
+    keep = D >= MIN_TOKENS_PER_PARAM * Ns[primary]   # the law's domain: neither fitted nor predicted below it
+    Ns, D, loss, groups = {k: v[keep] for k, v in Ns.items()}, D[keep], loss[keep], groups[keep]
     sizes = np.unique(Ns[primary])
     if sizes.size <= min_sizes:
         raise FitError(f"a rolling back-test needs more than {min_sizes} sizes (got {sizes.size}); add runs of other sizes")
@@ -301,7 +309,9 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
         ladder = fit_ladder({c: v[train] for c, v in Ns.items()}, D[train], loss[train], groups=groups[train],
                             bootstrap=bootstrap, seed=seed, limits={d: math.inf for d in DIRECTIONS})
         held = {c: v[test] for c, v in Ns.items()}
-        preds = ladder.predict(held, D[test]) if bootstrap else []
+        preds = ladder.predict(held, D[test])
+        if any(p["loss"] is None for p in preds):   # no bootstrap, or too few stable runs: errors only
+            preds = []
         point = np.array([p["loss"] for p in preds], dtype=float) if preds else \
             np.exp(np.mean([np.log(c.law.predict(held[c.n_kind], D[test])) for c in ladder.kept], axis=0))
         rel = point / loss[test] - 1

@@ -113,11 +113,18 @@ def _scaling_law(data: dict) -> str:
            f"<p>by curve_fit, as the paper: α {data['curve_fit']['alpha']:.4g}, β {data['curve_fit']['beta']:.4g}.</p>",
            _per_set(data.get("per_set") or {}),
            f"<h3>The law that predicts ({html.escape(pred['why'])})</h3>", _law(pred)]
-    cands = "".join(f"<tr><td>{c['form']}</td><td>{N_NAMES[c['n_kind']]}</td><td>{_mean_abs(c['backtests'])}</td>"
-                    f"<td>{'predicts' if (c['form'], c['n_kind']) == (pred['form'], pred['n_kind']) else ''}</td></tr>"
+    ladder = data["ladder"]
+    cands = "".join(f"<tr><td>{c['form']}</td><td>{N_NAMES[c['n_kind']]}</td><td>{_pct(c['directional_rms'])}</td>"
+                    f"<td>{_pct(c['own_sd'])}</td><td>{_mean_abs(c['backtests'])}</td>"
+                    f"<td>{html.escape(c['rejected']) and 'rejected: ' + html.escape(c['rejected']) or 'pooled'}"
+                    f"{'; allocation' if (c['form'], c['n_kind']) == (pred['form'], pred['n_kind']) else ''}</td></tr>"
                     for c in data["candidates"])
-    out.append("<table><tr><th>form</th><th>N</th><th>rolling backtests: mean |error|</th><th></th></tr>"
-               + cands + "</table>")
+    out.append(f"<p>Predictions pool the candidates their directional backtests do not reject, each widened by a "
+               f"misspecification sd of s per e-fold beyond the ladder (s ≥ {ladder['floor']:.2%}, the floor learned "
+               f"from public ladders); they are refused beyond N {ladder['limits']['n']:g}×, D "
+               f"{ladder['limits']['d']:g}×, C {ladder['limits']['c']:g}× the ladder's largest.</p>")
+    out.append("<table><tr><th>form</th><th>N</th><th>directional backtests: rms log error</th><th>s per e-fold</th>"
+               "<th>rolling backtests: mean |error|</th><th></th></tr>" + cands + "</table>")
     tests = "".join(f"<tr><td>1–{t['n_sizes']}</td><td>{t['held_out_N']:,.0f}</td><td>{t['mean_rel_err']:+.2%}</td>"
                     f"<td>{t['mean_abs_rel_err']:.2%}</td><td>{t['max_abs_rel_err']:.2%}</td>"
                     f"<td>{_covered(t)}</td></tr>" for t in pred["backtests"])
@@ -160,6 +167,10 @@ def _law(law: dict) -> str:
 
 def _covered(test: dict) -> str:
     return "—" if test["coverage"] is None else f"{sum(test['covered'])}/{test['n_test']}"
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.2%}"
 
 
 def _mean_abs(tests: list) -> str:
