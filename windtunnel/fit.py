@@ -714,7 +714,7 @@ class BatchSizeFit:
         rng = np.random.default_rng(seed)
         log_lo, log_hi = np.log(np.asarray(loss_interval, dtype=float))
         log_loss = rng.normal((log_lo + log_hi) / 2, (log_hi - log_lo) / (2 * stats.norm.ppf(0.975)), n_draws)
-        k, gamma = rows[np.arange(n_draws) % len(rows)].T
+        k, gamma = rows[rng.permutation(np.arange(n_draws) % len(rows))].T   # every row as often, in random order
         return k * np.exp(-gamma * log_loss)
 
     def curvature_near(self, loss: float) -> float:
