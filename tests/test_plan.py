@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -137,3 +138,96 @@ def test_a_bad_budget_or_limit_writes_no_plan(tmp_path, monkeypatch, capsys):
     _, path = plan_from_fits("micro-1.3m", tokens=1e9)  # the same with a good budget writes its plan
     assert path == tmp_path / "plans" / "micro-1.3m.yaml" and path.is_file()
     assert [p.name for p in path.parent.iterdir()] == ["micro-1.3m.yaml"]  # no temporary file left beside it
+
+
+# ---------------------------------------------------------------- hyper-parameters with their uncertainty
+
+K_BS, GAMMA_BS, TOP_LEVELS = 5.4e5, 3.0, (2.4, 2.6, 2.8)  # bs_opt = k / L^γ tokens; each model's lowest optimum
+
+
+def batch_fit(sd_log_k: float, n_samples: int = 2000) -> dict:
+    """A batch-size-law fit.json with known bootstrap rows: γ = 3 exactly, ln k normal around ln K_BS with sd
+    `sd_log_k`; three models' optima from their lowest level (TOP_LEVELS) up to 4, curvature 0.05 + 0.02·level."""
+    from windtunnel.fit import BatchSizeFit
+
+    rng = np.random.default_rng(0)
+    samples = np.column_stack([K_BS * np.exp(rng.normal(0, sd_log_k, n_samples)), np.full(n_samples, GAMMA_BS)])
+    rows = [(f"m{i}", 1e5 * (i + 1), level, K_BS / level ** GAMMA_BS, 1e6, 0.05 + 0.02 * level)
+            for i, lowest in enumerate(TOP_LEVELS) for level in np.linspace(lowest, 4.0, 4)]
+    optima = pd.DataFrame(rows, columns=["model", "N", "level", "bs_opt", "tokens_at_opt", "curvature"])
+    return BatchSizeFit(K_BS, GAMMA_BS, optima, n_bootstrap=n_samples, samples=samples).to_dict(samples=True)
+
+
+def loss_slope(scaling: dict, n: float, d: float) -> float:
+    """s_D = −d ln L / d ln D of L = C_N·N^−α + C_D·D^−β + L0, in closed form."""
+    p = scaling
+    return p["beta"] * p["C_D"] * d ** -p["beta"] / (p["C_N"] * n ** -p["alpha"] + p["C_D"] * d ** -p["beta"] + p["L0"])
+
+
+def test_the_batch_interval_joins_the_loss_and_the_law_and_the_batch_is_their_least_cost_one():
+    """ln bs_opt = ln k − γ·ln L with ln k ~ N(ln K_BS, 0.04²) and ln L normal through the loss's 95% interval
+    (σ_L ≈ 0.0106, so γ·σ_L ≈ 0.032: the two sources weigh about the same): ln bs_opt is normal with variance
+    0.04² + γ²·σ_L², so the interval, the geometric-mean batch and its expected loss cost
+    s_D·c2·E[(ln b − ln bs_opt)²] are known in closed form."""
+    from windtunnel.fit import BatchSizeFit, batch_loss_cost
+
+    scaling, batch = scaling_fit(), batch_fit(0.04)
+    plan = make_plan(target(), scaling=scaling, batch=batch, lr=LR_FIT, tokens=2e7)
+    assert plan["status"] == "complete" and not plan["notes"]
+    hp, loss = plan["hyperparameters"]["batch"], plan["predicted_loss"]["interval95"]
+    sigma_loss = math.log(loss[1] / loss[0]) / (2 * 1.959964)
+    mean = math.log(K_BS) - GAMMA_BS * math.log(loss[0] * loss[1]) / 2
+    sd = math.sqrt(0.04 ** 2 + (GAMMA_BS * sigma_loss) ** 2)
+    low, high = hp["interval95"]
+    assert math.log(high / low) / 2 == pytest.approx(1.96 * sd, rel=0.05)    # both sources, not either alone
+    assert math.sqrt(low * high) == pytest.approx(math.exp(mean), rel=0.01)
+    law_low, law_high = hp["law_interval95"]                  # the law alone at the point loss: ~0.8× as wide
+    assert math.log(law_high / law_low) < 0.85 * math.log(high / low)
+    # the batch: the geometric mean of the draws, in whole 8-sequence multiples (1,024 tokens at seq_len 128)
+    assert plan["train"]["batch_tokens"] == hp["value"] and abs(hp["value"] - math.exp(mean)) <= 1024
+    draws = BatchSizeFit.from_dict(batch).draws(loss)
+    near = batch_loss_cost([hp["value"] - 1024, hp["value"], hp["value"] + 1024], draws, slope=1.0, curvature=1.0)
+    assert near[1] == near.min()                              # no neighbouring batch costs less
+    # c2: per model the optimum nearest the target's loss (each model's lowest), the median; s_D of the law
+    assert hp["curvature"] == pytest.approx(0.05 + 0.02 * TOP_LEVELS[1])
+    assert hp["loss_slope"] == pytest.approx(loss_slope(scaling, plan["n_params"], 2e7), rel=1e-3)
+    expected = hp["loss_slope"] * hp["curvature"] * ((math.log(hp["value"]) - mean) ** 2 + sd ** 2)
+    assert hp["expected_cost"] == pytest.approx(expected, rel=0.05)
+    assert all(c > hp["expected_cost"] for c in hp["cost_at_ends"])
+
+
+def test_a_batch_interval_over_the_limit_still_names_the_batch_with_its_risk():
+    plan = make_plan(target(), scaling=scaling_fit(), batch=batch_fit(0.6), lr=LR_FIT, tokens=2e7)
+    hp = plan["hyperparameters"]["batch"]
+    assert hp["interval95"][1] / hp["interval95"][0] > 4        # 2·1.96·0.6 in ln: ~10×
+    assert plan["status"] == "complete" and plan["gaps"] == [] and plan["train"]["batch_tokens"] == hp["value"]
+    note = next(n for n in plan["notes"] if n.startswith("batch size:"))
+    assert "over the 4× limit" in note and f"{hp['value']:,} tokens costs least" in note
+    assert f"+{hp['expected_cost']:.2%} of loss expected" in note and hp["expected_cost"] > 0
+    from windtunnel.launch import plan_spec                     # nothing left for --set to fill (make validate)
+    with pytest.raises(WindtunnelError, match="--set batch_tokens: the plan gives that value"):
+        plan_spec(plan, source="plan.yaml", given=["batch_tokens=8192"])
+
+
+def lr_fit(optima: list[tuple[float, float, float]]) -> dict:
+    """An LR fit.json of µP optima (lr_opt, low, high), each a parabola of curvature 0.3 loss per decade² at loss 3."""
+    return {**LR_FIT, "optima": [
+        {"parametrization": "mup", "model": f"w{i}", "lr_opt": o, "low": lo, "high": hi, "at_edge": False,
+         "curvature": 0.3, "loss_opt": 3.0} for i, (o, lo, hi) in enumerate(optima)]}
+
+
+def test_the_lr_interval_spans_the_widths_and_its_ends_are_priced_from_the_curves():
+    # tight optima that move across widths: the interval is their range, each end costs 0.3·Δ²/3 of loss
+    plan = make_plan(target(), scaling=None, batch=None, lr=lr_fit([(0.008, 0.0078, 0.0082), (0.01, 0.0098, 0.0102),
+                                                                   (0.0125, 0.0122, 0.0128)]), tokens=1e6)
+    hp = plan["hyperparameters"]["lr"]
+    assert plan["train"]["lr"] == hp["value"] == pytest.approx(0.01)   # the geometric mean
+    np.testing.assert_allclose(hp["interval95"], [0.008, 0.0125])
+    np.testing.assert_allclose(hp["cost_at_ends"], [0.1 * math.log10(0.8) ** 2, 0.1 * math.log10(1.25) ** 2])
+    # equal optima, each known to a factor 2 either way: the mean of three draws, sd log10(2)/1.96/sqrt(3) decades
+    hp = make_plan(target(), scaling=None, batch=None, lr=lr_fit([(0.01, 0.005, 0.02)] * 3),
+                   tokens=1e6)["hyperparameters"]["lr"]
+    half = 1.96 * math.log10(2) / 1.96 / math.sqrt(3)                     # 0.174 decades
+    np.testing.assert_allclose(np.log10(np.array(hp["interval95"]) / 0.01), [-half, half], atol=0.01)  # 4000 draws: ±0.004
+    np.testing.assert_allclose(hp["cost_at_ends"], 0.1 * np.log10(np.array(hp["interval95"]) / 0.01) ** 2)
+    assert "widened to the optima's range" in hp["basis"]

@@ -339,9 +339,11 @@ def _print_plan(plan: dict, path) -> None:
         stages = train.get("batch_warmup") or [[0, train["batch_tokens"]]]
         warm = f"{stages[0][1]:,}" + "".join(f" → {b:,} from {t:.3g} tokens" for t, b in stages[1:])
         print(f"  batch tokens  {warm}  (sequences of {train['seq_len']} tokens)")
+        _print_interval(plan["hyperparameters"]["batch"], "{:,.0f}")
     if "lr" in train:
         print(f"  max LR        {train['lr']:.4g}: the ladder's µP base LR, exact in its base: "
               + ", ".join(f"{k} {v}" for k, v in train.get("model", {}).items()))
+        _print_interval(plan["hyperparameters"]["lr"], "{:.3g}")
     if "schedule" in train:
         sched = train["schedule"]
         print(f"  schedule      WSD, warmup {sched['warmup_tokens']:.3g} tokens, exp decay from {sched['decay_start_tokens']:.4g} "
@@ -355,6 +357,24 @@ def _print_plan(plan: dict, path) -> None:
     for note in plan["notes"]:
         print(f"  note:         {note}")
     print(f"written: {path}")
+
+
+def _print_interval(hp: dict | None, fmt: str) -> None:
+    """A hyper-parameter's 95% interval and the relative loss it would cost (plan.hyperparameters): a batch's
+    expected cost there and at the interval's ends, an LR's cost if the optimum lies at either end."""
+    if not hp:
+        return
+    low, high = (fmt.format(x) for x in hp["interval95"])
+    ends = hp["cost_at_ends"]
+    pct = "+{:.2g}%".format
+    if ends is None:
+        cost = "loss cost not priced (see the plan's basis)"
+    elif "expected_cost" in hp:
+        cost = (f"expected loss {pct(100 * hp['expected_cost'])} at this batch, {pct(100 * ends[0])} / "
+                f"{pct(100 * ends[1])} at the interval's ends")
+    else:
+        cost = f"loss {pct(100 * ends[0])} / {pct(100 * ends[1])} if the optimum lies at either end"
+    print(f"{'':16}95% [{low}, {high}]; {cost}")
 
 
 def cmd_validate(args) -> None:

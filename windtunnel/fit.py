@@ -27,8 +27,8 @@ from windtunnel.errors import WindtunnelError
 __all__ = [
     "FitError", "validate",
     "ScalingLawFit", "fit_scaling_law", "compute_optimal", "d_over_n", "Backtest",
-    "BatchSizeFit", "tokens_to_reach", "fit_batch_size_law",
-    "LRTransferFit", "fit_lr_transfer",
+    "BatchSizeFit", "tokens_to_reach", "fit_batch_size_law", "batch_loss_cost",
+    "LRTransferFit", "fit_lr_transfer", "lr_for_target",
     "EnvelopeFit", "fit_envelope",
 ]
 
@@ -667,14 +667,15 @@ class BatchSizeFit:
 
     k: float                     # batch tokens at loss 1
     gamma: float
-    optima: pd.DataFrame = field(compare=False, repr=False)   # model, N, level, bs_opt, tokens_at_opt
+    optima: pd.DataFrame = field(compare=False, repr=False)   # model, N, level, bs_opt, tokens_at_opt, curvature
     n_skipped: int = 0           # parabolas left out: opening downward (n_concave) or vertex outside the batches
     n_concave: int = 0           # parabolas that open downward: no minimum
     n_outside: int = 0           # vertices outside the sampled batch sizes: not extrapolated
     n_bootstrap: int = 0
     intervals: dict = field(default_factory=dict)   # "k", "gamma" -> (low, high), 95% percentile
     reach: pd.DataFrame | None = field(default=None, compare=False, repr=False)  # tokens_to_reach rows (Fig. 1)
-    samples: np.ndarray | None = field(default=None, compare=False, repr=False)  # bootstrap (k, γ) rows
+    samples: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # bootstrap (k, γ) rows over whole models, widened by sqrt(G/(G−1)) (see `_bootstrap_line`)
 
     def predict(self, loss) -> np.ndarray:
         """Optimal batch size in tokens at a target loss."""
@@ -686,6 +687,27 @@ class BatchSizeFit:
             k, gamma = self.samples.T
             return k / np.asarray(loss, dtype=float)[..., None] ** gamma
         return _bootstrap_interval(self.samples, preds, level)
+
+    def draws(self, loss_interval, *, n_draws: int = 4000, seed: int = 0) -> np.ndarray:
+        """bs_opt (tokens) where both the loss and the law are uncertain: log L ~ normal through the loss's 95%
+        interval (a lognormal whose 2.5% and 97.5% points are its ends), each draw on one bootstrap (k, γ) row."""
+        if self.samples is None:
+            raise FitError("batch-size draws need bootstrap samples; refit with bootstrap=1000 or more")
+        rows = self.samples[np.isfinite(self.samples).all(axis=1)]
+        rng = np.random.default_rng(seed)
+        log_lo, log_hi = np.log(np.asarray(loss_interval, dtype=float))
+        log_loss = rng.normal((log_lo + log_hi) / 2, (log_hi - log_lo) / (2 * stats.norm.ppf(0.975)), n_draws)
+        k, gamma = rows[rng.permutation(np.arange(n_draws) % len(rows))].T   # every row as often, in random order
+        return k * np.exp(-gamma * log_loss)
+
+    def curvature_near(self, loss: float) -> float:
+        """c2 of log tokens = c0 + c1·log b + c2·(log b)² (natural logs) near `loss`: per model the optimum whose
+        level is nearest in log, the median over models (NaN for a fit without curvatures)."""
+        if "curvature" not in self.optima:
+            return math.nan
+        distance = (np.log(self.optima["level"]) - math.log(loss)).abs()
+        nearest = self.optima.loc[distance.groupby(self.optima["model"]).idxmin()]
+        return float(nearest["curvature"].median())
 
     def to_dict(self, *, samples: bool = False) -> dict:
         out = {"k": self.k, "gamma": self.gamma, "n_optima": len(self.optima), "n_skipped": self.n_skipped,
@@ -753,8 +775,8 @@ def fit_batch_size_law(curves: pd.DataFrame, *, levels=None, n_levels: int = 8, 
        is the optimal batch size (left out if it opens downward or lies outside the sampled batch sizes,
        never extrapolated: both counted);
     3) a line log bs_opt = log k − γ·log L through the optima of all models.
-    `levels=None` gives each model `n_levels` levels (see `_default_levels`). bootstrap=K resamples the
-    optima K times for 95% intervals on k and γ.
+    `levels=None` gives each model `n_levels` levels (see `_default_levels`). bootstrap=K resamples whole models
+    K times for 95% intervals on k and γ (`_bootstrap_line`: a model's optima share its curves).
     """
     frame = validate(curves, CURVE_COLUMNS, what="batch-size law", min_rows=3,
                      positive=("N", "batch_tokens", "tokens", "loss"))
@@ -766,15 +788,17 @@ def fit_batch_size_law(curves: pd.DataFrame, *, levels=None, n_levels: int = 8, 
         raise FitError(f"batch-size law needs optima at ≥2 loss levels; found {optima['level'].nunique()} — "
                        "add batch sizes around the optimum or more evaluations")
     log_k, gamma = _power_line(optima["level"].to_numpy(), optima["bs_opt"].to_numpy())
-    samples = _bootstrap_line(optima, bootstrap, seed) if bootstrap else None
+    samples = _bootstrap_line(optima, (log_k, gamma), bootstrap, seed) if bootstrap else None
     intervals = _percentiles(samples, ("k", "gamma")) if bootstrap else {}
     return BatchSizeFit(float(np.exp(log_k)), float(gamma), optima, n_concave + n_outside, n_concave, n_outside,
                         int(bootstrap), intervals, reach=reach, samples=samples)
 
 
 def _batch_optima(reach: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Vertex of the log–log parabola per (model, level); counts of concave ones and of those outside the sampled
-    batch sizes (left out: the side of the parabola past the last batch size is not measured)."""
+    """Vertex of the log–log parabola log tokens = c0 + c1·log b + c2·(log b)² per (model, level), with its
+    `curvature` c2 (what a batch off the optimum costs: log tokens rise by c2·(log b − log bs_opt)²); counts of
+    concave ones and of those outside the sampled batch sizes (left out: the side of the parabola past the last
+    batch size is not measured)."""
     rows, n_concave, n_outside = [], 0, 0
     for (model, level), group in reach.dropna(subset=["tokens"]).groupby(["model", "level"]):
         x, y = np.log(group["batch_tokens"].to_numpy()), np.log(group["tokens"].to_numpy())
@@ -788,8 +812,8 @@ def _batch_optima(reach: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
         if not x.min() <= vertex <= x.max():   # beyond the sampled batches the parabola is an extrapolation
             n_outside += 1
             continue
-        rows.append((model, group["N"].iloc[0], level, np.exp(vertex), np.exp(c0 - c1 * c1 / (4 * c2))))
-    optima = pd.DataFrame(rows, columns=["model", "N", "level", "bs_opt", "tokens_at_opt"])
+        rows.append((model, group["N"].iloc[0], level, np.exp(vertex), np.exp(c0 - c1 * c1 / (4 * c2)), c2))
+    optima = pd.DataFrame(rows, columns=["model", "N", "level", "bs_opt", "tokens_at_opt", "curvature"])
     return optima, n_concave, n_outside
 
 
@@ -799,17 +823,35 @@ def _power_line(level: np.ndarray, bs_opt: np.ndarray) -> tuple[float, float]:
     return intercept, -slope
 
 
-def _bootstrap_line(optima: pd.DataFrame, n_samples: int, seed: int) -> np.ndarray:
-    """(k, γ) of the line through each resample of the optima; NaN rows where a resample has one level."""
+def _bootstrap_line(optima: pd.DataFrame, center: tuple[float, float], n_samples: int, seed: int) -> np.ndarray:
+    """(k, γ) of the line through each resample of whole models (a cluster bootstrap: one model's optima at its
+    several levels come from the same curves, so their errors are shared, and resampling optima one by one treats
+    them as independent and is too narrow), pushed away from the fit `center` = (log k, γ) by sqrt(G/(G−1)) as
+    `_inflate` does (k in log space, γ linearly: every predicted log bs then moves by the same factor). Each
+    resample is a least-squares line weighted by how often its model was drawn; NaN rows where it has one level."""
     rng = np.random.default_rng(seed)
-    level, bs = optima["level"].to_numpy(), optima["bs_opt"].to_numpy()
-    out = np.full((n_samples, 2), np.nan)
-    for s in range(n_samples):
-        idx = rng.integers(0, len(level), len(level))
-        if np.unique(level[idx]).size >= 2:              # a line needs two distinct levels
-            log_k, gamma = _power_line(level[idx], bs[idx])
-            out[s] = np.exp(log_k), gamma
-    return out
+    ids = pd.factorize(optima["model"])[0]
+    n_groups = int(ids.max()) + 1
+    weight = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), n_samples)[:, ids].astype(float)
+    x, y = np.log(optima["level"].to_numpy()), np.log(optima["bs_opt"].to_numpy())
+    total = weight.sum(axis=1)
+    mx, my = weight @ x / total, weight @ y / total
+    sxx, sxy = weight @ (x * x) / total - mx * mx, weight @ (x * y) / total - mx * my
+    two_levels = sxx > 1e-12 * max(float(np.var(x)), 1e-300)   # a line needs two distinct levels
+    slope = np.where(two_levels, sxy / np.where(two_levels, sxx, 1.0), np.nan)
+    samples = np.column_stack([np.exp(my - slope * mx), -slope])
+    return _inflate(samples, (math.exp(center[0]), center[1]), n_groups, positive=np.array([True, False]))
+
+
+def batch_loss_cost(batch, bs_draws: np.ndarray, *, slope: float, curvature: float) -> np.ndarray:
+    """Expected relative loss cost of training at `batch` (tokens) when the optimum is uncertain (`bs_draws`).
+
+    A batch Δ = log b − log bs_opt off its optimum needs exp(c2·Δ²) times the tokens to reach a loss (the §3.2
+    parabola, `curvature` c2); at a fixed token budget that is a loss higher by s_D·c2·Δ² relatively, s_D =
+    −d log L / d log D (`slope`). Its expectation s_D·c2·E[Δ²] is least at b = exp(E[log bs_opt]), the
+    geometric mean of the draws."""
+    delta = np.log(np.asarray(batch, dtype=float))[..., None] - np.log(bs_draws)
+    return slope * curvature * (delta ** 2).mean(axis=-1)
 
 
 # ---------------------------------------------------------------- §3.3 learning-rate transfer
@@ -824,7 +866,8 @@ class LRTransferFit:
     and whether the LR transfers under µP (and not under SP)."""
 
     optima: pd.DataFrame = field(compare=False, repr=False)
-    # parametrization, model, [N, width], lr_opt, low, high, loss_opt, at_edge, n_points, n_fit, n_censored, lr_diverged
+    # parametrization, model, [N, width], lr_opt, low, high, loss_opt, curvature (loss per (log10 lr)², NaN at an
+    # edge), at_edge, n_points, n_fit, n_censored, lr_diverged
     spread: dict = field(default_factory=dict)   # parametrization -> `_spread`'s dict (ratio, 95% interval, widths)
     interval_method: str = "delta"               # "delta" or "bootstrap" (parametric, pooled noise)
     goal: dict = field(default_factory=dict)     # holds (True, False or None: undecided) and why; see `_goal`
@@ -928,7 +971,7 @@ def _lr_optimum(x, y, cap: float, noise, wide_vertex: float, n_boot: int, rng) -
         low = x[i - 1] if i > 0 else math.nan                  # a convex curve falling to the top end: optimum above
         high = min(x[i + 1] if i < x.size - 1 else math.inf, log_cap)   # ... rising from the low end: below
         return {"lr_opt": 10 ** min(x[i], log_cap), "low": 10 ** low, "loss_opt": float(y[i]), "at_edge": True,
-                "high": 10 ** high if high < math.inf else math.nan, "n_fit": 0}
+                "high": 10 ** high if high < math.inf else math.nan, "curvature": math.nan, "n_fit": 0}
     xs, ys = x[i - 1 : i + 2], y[i - 1 : i + 2]
     coef = np.polyfit(xs, ys, 2)                              # through 3 points; convex as the middle is lowest
     vertex = -coef[1] / (2 * coef[0])
@@ -936,7 +979,7 @@ def _lr_optimum(x, y, cap: float, noise, wide_vertex: float, n_boot: int, rng) -
     pull = vertex - wide_vertex if np.isfinite(wide_vertex) else 0.0
     low, high = np.clip([low + min(pull, 0), high + max(pull, 0)], xs[0], xs[-1])  # convex: between the neighbours
     return {"lr_opt": 10 ** min(vertex, log_cap), "low": 10 ** min(low, log_cap), "high": 10 ** min(high, log_cap),
-            "loss_opt": float(np.polyval(coef, vertex)), "at_edge": False, "n_fit": 3}
+            "loss_opt": float(np.polyval(coef, vertex)), "curvature": float(coef[0]), "at_edge": False, "n_fit": 3}
 
 
 def _vertex_interval(xs, coef, noise, n_boot: int, rng) -> tuple[float, float]:
@@ -973,11 +1016,8 @@ def _spread(optima: pd.DataFrame, rng, n_draws: int = 4000) -> dict:
     An optimum with an open side cannot be drawn: it is left out, of the ratio too (n_open), unless fewer than two
     are bounded (then the ratio is over all widths and there is no interval)."""
     lr = optima["lr_opt"].to_numpy(float)
-    center, low, high = (np.log10(optima[c].to_numpy(float)) for c in ("lr_opt", "low", "high"))
-    bounded = np.isfinite(low) & np.isfinite(high)
-    z = rng.standard_normal((n_draws, lr.size))
-    split = center + z * np.where(z > 0, high - center, center - low) / stats.norm.ppf(0.975)
-    draws = np.where(optima["at_edge"].to_numpy(bool), rng.uniform(0, 1, z.shape) * (high - low) + low, split)
+    bounded = np.isfinite(optima["low"].to_numpy(float)) & np.isfinite(optima["high"].to_numpy(float))
+    draws = _optimum_draws(optima, rng, n_draws)
     interval, used = None, bounded if bounded.sum() >= 2 else np.ones(lr.size, bool)
     estimate = lr[used].max() / lr[used].min()
     if bounded.sum() >= 2:
@@ -990,6 +1030,36 @@ def _spread(optima: pd.DataFrame, rng, n_draws: int = 4000) -> dict:
             "n_models": int(lr.size), "n_open": int((~bounded).sum()),
             "widths": [float(width.min()), float(width.max())] if width.size else None,
             "width_ratio": float(width.max() / width.min()) if width.size else None}
+
+
+def _optimum_draws(optima: pd.DataFrame, rng, n_draws: int) -> np.ndarray:
+    """log10 lr draws (n_draws × widths): each width's optimum from a split normal whose halves match the two sides
+    of its 95% interval, or uniform over the bracket of an optimum at the grid's edge (NaN for an open side)."""
+    center, low, high = (np.log10(optima[c].to_numpy(float)) for c in ("lr_opt", "low", "high"))
+    z = rng.standard_normal((n_draws, center.size))
+    split = center + z * np.where(z > 0, high - center, center - low) / stats.norm.ppf(0.975)
+    return np.where(optima["at_edge"].to_numpy(bool), rng.uniform(0, 1, z.shape) * (high - low) + low, split)
+
+
+def lr_for_target(optima: pd.DataFrame, *, n_draws: int = 4000, seed: int = 0) -> dict:
+    """The LR for a width outside the ladder from its bounded optima (one parametrization), §3.3.
+
+    value: the geometric mean of the optima. interval95: the 2.5–97.5% points of the geometric mean over draws of
+    every width's optimum from its interval (`_optimum_draws`), widened to the range of the optima when that is
+    larger — the target's width lies outside the ladder, so its optimum is as likely as any width's to sit at an
+    end of their spread. cost_at_ends: the relative loss of training at `value` when the optimum is at either end,
+    curvature·Δlog10(lr)² / loss_opt from each width's parabola, the median over widths (None without curvatures).
+    """
+    rng = np.random.default_rng(seed)
+    value = float(10 ** np.log10(optima["lr_opt"]).mean())
+    mean_draws = 10 ** _optimum_draws(optima, rng, n_draws).mean(axis=1)
+    low, high = np.nanpercentile(mean_draws, [2.5, 97.5])
+    interval = [float(min(low, optima["lr_opt"].min())), float(max(high, optima["lr_opt"].max()))]
+    rel_curvature = (optima["curvature"] / optima["loss_opt"]) if "curvature" in optima else pd.Series(dtype=float)
+    per_decade2 = float(rel_curvature.median()) if rel_curvature.notna().all() and len(rel_curvature) else math.nan
+    cost = [per_decade2 * math.log10(end / value) ** 2 for end in interval]
+    return {"value": value, "interval95": interval, "n_widths": int(len(optima)),
+            "cost_at_ends": cost if math.isfinite(per_decade2) else None}
 
 
 def _transfer_regret(part: pd.DataFrame) -> dict:

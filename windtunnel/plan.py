@@ -49,7 +49,7 @@ class PlanLimits:
     max_tokens_ratio: float = 4.0
     """largest high/low ratio of the compute-optimal token budget's 95% interval"""
     max_batch_ratio: float = 4.0
-    """largest high/low ratio of the batch size's 95% interval"""
+    """high/low ratio of the batch size's 95% interval beyond which the plan notes the batch's risk in loss"""
     max_lr_ratio: float = 4.0
     """largest high/low ratio of an LR optimum's 95% interval"""
     mfu: float = 0.4
@@ -92,6 +92,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
 
     check_budget(tokens, compute)
     gaps: list[str] = []
+    notes: list[str] = []
     fits = {"scaling law": scaling, "batch-size law": batch, "LR transfer": lr}
     usable = {name: _in_family(model, fit, name, gaps) for name, fit in fits.items()}
     n_kind = scaling.get("n_kind", "non_embedding") if scaling else "total"
@@ -117,9 +118,10 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     if not plan_tokens:
         gaps.append("predicted loss: needs a token budget")
     seq_len = _ladder_seq_len(scaling, limits)
-    batch_tokens, warmup = (_batch(n, plan_tokens, loss, batch, law, seq_len, limits, gaps)
-                            if batch is None or usable["batch-size law"] else (None, None))
-    max_lr = _lr(lr, limits, gaps) if lr is None or usable["LR transfer"] else None
+    batch_tokens, warmup, batch_hp = (_batch(n, plan_tokens, loss, batch, law, seq_len, limits, gaps, notes)
+                                      if batch is None or usable["batch-size law"] else (None, None, None))
+    lr_hp = _lr(lr, limits, gaps) if lr is None or usable["LR transfer"] else None
+    max_lr = lr_hp["value"] if lr_hp else None
     train: dict = {"seq_len": seq_len}
     base = _base(scaling, lr)
     if base is not None and (usable["scaling law"] or usable["LR transfer"]):
@@ -136,7 +138,6 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         if len(warmup) > 1:
             train["batch_warmup"] = [[stage["from_tokens"], stage["batch_tokens"]] for stage in warmup]
             steps = batch_steps(train["tokens"], batch_tokens, tuple(map(tuple, train["batch_warmup"])))
-    notes = []
     if max_lr:
         train["lr"] = max_lr
         ladder_lrs = (scaling or {}).get("lr") or []
@@ -157,6 +158,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         "train": train,
         "tokens_basis": basis,
         "predicted_loss": loss,
+        "hyperparameters": {"batch": batch_hp, "lr": lr_hp},
         "cost": cost,
         "paper": None if model.paper_run is None else {"tokens": model.paper_run.tokens,
                                                        "batch_tokens": list(model.paper_run.batch_tokens),
@@ -249,34 +251,72 @@ def _loss(counts: dict, n_kind: str, d: float, ladder, law, limits: PlanLimits, 
 
 
 def _batch(n: int, d: float | None, loss: dict | None, batch: dict | None, law, seq_len: int, limits: PlanLimits,
-           gaps: list) -> tuple[int | None, list | None]:
-    """3) batch size from bs_opt = k / L^γ at the predicted loss (§3.2), and a warmup from the losses on the way."""
+           gaps: list, notes: list) -> tuple[int | None, list | None, dict | None]:
+    """3) the batch size (§3.2) when both the loss and the law are uncertain, and a warm-up from the losses on the way.
+
+    Draws of bs_opt = k / L^γ: the loss through its 95% prediction interval × the law's bootstrap (k, γ) rows
+    (`BatchSizeFit.draws`); their 2.5–97.5% points are the batch's interval. A batch Δ = ln b − ln bs_opt off its
+    optimum costs s_D·c2·Δ² of relative loss (`fit.batch_loss_cost`: s_D = −d ln L / d ln D of the scaling law at
+    the target, c2 the median curvature of the optima nearest the target's loss); the expectation is least at the
+    draws' geometric mean, which is the plan's batch whatever s_D and c2 are. An interval wider than
+    `max_batch_ratio` is a note with that risk, not a gap: the least-cost batch is still the best one to train at.
+    Returns (batch tokens, warm-up stages, the plan's `hyperparameters.batch`)."""
     if batch is None:
         gaps.append("batch size: no usable batch-size-law fit (make sweep-bs fit)")
-        return None, None
+        return None, None, None
     if not loss or not loss["usable"]:
         gaps.append("batch size: needs a usable predicted loss")
-        return None, None
-    from windtunnel.fit import BatchSizeFit
+        return None, None, None
+    import numpy as np
+
+    from windtunnel.fit import BatchSizeFit, batch_loss_cost
 
     bs_law = BatchSizeFit.from_dict(batch)
-    best = float(bs_law.predict(loss["value"]))
-    low, high = (float(x) for x in bs_law.predict_interval(loss["value"]))
-    final = _round_batch(best, seq_len)
+    if bs_law.samples is None:
+        gaps.append("batch size: the batch-size-law fit has no bootstrap interval (fit with --bootstrap)")
+        return None, None, None
+    draws = bs_law.draws(loss["interval95"])
+    low, high = (float(x) for x in np.percentile(draws, [2.5, 97.5]))
+    final = _round_batch(float(np.exp(np.log(draws).mean())), seq_len)
+    slope, curvature = (_loss_slope(law, n, d) if law is not None else math.nan), bs_law.curvature_near(loss["value"])
+    cost = [float(c) for c in batch_loss_cost([final, low, high], draws, slope=slope, curvature=curvature)]
+    priced = all(map(math.isfinite, cost))
+    risk = (f"+{cost[0]:.2%} of loss expected (+{cost[1]:.2%} training at the interval's low end, +{cost[2]:.2%} "
+            f"at its high end)" if priced else "not priced: " + ("no scaling law for s_D" if law is None else
+                                                          "the batch-size fit has no curvatures (refit it)"))
+    lowest = min(o["level"] for o in batch["optima"])
+    out = {"value": final, "interval95": [low, high],
+           "law_interval95": [float(x) for x in bs_law.predict_interval(loss["value"])],
+           "expected_cost": cost[0] if priced else None, "cost_at_ends": cost[1:] if priced else None,
+           "loss_slope": slope if math.isfinite(slope) else None,
+           "curvature": curvature if math.isfinite(curvature) else None,
+           "basis": f"bs_opt = {bs_law.k:.4g} / L^{bs_law.gamma:.3g}, the loss drawn lognormal through its 95% "
+                    f"interval × the law's bootstrap over models; the draws' geometric mean (least expected loss "
+                    f"cost s_D·c2·E[Δ²], s_D = {slope:.3g}, c2 = {curvature:.3g}), in whole 8-sequence multiples; "
+                    f"risk {risk}"}
     if not high / low <= limits.max_batch_ratio:
-        lowest = min(o["level"] for o in batch["optima"])
-        gaps.append(f"batch size: the law gives {final:,} tokens ({best:,.0f} rounded to whole 8-sequence multiples) "
-                    f"at loss {loss['value']:.3g}, but its 95% interval [{low:,.0f}, {high:,.0f}] spans more than "
-                    f"{limits.max_batch_ratio:g}× (optima measured down to loss {lowest:.3g}) — add batch sizes, "
-                    "longer or larger runs to the batch-size sweep")
-        return None, None
-    # the loss early in training is higher, so its optimal batch is smaller: start at half the final batch
-    # until the predicted optimum passes the geometric middle (the paper's 1.2B run: 2M → 4M tokens)
-    switch = next((t for t in (d * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
-                   if bs_law.predict(float(law.predict(n, t))) >= final / math.sqrt(2)), None)
+        notes.append(f"batch size: its 95% interval [{low:,.0f}, {high:,.0f}] tokens spans {high / low:.1f}×, over "
+                     f"the {limits.max_batch_ratio:g}× limit (optima measured down to loss {lowest:.3g}, the target's "
+                     f"is {loss['value']:.3g}); {final:,} tokens costs least when the optimum is uncertain: {risk}")
+    return final, _batch_warmup(n, d, final, bs_law, law, seq_len), out
+
+
+def _loss_slope(law, n: int, d: float) -> float:
+    """s_D = −d ln L / d ln D of the scaling law at (n, d), by a central difference over ±1% of D."""
+    step = 0.01
+    up, down = (float(law.predict(n, d * f)) for f in (1 + step, 1 / (1 + step)))
+    return -math.log(up / down) / (2 * math.log(1 + step))
+
+
+def _batch_warmup(n: int, d: float, final: int, bs_law, law, seq_len: int) -> list:
+    """The loss early in training is higher, so its optimal batch is smaller: start at half the final batch until
+    the predicted optimum passes the geometric middle (the paper's 1.2B run: 2M → 4M tokens)."""
+    switch = None if law is None else next(
+        (t for t in (d * f for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
+         if bs_law.predict(float(law.predict(n, t))) >= final / math.sqrt(2)), None)
     if switch is None or switch <= 0.01 * d or final // 2 < seq_len:
-        return final, [{"from_tokens": 0, "batch_tokens": final}]
-    return final, [{"from_tokens": 0, "batch_tokens": final // 2}, {"from_tokens": int(switch), "batch_tokens": final}]
+        return [{"from_tokens": 0, "batch_tokens": final}]
+    return [{"from_tokens": 0, "batch_tokens": final // 2}, {"from_tokens": int(switch), "batch_tokens": final}]
 
 
 def _round_batch(tokens: float, seq_len: int) -> int:
@@ -289,8 +329,9 @@ def _round_batch(tokens: float, seq_len: int) -> int:
     return int(8 * max(1, round(rows / 8)) * seq_len)
 
 
-def _lr(lr: dict | None, limits: PlanLimits, gaps: list) -> float | None:
-    """4) the max LR: the ladder's µP optimum, which transfers across widths within its base (§3.3)."""
+def _lr(lr: dict | None, limits: PlanLimits, gaps: list) -> dict | None:
+    """4) the max LR: the ladder's µP optimum, which transfers across widths within its base (§3.3), with its 95%
+    interval and the loss it would cost across it (`fit.lr_for_target`); the plan's `hyperparameters.lr`."""
     if lr is None:
         gaps.append("lr: no usable LR-transfer fit (make sweep-lr fit)")
         return None
@@ -300,7 +341,17 @@ def _lr(lr: dict | None, limits: PlanLimits, gaps: list) -> float | None:
         gaps.append(f"lr: none of the {len(optima)} µP optima is inside the sampled LRs with a 95% interval "
                     f"under {limits.max_lr_ratio:g}× — widen the LR grid")
         return None
-    return float(math.exp(sum(math.log(o["lr_opt"]) for o in usable) / len(usable)))
+    import pandas as pd
+
+    from windtunnel.fit import lr_for_target
+
+    out = lr_for_target(pd.DataFrame(usable))
+    cost = ("relative loss curvature·Δlog10(lr)²/loss_opt at each end from the LR study's parabolas, median over "
+            "widths" if out["cost_at_ends"] else "cost not priced: the LR fit has no curvatures (refit it)")
+    return {"value": out["value"], "interval95": out["interval95"], "cost_at_ends": out["cost_at_ends"],
+            "basis": f"geometric mean of the {len(usable)} µP optima (of {len(optima)}) inside the grid with 95% "
+                     f"intervals under {limits.max_lr_ratio:g}×; interval: that mean over draws of each optimum, "
+                     f"widened to the optima's range (the target's width is outside the ladder); {cost}"}
 
 
 def plan_from_fits(target: str, *, tokens: float | None = None, compute: float | None = None,

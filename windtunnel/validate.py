@@ -1,6 +1,6 @@
 """The wind tunnel's own test: plan a target beyond the ladder from the fits, train it as planned, compare.
 
-    windtunnel validate micro-1.3m --tokens 9227469 [--set batch_tokens=8192] [--workers 2]    # make validate
+    windtunnel validate micro-1.3m --tokens 9227469 [--workers 2]    # make validate
 
 1) `plan_from_fits` plans the target (results/plans/TARGET.yaml); an incomplete plan is refused with its gaps,
    unless `--set key=value` gives each value the plan left out (`launch.plan_spec`: the rest is the plan's),

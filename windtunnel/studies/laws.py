@@ -258,8 +258,9 @@ def lr_transfer(frame: pd.DataFrame, o: Options) -> Fitted:
 
 def describe_batch_size(law: dict) -> list[str]:
     low, high = law["intervals"].get("gamma", (float("nan"),) * 2)
-    lines = [f"bs_opt = {law['k']:.4g} / L^{law['gamma']:.3f} tokens (gamma 95% [{low:.3f}, {high:.3f}]; "
-             f"{len(law['optima'])} optima)"]
+    n_models = len({o["model"] for o in law["optima"]})
+    lines = [f"bs_opt = {law['k']:.4g} / L^{law['gamma']:.3f} tokens (gamma 95% [{low:.3f}, {high:.3f}], bootstrap "
+             f"over the {n_models} models; {len(law['optima'])} optima)"]
     if law["n_skipped"]:
         lines.append(f"left out {law['n_skipped']} (model, loss) parabolas: {law['n_outside']} with the optimum outside "
                      f"the sampled batch sizes (not extrapolated: add batch sizes beyond them), {law['n_concave']} "
