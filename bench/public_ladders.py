@@ -21,9 +21,12 @@ and the extrapolation ratios over the largest N, D and C = 6ND of the fitted row
 held-out runs, the median relative half-width of those within 4× in every direction, the mean interval score per
 distance bin (max of the three ratios: ≤2, 2–4, 4–16, >16). A run a method refuses (`"loss": None`, beyond its
 guardrails) is counted apart (`refused`), not in the coverage.
-Methods: "baseline", today's study (the form with the lower rolling-backtest error, bootstrap 0, picks; then
-fit_scaling_law with the group bootstrap and predict_interval of a new run), and "windtunnel", the calibrated
-windtunnel.fit.fit_ladder (skipped, with a printed line, where it does not exist yet). The new method's summary is the
+Method: windtunnel.predict.fit_ladder, whose misspecification floor and guardrail limits are the calibration rule
+(`rule`) applied to the OTHER ladders (leave one ladder out: a ladder is never scored with numbers learned from
+itself); `--calibrate` prints each ladder's own s and reach and the rule over all five, the values in
+windtunnel/predict.py. Beside it, "baseline": today's method before windtunnel.predict (the form with the lower
+rolling-backtest error, fit_scaling_law with the group bootstrap, predict_interval of a new run), measured by this
+script at commit 53338e7 and stored in bench/results/public_ladders_baseline.json. The new method's summary is the
 top level of the JSON; today's is under "baseline"; the published figures under "published".
 """
 
@@ -127,56 +130,43 @@ def _columns(rows: pd.DataFrame):
     return rows["N"].to_numpy(float), rows["D"].to_numpy(float), rows["loss"].to_numpy(float), rows["group"].to_numpy()
 
 
-def _pick_form(N, D, loss, groups) -> tuple[str, dict]:
-    """Today's choice (studies.laws._prediction_form): the form whose rolling backtests (bootstrap 0) err less."""
-    from windtunnel import fit
+def calibrate(rows: pd.DataFrame) -> dict:
+    """One ladder's own calibration, every run fitted (windtunnel.predict): the largest misspecification sd s per
+    e-fold its kept candidates' directional backtests measured, and how far beyond the fitted part their held-out
+    points reached in N, D and C (the furthest over the candidates' backtests)."""
+    from windtunnel.predict import DIRECTIONS, fit_ladder
 
-    if np.unique(N).size <= 3:
-        return "chinchilla", {}
-    scores = {form: float(np.mean([t.mean_abs_rel_err for t in fit.rolling_backtests(
-        N, D, loss, groups=groups, bootstrap=0, form=form)])) for form in fit.FORMS}
-    return min(scores, key=scores.get), scores
+    rows = rows[rows["role"] == "ladder"]   # OLMo's 7B and 13B targets are not part of its ladder
+    fitted = fit_ladder(*_columns(rows)[:3], groups=rows["group"].to_numpy(), bootstrap=0)
+    reach = {k: max(t["reach"][k] for c in fitted.candidates for t in c.backtests) for k in DIRECTIONS}
+    return {"own_sd": fitted.own_sd, "reach": reach, "kept": [c.name for c in fitted.kept]}
 
 
-def _baseline(fitted: pd.DataFrame, targets: pd.DataFrame, *, bootstrap: int, seed: int) -> tuple[list, dict]:
-    from windtunnel import fit
+def rule(calibrations: dict) -> dict:
+    """The calibration rule (predict.MISSPEC_FLOOR and predict.LIMITS): the median over the ladders of their own s,
+    and per direction the median over the ladders of their backtests' reach."""
+    cal = list(calibrations.values())
+    return {"floor": float(np.median([c["own_sd"] for c in cal])),
+            "limits": {k: float(np.median([c["reach"][k] for c in cal])) for k in ("n", "d", "c")}}
+
+
+def _baseline_stored() -> dict:
+    """Today's method (before windtunnel.predict): the study's form, picked by the lower rolling-backtest error,
+    fitted with the group bootstrap, and predict_interval of a new run — measured by this script at commit 53338e7
+    (the code it needs is gone) and stored in bench/results/public_ladders_baseline.json."""
+    return json.loads((Path(__file__).resolve().parent / "results" / "public_ladders_baseline.json").read_text())["baseline"]
+
+
+def _windtunnel(fitted: pd.DataFrame, targets: pd.DataFrame, *, bootstrap: int, seed: int, floor: float,
+                limits: dict) -> tuple[list, dict]:
+    """windtunnel.predict.fit_ladder, its floor and limits calibrated on the other ladders (leave one ladder out)."""
+    from windtunnel.predict import fit_ladder
 
     N, D, loss, groups = _columns(fitted)
-    form, scores = _pick_form(N, D, loss, groups)
-    law = fit.fit_scaling_law(N, D, loss, form=form, bootstrap=bootstrap, seed=seed, groups=groups)
-    tn, td = targets["N"].to_numpy(float), targets["D"].to_numpy(float)
-    low, high = law.predict_interval(tn, td)
-    preds = [{"n": float(n), "d": float(d), "loss": float(p), "low": float(lo), "high": float(hi)}
-             for n, d, p, lo, hi in zip(tn, td, law.predict(tn, td), low, high)]
-    c = np.array(A_BUDGETS)
-    n_opt = fit.compute_optimal(law, c)["N_opt_numeric"].to_numpy()
-    return preds, {"form": form, "backtest_mean_abs_rel_err": scores, "group_sd": law.group_sd,
-                   "drift_sd": law.drift_sd, "a": float(np.log(n_opt[1] / n_opt[0]) / np.log(c[1] / c[0]))}
-
-
-def _windtunnel(fitted: pd.DataFrame, targets: pd.DataFrame, *, bootstrap: int, seed: int) -> tuple[list, dict]:
-    from windtunnel.fit import fit_ladder
-
-    N, D, loss, groups = _columns(fitted)
-    law = fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed)
-    return law.predict(targets["N"].to_numpy(float), targets["D"].to_numpy(float)), {"own_sd": law.own_sd}
-
-
-METHODS = {"baseline": _baseline, "windtunnel": _windtunnel}
-
-
-def predict_targets(method: str, fitted_rows: pd.DataFrame, targets: pd.DataFrame, *, bootstrap: int = 1000,
-                    seed: int = 0) -> tuple[list[dict], dict]:
-    """One method fitted on `fitted_rows`, asked for every row of `targets`: a list of {"n", "d", "loss", "low",
-    "high"} in the targets' order ("loss": None and a "reason" beyond its guardrails), and facts about its fit."""
-    return METHODS[method](fitted_rows, targets, bootstrap=bootstrap, seed=seed)
-
-
-def available() -> list[str]:
-    """The methods this checkout has: the baseline always, windtunnel once fit_ladder exists."""
-    from windtunnel import fit
-
-    return ["baseline", "windtunnel"] if hasattr(fit, "fit_ladder") else ["baseline"]
+    law = fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed, floor=floor, limits=limits)
+    preds = law.predict(targets["N"].to_numpy(float), targets["D"].to_numpy(float))
+    return preds, {"form": "+".join(c.form for c in law.kept), "own_sd": law.own_sd, "floor": floor,
+                   "limits": limits, "n_dropped": law.n_dropped}
 
 
 # ---------------------------------------------------------------- scores and summaries
@@ -273,16 +263,18 @@ def porian_exponents(ladders: dict[str, pd.DataFrame]) -> dict:
 
 
 def _job(args: tuple) -> tuple[list, dict, float]:
-    method, design, bootstrap, seed = args
+    design, bootstrap, seed, cal = args
     start = time.perf_counter()
-    preds, info = predict_targets(method, design.fitted, design.targets, bootstrap=bootstrap, seed=seed)
+    preds, info = _windtunnel(design.fitted, design.targets, bootstrap=bootstrap, seed=seed, **cal)
     return preds, info, time.perf_counter() - start
 
 
-def evaluate(method: str, all_designs: list[Design], *, bootstrap: int, seed: int, workers: int) -> dict:
-    """Every design with one method: the summary over all held-out runs, the per-design table, the records."""
+def evaluate(all_designs: list[Design], calibrations: dict, *, bootstrap: int, seed: int, workers: int) -> dict:
+    """Every design with windtunnel's calibrated method, each ladder's floor and limits from the other ladders:
+    the summary over all held-out runs, the per-design table, the records."""
+    held_out = {d.ladder: rule({k: v for k, v in calibrations.items() if k != d.ladder}) for d in all_designs}
     with ProcessPoolExecutor(workers) as pool:
-        results = list(pool.map(_job, [(method, d, bootstrap, seed) for d in all_designs]))
+        results = list(pool.map(_job, [(d, bootstrap, seed, held_out[d.ladder]) for d in all_designs]))
     records, rows = [], []
     for design, (preds, info, seconds) in zip(all_designs, results):
         mine = target_records(design, preds)
@@ -315,7 +307,9 @@ def print_table(name: str, result: dict) -> None:
               f"{_pct(r['median_abs_error'])} {_pct(r['median_half_width'])}  "
               + "  ".join(_pct(v) for v in r["interval_score"].values()))
     for r in result["targets"]:
-        if r["ladder"] == OLMO:
+        if r["ladder"] == OLMO and r["loss"] is None:
+            print(f"  {r['name']:<16} actual {r['actual']:.4f}  refused: {r.get('reason', '')}")
+        elif r["ladder"] == OLMO:
             published = f"  published {r['published']['loss']:.4f}" if "published" in r else ""
             print(f"  {r['name']:<16} actual {r['actual']:.4f}  pred {r['loss']:.4f} [{r['low']:.4f}, {r['high']:.4f}] "
                   f"err {_pct(r['rel_error'])} {'covered' if r['covered'] else 'MISSED '}{published}"
@@ -330,6 +324,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/public_ladders.json"))
     parser.add_argument("--workers", type=int, default=2, help="processes, one design each at a time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibrate", action="store_true", help="print the calibration rule's values and stop")
     args = parser.parse_args()
     ladders, start = load_ladders(), time.perf_counter()
     all_designs = designs(ladders)
@@ -340,18 +335,27 @@ def main() -> None:
            "designs": {"olmo": "fit 190M-1B, predict the 3B runs and the 7B, 13B targets",
                        "largest_budgets": f"Porian: fit budgets <= {BUDGET_CUT:.2g} FLOPs, predict every row above",
                        "largest_sizes": f"Porian: hold out N > N_min*(N_max/N_min)^{SIZE_SHARE}"}}
-    methods = available()
-    if "windtunnel" not in methods:
-        print("windtunnel: skipped (windtunnel.fit.fit_ladder does not exist in this checkout); baseline only")
-        out.update({"coverage": None, "median_half_width_within_4x": None, "interval_score": None, "targets": [],
-                    "skipped": "windtunnel.fit.fit_ladder does not exist in this checkout"})
-    for method in methods:
-        result = evaluate(method, all_designs, bootstrap=args.bootstrap, seed=args.seed, workers=args.workers)
-        print_table(method, result)
-        if method == "windtunnel":
-            out.update(result)
-        else:
-            out["baseline"] = result
+    with ProcessPoolExecutor(args.workers) as pool:
+        calibrations = dict(zip(ladders, pool.map(calibrate, ladders.values())))
+    out["calibration"] = {"ladders": calibrations, "rule": rule(calibrations),
+                          "how": "each ladder fitted on all its runs; floor = median of their own s, limits = "
+                                 "median of their backtests' reach per direction (predict.MISSPEC_FLOOR, LIMITS); "
+                                 "each design below uses the rule over the other ladders (leave one ladder out)"}
+    for name, c in calibrations.items():
+        print(f"calibration {name:<52} s {c['own_sd']:.4f}/e-fold, reach N {c['reach']['n']:.3g}x D "
+              f"{c['reach']['d']:.3g}x C {c['reach']['c']:.3g}x, kept {', '.join(c['kept'])}")
+    r = out["calibration"]["rule"]
+    print(f"rule over all ladders: floor {r['floor']:.4f}, limits N {r['limits']['n']:.4g}x D {r['limits']['d']:.4g}x "
+          f"C {r['limits']['c']:.4g}x")
+    if args.calibrate:
+        return
+    result = evaluate(all_designs, calibrations, bootstrap=args.bootstrap, seed=args.seed, workers=args.workers)
+    print_table("windtunnel", result)
+    out.update(result)
+    out["baseline"] = _baseline_stored()
+    print_table("baseline (stored, commit 53338e7)", out["baseline"])
+    out["versus_baseline"] = {k: {"windtunnel": out["interval_score"][k], "baseline": out["baseline"]["interval_score"][k]}
+                              for k in BINS}
     out["published"] = {"olmo_13b": OLMO_13B, "porian": porian_exponents(ladders)}
     for name, v in out["published"]["porian"].items():
         fitted = ", ".join(f"{k} {a:.3f}" for k, a in v["a_fitted_all_rows"].items())
