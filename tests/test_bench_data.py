@@ -48,3 +48,13 @@ def test_designs_hold_out_by_rule(bench):
         sizes = splits[(name, "largest_sizes")]
         assert sizes.fitted["N"].nunique() == 12 and sizes.targets["N"].nunique() == 4
         assert sizes.fitted["N"].max() < sizes.targets["N"].min()
+
+
+def test_the_shipped_floor_and_limits_are_the_calibration_rule_on_the_public_ladders(bench):
+    """predict.MISSPEC_FLOOR and predict.LIMITS are not tuned by hand: they are `bench/public_ladders.py --calibrate`'s
+    rule (medians over the five ladders of their own s and of their backtests' reach), to their printed precision."""
+    from windtunnel.predict import LIMITS, MISSPEC_FLOOR
+
+    rule = bench.rule({name: bench.calibrate(rows) for name, rows in bench.load_ladders().items()})
+    assert rule["floor"] == pytest.approx(MISSPEC_FLOOR, abs=5e-5)
+    assert rule["limits"] == pytest.approx(LIMITS, abs=0.005)

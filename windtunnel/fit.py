@@ -156,13 +156,15 @@ class _Chinchilla(_Form):
         c_n, a, c_d, b, _ = p
         return _K(a, c_n, b, c_d) * (compute / 6) ** (b / (a + b))
 
-    def log_pred(self, thetas, x, y):
-        """log pred (K, n) and its Jacobian in θ (K, n, 5)."""
+    def log_pred(self, thetas, x, y, jac: bool = True):
+        """log pred (K, n) and its Jacobian in θ (K, n, 5), or None with jac=False (an objective's value only)."""
         a, alpha, b, beta, e = (thetas[:, i : i + 1] for i in range(5))
         t0, t1 = a - alpha * x, b - beta * y
         top = np.maximum(np.maximum(t0, t1), e)                          # log-sum-exp, shifted for range
         s0, s1, s2 = np.exp(t0 - top), np.exp(t1 - top), np.exp(e - top)
         total = s0 + s1 + s2
+        if not jac:
+            return top + np.log(total), None
         s0, s1, s2 = s0 / total, s1 / total, s2 / total                  # d log pred / d(each term)
         return top + np.log(total), np.stack([s0, -s0 * x, s1, -s1 * y, s2], axis=-1)
 
@@ -201,12 +203,14 @@ class _Kaplan(_Form):
             return (a_n * n_c ** (a_n / a_d) * compute / (6 * a_d * d_c)) ** (a_d / (a_n + a_d))
 
     @np.errstate(over="ignore", invalid="ignore")
-    def log_pred(self, thetas, x, y):
+    def log_pred(self, thetas, x, y, jac: bool = True):
         c, d, a_n, a_d, e = (thetas[:, i : i + 1] for i in range(5))
         u, v = (a_n / a_d) * (c - x), d - y
         s = np.logaddexp(u, v)
         t = a_d * s
         lp = np.logaddexp(t, e)
+        if not jac:
+            return lp, None
         w_t, w_e = np.exp(t - lp), np.exp(e - lp)
         p_u, p_v = np.exp(u - s), np.exp(v - s)
         jac = np.stack([w_t * a_n * p_u, w_t * a_d * p_v, w_t * p_u * (c - x), w_t * (s - p_u * u), w_e], axis=-1)
@@ -489,7 +493,7 @@ class _Problem:
         """Score every start, refine the `n_refine` best together (`refit_batch`), polish the lowest with L-BFGS-B."""
         w = np.full(self.x.size, 1 / self.x.size)
         best = starts[np.argsort(self.batch_objective(starts, w[None]))[:n_refine]]
-        refined = self.refit_batch(best, np.tile(w, (len(best), 1)))
+        refined = self.refit_batch(best, np.tile(w, (len(best), 1)), max_iter=200, polish=False)
         return self.lbfgs(refined[np.argmin(self.batch_objective(refined, w[None]))], w)[0]
 
     def fit_curve(self, theta0, idx=None):
@@ -530,13 +534,13 @@ class _Problem:
                     pass
         return np.column_stack(self.form.natural(thetas.T, self.mN, self.mD))
 
-    def refit_batch(self, theta0, weights, *, max_iter: int = 1000, tol: float = 1e-7):
+    def refit_batch(self, theta0, weights, *, max_iter: int = 1000, tol: float = 1e-7, polish: bool = True):
         """Minimise the Huber objective for every row of `weights` at once, started from θ0 (one row, or one per row).
 
         Levenberg–Marquardt on the IRLS majoriser of the Huber loss (weights ψ(r)/r), steps
         accepted per row only when the true objective falls: the same optimum as L-BFGS-B,
         but one numpy pass serves all K bootstrap refits (scipy's per-call overhead would cost
-        ~50 ms per refit, minutes for K = 4000). Rows not converged after `max_iter` finish with L-BFGS-B.
+        ~50 ms per refit, minutes for K = 4000). Rows not converged after `max_iter` finish with L-BFGS-B (polish=False: left as they are).
         """
         theta = np.broadcast_to(np.asarray(theta0, float), (len(weights), 5)).copy()
         f, lam = self.batch_objective(theta, weights), np.full(len(weights), 1e-3)
@@ -569,18 +573,18 @@ class _Problem:
             done = still | (lam[rows] > 1e12)
             active[rows[done]] = False
         self.stragglers = int(active.sum())
-        for k in np.flatnonzero(active):   # the few rows LM left unconverged
+        for k in np.flatnonzero(active) if polish else ():   # the few rows LM left unconverged
             theta[k] = self.lbfgs(theta[k], weights[k])[0]
         return theta
 
-    def residuals(self, thetas):
+    def residuals(self, thetas, jac: bool = True):
         """log(pred) − log(loss) for each θ row (K, n) and its Jacobian in θ (K, n, 5)."""
-        log_pred, jac = self.form.log_pred(thetas, self.x, self.y)
-        return log_pred - self.log_loss, jac
+        log_pred, jacobian = self.form.log_pred(thetas, self.x, self.y, jac)
+        return log_pred - self.log_loss, jacobian
 
     def batch_objective(self, thetas, weights):
         """Weighted Huber objective of each θ row with its weight row (or one row for all)."""
-        return (weights * _huber(self.residuals(thetas)[0], self.delta)[0]).sum(axis=1)
+        return (weights * _huber(self.residuals(thetas, jac=False)[0], self.delta)[0]).sum(axis=1)
 
 
 def _huber(r, delta):

@@ -282,6 +282,7 @@ def _summary(test: dict) -> dict:
 
 
 MAX_ORIGINS = 4   # rolling backtests: at most this many origins, the largest sizes (a table of 142 sizes gets 4 fits)
+BACKTEST_BOOTSTRAP = 300   # resamples behind a backtest's intervals: a check of coverage, not a number a plan uses
 
 
 def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: int = 0, min_sizes: int = 3,
@@ -307,7 +308,8 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
     for k in range(max(min_sizes, sizes.size - max_origins), sizes.size):
         train, test = Ns[primary] <= sizes[k - 1], Ns[primary] == sizes[k]
         ladder = fit_ladder({c: v[train] for c, v in Ns.items()}, D[train], loss[train], groups=groups[train],
-                            bootstrap=bootstrap, seed=seed, limits={d: math.inf for d in DIRECTIONS})
+                            bootstrap=min(bootstrap, BACKTEST_BOOTSTRAP), seed=seed,
+                            limits={d: math.inf for d in DIRECTIONS})
         held = {c: v[test] for c, v in Ns.items()}
         preds = ladder.predict(held, D[test])
         if any(p["loss"] is None for p in preds):   # no bootstrap, or too few stable runs: errors only
