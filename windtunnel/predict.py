@@ -25,6 +25,8 @@ Only numpy, scipy and pandas are imported.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -292,8 +294,6 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
     size k+1 with its 95% prediction interval (guardrails off: this tests the interval; runs with D < N are out of
     the law's domain, in the fit and among the held-out points). One fit.Backtest per k;
     its `fit` is the best candidate's law, `by_candidate` each candidate's mean |error| there."""
-    from windtunnel.fit import Backtest
-
     Ns = dict(N) if isinstance(N, dict) else {"given": N}
     Ns = {k: np.asarray(v, dtype=float).ravel() for k, v in Ns.items()}
     D, loss = np.asarray(D, dtype=float).ravel(), np.asarray(loss, dtype=float).ravel()
@@ -304,24 +304,35 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
     sizes = np.unique(Ns[primary])
     if sizes.size <= min_sizes:
         raise FitError(f"a rolling back-test needs more than {min_sizes} sizes (got {sizes.size}); add runs of other sizes")
-    out = []
-    for k in range(max(min_sizes, sizes.size - max_origins), sizes.size):
-        train, test = Ns[primary] <= sizes[k - 1], Ns[primary] == sizes[k]
-        ladder = fit_ladder({c: v[train] for c, v in Ns.items()}, D[train], loss[train], groups=groups[train],
-                            bootstrap=min(bootstrap, BACKTEST_BOOTSTRAP), seed=seed,
-                            limits={d: math.inf for d in DIRECTIONS})
-        held = {c: v[test] for c, v in Ns.items()}
-        preds = ladder.predict(held, D[test])
-        if any(p["loss"] is None for p in preds):   # no bootstrap, or too few stable runs: errors only
-            preds = []
-        point = np.array([p["loss"] for p in preds], dtype=float) if preds else \
-            np.exp(np.mean([np.log(c.law.predict(held[c.n_kind], D[test])) for c in ladder.kept], axis=0))
-        rel = point / loss[test] - 1
-        low, high = (tuple(float(p[b]) for p in preds) for b in ("low", "high"))
-        covered = tuple(bool(lo <= y <= hi) for lo, hi, y in zip(low, high, loss[test]))
-        by_candidate = {c.name: float(np.mean(np.abs(c.law.predict(held[c.n_kind], D[test]) / loss[test] - 1)))
-                        for c in ladder.candidates}
-        out.append(Backtest(float(sizes[k]), k, int(train.sum()), int(test.sum()), tuple(map(float, rel)),
-                            float(np.abs(rel).mean()), float(np.abs(rel).max()), float(rel.mean()), low, high, covered,
-                            ladder.best.law, by_candidate))
-    return out
+    origins = [(k, Ns, D, loss, groups, sizes, primary, bootstrap, seed)
+               for k in range(max(min_sizes, sizes.size - max_origins), sizes.size)]
+    workers = min(len(origins), os.cpu_count() or 1)
+    if workers < 2:
+        return [_backtest(o) for o in origins]
+    with ProcessPoolExecutor(workers) as pool:   # the origins are independent: one core each
+        return list(pool.map(_backtest, origins))
+
+
+def _backtest(origin: tuple):
+    """One origin of `rolling_backtests`: fit the k smallest sizes, predict size k+1."""
+    from windtunnel.fit import Backtest
+
+    k, Ns, D, loss, groups, sizes, primary, bootstrap, seed = origin
+    train, test = Ns[primary] <= sizes[k - 1], Ns[primary] == sizes[k]
+    ladder = fit_ladder({c: v[train] for c, v in Ns.items()}, D[train], loss[train], groups=groups[train],
+                        bootstrap=min(bootstrap, BACKTEST_BOOTSTRAP), seed=seed,
+                        limits={d: math.inf for d in DIRECTIONS})
+    held = {c: v[test] for c, v in Ns.items()}
+    preds = ladder.predict(held, D[test])
+    if any(p["loss"] is None for p in preds):   # no bootstrap, or too few stable runs: errors only
+        preds = []
+    point = np.array([p["loss"] for p in preds], dtype=float) if preds else \
+        np.exp(np.mean([np.log(c.law.predict(held[c.n_kind], D[test])) for c in ladder.kept], axis=0))
+    rel = point / loss[test] - 1
+    low, high = (tuple(float(p[b]) for p in preds) for b in ("low", "high"))
+    covered = tuple(bool(lo <= y <= hi) for lo, hi, y in zip(low, high, loss[test]))
+    by_candidate = {c.name: float(np.mean(np.abs(c.law.predict(held[c.n_kind], D[test]) / loss[test] - 1)))
+                    for c in ladder.candidates}
+    return Backtest(float(sizes[k]), k, int(train.sum()), int(test.sum()), tuple(map(float, rel)),
+                    float(np.abs(rel).mean()), float(np.abs(rel).max()), float(rel.mean()), low, high, covered,
+                    ladder.best.law, by_candidate)
