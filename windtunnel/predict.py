@@ -254,6 +254,8 @@ def fit_ladder(N, D, loss, *, groups=None, forms=tuple(FORMS), bootstrap: int = 
     Ns = {k: np.asarray(v, dtype=float).ravel() for k, v in Ns.items()}
     D, loss = np.asarray(D, dtype=float).ravel(), np.asarray(loss, dtype=float).ravel()
     primary = next(iter(Ns))
+    if D.size < 6:
+        raise FitError(f"scaling-law fit needs at least 6 points (got {D.size})")
     keep = D >= MIN_TOKENS_PER_PARAM * Ns[primary]
     if keep.sum() < 6:
         raise FitError(f"scaling-law fit: {keep.sum()} of {keep.size} runs have at least as many tokens as "
