@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from windtunnel.fit import (FitError, ScalingLawFit, compute_optimal, d_over_n,
+from windtunnel.fit import (FitError, PerToken, ScalingLawFit, compute_optimal, d_over_n,
                             fit_batch_size_law, fit_envelope, fit_lr_transfer, fit_scaling_law,
                             tokens_to_reach, validate)
 
@@ -167,6 +167,27 @@ def test_compute_optimal_closed_form_matches_numeric(clean_fit):
     f = clean_fit                                                      # §5: N/D = K²·(C/6)^η
     np.testing.assert_allclose(1 / table["ratio_closed"], f.K ** 2 * (budgets / 6) ** f.eta, rtol=1e-9)
     assert d_over_n(f, 1e22) == pytest.approx(table["ratio_numeric"].iloc[2])
+
+
+def test_compute_optimal_under_a_flop_count_with_attention(clean_fit):
+    """C = f(N)·D with f = k·N^g (attention's share falls with width: g < 1): the closed form of both forms is the
+    numeric minimum of L(N, C/f(N)), the budget is spent exactly, and g = 1, k = 6 is 6·N·D again."""
+    N = np.repeat(np.geomspace(5e4, 5e5, 5), 4)
+    D = np.tile(np.array([1, 2, 4, 8]) * 1.1e6, 5)
+    kaplan = fit_scaling_law(N, D, kaplan_law(N, D), form="kaplan")
+    per_token = PerToken.of_ladder("full", N, 6 * N + 200 * N ** 0.5)      # attention ∝ width ∝ N^0.5 here
+    assert 0.8 < per_token.b < 1 and per_token.count == "full"
+    budgets = np.array([1e16, 1e20, 1e24])
+    for f in (clean_fit, kaplan):
+        table = compute_optimal(f, budgets, per_token)
+        assert np.abs(table["rel_diff"]).max() < 1e-4
+        np.testing.assert_allclose(per_token(table["N_opt_closed"]) * table["D_opt_closed"], budgets)
+        n = table["N_opt_numeric"].iloc[1]
+        assert f.optimal_tokens(n, per_token) == pytest.approx(table["D_opt_numeric"].iloc[1], rel=1e-4)
+        six = compute_optimal(f, budgets, PerToken("full", k=6.0, b=1.0))
+        np.testing.assert_allclose(six["N_opt_closed"], compute_optimal(f, budgets)["N_opt_closed"], rtol=1e-12)
+    assert PerToken.from_dict(per_token.to_dict()) == per_token and PerToken.from_dict(None) == PerToken("6nd")
+    assert PerToken.from_dict("C = 6·N·D (an older fit.json's sentence)") == PerToken("6nd")
 
 
 def grouped_ladder(seed: int, *, sd_group: float = 0.005, sd_point: float = 0.0005, seeds: int = 2):

@@ -151,6 +151,11 @@ def test_dry_run_json_from_the_cli():
     assert {"n_runs", "tokens", "tokens_from_scratch", "flops", "runs"} <= set(summary)
     assert summary["tokens_from_scratch"] > 1.5 * summary["tokens"]
     assert len(summary["runs"]) == summary["n_runs"] and {"id", "name"} <= set(summary["runs"][0])
+    six = subprocess.run([sys.executable, "-m", "windtunnel.cli", "sweep", "sweeps/scaling_law.yaml", "--dry-run",
+                          "--json", "--flops", "6nd"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    six = json.loads(six.stdout)   # the dry run follows the FLOP count: full = 6·N_total·D + attention
+    assert (summary["flops_count"], six["flops_count"]) == ("full", "6nd")
+    assert summary["flops"] == pytest.approx(six["flops"] + six["attention_flops"], rel=1e-9)
 
 
 def test_a_scale_with_only_runs_is_exactly_that_list(tmp_path):

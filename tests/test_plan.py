@@ -9,7 +9,9 @@ import torch
 
 from windtunnel import cli
 from windtunnel.config import ModelSpec, TrainSpec, apply_overrides
+from windtunnel.counts import flops_per_token
 from windtunnel.errors import WindtunnelError
+from windtunnel.fit import PerToken, ScalingLawFit
 from windtunnel.predict import LIMITS, fit_ladder
 from windtunnel.model import MiniCPM, count_params, param_groups
 from windtunnel.plan import make_plan
@@ -82,8 +84,8 @@ def test_a_compute_budget_is_the_reported_cost_in_the_fits_convention():
         plan = make_plan(model, scaling=scaling_fit(n_kind), batch=None, lr=LR_FIT, compute=3e14)
         n = count_params(model, embedding=n_kind == "total")
         assert plan["n_params"] == n and plan["cost"]["flops"] == pytest.approx(3e14, rel=0.01)
-        assert plan["train"]["tokens"] == pytest.approx(3e14 / (6 * n), rel=0.01)
-        assert plan["cost"]["convention"].startswith("C = 6·N·D") and plan["cost"]["attention_flops"] > 0
+        assert plan["train"]["tokens"] == pytest.approx(3e14 / (6 * n), rel=0.01)      # a fit without `flops`: 6nd
+        assert plan["cost"]["convention"].startswith("6nd") and plan["cost"]["trained_flops"] > 3e14   # + attention
     plan = make_plan(model, scaling=fit, batch=None, lr=LR_FIT, tokens=2e7)
     low, high = plan["predicted_loss"]["interval95"]
     assert low < plan["predicted_loss"]["value"] < high and plan["predicted_loss"]["usable"]
@@ -94,6 +96,24 @@ def test_a_compute_budget_is_the_reported_cost_in_the_fits_convention():
     schedule = plan["train"]["schedule"]                     # the ladder's branches: decay = 10% of the stable stage
     assert schedule["decay_start_tokens"] * 1.1 == pytest.approx(plan["train"]["tokens"], rel=1e-3)
     assert plan["train"]["seq_len"] == 128                   # the context the ladder was trained at
+
+
+def test_the_plan_follows_the_fits_flop_count():
+    """With the trainer's count (attention included), a FLOPs budget buys C / flops_per_token tokens, the cost is
+    that count, and the compute-optimal D solves the allocation with the ladder's slope of FLOPs a token in N."""
+    model = target()
+    per_token = PerToken.of_ladder("full", [5e4, 5e5], [6 * 5e4 + 9e5, 6 * 5e5 + 3e6])
+    fit = {**scaling_fit(), "flops": per_token.to_dict()}
+    plan = make_plan(model, scaling=fit, batch=None, lr=LR_FIT, compute=3e14)
+    counted = flops_per_token(model, seq_len=128)
+    assert plan["train"]["tokens"] == pytest.approx(3e14 / counted, rel=0.01)
+    assert plan["cost"]["flops"] == pytest.approx(3e14, rel=0.01) == plan["cost"]["trained_flops"]
+    assert plan["cost"]["convention"].startswith("full")
+    optimal = make_plan(model, scaling=fit, batch=None, lr=LR_FIT)
+    law, n = ScalingLawFit.from_dict(fit["prediction"]), count_params(model, embedding=True)
+    assert per_token.b < 1 and optimal["train"]["tokens"] == pytest.approx(law.optimal_tokens(n, per_token), rel=0.01)
+    shift = per_token.b ** (1 / law.beta) if law.form == "chinchilla" else per_token.b   # α·C_N·N^-α = g·β·C_D·D^-β
+    assert law.optimal_tokens(n, per_token) == pytest.approx(shift * law.optimal_tokens(n), rel=1e-9)
 
 
 def test_a_target_far_beyond_the_ladder_is_not_extrapolated_to():

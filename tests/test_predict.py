@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from windtunnel.fit import FitError
-from windtunnel.predict import LIMITS, LadderFit, _rejected, fit_ladder, rolling_backtests
+from windtunnel.predict import LIMITS, LadderFit, _rejected, fit_and_backtest, fit_ladder
 
 SIZES = np.geomspace(1e7, 3e8, 6)
 
@@ -116,14 +116,18 @@ def test_conventions_of_n_are_candidates_and_roundtrip():
         fitted.predict({"non_embedding": [4e8]}, [8e9])
 
 
-def test_rolling_backtests_use_a_bounded_number_of_origins():
+def test_rolling_backtests_use_a_bounded_number_of_origins_beside_the_whole_fit():
     rng = np.random.default_rng(5)
     sizes = np.geomspace(1e7, 1e9, 12)
     N = np.repeat(sizes, 4)
     D = N * np.tile([10, 20, 40, 80], sizes.size)
     loss = truth(N, D) * np.exp(rng.normal(0, 0.002, N.size))
-    tests = rolling_backtests(N, D, loss, bootstrap=50)
+    ladder, tests = fit_and_backtest(N, D, loss, bootstrap=50)
     assert [t.n_sizes for t in tests] == [8, 9, 10, 11]              # the last 4 origins of 12 sizes
+    alone = fit_ladder(N, D, loss, bootstrap=50)                     # the whole fit, as if no backtest ran beside it
+    assert ladder.to_dict() == alone.to_dict()
     assert all(t.mean_abs_rel_err < 0.01 for t in tests)
     assert all(len(t.covered) == t.n_test == 4 for t in tests)
     assert set(tests[0].by_candidate) == {"chinchilla/given", "kaplan/given"}
+    few = N < sizes[3]                                               # 3 sizes: no origin to backtest from
+    assert fit_and_backtest(N[few], D[few], loss[few], bootstrap=0)[1] == []

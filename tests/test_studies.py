@@ -13,6 +13,7 @@ import yaml
 
 from windtunnel import cli, studies
 from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides
+from windtunnel.fit import PerToken
 from windtunnel.tracking import RunLogger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ LAW = {"C_N": 20.0, "alpha": 0.3, "C_D": 60.0, "beta": 0.3, "L0": 1.0}  # the sc
 SIZES = {"s1": 2e4, "s2": 5e4, "s3": 1.2e5, "s4": 2.5e5, "s5": 5e5}  # N_total: the law is drawn in the default convention
 WIDTH = {"s1": 8, "s2": 16, "s3": 32, "s4": 48, "s5": 64}  # the tied embedding is WIDTH × 1024 of each N_total
 BASE = {"model.vocab_size": 1024, "model.d_head": 16, "model.d_base": 32, "model.scale_emb": 12.0,
-        "model.scale_depth": 1.4, "model.init_std": 0.1, "model.parametrization": "mup", "seq_len": 128,
+        "model.scale_depth": 1.4, "model.init_std": 0.1, "model.parametrization": "mup", "seq_len": 128, "model.n_layers": 2,
         "data.corpus": "python"}  # the µP base of models/micro.yaml, so its models are in the synthetic ladder's family
 K_BS, GAMMA = 3.0e4, 2.0  # batch-size law of the synthetic curves (tokens)
 
@@ -171,6 +172,16 @@ def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     assert law["ladder"]["primary"] == "total" and len(law["ladder"]["candidates"]) == 4
     assert law["mup_base"]["d_base"] == 32 and law["seq_len"] == [128]
     assert law["envelope"]["s3"]["better"] in ("power", "exponential")
+    flops = law["flops"]   # the trainer's count by default: attention, 12·L·d·T a token, is a falling share of N
+    assert flops["count"] == "full" and 0.5 < flops["b"] < 1
+    point = next(p for p in law["points"] if p["model"] == "s1")
+    assert point["C"] == pytest.approx(point["D"] * (6 * point["N_total"] + 12 * 2 * 8 * 128))
+    assert all(r["C"] == pytest.approx(PerToken.from_dict(flops)(r["N_opt_numeric"]) * r["D_opt_numeric"])
+               for r in law["compute_optimal"])
+    for r in law["compute_optimal"]:   # each allocation states its distance; past a guardrail it says so
+        limits = law["ladder"]["limits"]
+        assert r["beyond"] == [k for k in ("n", "d", "c") if r["extrapolation"][k] > limits[k]]
+        assert r["extrapolation"]["n"] == pytest.approx(r["N_opt_numeric"] / law["ladder"]["extent"]["total"]["n_max"])
     lr = json.loads((store / "lr" / "fit.json").read_text())
     assert all(o["lr_opt"] == pytest.approx(0.01, rel=0.1) and not o["at_edge"] for o in lr["optima"])
     s1 = next(o for o in lr["optima"] if o["model"] == "s1")   # its diverged run is censored: the optimum lies below
@@ -283,6 +294,9 @@ def test_fit_cli_on_a_csv_with_compute_column(tmp_path, capsys):
     assert "missing column 'N' (set it with --n-col); columns are: size, flops, final" in capsys.readouterr().err
     assert cli.main(["fit", "lr", "--csv", str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv: cannot read as CSV" in capsys.readouterr().err
+    assert cli.main(["fit", "scaling-law", "--csv", str(tmp_path / "runs.csv"), "--n-col", "size", "--c-col", "flops",
+                     "--loss-col", "final", "--flops", "full"]) == 2   # a CSV has no layers, width or context
+    assert "--flops full counts attention from each run's layers, width and context" in capsys.readouterr().err
 
 
 def test_fit_cli_predicts_new_runs_and_writes_a_fit_the_plan_reads(tmp_path, monkeypatch, capsys):

@@ -90,7 +90,7 @@ def cmd_sweep(args) -> None:
 
         sweep = dataclasses.replace(sweep, base=merge_overrides(sweep.base, load_overrides(args.set_file)))
     runs = expand(sweep, scale, file=args.spec, scale_name=args.scale)
-    summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs)}
+    summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs, args.flops)}
     if args.dry_run:
         if args.json:
             print(json.dumps(summary))
@@ -117,7 +117,8 @@ def _print_graph(runs, summary) -> None:
     for r in runs:
         fork = f"{r.parent} step {r.fork_step}" if r.parent else ""
         print(f"{r.id:<14}{r.name[:42]:<44}{r.tokens:>14,}{r.own_tokens:>14,}  {fork}")
-    print(f"{summary['n_runs']} runs; {summary['tokens']:,} tokens (C = 6·N_total·D = {summary['flops']:.3g} FLOPs) against "
+    print(f"{summary['n_runs']} runs; {summary['tokens']:,} tokens ({summary['flops']:.3g} FLOPs, {summary['flops_count']}; "
+          f"attention {summary['attention_flops']:.3g}) against "
           f"{summary['tokens_from_scratch']:,} from scratch ({summary['tokens_from_scratch'] / summary['tokens']:.2f}x)")
 
 
@@ -184,8 +185,14 @@ def _options(args):
     from windtunnel.studies import Options
     from windtunnel.studies.study import BUDGETS
 
+    from windtunnel.counts import DEFAULT_FLOPS
+
+    if args.csv and args.flops == "full":
+        raise WindtunnelError("--flops full counts attention from each run's layers, width and context, which a CSV "
+                              "does not give; use --flops 6nd (the default for a CSV)")
+    flops = args.flops or ("6nd" if args.csv else DEFAULT_FLOPS)
     return Options(scale=args.scale, bootstrap=args.bootstrap, current=not args.all_runs, form=args.form,
-                   n_kind=args.n_kind, budgets=tuple(args.budget or BUDGETS))
+                   n_kind=args.n_kind, budgets=tuple(args.budget or BUDGETS), flops=flops)
 
 
 def _fit_studies(names: list[str], args) -> int:
@@ -288,7 +295,7 @@ def _csv_frame(args, kind: str):
     if "C" in need and kind == "scaling-law":
         raw["D"] = raw["C"] / (6 * raw["N"])
     if kind == "envelope":
-        raw = raw.assign(N=1.0, D=raw["C"] / 6.0, model=raw.get("model", "csv"))  # so 6·N·D = C
+        raw = raw.assign(model=raw.get("model", "csv"))
     return raw.reset_index(drop=True)
 
 
@@ -350,8 +357,8 @@ def _print_plan(plan: dict, path) -> None:
               f"tokens to the end (as the ladder's branches)")
     if cost:
         steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
-        print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}; attention +{cost['attention_flops']:.3g}), "
-              f"{cost['gpu_hours']:,.3g} GPU-hours at {cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s")
+        print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}); {cost['trained_flops']:.4g} "
+              f"trained, {cost['gpu_hours']:,.3g} GPU-hours at {cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s")
     for gap in plan["gaps"]:
         print(f"  not planned:  {gap}")
     for note in plan["notes"]:
@@ -477,6 +484,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
+    from windtunnel.counts import DEFAULT_FLOPS
+
     p = _Parser(prog="windtunnel", description=__doc__.splitlines()[0])
     p.add_argument("--models", metavar="DIR", help="a folder of model ladder files (*.yaml) used instead of the "
                    "packaged ones (default: $WINDTUNNEL_MODELS, else the ladders packaged with windtunnel)")
@@ -499,6 +508,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides merged into the sweep's base")
     sw.add_argument("--dry-run", action="store_true", help="print the run graph, tokens and FLOPs; train nothing")
     sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
+    sw.add_argument("--flops", choices=["6nd", "full"], default=DEFAULT_FLOPS,
+                    help="with --dry-run: the FLOP count (full: the trainer's, attention included; 6nd: 6·N_total·D)")
     sw.add_argument("--retries", type=option(NON_NEGATIVE_INT), default=2, help="retries of a run that raises before it is marked failed")
     sw.add_argument("--num-cpus", type=option(POSITIVE_INT), default=None, help="CPUs of the embedded local Ray (default: all)")
     sw.add_argument("--no-mup-check", action="store_true", help="skip the µP coordinate check of the µP models' base")
@@ -594,6 +605,10 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--n-kind", choices=["total", "non_embedding"], default="total",
                      help="scaling-law from runs: N with the tied embedding (default: it backtests better on the "
                           "micro ladder) or without it (the paper's); both are fitted and reported")
+    fit.add_argument("--flops", choices=["6nd", "full"], default=None,
+                     help="the FLOP count of the compute-optimal allocation, the envelope and the budgets: full "
+                          "counts attention as the trainer does, 6nd is the paper's 6·N·D (default: full for stored "
+                          "runs, chosen by the micro ladder's frontier backtests; 6nd for a CSV)")
     fit.add_argument("--predict", type=_n_colon_d, action="append", metavar="N:D",
                      help="scaling-law: add the 95%% prediction interval of a new run of N parameters (in --n-kind's "
                           "convention) and D tokens, with its extrapolation beyond the ladder (repeatable)")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from windtunnel.config import ModelSpec
 
-__all__ = ["n_params", "flops_per_token", "attention_flops_per_token"]
+__all__ = ["n_params", "flops_per_token", "attention_flops_per_token", "counted_flops_per_token", "DEFAULT_FLOPS"]
+
+DEFAULT_FLOPS = "full"  # the micro ladder's frontier backtests (bench/flop_count.py, LOG.md 2026-12-06)
 
 
 def n_params(spec: ModelSpec, *, embedding: bool = False) -> int:
@@ -27,13 +29,22 @@ def n_params(spec: ModelSpec, *, embedding: bool = False) -> int:
 def flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
     """Training FLOPs per token, attention included (what MFU counts): 6·(N + d·V) + 12·L·d·T.
 
-    6·N_total: 2 FLOPs forward and 4 backward per weight per token, the tied LM head (d·V) included — the
-    count C = 6·N·D of the scaling law, the plan and every budget. 12·L·d·T: the attention scores and values
-    (PaLM appendix B; causal masking not subtracted), which C leaves out as the paper does.
+    6·N_total: 2 FLOPs forward and 4 backward per weight per token, the tied LM head (d·V) included. 12·L·d·T: the
+    attention scores and values (PaLM appendix B; causal masking not subtracted), which the paper's C = 6·N·D leaves
+    out. This is the "full" FLOP count (counted_flops_per_token).
     """
     return 6.0 * n_params(spec, embedding=True) + attention_flops_per_token(spec, seq_len=seq_len)
 
 
 def attention_flops_per_token(spec: ModelSpec, *, seq_len: int) -> float:
-    """12·L·d·T: forward and backward of QKᵀ and AV per token at context T (not in C = 6·N·D)."""
+    """12·L·d·T: forward and backward of QKᵀ and AV per token at context T (not in the paper's C = 6·N·D)."""
     return 12.0 * spec.n_layers * spec.d_model * seq_len
+
+
+def counted_flops_per_token(spec: ModelSpec, *, seq_len: int, count: str, n_kind: str = "total") -> float:
+    """Training FLOPs per token in a FLOP count of windtunnel.fit.FLOP_COUNTS: "6nd" 6·N (N of `n_kind`, the
+    law's), "full" the trainer's (flops_per_token)."""
+    if count == "full":
+        return flops_per_token(spec, seq_len=seq_len)
+    return 6.0 * n_params(spec, embedding=n_kind == "total")
+

@@ -129,12 +129,12 @@ class _Form:
     def predict(self, p, N, D):
         raise NotImplementedError
 
-    def optimal_tokens(self, p, n):
-        """The D at which N = n is compute-optimal (∂L/∂log N = ∂L/∂log D along C = 6ND)."""
+    def optimal_tokens(self, p, n, g=1.0):
+        """The D at which N = n is compute-optimal along C = f(N)·D with f ∝ N^g (∂L/∂log N = g·∂L/∂log D)."""
         raise NotImplementedError
 
-    def optimal_n(self, p, compute):
-        """The compute-optimal N at budget C = 6ND."""
+    def optimal_n(self, p, compute, per_token):
+        """The compute-optimal N at budget C = f(N)·D, f = per_token (k·N^g, PerToken)."""
         raise NotImplementedError
 
 
@@ -148,13 +148,16 @@ class _Chinchilla(_Form):
         c_n, a, c_d, b, l0 = p
         return c_n * N ** -a + c_d * D ** -b + l0
 
-    def optimal_tokens(self, p, n):
-        c_n, a, c_d, b, _ = p
-        return _optimal_tokens(n, a, c_n, b, c_d)
+    def optimal_tokens(self, p, n, g=1.0):
+        c_n, a, c_d, b, _ = p   # α·C_N·N^-α = g·β·C_D·D^-β
+        with np.errstate(all="ignore"):
+            return (g * b * c_d * n ** a / (a * c_n)) ** (1 / b)
 
-    def optimal_n(self, p, compute):
-        c_n, a, c_d, b, _ = p
-        return _K(a, c_n, b, c_d) * (compute / 6) ** (b / (a + b))
+    def optimal_n(self, p, compute, per_token):
+        c_n, a, c_d, b, _ = p   # the same with D = C / (k·N^g), solved for N
+        k, g = per_token.k, per_token.b
+        with np.errstate(all="ignore"):
+            return (a * c_n * compute ** b / (g * b * c_d * k ** b)) ** (1 / (a + g * b))
 
     def log_pred(self, thetas, x, y, jac: bool = True):
         """log pred (K, n) and its Jacobian in θ (K, n, 5), or None with jac=False (an objective's value only)."""
@@ -192,15 +195,16 @@ class _Kaplan(_Form):
         n_c, a_n, d_c, a_d, l0 = p
         return ((n_c / N) ** (a_n / a_d) + d_c / D) ** a_d + l0
 
-    def optimal_tokens(self, p, n):
-        n_c, a_n, d_c, a_d, _ = p   # α_N·(N_c/N)^(α_N/α_D) = α_D·D_c/D
+    def optimal_tokens(self, p, n, g=1.0):
+        n_c, a_n, d_c, a_d, _ = p   # α_N·(N_c/N)^(α_N/α_D) = g·α_D·D_c/D
         with np.errstate(all="ignore"):
-            return (a_d / a_n) * d_c * (n / n_c) ** (a_n / a_d)
+            return g * (a_d / a_n) * d_c * (n / n_c) ** (a_n / a_d)
 
-    def optimal_n(self, p, compute):
-        n_c, a_n, d_c, a_d, _ = p   # the same condition with D = C/6N, solved for N
+    def optimal_n(self, p, compute, per_token):
+        n_c, a_n, d_c, a_d, _ = p   # the same condition with D = C / (k·N^g), solved for N
+        k, g, r = per_token.k, per_token.b, a_n / a_d
         with np.errstate(all="ignore"):
-            return (a_n * n_c ** (a_n / a_d) * compute / (6 * a_d * d_c)) ** (a_d / (a_n + a_d))
+            return (r * n_c ** r * compute / (g * k * d_c)) ** (1 / (g + r))
 
     @np.errstate(over="ignore", invalid="ignore")
     def log_pred(self, thetas, x, y, jac: bool = True):
@@ -306,17 +310,19 @@ class ScalingLawFit:
         offsets = sd * np.random.default_rng(0).standard_t(self.group_dof, repeats * len(self.samples))
         return np.repeat(pred, repeats, axis=-1) * np.exp(offsets)
 
-    def optimal_n(self, compute: float) -> float:
-        """Compute-optimal N at budget C = 6ND (closed form of `compute_optimal`)."""
-        return float(self._form.optimal_n(self._p, compute))
+    def optimal_n(self, compute: float, per_token: PerToken | None = None) -> float:
+        """Compute-optimal N at budget C = f(N)·D (closed form of `compute_optimal`; f = 6N by default)."""
+        return float(self._form.optimal_n(self._p, compute, per_token or SIX_ND))
 
-    def optimal_tokens(self, n: float) -> float:
-        """The D for which N = n is compute-optimal at C = 6ND."""
-        return float(self._form.optimal_tokens(self._p, n))
+    def optimal_tokens(self, n: float, per_token: PerToken | None = None) -> float:
+        """The D for which N = n is compute-optimal at C = f(N)·D."""
+        return float(self._form.optimal_tokens(self._p, n, (per_token or SIX_ND).b))
 
-    def optimal_tokens_interval(self, n: float, *, level: float = 0.95) -> tuple[float, float]:
+    def optimal_tokens_interval(self, n: float, per_token: PerToken | None = None, *,
+                                level: float = 0.95) -> tuple[float, float]:
         """Percentile interval of `optimal_tokens(n)` over the bootstrap refits."""
-        low, high = _bootstrap_interval(self.samples, lambda: self._form.optimal_tokens(self.samples.T, n), level)
+        g = (per_token or SIX_ND).b
+        low, high = _bootstrap_interval(self.samples, lambda: self._form.optimal_tokens(self.samples.T, n, g), level)
         return float(low), float(high)
 
     def to_dict(self, *, samples: bool = False) -> dict:
@@ -347,14 +353,53 @@ class ScalingLawFit:
                    log_d_range=tuple(data.get("log_d_range", ())), not_identified=dict(data.get("not_identified", {})))
 
 
+@dataclass(frozen=True)
+class PerToken:
+    """Training FLOPs per token as a power of the law's N, f(N) = k·N^b, so a budget C buys D = C / f(N) tokens.
+
+    "6nd" is exactly 6·N (k = 6, b = 1), the paper's count. "full" adds attention, 12·L·d·T a token, whose share of the
+    total falls with width at a fixed context, so b < 1: k and b are fitted across the ladder's models (`of_ladder`),
+    and the compute-optimal allocation minimises L(N, C / f(N)) with them."""
+
+    count: str
+    k: float = 6.0
+    b: float = 1.0
+
+    def __call__(self, n):
+        return self.k * np.asarray(n, dtype=float) ** self.b
+
+    @classmethod
+    def of_ladder(cls, count: str, n, per_token) -> PerToken:
+        """The least-squares power law of the models' FLOPs per token (`per_token`) against their N (`n`)."""
+        if count == "6nd":
+            return cls("6nd")
+        x, y = np.log(np.asarray(n, dtype=float)), np.log(np.asarray(per_token, dtype=float))
+        if np.unique(x).size < 2:
+            return cls(count, k=float(np.exp(y[0] - x[0])), b=1.0)
+        b, log_k = np.polyfit(x, y, 1)
+        return cls(count, k=float(np.exp(log_k)), b=float(b))
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "k": self.k, "b": self.b, "rule": FLOP_COUNTS[self.count]}
+
+    def describe(self) -> str:
+        fitted = "" if self.count == "6nd" else f"; across the ladder f(N) = {self.k:.3g}·N^{self.b:.3f} FLOPs a token"
+        return f"{self.count}: {FLOP_COUNTS[self.count]}{fitted}"
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> PerToken:
+        """fit.json's `flops`; a fit without one counted 6·N·D."""
+        return cls(data["count"], k=data["k"], b=data["b"]) if isinstance(data, dict) else SIX_ND
+
+
+FLOP_COUNTS = {"6nd": "C = 6·N·D, N as the law counts it (attention scores left out, as the paper)",
+               "full": "C = D·(6·N_total + 12·L·d·T): every matmul the trainer runs, attention scores included"}
+SIX_ND = PerToken("6nd")
+
+
 def _K(alpha, C_N, beta, C_D):
     with np.errstate(divide="ignore", invalid="ignore"):
         return (alpha * C_N / (beta * C_D)) ** (1 / (alpha + beta))
-
-
-def _optimal_tokens(n, alpha, C_N, beta, C_D):
-    with np.errstate(all="ignore"):
-        return (n / _K(alpha, C_N, beta, C_D)) ** ((alpha + beta) / beta) / n
 
 
 EXPONENT_BOUNDS = (1e-3, 5.0)  # every exponent: positive (each term falls with N or D), and not absurdly steep
@@ -593,19 +638,21 @@ def _huber(r, delta):
     return (np.where(small, 0.5 * r * r / delta, np.abs(r) - 0.5 * delta),
             np.where(small, r / delta, np.sign(r)))
 
-def compute_optimal(fit: ScalingLawFit, compute) -> pd.DataFrame:
-    """Compute-optimal N and D for each budget C (FLOPs, C = 6ND), closed form beside a numeric check.
+def compute_optimal(fit: ScalingLawFit, compute, per_token: PerToken | None = None) -> pd.DataFrame:
+    """Compute-optimal N and D for each budget C (FLOPs, C = f(N)·D; f = 6N, the paper's count, by default), closed
+    form beside a numeric check.
 
     Closed form (§5): minimising L(N, C/6N) gives α·C_N·N^-α = β·C_D·D^-β, so
-    N_opt = K·(C/6)^(β/(α+β)) and D_opt = (C/6)/N_opt, i.e. N_opt/D_opt = K²·(C/6)^η.
-    Numeric: bounded Brent on log N ∈ [0, log(C/6)] (L is convex in log N). DESIGN §3 notes that the
-    paper's published averages are not mutually consistent, so both are always reported.
+    N_opt = K·(C/6)^(β/(α+β)) and D_opt = (C/6)/N_opt, i.e. N_opt/D_opt = K²·(C/6)^η; with f = k·N^g the
+    condition is α·C_N·N^-α = g·β·C_D·D^-β. Numeric: bounded Brent on log N (L is convex in log N). DESIGN §3 notes
+    that the paper's published averages are not mutually consistent, so both are always reported.
     """
+    per_token = per_token or SIX_ND
     C = np.atleast_1d(np.asarray(compute, dtype=float))
     _check_positive(C, "C")
-    n_closed = np.array([fit.optimal_n(c) for c in C])
-    n_numeric = np.array([_numeric_n_opt(fit, c) for c in C])
-    d_closed, d_numeric = C / 6 / n_closed, C / 6 / n_numeric
+    n_closed = np.array([fit.optimal_n(c, per_token) for c in C])
+    n_numeric = np.array([_numeric_n_opt(fit, c, per_token) for c in C])
+    d_closed, d_numeric = C / per_token(n_closed), C / per_token(n_numeric)
     return pd.DataFrame({
         "C": C, "N_opt_closed": n_closed, "D_opt_closed": d_closed, "N_opt_numeric": n_numeric,
         "D_opt_numeric": d_numeric, "ratio_closed": d_closed / n_closed, "ratio_numeric": d_numeric / n_numeric,
@@ -613,23 +660,23 @@ def compute_optimal(fit: ScalingLawFit, compute) -> pd.DataFrame:
     })
 
 
-def _numeric_n_opt(fit: ScalingLawFit, c: float) -> float:
+def _numeric_n_opt(fit: ScalingLawFit, c: float, per_token: PerToken) -> float:
     def loss_at(log_n):
-        return fit.predict(np.exp(log_n), c / 6 / np.exp(log_n))
-    res = optimize.minimize_scalar(loss_at, bounds=(0.0, math.log(c / 6)), method="bounded",
-                                   options={"xatol": 1e-10})
+        return fit.predict(np.exp(log_n), c / per_token(np.exp(log_n)))
+    top = math.log(c / per_token.k) / per_token.b   # where D = C / f(N) falls to one token
+    res = optimize.minimize_scalar(loss_at, bounds=(0.0, top), method="bounded", options={"xatol": 1e-10})
     return float(np.exp(res.x))
 
 
-def d_over_n(fit: ScalingLawFit, compute: float) -> float:
+def d_over_n(fit: ScalingLawFit, compute: float, per_token: PerToken | None = None) -> float:
     """Compute-optimal tokens per parameter D_opt/N_opt at budget `compute` (numeric minimisation)."""
-    return float(compute_optimal(fit, compute)["ratio_numeric"].iloc[0])
+    return float(compute_optimal(fit, compute, per_token)["ratio_numeric"].iloc[0])
 
 
 @dataclass(frozen=True)
 class Backtest:
     """A scaling law fitted on the sizes up to the k-th, scored on the next size's points (§5 extrapolation); made by
-    windtunnel.predict.rolling_backtests."""
+    windtunnel.predict.fit_and_backtest."""
 
     held_out_N: float
     n_sizes: int                 # sizes the law was fitted on (the k smallest)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
 from windtunnel.config import TrainSpec, apply_overrides, build, check_run, get_model, load_overrides, read_yaml
+from windtunnel.counts import DEFAULT_FLOPS
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import packaged
 from windtunnel.runs import Run, make_run
@@ -340,17 +341,18 @@ def _check_unique(runs: list[Run], *, file) -> None:
         seen[run.id] = run
 
 
-def summarize(runs: list[Run]) -> dict:
+def summarize(runs: list[Run], flops: str = DEFAULT_FLOPS) -> dict:
     """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6).
-    FLOPs are C = 6·N_total·D, the count of the scaling law and the plan; attention's share is given apart."""
-    from windtunnel.counts import attention_flops_per_token, n_params
+    FLOPs in the count `flops` (windtunnel.fit.FLOP_COUNTS: "full" the trainer's, "6nd" 6·N_total·D) — the count of
+    the scaling law's allocation and the plan; attention's share is given apart."""
+    from windtunnel.counts import attention_flops_per_token, counted_flops_per_token
 
     parents = {r.parent for r in runs if r.parent}
     finals = [r for r in runs if r.id not in parents]
-    per_token = {r.id: 6.0 * n_params(r.spec.model, embedding=True) for r in runs}
+    per_token = {r.id: counted_flops_per_token(r.spec.model, seq_len=r.spec.seq_len, count=flops) for r in runs}
     attention = sum(r.own_tokens * attention_flops_per_token(r.spec.model, seq_len=r.spec.seq_len) for r in runs)
     return {"n_runs": len(runs), "n_final_points": len(finals), "tokens": sum(r.own_tokens for r in runs),
-            "tokens_from_scratch": sum(r.tokens for r in finals),
+            "tokens_from_scratch": sum(r.tokens for r in finals), "flops_count": flops,
             "flops": sum(r.own_tokens * per_token[r.id] for r in runs),
             "flops_from_scratch": sum(r.tokens * per_token[r.id] for r in finals), "attention_flops": attention,
             "runs": [{"id": r.id, "name": r.name, "tokens": r.tokens, "own_tokens": r.own_tokens, "parent": r.parent}

@@ -86,8 +86,8 @@ def check_budget(tokens: float | None, compute: float | None) -> None:
 def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr: dict | None,
               tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
     """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
-    from windtunnel.counts import attention_flops_per_token, n_params
-    from windtunnel.fit import ScalingLawFit
+    from windtunnel.counts import counted_flops_per_token, flops_per_token, n_params
+    from windtunnel.fit import PerToken, ScalingLawFit
     from windtunnel.predict import LadderFit
 
     check_budget(tokens, compute)
@@ -113,11 +113,13 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
                             "its calibration was checked to (predict.LIMITS) — fit a ladder that reaches "
                             f"N/{limit:g}")
                 law = ladder = None
-    plan_tokens, basis = _tokens(n, law, limits, tokens=tokens, compute=compute, gaps=gaps)
+    seq_len = _ladder_seq_len(scaling, limits)
+    per_token = PerToken.from_dict(scaling.get("flops") if scaling else None)  # the count the allocation used
+    counted = counted_flops_per_token(model, seq_len=seq_len, count=per_token.count, n_kind=n_kind)
+    plan_tokens, basis = _tokens(n, law, limits, per_token, counted, tokens=tokens, compute=compute, gaps=gaps)
     loss = _loss(counts, n_kind, plan_tokens, ladder, law, limits, gaps) if plan_tokens else None
     if not plan_tokens:
         gaps.append("predicted loss: needs a token budget")
-    seq_len = _ladder_seq_len(scaling, limits)
     batch_tokens, warmup, batch_hp = (_batch(n, plan_tokens, loss, batch, law, seq_len, limits, gaps, notes)
                                       if batch is None or usable["batch-size law"] else (None, None, None))
     lr_hp = _lr(lr, limits, gaps) if lr is None or usable["LR transfer"] else None
@@ -146,11 +148,11 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
                          f"({', '.join(f'{x:.3g}' for x in ladder_lrs)}); the predicted loss assumes the ladder's")
     cost = None
     if "tokens" in train:
-        flops = 6.0 * n * train["tokens"]  # C = 6·N·D, N as the fit counts it (DESIGN §3)
-        attention = attention_flops_per_token(model, seq_len=seq_len) * train["tokens"]
-        cost = {"flops": flops, "convention": f"C = 6·N·D, N = {N_KIND_LABEL[n_kind]}",
-                "attention_flops": attention, "steps": steps if batch_tokens else None,
-                "gpu_hours": (flops + attention) / (limits.mfu * limits.gpu_flops) / 3600,
+        trained = flops_per_token(model, seq_len=seq_len) * train["tokens"]  # what the GPUs compute
+        cost = {"flops": counted * train["tokens"], "convention": per_token.describe() + (
+                    f", N = {N_KIND_LABEL[n_kind]}" if per_token.count == "6nd" else ""),
+                "trained_flops": trained, "steps": steps if batch_tokens else None,
+                "gpu_hours": trained / (limits.mfu * limits.gpu_flops) / 3600,
                 "mfu": limits.mfu, "gpu_flops": limits.gpu_flops}
     return {
         "target": model.name, "n_params": n, "n_kind": n_kind, "made": datetime.date.today().isoformat(),
@@ -199,21 +201,24 @@ def _ladder_seq_len(scaling: dict | None, limits: PlanLimits) -> int:
     return int(lengths[0]) if len(lengths) == 1 else limits.seq_len
 
 
-def _tokens(n: int, law, limits: PlanLimits, *, tokens, compute, gaps: list) -> tuple[float | None, str]:
-    """1) the token budget: given, from a FLOPs budget (D = C/6N), or compute-optimal for N from the fit."""
+def _tokens(n: int, law, limits: PlanLimits, per_token, counted: float, *, tokens, compute,
+            gaps: list) -> tuple[float | None, str]:
+    """1) the token budget: given, from a FLOPs budget (D = C / the target's FLOPs a token in the fit's count), or
+    compute-optimal for N from the fit (along C = f(N)·D, f the fit's count across its ladder)."""
     if tokens is not None:
         return float(tokens), "given (--tokens)"
     if compute is not None:
-        return compute / (6 * n), f"FLOPs budget {compute:.3g} (D = C / 6N)"
+        return compute / counted, f"FLOPs budget {compute:.3g} (D = C / {counted:.4g} FLOPs a token, {per_token.count})"
     if law is None:
         gaps.append("tokens: no usable scaling-law fit, and no --tokens or --compute given")
         return None, "missing"
     if law.samples is None:
         gaps.append("tokens: the scaling-law fit has no bootstrap interval (fit with --bootstrap); give --tokens")
         return None, "missing"
-    d = law.optimal_tokens(n)
-    low, high = law.optimal_tokens_interval(n)
-    basis = f"compute-optimal for N from the fit: D/N = {d / n:.3g}, 95% [{low / n:.3g}, {high / n:.3g}]"
+    d = law.optimal_tokens(n, per_token)
+    low, high = law.optimal_tokens_interval(n, per_token)
+    basis = (f"compute-optimal for N from the fit ({per_token.count} FLOPs): D/N = {d / n:.3g}, 95% "
+             f"[{low / n:.3g}, {high / n:.3g}]")
     if not high / low <= limits.max_tokens_ratio:
         gaps.append(f"tokens: {basis} spans more than {limits.max_tokens_ratio:g}× — give --tokens or --compute")
         return None, basis

@@ -154,35 +154,37 @@ def envelope(points: pd.DataFrame, fits: dict, path: Path) -> Path:
     fig, axes = _figure(max(len(models), 1))
     for ax, model in zip(axes, models):
         group = points[points["model"] == model]
-        compute = 6 * group["N"] * group["D"]
+        compute = group["C"]
         ax.plot(compute, group["loss"], "ko", ms=4, label="WSD(D, 0.1D)")
         grid = np.geomspace(compute.min(), compute.max() * 3, 80)
         result = EnvelopeFit.from_dict(fits[model])
         for kind, style in (("power", "-"), ("exponential", "--")):
             ax.plot(grid, result.predict(kind, grid), style, lw=1,
                     label=f"{kind} (AIC {fits[model]['aic'][kind]:.1f})")
-        ax.set(xscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="loss (bits/byte)", title=model)
+        ax.set(xscale="log", xlabel="compute C (FLOPs)", ylabel="loss (bits/byte)", title=model)
         ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def iso_loss(fit: dict, points: pd.DataFrame, path: Path) -> Path:
-    """Fig. 10: contours of L(N, C/6N) over compute and model size, with the compute-optimal N line."""
-    from windtunnel.fit import ScalingLawFit
+def iso_loss(fit: dict, points: pd.DataFrame, flops: dict, path: Path) -> Path:
+    """Fig. 10: contours of L(N, C/f(N)) over compute and model size, with the compute-optimal N line; f is the
+    fit's FLOP count per token (`flops`, fit.json's; `points` has each run's C in it)."""
+    from windtunnel.fit import PerToken, ScalingLawFit
 
-    law = ScalingLawFit.from_dict(fit)
-    compute = 6 * points["N"] * points["D"]
+    law, per_token = ScalingLawFit.from_dict(fit), PerToken.from_dict(flops)
+    compute = points["C"]
     c = np.geomspace(compute.min() / 10, compute.max() * 1e3, 120)
     n = np.geomspace(points["N"].min() / 10, points["N"].max() * 100, 120)
     cc, nn = np.meshgrid(c, n)
     fig, (ax,) = _figure(width=6)
     levels = np.geomspace(points["loss"].min() * 0.85, points["loss"].max() * 1.15, 12)  # around the data, not the corners
-    contour = ax.contour(cc, nn, law.predict(nn, cc / (6 * nn)), levels=levels, cmap="viridis", linewidths=0.8)
+    contour = ax.contour(cc, nn, law.predict(nn, cc / per_token(nn)), levels=levels, cmap="viridis", linewidths=0.8)
     ax.clabel(contour, fontsize=6, fmt="%.2f")
-    ax.plot(c, [law.optimal_n(x) for x in c], "r-", lw=1.5, label="N_opt(C)")
+    ax.plot(c, [law.optimal_n(x, per_token) for x in c], "r-", lw=1.5, label="N_opt(C)")
     ax.plot(compute, points["N"], "k.", ms=4, label="fitted runs")
     n_name = {"total": "parameters N (with the tied embedding)", "non_embedding": "non-embedding parameters N"}
-    ax.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel=n_name.get(fit.get("n_kind"), "N"))
+    ax.set(xscale="log", yscale="log", xlabel=f"compute C (FLOPs, {per_token.count})",
+           ylabel=n_name.get(fit.get("n_kind"), "N"))
     ax.legend(fontsize=8)
     return _save(fig, path)
 

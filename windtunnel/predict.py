@@ -33,7 +33,7 @@ import numpy as np
 
 from windtunnel.fit import FORMS, FitError, ScalingLawFit, fit_scaling_law
 
-__all__ = ["LadderFit", "fit_ladder", "extrapolation", "directional_backtests", "MISSPEC_FLOOR", "LIMITS",
+__all__ = ["LadderFit", "fit_ladder", "fit_and_backtest", "extrapolation", "directional_backtests", "MISSPEC_FLOOR", "LIMITS",
            "MIN_TOKENS_PER_PARAM", "DIRECTIONS"]
 
 DIRECTIONS = ("n", "d", "c")
@@ -289,13 +289,26 @@ MAX_ORIGINS = 4   # rolling backtests: at most this many origins, the largest si
 BACKTEST_BOOTSTRAP = 300   # resamples behind a backtest's intervals: a check of coverage, not a number a plan uses
 
 
-def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: int = 0, min_sizes: int = 3,
-                      max_origins: int = MAX_ORIGINS) -> list:
-    """The ladder's rolling backtests with the intervals it would have given: for the last `max_origins` k ≥
-    min_sizes, fit the k smallest sizes (every candidate, calibrated as `fit_ladder`) and predict every point of
-    size k+1 with its 95% prediction interval (guardrails off: this tests the interval; runs with D < N are out of
-    the law's domain, in the fit and among the held-out points). One fit.Backtest per k;
-    its `fit` is the best candidate's law, `by_candidate` each candidate's mean |error| there."""
+def fit_and_backtest(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: int = 0,
+                     min_sizes: int = 3) -> tuple[LadderFit, list]:
+    """`fit_ladder`, and the ladder's rolling backtests with the intervals it would have given: for the last
+    MAX_ORIGINS k ≥ min_sizes, fit the k smallest sizes (every candidate, calibrated as `fit_ladder`) and predict
+    every point of size k+1 with its 95% prediction interval (guardrails off: this tests the interval; runs with
+    D < N are out of the law's domain, in the fit and among the held-out points). One fit.Backtest per k, none with
+    ≤ min_sizes sizes; its `fit` is the best candidate's law, `by_candidate` each candidate's mean |error| there.
+    The origins run in worker processes, one core each, while this one fits the whole ladder."""
+    origins = _origins(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed, min_sizes=min_sizes,
+                       max_origins=MAX_ORIGINS)
+    if not origins or (os.cpu_count() or 1) < 2:
+        return fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed), [_backtest(o) for o in origins]
+    with ProcessPoolExecutor(min(len(origins), os.cpu_count() or 1)) as pool:
+        pending = [pool.submit(_backtest, o) for o in origins]
+        ladder = fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed)
+        return ladder, [p.result() for p in pending]
+
+
+def _origins(N, D, loss, *, groups, bootstrap: int, seed: int, min_sizes: int, max_origins: int) -> list[tuple]:
+    """The rolling backtests' origins, each the arguments of `_backtest` (none when there are ≤ min_sizes sizes)."""
     Ns = dict(N) if isinstance(N, dict) else {"given": N}
     Ns = {k: np.asarray(v, dtype=float).ravel() for k, v in Ns.items()}
     D, loss = np.asarray(D, dtype=float).ravel(), np.asarray(loss, dtype=float).ravel()
@@ -304,19 +317,12 @@ def rolling_backtests(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: i
     keep = D >= MIN_TOKENS_PER_PARAM * Ns[primary]   # the law's domain: neither fitted nor predicted below it
     Ns, D, loss, groups = {k: v[keep] for k, v in Ns.items()}, D[keep], loss[keep], groups[keep]
     sizes = np.unique(Ns[primary])
-    if sizes.size <= min_sizes:
-        raise FitError(f"a rolling back-test needs more than {min_sizes} sizes (got {sizes.size}); add runs of other sizes")
-    origins = [(k, Ns, D, loss, groups, sizes, primary, bootstrap, seed)
-               for k in range(max(min_sizes, sizes.size - max_origins), sizes.size)]
-    workers = min(len(origins), os.cpu_count() or 1)
-    if workers < 2:
-        return [_backtest(o) for o in origins]
-    with ProcessPoolExecutor(workers) as pool:   # the origins are independent: one core each
-        return list(pool.map(_backtest, origins))
+    return [(k, Ns, D, loss, groups, sizes, primary, bootstrap, seed)
+            for k in range(max(min_sizes, sizes.size - max_origins), sizes.size)]
 
 
 def _backtest(origin: tuple):
-    """One origin of `rolling_backtests`: fit the k smallest sizes, predict size k+1."""
+    """One origin of the rolling backtests: fit the k smallest sizes, predict size k+1."""
     from windtunnel.fit import Backtest
 
     k, Ns, D, loss, groups, sizes, primary, bootstrap, seed = origin

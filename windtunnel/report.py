@@ -104,11 +104,12 @@ def _scaling_law(data: dict) -> str:
     """The paper's law and the law that predicts, with their intervals (a parameter the data do not pin down is named,
     not shown as a value), every candidate form and convention of N with its backtests, the predicting law's rolling
     backtests and the compute-optimal allocation."""
+    from windtunnel.fit import PerToken
     from windtunnel.studies import N_NAMES
 
     pred = data["prediction"]
     out = [f"<p>{data['n_points']} points from {data['n_groups']} stable runs; N = {N_NAMES[data['n_kind']]}; the "
-           f"bootstrap resamples whole stable runs. {html.escape(data.get('flops', ''))}.</p>",
+           f"bootstrap resamples whole stable runs. FLOPs: {html.escape(PerToken.from_dict(data.get('flops')).describe())}.</p>",
            "<h3>The paper's form</h3>", _law(data),
            f"<p>by curve_fit, as the paper: α {data['curve_fit']['alpha']:.4g}, β {data['curve_fit']['beta']:.4g}.</p>",
            _per_set(data.get("per_set") or {}),
@@ -130,10 +131,20 @@ def _scaling_law(data: dict) -> str:
                     f"<td>{_covered(t)}</td></tr>" for t in pred["backtests"])
     out.append("<table><tr><th>fit sizes</th><th>predict N</th><th>mean error</th><th>mean |error|</th>"
                "<th>max |error|</th><th>inside 95% interval</th></tr>" + tests + "</table>")
-    optimal = "".join(f"<tr><td>{r['C']:.3g}</td><td>{r['ratio_closed']:.3g}</td><td>{r['ratio_numeric']:.3g}</td></tr>"
-                      for r in data["compute_optimal"])
-    out.append("<table><tr><th>C = 6ND (FLOPs)</th><th>D/N closed form</th><th>D/N numeric</th></tr>" + optimal + "</table>")
+    optimal = "".join(f"<tr><td>{r['C']:.3g}</td><td>{r['ratio_closed']:.3g}</td><td>{r['ratio_numeric']:.3g}</td>"
+                      f"<td>{_guardrails(r)}</td></tr>" for r in data["compute_optimal"])
+    out.append("<table><tr><th>C (FLOPs)</th><th>D/N closed form</th><th>D/N numeric</th><th>beyond the ladder</th>"
+               "</tr>" + optimal + "</table>")
     return "\n".join(out)
+
+
+def _guardrails(row: dict) -> str:
+    """An allocation row's extrapolation ratios, and whether it passes the guardrails (then the law's shape only)."""
+    ratios = row.get("extrapolation")
+    if not ratios:
+        return ""
+    text = ", ".join(f"{k.upper()} {v:.3g}×" for k, v in ratios.items())
+    return text + ("; beyond the guardrails: the law's shape, not a calibrated prediction" if row["beyond"] else "")
 
 
 def _per_set(per_set: dict) -> str:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Callable
 from windtunnel.errors import WindtunnelError
 from windtunnel.studies import decay, laws
 from windtunnel.studies.laws import (FORM_NAMES, N_KINDS, N_NAMES, describe_scaling_law, fit_batch_size_study,
-                                     fit_envelope_study, fit_lr_study, fit_scaling_law_study, per_set_laws)
+                                     fit_envelope_study, fit_lr_study, fit_scaling_law_study, per_set_laws,
+                                     with_compute)
 from windtunnel.studies.points import (NoRuns, decay_points, dumps, final_points, ladder_facts, loss_curves, read_fit,
                                        study_dir, write_json)
 from windtunnel.studies.study import Fitted, Options, Study
@@ -119,13 +120,15 @@ class Law:
 
 LAWS: dict[str, Law] = {
     "scaling-law": Law(study="scaling_law", columns=("N", "D", "loss"),
-                       fit=lambda t, o: fit_scaling_law_study(t, bootstrap=o.bootstrap, form=o.form, n_kind=o.n_kind,
-                                                              budgets=o.budgets)),
+                       fit=lambda t, o: fit_scaling_law_study(with_compute(t, o.flops, o.n_kind), bootstrap=o.bootstrap,
+                                                              form=o.form, n_kind=o.n_kind, budgets=o.budgets,
+                                                              flops=o.flops)),
     "batch-size": Law(study="batch_size", columns=("model", "batch_tokens", "tokens", "loss"),
                       fit=lambda t, o: fit_batch_size_study(t, bootstrap=o.bootstrap),
                       table=lambda frame: loss_curves(frame, metric="eval")),
     "lr": Law(study="lr", columns=("model", "lr", "loss"), fit=lambda t, o: fit_lr_study(t, bootstrap=o.bootstrap)),
-    "envelope": Law(study="scaling_law", columns=("C", "loss"), fit=lambda t, o: fit_envelope_study(t)),
+    "envelope": Law(study="scaling_law", columns=("C", "loss"),
+                    fit=lambda t, o: fit_envelope_study(t if "C" in t else with_compute(t, o.flops, o.n_kind))),
 }
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from windtunnel import plots
-from windtunnel.studies.laws import fit_envelope_study
+from windtunnel.studies.laws import fit_envelope_study, with_compute
 from windtunnel.studies.points import NoRuns, decay_points, final_points, loss_curves
 from windtunnel.studies.study import Fitted, Options
 
@@ -107,8 +107,7 @@ def decay_lengths(branches: pd.DataFrame) -> list[dict]:
 
 def equal_compute(points: pd.DataFrame) -> list[dict]:
     """Fig. 6 on a ladder's WSD(D, 0.1D) points: for each smaller/larger pair, the smaller model's loss at the
-    larger one's compute (interpolated in log C, inside its own range) minus the larger one's."""
-    points = points.assign(C=6 * points["N_total"] * points["D"])
+    larger one's compute (interpolated in log C, inside its own range) minus the larger one's; `points` has C."""
     sizes = points.groupby("model")["N_total"].first().sort_values()
     out = []
     for small, large in zip(sizes.index[:-1], sizes.index[1:]):
@@ -136,9 +135,11 @@ def wsd(frame: pd.DataFrame, o: Options) -> Fitted:
     """Every finding above on the wsd sweep's runs (and the scaling-law ladder's envelopes at the same scale)."""
     branches = decay_points(frame)
     cosines = frame[frame["schedule"].isin(["cosine", "cosine_loop"])].sort_values(["D", "period_tokens"])
-    ten_percent = branches[(branches["decay_fraction"] == 0.1) & (branches["decay_shape"] == "exp")]
+    ten_percent = with_compute(branches[(branches["decay_fraction"] == 0.1) & (branches["decay_shape"] == "exp")],
+                               o.flops)
     envelope = fit_envelope_study(ten_percent)
     ladder = _ladder_envelopes(o.scale, o.current)
+    ladder = with_compute(ladder, o.flops) if len(ladder) else ladder
     findings = {"wsd_vs_cosine": wsd_vs_cosine(cosines, branches), "cosine_periods": cosine_periods(cosines),
                 "decay_lengths": decay_lengths(branches), "equal_compute": equal_compute(ladder) if len(ladder) else []}
     result = {"envelope": envelope, "tie": TIE, **findings,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from windtunnel import plots
+from windtunnel.counts import DEFAULT_FLOPS
 from windtunnel.errors import WindtunnelError
 from windtunnel.studies.points import ladder_facts, loss_curves
 from windtunnel.studies.study import BUDGETS, Fitted, Options
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["fit_scaling_law_study", "fit_batch_size_study", "fit_lr_study", "fit_envelope_study", "per_set_laws",
            "describe_scaling_law", "describe_batch_size", "describe_lr", "scaling_law", "batch_size", "lr_transfer",
-           "N_KINDS", "N_NAMES", "FORM_NAMES"]
+           "with_compute", "N_KINDS", "N_NAMES", "FORM_NAMES"]
 
 N_KINDS = {"total": "N_total", "non_embedding": "N"}
 # the fit's N: every parameter (the tied embedding included) or, as in the paper, all but the embedding
@@ -30,16 +31,16 @@ FORM_NAMES = {"chinchilla": "C_N·N^-α + C_D·D^-β + L0", "kaplan": "((N_c/N)^
 
 
 def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, n_kind: str = DEFAULT_N_KIND,
-                          form: str | None = None, budgets=BUDGETS, seed: int = 0) -> dict:
+                          form: str | None = None, budgets=BUDGETS, seed: int = 0, flops: str = DEFAULT_FLOPS) -> dict:
     """§5: L(N,D) in every form and convention of N (Huber/L-BFGS, bootstrap over whole groups: a stable run and
     its decay branches share one seed and trajectory), calibrated for extrapolation (windtunnel.predict).
 
     The top level is the paper's form in the `n_kind` convention, with the paper's curve_fit beside it. `ladder` is
     every candidate with its directional backtests and misspecification sd: the plan's predicted loss and interval
-    pool the candidates its backtests do not reject. The law that gives the compute-optimal allocation (C = 6·N·D
-    with its N) — `prediction` — is `form`, or by default the kept candidate in `n_kind` whose directional backtests
-    erred least; its `backtests` are the ladder's rolling backtests with the intervals it would have given.
-    Every convention of N whose column `points` has is a candidate (a CSV gives one)."""
+    pool the candidates its backtests do not reject. The law that gives the compute-optimal allocation (C = f(N)·D in
+    the FLOP count `flops`, `points`' column C) — `prediction` — is `form`, or by default the kept candidate in
+    `n_kind` whose directional backtests erred least; its `backtests` are the ladder's rolling backtests with the
+    intervals it would have given. Every convention of N whose column `points` has is a candidate (a CSV gives one)."""
     from windtunnel import fit, predict
 
     kinds = {k: col for k, col in N_KINDS.items() if col in points}
@@ -49,24 +50,44 @@ def fit_scaling_law_study(points: pd.DataFrame, *, bootstrap: int, n_kind: str =
     order = [n_kind] + [k for k in kinds if k != n_kind]    # the study's convention first: ratios are stated in it
     Ns = {k: points[kinds[k]].to_numpy(float) for k in order}
     d, loss, groups = points["D"].to_numpy(float), points["loss"].to_numpy(float), _groups(points)
-    ladder = predict.fit_ladder(Ns, d, loss, groups=groups, bootstrap=bootstrap, seed=seed)
+    ladder, tests = predict.fit_and_backtest(Ns, d, loss, groups=groups, bootstrap=bootstrap, seed=seed)
+    per_token = fit.PerToken.of_ladder(flops, points[kinds[n_kind]], points["C"] / points["D"])
     chosen, why = _prediction_form(ladder, n_kind, form)
     law = next(c.law for c in ladder.candidates if (c.form, c.n_kind) == (chosen, n_kind))
     paper = next(c.law for c in ladder.candidates if (c.form, c.n_kind) == ("chinchilla", n_kind))
-    tests = predict.rolling_backtests(Ns, d, loss, groups=groups, bootstrap=bootstrap, seed=seed) \
-        if np.unique(Ns[n_kind]).size > 3 else []
     lsq = fit.fit_scaling_law(Ns[n_kind], d, loss, method="curve_fit", bootstrap=min(bootstrap, PER_SET_BOOTSTRAP),
                               seed=seed, groups=groups)   # the paper's fit beside ours: a rough interval suffices
     return {**paper.to_dict(samples=True), "n_kind": n_kind, "curve_fit": lsq.to_dict(), "n_max": float(Ns[n_kind].max()),
             "prediction": {**law.to_dict(samples=True), "n_kind": n_kind, "why": why,
                            "backtests": [b.to_dict() for b in tests]},
             "ladder": ladder.to_dict(),
-            "flops": "C = 6·N·D with N of n_kind (the tied LM head's matmul counted; attention scores not)",
-            "compute_optimal": fit.compute_optimal(law, list(budgets)).to_dict(orient="records"),
+            "flops": per_token.to_dict(),
+            "compute_optimal": _allocation(fit.compute_optimal(law, list(budgets), per_token), ladder, n_kind),
             "candidates": [_candidate_summary(c, tests) for c in ladder.candidates],
             "per_set": {**per_set_laws(points, n_col=kinds[n_kind], bootstrap=min(bootstrap, PER_SET_BOOTSTRAP),
                                        seed=seed), "averaged_loss": _exponents(paper)},
             "n_models": int(points["model"].nunique()) if "model" in points else int(np.unique(d).size)}
+
+
+def _allocation(table: pd.DataFrame, ladder, n_kind: str) -> list[dict]:
+    """The compute-optimal rows, each with its extrapolation ratios over the ladder and the guardrails it passes
+    (`beyond`: the directions past their limit, where the row is the law's shape, not a calibrated prediction)."""
+    from windtunnel import predict
+
+    rows = table.to_dict(orient="records")
+    for r in rows:
+        ratios = predict.extrapolation(r["N_opt_numeric"], r["D_opt_numeric"], ladder.extent[n_kind])
+        r["extrapolation"] = {k: float(v) for k, v in ratios.items()}
+        r["beyond"] = [k for k in predict.DIRECTIONS if ratios[k] > ladder.limits[k]]
+    return rows
+
+
+def _beyond(row: dict) -> str:
+    """' — beyond the guardrails (…)' for an allocation row past the calibrated extrapolation, else ''."""
+    if not row.get("beyond"):
+        return ""
+    ratios = ", ".join(f"{k.upper()} {row['extrapolation'][k]:.3g}×" for k in row["beyond"])
+    return f"  beyond the guardrails ({ratios} the ladder's largest): the law's shape, not a calibrated prediction"
 
 
 def _candidate_summary(candidate, tests) -> dict:
@@ -124,6 +145,8 @@ def _prediction_form(ladder, n_kind: str, form: str | None) -> tuple[str, str]:
 def describe_scaling_law(law: dict) -> list[str]:
     """The scaling-law fit.json as lines for a terminal: the paper's law and the predicting law with their intervals,
     what is not identified, every candidate with its backtests, and the rolling backtests of the predicting law."""
+    from windtunnel.fit import PerToken
+
     lines = [f"paper's form: {_law_line(law)}", f"  by curve_fit (as the paper): alpha {law['curve_fit']['alpha']:.3f}, "
              f"beta {law['curve_fit']['beta']:.3f}"]
     lines += _per_set_lines(law.get("per_set") or {})
@@ -149,6 +172,10 @@ def describe_scaling_law(law: dict) -> list[str]:
         cover = "no interval" if t["coverage"] is None else f"{sum(t['covered'])}/{t['n_test']} inside the 95% interval"
         lines.append(f"  backtest: fit the {t['n_sizes']} smallest sizes, predict N={t['held_out_N']:,.0f}: mean error "
                      f"{t['mean_rel_err']:+.2%}, mean |error| {t['mean_abs_rel_err']:.2%}, {cover}")
+    per_token = PerToken.from_dict(law.get("flops"))
+    lines.append(f"compute-optimal allocation, FLOPs {per_token.describe()}:")
+    lines += [f"  C {r['C']:.3g}: N_opt {r['N_opt_numeric']:.4g}, D_opt {r['D_opt_numeric']:.4g} (D/N {r['ratio_numeric']:.3g})"
+              + _beyond(r) for r in law["compute_optimal"]]
     return lines
 
 
@@ -202,9 +229,9 @@ def fit_lr_study(points: pd.DataFrame, *, bootstrap: int, seed: int = 0) -> dict
     return fit.fit_lr_transfer(points, bootstrap=bootstrap, seed=seed).to_dict()
 
 
-def fit_envelope_study(points: pd.DataFrame, *, n_kind: str = DEFAULT_N_KIND) -> dict:
-    """§4.3: per model, the series WSD(D, 0.1D) fit by a power law and by an exponential in compute C = 6ND
-    (N of `n_kind`: the same FLOP count as the scaling law's compute-optimal allocation and the plan's cost)."""
+def fit_envelope_study(points: pd.DataFrame) -> dict:
+    """§4.3: per model, the series WSD(D, 0.1D) fit by a power law and by an exponential in compute (`points`' column
+    C: the FLOP count of the scaling law's compute-optimal allocation and the plan's cost)."""
     from windtunnel import fit
 
     out = {}
@@ -212,25 +239,42 @@ def fit_envelope_study(points: pd.DataFrame, *, n_kind: str = DEFAULT_N_KIND) ->
         if len(group) < 4:  # three parameters per form: a fit needs one point to spare
             out[model] = {"skipped": f"{len(group)} points; the envelope needs at least 4"}
             continue
-        compute = 6 * group[N_KINDS[n_kind]].to_numpy(float) * group["D"].to_numpy(float)
-        out[model] = fit.fit_envelope(compute, group["loss"].to_numpy(float)).to_dict()
+        out[model] = fit.fit_envelope(group["C"].to_numpy(float), group["loss"].to_numpy(float)).to_dict()
     return out
 
 
 # ---------------------------------------------------------------- the studies of these laws (windtunnel.studies.STUDIES)
 
 
-SCALING_COLUMNS = ["model", "N", "N_total", "D", "loss", "seed", "group", "name"]  # fit.json's table of points
+SCALING_COLUMNS = ["model", "N", "N_total", "D", "C", "loss", "seed", "group", "name"]  # fit.json's table of points
+
+
+def with_compute(points: pd.DataFrame, flops: str, n_kind: str = DEFAULT_N_KIND) -> pd.DataFrame:
+    """`points` with each run's training FLOPs C in the count `flops` (windtunnel.fit.FLOP_COUNTS): "6nd" 6·N·D with
+    N of `n_kind`, "full" the trainer's count D·(6·N_total + 12·L·d·T), which needs each run's layers, width and
+    context (a stored sweep has them; a CSV does not)."""
+    d = points["D"].to_numpy(float)
+    if flops == "6nd":
+        return points.assign(C=6 * points[N_KINDS[n_kind]].to_numpy(float) * d)
+    missing = [c for c in ("N_total", "n_layers", "d_model", "seq_len") if c not in points or points[c].isna().any()]
+    if missing:
+        raise WindtunnelError(f"--flops full counts attention from each run's layers, width and context; these runs "
+                              f"lack {', '.join(missing)} — use --flops 6nd")
+    attention = 12 * points["n_layers"] * points["d_model"] * points["seq_len"]
+    return points.assign(C=(6 * points["N_total"] + attention).to_numpy(float) * d)
 
 
 def scaling_law(points: pd.DataFrame, o: Options) -> Fitted:
     """§5 and §4.3 on the decay branches: the law in every form and convention of N, and each size's envelope."""
-    law = fit_scaling_law_study(points, bootstrap=o.bootstrap, n_kind=o.n_kind, form=o.form, budgets=o.budgets)
+    points = with_compute(points, o.flops, o.n_kind)
+    law = fit_scaling_law_study(points, bootstrap=o.bootstrap, n_kind=o.n_kind, form=o.form, budgets=o.budgets,
+                                flops=o.flops)
     envelope = fit_envelope_study(points)
     result = {**law, **ladder_facts(points), "envelope": envelope,
               "points": points[SCALING_COLUMNS].to_dict(orient="records")}
     shown = points.assign(N=points[N_KINDS[law["n_kind"]]])  # the figures' N: the predicting law's convention
-    return Fitted(result, {"fig10_iso_loss.png": lambda path: plots.iso_loss(law["prediction"], shown, path),
+    return Fitted(result, {"fig10_iso_loss.png": lambda path: plots.iso_loss(law["prediction"], shown, law["flops"],
+                                                                             path),
                            "fig17_loss_vs_tokens.png": lambda path: plots.loss_vs_tokens([law, law["prediction"]],
                                                                                          shown, path),
                            "fig6_envelope.png": lambda path: plots.envelope(shown, envelope, path),

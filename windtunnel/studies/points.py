@@ -26,6 +26,7 @@ NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": 
            "fork_step": "params.fork_step", "decay_fraction": "params.coord.decay_fraction",
            "branch_tokens_per_param": "params.coord.branch_tokens_per_param", "branch_tokens": "params.coord.branch_tokens",
            "epochs": "metrics.data/epochs", "seed": "params.seed", "d_model": "params.model.d_model", "seq_len": "params.seq_len",
+           "n_layers": "params.model.n_layers",
            "vocab_size": "params.model.vocab_size", "period_tokens": "params.schedule.period_tokens"}
 MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_std", "parametrization")
 # the µP base of a run's model: hyper-parameters found on a ladder transfer only within one base (DESIGN §3)

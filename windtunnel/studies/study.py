@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from windtunnel.counts import DEFAULT_FLOPS
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -29,7 +31,10 @@ class Options:
     n_kind: str = "total"
     """scaling law: N with the tied embedding ("total") or without ("non_embedding"); for a CSV, what its N column counts"""
     budgets: tuple[float, ...] = BUDGETS
-    """scaling law: compute budgets C = 6·N·D (FLOPs) of the compute-optimal allocation"""
+    """scaling law: compute budgets (FLOPs, in the count `flops`) of the compute-optimal allocation"""
+    flops: str = DEFAULT_FLOPS
+    """the FLOP count of the allocation, the envelope and the budgets (windtunnel.fit.FLOP_COUNTS): "full" counts
+    attention as the trainer does, "6nd" is the paper's 6·N·D; a CSV, which gives no architecture, counts 6nd"""
 
 
 @dataclass(frozen=True)
