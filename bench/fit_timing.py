@@ -24,7 +24,6 @@ bench/results/fit_timing.json.
 import argparse
 import io
 import json
-import math
 import os
 import platform
 import pstats
@@ -42,6 +41,8 @@ import scipy
 
 from windtunnel import predict
 from windtunnel.fit import fit_batch_size_law, fit_scaling_law
+
+from peak import matmul_peak  # bench/, the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]   # this checkout: the CLI's subprocess imports its windtunnel
 KAPLAN = {"N_c": 8.8e13, "alpha_N": 0.076, "D_c": 5.4e13, "alpha_D": 0.095}   # Kaplan et al. 2020, eq. 1.5
@@ -93,20 +94,6 @@ def run_cli(command: list[str]) -> dict:
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout)
-
-
-def matmul_peak(n: int = 2048, reps: int = 5) -> float:
-    """Best fp32 FLOP/s of an n³ torch matmul over `reps` tries (2n³ FLOPs each), as bench/train_throughput.py."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm the BLAS threads
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def top_entries(stats: pstats.Stats, n: int = 20) -> str:

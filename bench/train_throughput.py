@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import resource
@@ -46,6 +45,8 @@ from windtunnel.config import TrainSpec, apply_overrides, get_model  # noqa: E40
 from windtunnel.data import prepare, sample_windows  # noqa: E402
 from windtunnel.counts import flops_per_token, n_params  # noqa: E402
 from windtunnel.train import train  # noqa: E402
+
+from peak import matmul_peak  # noqa: E402  (bench/, the script's folder)
 
 SEQ_LEN = 128
 # shape → (tokens per optimizer step, seconds per measurement in full mode, reps in full mode); the 9M
@@ -160,18 +161,6 @@ def wt_run(spec: TrainSpec, *, steps: int, compile: bool) -> dict:
 def _minor_faults() -> int:
     """Minor page faults of this process so far: eager CPU training re-faults freed 16-512 MB buffers."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """Best fp32 FLOP/s of an n³ matmul over `reps` tries (2n³ FLOPs each)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm the BLAS threads
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 class OtherLoad:
