@@ -141,11 +141,52 @@ HOW = ["--set", "eval_every=4", "--set", "checkpoint_every=3", "--set", "data.ev
 def test_plan_spec_refuses_what_the_plan_gives_and_an_unfilled_gap():
     with pytest.raises(WindtunnelError, match="the plan gives that value"):
         plan_spec(PLAN, source="p.yaml", given=["lr=0.1"])
-    gappy = {**PLAN, "gaps": ["batch size: too uncertain"]}
-    with pytest.raises(WindtunnelError, match="incomplete"):
+    train = {k: v for k, v in PLAN["train"].items() if k not in ("batch_tokens", "batch_warmup")}
+    gappy = {**PLAN, "gaps": ["batch size: too uncertain"], "train": train}
+    with pytest.raises(WindtunnelError, match=r"incomplete \(batch size: too uncertain\); p.yaml: --set batch_tokens=\.\.\."):
         plan_spec(gappy, source="p.yaml")
     spec, keys = plan_spec(gappy, source="p.yaml", given=["batch_tokens=2048", "eval_every=5"])
     assert keys == {"batch_tokens", "eval_every"} and spec.model.d_base == 32 and spec.lr == 0.02
+
+
+def test_a_plan_without_tokens_or_prediction_launches_with_what_set_gives():
+    """A plan beyond the law (no tokens, no predicted loss) is filled by --set tokens, whose WSD schedule follows the
+    plan's rule, and launches only with --no-prediction."""
+    from windtunnel.plan import wsd_schedule
+
+    rule = {"warmup_fraction": 0.01, "decay_fraction": 0.1}
+    train = {k: v for k, v in PLAN["train"].items() if k not in ("tokens", "schedule", "batch_warmup")}
+    bare = {**PLAN, "gaps": ["tokens: no usable scaling-law fit", "predicted loss: needs a token budget"],
+            "train": train, "predicted_loss": None, "schedule_rule": rule}
+    with pytest.raises(WindtunnelError, match=r"--set tokens=\.\.\. fills what it left out"):
+        plan_spec(bare, source="p.yaml", no_prediction=True)
+    with pytest.raises(WindtunnelError, match="predicts no loss .*--no-prediction launches it"):
+        plan_spec(bare, source="p.yaml", given=["tokens=22528"])
+    spec, keys = plan_spec(bare, source="p.yaml", given=["tokens=22528"], no_prediction=True)
+    assert keys == {"tokens"} and spec.tokens == 22528 and spec.lr == 0.02
+    expected = wsd_schedule(22528, 2048, **rule)   # 11 steps: 10 stable, 1 decaying (10% of the stable stage)
+    assert expected["decay_start_tokens"] == 20480
+    assert (spec.schedule.kind, spec.schedule.warmup_tokens, spec.schedule.decay_start_tokens) == \
+        ("wsd", expected["warmup_tokens"], 20480)
+
+
+def test_one_device_per_worker_and_hours_in_the_runs_dtype():
+    """NCCL cannot share a GPU between ranks and a worker trains on one device: fractions and several are refused in
+    one line; the hours follow the dtype's peak."""
+    from windtunnel.config import TrainSpec, get_model
+
+    spec = apply_overrides(TrainSpec(model=get_model("minicpm-1.2b")),
+                           ["seq_len=4096", "batch_tokens=4194304", "tokens=1e11", "dtype=bf16"])
+    with pytest.raises(WindtunnelError, match="--gpus-per-worker 0.5 would put 2 NCCL ranks on one GPU"):
+        layout(spec, workers=8, gpus_per_worker=0.5)
+    with pytest.raises(WindtunnelError, match="--gpus-per-worker 8: a worker trains on one device.*--workers 64"):
+        layout(spec, workers=8, gpus_per_worker=8)
+    spec = apply_overrides(spec, ["micro_batch_tokens=8192"])   # the same micro-batch: activations compare
+    bf16 = layout(spec, workers=8, gpus_per_worker=1)
+    fp32 = layout(apply_overrides(spec, ["dtype=fp32"]), workers=8, gpus_per_worker=1)
+    assert fp32["expected_hours"] / bf16["expected_hours"] == pytest.approx(989 / 67)
+    assert 1.8 < fp32["memory"]["activations"] / bf16["memory"]["activations"] < 2   # 4 against 2 bytes; the head fp32
+    assert fp32["memory"]["parameters"] == bf16["memory"]["parameters"]                # fp32 master weights either way
 
 
 def _cli(*args, env, timeout=600):

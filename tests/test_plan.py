@@ -129,6 +129,19 @@ def test_a_target_far_beyond_the_ladder_is_not_extrapolated_to():
     assert plan["predicted_loss"] is None and any("D " in g and "limit" in g for g in plan["gaps"])
 
 
+def test_the_plan_file_names_the_launch_and_what_set_must_fill():
+    """The header is the command that trains it; a plan beyond the law lists what `launch --set` must give."""
+    from windtunnel.plan import render_yaml, wsd_schedule
+
+    plan = make_plan(target(), scaling=scaling_fit(), batch=None, lr=LR_FIT, tokens=2e7)
+    head = render_yaml(plan).splitlines()[2]
+    assert head.startswith("# launch: windtunnel launch <this file> --workers N") and "batch_tokens" in head
+    assert plan["train"]["schedule"] == wsd_schedule(plan["train"]["tokens"], plan["train"]["seq_len"],
+                                                     **plan["schedule_rule"])
+    big = make_plan(target(d_model=4096, n_heads=256, n_layers=8), scaling=scaling_fit(), batch=None, lr=LR_FIT)
+    assert "--set fills what it left out: tokens, batch_tokens" in render_yaml({**big, "made": "today"})
+
+
 @pytest.mark.parametrize("tokens, compute, message", [
     (-5, None, "--tokens -5 is not allowed; give a positive number"),
     (0, None, "--tokens 0 is not allowed"),

@@ -10,7 +10,8 @@
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
     windtunnel validate TARGET [--tokens T | --compute FLOPS]
-    windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker G] [--set key=value ...] [--dry-run [--json]]
+    windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker 0|1] [--set key=value ...] [--no-prediction]
+                      [--dry-run [--json]]
     windtunnel report
     windtunnel check-mup [--model-base NAME] [--widths W ...] [--json]
     windtunnel ui [--port 5000]
@@ -399,7 +400,8 @@ def cmd_launch(args) -> None:
     from windtunnel.launch import launch
 
     options = dict(workers=args.workers, gpus_per_worker=args.gpus_per_worker, given=args.set,
-                   device_memory=args.device_memory * 1e9 if args.device_memory else None)
+                   device_memory=args.device_memory * 1e9 if args.device_memory else None,
+                   no_prediction=args.no_prediction)
     out = launch(args.plan, dry_run=True, **options)  # the layout first: it is checked before anything starts
     if args.dry_run and args.json:
         print(json.dumps(out))
@@ -543,11 +545,14 @@ def parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="train a plan's target on Ray Train (data-parallel; resumes a stopped launch)")
     la.add_argument("plan", help="a plan file, e.g. results/plans/minicpm-1.2b.yaml")
     la.add_argument("--workers", type=option(POSITIVE_INT), default=1, help="data-parallel workers (processes)")
-    la.add_argument("--gpus-per-worker", type=option(NON_NEGATIVE), default=0, help="GPUs per worker (0: CPU workers, gloo)")
+    la.add_argument("--gpus-per-worker", type=option(NON_NEGATIVE), default=0, help="GPUs per worker: 0 (CPU workers, gloo) or 1 (one GPU each, NCCL)")
     la.add_argument("--device-memory", type=option(POSITIVE), default=None,
                     help="GB of one worker's device (default: 80 per GPU, or this machine's RAM / workers)")
     la.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a value the plan left out (batch_tokens, lr), or how it runs (micro_batch_tokens, device, ...)")
+                    help="a value the plan left out (tokens, batch_tokens, lr), or how it runs (micro_batch_tokens, "
+                         "device, ...)")
+    la.add_argument("--no-prediction", action="store_true",
+                    help="launch a plan that predicts no loss (then there is no predicted-vs-actual)")
     la.add_argument("--max-failures", type=option(NON_NEGATIVE_INT), default=3, help="worker-group restarts from the newest checkpoint")
     la.add_argument("--dry-run", action="store_true", help="print the layout, memory and hours; train nothing")
     la.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")

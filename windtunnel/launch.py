@@ -2,7 +2,8 @@
 
 1) `plan_spec` turns a plan (results/plans/TARGET.yaml) into the target's TrainSpec: its `train:` section (tokens,
    batch and batch warm-up, µP base and LR, WSD schedule, context). An incomplete plan is refused with its gaps
-   unless `--set` gives each value it left out (batch_tokens, lr), and only those; `device`, `dtype`, `compile`,
+   unless `--set` gives each value it left out (tokens, batch_tokens, lr), and only those; the comparison lists
+   them. A plan that predicts no loss launches only with `--no-prediction`. `device`, `dtype`, `compile`,
    `micro_batch_tokens`, `parallel`, `eval_every`, `data.eval_tokens` and `checkpoint_every` (how, not what, it
    trains) may always be set.
 2) `layout` splits the global batch into workers × micro-batch × gradient accumulation and estimates the memory
@@ -37,13 +38,14 @@ from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, Rang
 from windtunnel.errors import WindtunnelError
 from windtunnel.paths import results_dir, write_atomic
 
-__all__ = ["plan_spec", "layout", "launch", "read_comparisons", "GAP_KEYS"]
+__all__ = ["plan_spec", "layout", "launch", "read_comparisons"]
 
-GAP_KEYS = {"batch size": "batch_tokens", "lr": "lr"}  # a plan's gap -> the train key that fills it
 HOW_KEYS = {"device", "dtype", "compile", "micro_batch_tokens", "eval_every", "checkpoint_every", "peak_flops",
             "data.eval_tokens", "parallel"}
 GPU_MEMORY = 80e9  # bytes per GPU assumed by a dry run (an 80 GB A100/H100) unless --device-memory says otherwise
-GPU_FLOPS = 989e12  # dense bf16 FLOP/s per GPU for the expected hours (H100 SXM)
+# dense FLOP/s of one H100 SXM for the expected hours, by the dtype the trainer runs in: bf16 tensor cores, and fp32
+# without TF32 (PyTorch leaves TF32 matmuls off, and the trainer does not turn them on)
+GPU_FLOPS = {"bf16": 989e12, "fp32": 67e12}
 
 
 def load_plan(path: str | Path) -> dict:
@@ -59,22 +61,33 @@ def load_plan(path: str | Path) -> dict:
     return plan
 
 
-def plan_spec(plan: dict, *, source: str, given: list[str] = ()):
-    """The target's TrainSpec from a plan, `given` (key=value) filling its gaps; returns (spec, given keys)."""
+def plan_spec(plan: dict, *, source: str, given: list[str] = (), no_prediction: bool = False):
+    """The target's TrainSpec from a plan, `given` (key=value) filling exactly what it left out (tokens, batch_tokens,
+    lr; a plan without tokens gets its WSD schedule from its `schedule_rule`); returns (spec, given keys). A plan
+    without a predicted loss launches only with `no_prediction` (then there is no predicted-vs-actual)."""
     from windtunnel.config import TrainSpec, apply_overrides, check_run, get_model
+    from windtunnel.plan import plan_missing, wsd_schedule
 
-    fillable = {GAP_KEYS[g.split(":")[0]] for g in plan.get("gaps", []) if g.split(":")[0] in GAP_KEYS}
+    missing = plan_missing(plan)
     keys = {item.partition("=")[0].strip() for item in given}
-    if keys - fillable - HOW_KEYS:
-        raise WindtunnelError(f"--set {', '.join(sorted(keys - fillable - HOW_KEYS))}: the plan gives that value; "
-                              f"--set may fill what it left out ({', '.join(sorted(fillable)) or 'nothing'}) and "
+    if keys - set(missing) - HOW_KEYS:
+        raise WindtunnelError(f"--set {', '.join(sorted(keys - set(missing) - HOW_KEYS))}: the plan gives that value; "
+                              f"--set may fill what it left out ({', '.join(missing) or 'nothing'}) and "
                               f"choose how it runs ({', '.join(sorted(HOW_KEYS))})")
-    unfilled = [g for g in plan.get("gaps", []) if GAP_KEYS.get(g.split(":")[0]) not in keys]
+    unfilled = [k for k in missing if k not in keys]
+    why = "; ".join(plan.get("gaps", [])) or "no reason recorded"
     if unfilled:
-        raise WindtunnelError(f"the plan for {plan['target']} is incomplete: " + "; ".join(unfilled)
-                              + f" ({source}; --set fills batch_tokens or lr)")
+        raise WindtunnelError(f"the plan for {plan['target']} is incomplete ({why}); {source}: --set "
+                              + " --set ".join(f"{k}=..." for k in unfilled) + " fills what it left out")
+    if not plan.get("predicted_loss") and not no_prediction:
+        raise WindtunnelError(f"{source}: the plan for {plan['target']} predicts no loss ({why}); --no-prediction "
+                              "launches it without a predicted-vs-actual comparison")
     spec = apply_overrides(TrainSpec(model=get_model(plan["target"])), plan["train"], source=source)
-    return check_run(apply_overrides(spec, list(given)), file=f"{source} with --set" if given else source), keys
+    spec = apply_overrides(spec, list(given))
+    if "tokens" in keys and "schedule" not in plan["train"] and plan.get("schedule_rule"):
+        schedule = wsd_schedule(spec.tokens, spec.batch_tokens, **plan["schedule_rule"])
+        spec = apply_overrides(spec, {"schedule": schedule}, source=f"{source} schedule_rule")
+    return check_run(spec, file=f"{source} with --set" if given else source), keys
 
 
 # ---------------------------------------------------------------- layout and memory
@@ -121,9 +134,10 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
     from windtunnel.train import total_steps, total_tokens
 
     _check_numbers(workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory, mfu=mfu)
+    _check_one_device(workers, gpus_per_worker)
     gpu = gpus_per_worker > 0
     dtype = spec.dtype if spec.dtype != "auto" else ("bf16" if gpu else "fp32")
-    device_memory = device_memory or (GPU_MEMORY * gpus_per_worker if gpu else _host_memory() / workers)
+    device_memory = device_memory or (GPU_MEMORY if gpu else _host_memory() / workers)
     batches = sorted({spec.batch_tokens, *(b for _, b in spec.batch_warmup)})
     for batch in batches:
         if batch % (workers * spec.seq_len):
@@ -149,7 +163,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
                               f"tokens) exceeds the {device_memory / 1e9:.1f} GB of a device; add workers or devices")
     tokens = total_tokens(spec)
     flops = flops_per_token(spec.model, seq_len=spec.seq_len) * tokens
-    peak = GPU_FLOPS * gpus_per_worker if gpu else _cpu_peak()
+    peak = GPU_FLOPS[dtype] if gpu else _cpu_peak()
     return {"strategy": strategy, "workers": workers, "gpus_per_worker": gpus_per_worker, "dtype": dtype,
             "micro_batch_tokens": micro, "grad_accum": spec.batch_tokens // (workers * micro),
             "grad_accum_stages": [[t, b // (workers * micro)] for t, b in spec.batch_warmup],
@@ -157,6 +171,17 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
             "device_memory_bytes": device_memory, "steps": total_steps(spec), "tokens": tokens,
             "flops": flops, "mfu": mfu, "peak_flops_per_worker": peak,
             "expected_hours": flops / (workers * peak * mfu) / 3600}
+
+
+def _check_one_device(workers: int, gpus_per_worker: float) -> None:
+    """One device per Ray Train worker: NCCL cannot share a GPU between ranks, and a worker trains on one device."""
+    if 0 < gpus_per_worker < 1:
+        raise WindtunnelError(f"launch: --gpus-per-worker {gpus_per_worker:g} would put {1 / gpus_per_worker:.3g} NCCL "
+                              "ranks on one GPU, which NCCL refuses; give --gpus-per-worker 1 and --workers = the GPUs")
+    if gpus_per_worker > 1:
+        raise WindtunnelError(f"launch: --gpus-per-worker {gpus_per_worker:g}: a worker trains on one device, so the "
+                              f"rest would idle; give --workers {math.ceil(workers * gpus_per_worker)} "
+                              "--gpus-per-worker 1")
 
 
 def _host_memory() -> float:
@@ -174,7 +199,7 @@ def _cpu_peak() -> float:
 
 def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 0, given: list[str] = (),
            device_memory: float | None = None, dry_run: bool = False, max_failures: int = 3,
-           experiment: str = "launch") -> dict:
+           experiment: str = "launch", no_prediction: bool = False) -> dict:
     """Dry run: the layout. Otherwise train the planned target on Ray Train and return the outcome (the run's
     folder, status, final held-out loss against the prediction)."""
     from windtunnel.data import prepare
@@ -183,7 +208,7 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
     _check_numbers(max_failures=max_failures)
     plan_path = Path(plan_path)
     plan = load_plan(plan_path)
-    spec, keys = plan_spec(plan, source=str(plan_path), given=given)
+    spec, keys = plan_spec(plan, source=str(plan_path), given=given, no_prediction=no_prediction)
     out = layout(spec, workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory)
     out["target"] = plan["target"]
     if dry_run:

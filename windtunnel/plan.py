@@ -17,7 +17,7 @@ guessed — and the plan's status says `incomplete`:
 - the predicted loss has a 95% prediction interval of a new run, pooled over the candidate laws the ladder's
   backtests keep and widened with the distance beyond the ladder (windtunnel.predict); the plan states its
   extrapolation in N, D and C and refuses beyond the calibrated limits (predict.LIMITS), naming the one passed.
-The `train:` section is a TrainSpec override mapping: `windtunnel train TARGET --set-file PLAN.yaml` runs it.
+The `train:` section is a TrainSpec override mapping: `windtunnel launch PLAN.yaml` trains it (windtunnel.launch).
 """
 
 from __future__ import annotations
@@ -129,12 +129,11 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     if base is not None and (usable["scaling law"] or usable["LR transfer"]):
         train["model"] = {"parametrization": "mup", **{k: base[k] for k in TRANSFERRED}}
     steps = None
+    schedule = {"warmup_fraction": limits.warmup_fraction, "decay_fraction": limits.decay_fraction}
     if plan_tokens:
         steps = max(1, round(plan_tokens / (batch_tokens or seq_len)))
         train["tokens"] = int(steps * (batch_tokens or seq_len))
-        stable = round(steps / (1 + limits.decay_fraction))  # the ladder's branches: decay = fraction of the stable stage
-        train["schedule"] = {"kind": "wsd", "warmup_tokens": int(limits.warmup_fraction * train["tokens"]),
-                             "decay_start_tokens": int(stable * (batch_tokens or seq_len)), "decay_shape": "exp"}
+        train["schedule"] = wsd_schedule(train["tokens"], batch_tokens or seq_len, **schedule)
     if batch_tokens:
         train["batch_tokens"] = batch_tokens
         if len(warmup) > 1:
@@ -158,6 +157,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         "target": model.name, "n_params": n, "n_kind": n_kind, "made": datetime.date.today().isoformat(),
         "status": "complete" if not gaps else "incomplete", "gaps": gaps, "notes": notes,
         "train": train,
+        "schedule_rule": schedule,   # how `launch --set tokens=T` makes the schedule of a plan without tokens
         "tokens_basis": basis,
         "predicted_loss": loss,
         "hyperparameters": {"batch": batch_hp, "lr": lr_hp},
@@ -166,6 +166,15 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
                                                        "batch_tokens": list(model.paper_run.batch_tokens),
                                                        "lr": model.paper_run.lr},
     }
+
+
+def wsd_schedule(tokens: int, batch_tokens: int, *, warmup_fraction: float, decay_fraction: float) -> dict:
+    """The plan's WSD schedule for `tokens`: warm-up a fraction of the run, an exponential decay `decay_fraction` of
+    the stable stage (as the ladder's branches), at a whole step."""
+    steps = max(1, round(tokens / batch_tokens))
+    stable = round(steps / (1 + decay_fraction))
+    return {"kind": "wsd", "warmup_tokens": int(warmup_fraction * tokens),
+            "decay_start_tokens": int(stable * batch_tokens), "decay_shape": "exp"}
 
 
 def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list) -> bool:
@@ -392,6 +401,14 @@ def plan_from_fits(target: str, *, tokens: float | None = None, compute: float |
     return plan, path
 
 
+WHAT_KEYS = ("tokens", "batch_tokens", "lr")   # what a plan decides for its run; `launch --set` fills what it left out
+
+
+def plan_missing(plan: dict) -> list[str]:
+    """The train keys of WHAT_KEYS a plan left out."""
+    return [k for k in WHAT_KEYS if k not in plan["train"]]
+
+
 def render_yaml(plan: dict) -> str:
     """The plan as commented YAML: the header says how to launch it and what it was made from."""
     import yaml
@@ -399,6 +416,7 @@ def render_yaml(plan: dict) -> str:
     head = [f"# windtunnel plan for {plan['target']} (N = {plan['n_params']:,}, {N_KIND_LABEL[plan['n_kind']]}), "
             f"made {plan['made']}",
             f"# status: {plan['status']}" + ("" if not plan["gaps"] else " — " + "; ".join(plan["gaps"])),
-            f"# launch: windtunnel train {plan['target']} --set-file <this file>",
+            f"# launch: windtunnel launch <this file> --workers N [--gpus-per-worker 1] [--dry-run]"
+            + (f"  (--set fills what it left out: {', '.join(plan_missing(plan))})" if plan_missing(plan) else ""),
             "# made from: " + ", ".join(f"{k} {v}" for k, v in plan.get("sources", {}).items())]
     return "\n".join(head) + "\n" + yaml.safe_dump(plan, sort_keys=False, allow_unicode=True, width=120)
