@@ -156,6 +156,9 @@ def test_dry_run_json_from_the_cli():
     six = json.loads(six.stdout)   # the dry run follows the FLOP count: full = 6·N_total·D + attention
     assert (summary["flops_count"], six["flops_count"]) == ("full", "6nd")
     assert summary["flops"] == pytest.approx(six["flops"] + six["attention_flops"], rel=1e-9)
+    hours = summary["flops"] / (0.4 * 989e12) / 3600   # the trainer's FLOPs at 40% of an H100's bf16 peak, stated
+    assert summary["gpu_hours"] == pytest.approx(hours) == sum(r["gpu_hours"] for r in summary["runs"])
+    assert "H100" in summary["gpu"] and "estimate" in summary["gpu"]
 
 
 def test_a_scale_with_only_runs_is_exactly_that_list(tmp_path):

@@ -109,6 +109,9 @@ def test_the_plan_follows_the_fits_flop_count():
     assert plan["train"]["tokens"] == pytest.approx(3e14 / counted, rel=0.01)
     assert plan["cost"]["flops"] == pytest.approx(3e14, rel=0.01) == plan["cost"]["trained_flops"]
     assert plan["cost"]["convention"].startswith("full")
+    laddered = make_plan(model, scaling={**fit, "ladder_cost": {"flops": 6e12, "gpu_hours": 1.0, "stable_runs": 12,
+                                                                "branches": 48}}, batch=None, lr=LR_FIT, compute=3e14)
+    assert laddered["cost"]["ladder"]["fraction_of_target"] == pytest.approx(6e12 / 3e14, rel=0.01)  # the tunnel's share
     optimal = make_plan(model, scaling=fit, batch=None, lr=LR_FIT)
     law, n = ScalingLawFit.from_dict(fit["prediction"]), count_params(model, embedding=True)
     assert per_token.b < 1 and optimal["train"]["tokens"] == pytest.approx(law.optimal_tokens(n, per_token), rel=0.01)

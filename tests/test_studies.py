@@ -178,6 +178,11 @@ def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     assert point["C"] == pytest.approx(point["D"] * (6 * point["N_total"] + 12 * 2 * 8 * 128))
     assert all(r["C"] == pytest.approx(PerToken.from_dict(flops)(r["N_opt_numeric"]) * r["D_opt_numeric"])
                for r in law["compute_optimal"])
+    per_token = {m: 6 * n + 12 * 2 * WIDTH[m] * 128 for m, n in SIZES.items()}   # each stable run to its last fork,
+    cost = sum(per_token[m] * (int(60 * n / 1024) * 1024 + sum(1.1 * at * n - int(at * n / 1024) * 1024   # each
+                                                              for at in range(10, 70, 10)))          # branch past it
+               for m, n in SIZES.items())
+    assert law["ladder_cost"]["flops"] == pytest.approx(cost) and law["ladder_cost"]["stable_runs"] == 5
     for r in law["compute_optimal"]:   # each allocation states its distance; past a guardrail it says so
         limits = law["ladder"]["limits"]
         assert r["beyond"] == [k for k in ("n", "d", "c") if r["extrapolation"][k] > limits[k]]

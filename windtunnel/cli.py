@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, Range, option
+from windtunnel.counts import H100_FLOPS
 from windtunnel.errors import WindtunnelError, one_line
 
 __all__ = ["main"]
@@ -114,13 +115,15 @@ def cmd_sweep(args) -> None:
 
 
 def _print_graph(runs, summary) -> None:
-    print(f"{'run id':<14}{'name':<44}{'tokens':>14}{'own tokens':>14}  forks from")
+    hours = {r["id"]: r["gpu_hours"] for r in summary["runs"]}
+    print(f"{'run id':<14}{'name':<40}{'tokens':>17}{'own tokens':>17}{'GPU-h':>10}  forks from")
     for r in runs:
         fork = f"{r.parent} step {r.fork_step}" if r.parent else ""
-        print(f"{r.id:<14}{r.name[:42]:<44}{r.tokens:>14,}{r.own_tokens:>14,}  {fork}")
+        print(f"{r.id:<14}{r.name[:38]:<40}{r.tokens:>17,}{r.own_tokens:>17,}{hours[r.id]:>10.3g}  {fork}")
     print(f"{summary['n_runs']} runs; {summary['tokens']:,} tokens ({summary['flops']:.3g} FLOPs, {summary['flops_count']}; "
           f"attention {summary['attention_flops']:.3g}) against "
-          f"{summary['tokens_from_scratch']:,} from scratch ({summary['tokens_from_scratch'] / summary['tokens']:.2f}x)")
+          f"{summary['tokens_from_scratch']:,} from scratch ({summary['tokens_from_scratch'] / summary['tokens']:.2f}x); "
+          f"{summary['gpu_hours']:,.3g} GPU-hours on {summary['gpu']}")
 
 
 def _print_outcomes(outcomes) -> None:
@@ -360,6 +363,10 @@ def _print_plan(plan: dict, path) -> None:
         steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
         print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}); {cost['trained_flops']:.4g} "
               f"trained, {cost['gpu_hours']:,.3g} GPU-hours at {cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s")
+        if cost.get("ladder"):
+            lad = cost["ladder"]
+            print(f"  ladder cost   {lad['flops']:.4g} FLOPs ({lad['stable_runs']} stable runs, {lad['branches']} decay "
+                  f"branches), {lad['gpu_hours']:,.3g} GPU-hours: {lad['fraction_of_target']:.3%} of this run")
     for gap in plan["gaps"]:
         print(f"  not planned:  {gap}")
     for note in plan["notes"]:
@@ -528,7 +535,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
     pl.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it: D = C / 6N")
     pl.add_argument("--mfu", type=option(Range(low=0, high=1, low_open=True)), default=0.4, help="MFU the GPU-hours are costed at")
-    pl.add_argument("--gpu-flops", type=option(POSITIVE), default=989e12, help="peak FLOP/s of one GPU (H100 bf16 dense)")
+    pl.add_argument("--gpu-flops", type=option(POSITIVE), default=H100_FLOPS["bf16"],
+                    help="peak FLOP/s of one GPU (H100 bf16 dense)")
     pl.add_argument("--max-loss-interval", type=option(POSITIVE), default=0.15,
                     help="largest relative half-width of the predicted loss's 95%% interval the plan accepts")
     pl.add_argument("--fit", metavar="FIT.json", help="plan from this scaling-law fit (written by `fit scaling-law "

@@ -12,9 +12,20 @@ from __future__ import annotations
 
 from windtunnel.config import ModelSpec
 
-__all__ = ["n_params", "flops_per_token", "attention_flops_per_token", "counted_flops_per_token", "DEFAULT_FLOPS"]
+__all__ = ["n_params", "flops_per_token", "attention_flops_per_token", "counted_flops_per_token", "DEFAULT_FLOPS",
+           "H100_FLOPS", "DEFAULT_MFU", "gpu_hours"]
 
 DEFAULT_FLOPS = "full"  # the micro ladder's frontier backtests (bench/flop_count.py, LOG.md 2026-12-06)
+# The dense peak of one H100 SXM (datasheet) by the dtype the trainer runs in: bf16 tensor cores, and fp32 without
+# TF32 (PyTorch leaves TF32 matmuls off, and the trainer does not turn them on). GPU-hours from it are estimates at a
+# stated MFU, not measurements.
+H100_FLOPS = {"bf16": 989e12, "fp32": 67e12}
+DEFAULT_MFU = 0.4
+
+
+def gpu_hours(flops: float, *, mfu: float = DEFAULT_MFU, peak: float = H100_FLOPS["bf16"]) -> float:
+    """Hours of one GPU to compute `flops` at `mfu` of `peak` FLOP/s."""
+    return flops / (mfu * peak) / 3600
 
 
 def n_params(spec: ModelSpec, *, embedding: bool = False) -> int:

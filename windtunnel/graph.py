@@ -344,16 +344,21 @@ def _check_unique(runs: list[Run], *, file) -> None:
 def summarize(runs: list[Run], flops: str = DEFAULT_FLOPS) -> dict:
     """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6).
     FLOPs in the count `flops` (windtunnel.fit.FLOP_COUNTS: "full" the trainer's, "6nd" 6·N_total·D) — the count of
-    the scaling law's allocation and the plan; attention's share is given apart."""
-    from windtunnel.counts import attention_flops_per_token, counted_flops_per_token
+    the scaling law's allocation and the plan; attention's share is given apart. GPU-hours (per run, of its own
+    tokens, and in total) are the trainer's FLOPs at DEFAULT_MFU of an H100's bf16 peak: an estimate, stated as one."""
+    from windtunnel.counts import (DEFAULT_MFU, H100_FLOPS, attention_flops_per_token, counted_flops_per_token,
+                                   flops_per_token, gpu_hours)
 
     parents = {r.parent for r in runs if r.parent}
     finals = [r for r in runs if r.id not in parents]
     per_token = {r.id: counted_flops_per_token(r.spec.model, seq_len=r.spec.seq_len, count=flops) for r in runs}
     attention = sum(r.own_tokens * attention_flops_per_token(r.spec.model, seq_len=r.spec.seq_len) for r in runs)
+    hours = {r.id: gpu_hours(r.own_tokens * flops_per_token(r.spec.model, seq_len=r.spec.seq_len)) for r in runs}
     return {"n_runs": len(runs), "n_final_points": len(finals), "tokens": sum(r.own_tokens for r in runs),
             "tokens_from_scratch": sum(r.tokens for r in finals), "flops_count": flops,
             "flops": sum(r.own_tokens * per_token[r.id] for r in runs),
             "flops_from_scratch": sum(r.tokens * per_token[r.id] for r in finals), "attention_flops": attention,
-            "runs": [{"id": r.id, "name": r.name, "tokens": r.tokens, "own_tokens": r.own_tokens, "parent": r.parent}
-                     for r in runs]}
+            "gpu_hours": sum(hours.values()),
+            "gpu": f"H100 SXM bf16 at {DEFAULT_MFU:.0%} MFU of {H100_FLOPS['bf16']:.3g} FLOP/s (datasheet; an estimate)",
+            "runs": [{"id": r.id, "name": r.name, "tokens": r.tokens, "own_tokens": r.own_tokens, "parent": r.parent,
+                      "gpu_hours": hours[r.id]} for r in runs]}

@@ -43,9 +43,6 @@ __all__ = ["plan_spec", "layout", "launch", "read_comparisons"]
 HOW_KEYS = {"device", "dtype", "compile", "micro_batch_tokens", "eval_every", "checkpoint_every", "peak_flops",
             "data.eval_tokens", "parallel"}
 GPU_MEMORY = 80e9  # bytes per GPU assumed by a dry run (an 80 GB A100/H100) unless --device-memory says otherwise
-# dense FLOP/s of one H100 SXM for the expected hours, by the dtype the trainer runs in: bf16 tensor cores, and fp32
-# without TF32 (PyTorch leaves TF32 matmuls off, and the trainer does not turn them on)
-GPU_FLOPS = {"bf16": 989e12, "fp32": 67e12}
 
 
 def load_plan(path: str | Path) -> dict:
@@ -130,7 +127,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
     """How `spec` runs on `workers`: strategy, micro-batch, accumulation, memory per worker and expected hours.
     The micro-batch is spec.micro_batch_tokens, else the most whole sequences that divide a worker's share of
     every warm-up stage's batch and whose memory fits."""
-    from windtunnel.counts import flops_per_token
+    from windtunnel.counts import H100_FLOPS, flops_per_token
     from windtunnel.train import total_steps, total_tokens
 
     _check_numbers(workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory, mfu=mfu)
@@ -163,7 +160,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
                               f"tokens) exceeds the {device_memory / 1e9:.1f} GB of a device; add workers or devices")
     tokens = total_tokens(spec)
     flops = flops_per_token(spec.model, seq_len=spec.seq_len) * tokens
-    peak = GPU_FLOPS[dtype] if gpu else _cpu_peak()
+    peak = H100_FLOPS[dtype] if gpu else _cpu_peak()
     return {"strategy": strategy, "workers": workers, "gpus_per_worker": gpus_per_worker, "dtype": dtype,
             "micro_batch_tokens": micro, "grad_accum": spec.batch_tokens // (workers * micro),
             "grad_accum_stages": [[t, b // (workers * micro)] for t, b in spec.batch_warmup],

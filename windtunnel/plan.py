@@ -30,6 +30,7 @@ from pathlib import Path
 
 from windtunnel.checks import FRACTION, POSITIVE, Range, check_fields
 from windtunnel.config import ModelSpec
+from windtunnel.counts import H100_FLOPS
 from windtunnel.errors import WindtunnelError
 from windtunnel.schedules import batch_steps
 
@@ -54,7 +55,7 @@ class PlanLimits:
     """largest high/low ratio of an LR optimum's 95% interval"""
     mfu: float = 0.4
     """model FLOPs utilisation the GPU-hours are costed at"""
-    gpu_flops: float = 989e12
+    gpu_flops: float = H100_FLOPS["bf16"]
     """peak FLOP/s of one GPU (H100 SXM dense bf16)"""
     seq_len: int = 4096
     """context length when no fit says at which length the ladder ran (MiniCPM: 4096)"""
@@ -153,6 +154,9 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
                 "trained_flops": trained, "steps": steps if batch_tokens else None,
                 "gpu_hours": trained / (limits.mfu * limits.gpu_flops) / 3600,
                 "mfu": limits.mfu, "gpu_flops": limits.gpu_flops}
+        ladder = (scaling or {}).get("ladder_cost")   # what the wind tunnel cost, beside the run it plans
+        if ladder:
+            cost["ladder"] = {**ladder, "fraction_of_target": ladder["flops"] / trained}
     return {
         "target": model.name, "n_params": n, "n_kind": n_kind, "made": datetime.date.today().isoformat(),
         "status": "complete" if not gaps else "incomplete", "gaps": gaps, "notes": notes,

@@ -264,13 +264,30 @@ def with_compute(points: pd.DataFrame, flops: str, n_kind: str = DEFAULT_N_KIND)
     return points.assign(C=(6 * points["N_total"] + attention).to_numpy(float) * d)
 
 
+def ladder_cost(points: pd.DataFrame) -> dict | None:
+    """What the ladder's training cost, from its decay branches: each stable run trained to its last fork, each
+    branch its own tokens past its fork, at the trainer's FLOPs a token (6·N_total + 12·L·d·T), and the GPU-hours
+    of that at counts.DEFAULT_MFU of an H100's bf16 peak (an estimate). None without the runs' shapes (a CSV)."""
+    from windtunnel.counts import gpu_hours
+
+    need = ("N_total", "n_layers", "d_model", "seq_len", "fork_step", "batch_tokens", "group")
+    if any(c not in points or points[c].isna().any() for c in need):
+        return None
+    per_token = 6 * points["N_total"] + 12 * points["n_layers"] * points["d_model"] * points["seq_len"]
+    fork = points["fork_step"] * points["batch_tokens"]
+    stable = (fork * per_token).groupby(points["group"]).max().sum()   # one stable run per group, to its last fork
+    flops = float(stable + ((points["D"] - fork) * per_token).sum())
+    return {"flops": flops, "gpu_hours": gpu_hours(flops), "stable_runs": int(points["group"].nunique()),
+            "branches": len(points)}
+
+
 def scaling_law(points: pd.DataFrame, o: Options) -> Fitted:
     """§5 and §4.3 on the decay branches: the law in every form and convention of N, and each size's envelope."""
     points = with_compute(points, o.flops, o.n_kind)
     law = fit_scaling_law_study(points, bootstrap=o.bootstrap, n_kind=o.n_kind, form=o.form, budgets=o.budgets,
                                 flops=o.flops)
     envelope = fit_envelope_study(points)
-    result = {**law, **ladder_facts(points), "envelope": envelope,
+    result = {**law, **ladder_facts(points), "envelope": envelope, "ladder_cost": ladder_cost(points),
               "points": points[SCALING_COLUMNS].to_dict(orient="records")}
     shown = points.assign(N=points[N_KINDS[law["n_kind"]]])  # the figures' N: the predicting law's convention
     return Fitted(result, {"fig10_iso_loss.png": lambda path: plots.iso_loss(law["prediction"], shown, law["flops"],
