@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 import pickle
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -80,6 +81,12 @@ def test_loaders_read_the_same_documents(tmp_path, docs, jsonl, monkeypatch):
     assert _texts(tmp_path / "corpus.parquet", text_key="body") == docs
     assert _texts(f"hf:{tmp_path / 'saved'}") == docs  # a save_to_disk folder
     assert _texts(f"hf:{tmp_path / 'files'}") == docs  # a data folder, through load_dataset
+
+
+def test_an_hf_corpus_without_datasets_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)   # as if not installed: `import datasets` raises ImportError
+    with pytest.raises(WindtunnelError, match=r"^hf:some/set: an hf: corpus needs .* pip install 'windtunnel\[hf\]'$"):
+        _texts("hf:some/set")
 
 
 def test_folder_mixes_kinds_in_sorted_order_and_keeps_bytes(tmp_path):

@@ -224,7 +224,11 @@ def _hf_documents(spec: DataSpec) -> list[_Document]:
 
 def _hf_dataset(corpus: str):
     """`hf:NAME[:CONFIG]` → a `datasets.Dataset`: a save_to_disk folder, else `load_dataset(NAME, CONFIG)`."""
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise WindtunnelError(f"{corpus}: an hf: corpus needs the Hugging Face 'datasets' package: "
+                              "pip install 'windtunnel[hf]'") from None
 
     name, _, config = corpus.removeprefix("hf:").partition(":")
     folder = Path(name).expanduser()
