@@ -187,6 +187,9 @@ def test_one_device_per_worker_and_hours_in_the_runs_dtype():
     assert fp32["expected_hours"] / bf16["expected_hours"] == pytest.approx(989 / 67)
     assert 1.8 < fp32["memory"]["activations"] / bf16["memory"]["activations"] < 2   # 4 against 2 bytes; the head fp32
     assert fp32["memory"]["parameters"] == bf16["memory"]["parameters"]                # fp32 master weights either way
+    ckpt = layout(apply_overrides(spec, ["activation_checkpointing=true"]), workers=8, gpus_per_worker=1)
+    assert ckpt["memory"]["activations"] < 0.2 * bf16["memory"]["activations"]   # 52 blocks keep only their input
+    assert 1.2 < ckpt["expected_hours"] / bf16["expected_hours"] < 1.34          # one more forward of the blocks
 
 
 def _cli(*args, env, timeout=600):

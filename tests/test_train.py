@@ -148,6 +148,14 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         assert accumulated.series("train/loss")[step] == pytest.approx(loss, rel=1e-4)
 
 
+def test_activation_checkpointing_trains_the_same_numbers(tmp_path):
+    plain, checkpointed = Recorder(), Recorder()
+    train(tiny_spec("tokens=8192"), tmp_path / "a", log=plain.log)
+    train(tiny_spec("tokens=8192", "activation_checkpointing=true"), tmp_path / "b", log=checkpointed.log)
+    a, b = plain.series("train/loss"), checkpointed.series("train/loss")
+    assert a.keys() == b.keys() and all(b[s] == pytest.approx(a[s], abs=1e-6) for s in a)
+
+
 def test_compiled_model_and_loss_train_like_eager(tmp_path):
     """compile=true (model + loss in one inductor graph) follows the eager loss curve to float tolerance."""
     eager, compiled = Recorder(), Recorder()

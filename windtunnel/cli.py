@@ -416,13 +416,16 @@ def cmd_launch(args) -> None:
     mem = out["memory"]
     print(f"{out['target']}: {out['strategy']} on {out['workers']} worker(s)"
           + (f" × {out['gpus_per_worker']:g} GPU" if out["gpus_per_worker"] else " (CPU)")
-          + f", {out['dtype']}; micro-batch {out['micro_batch_tokens']:,} tokens × {out['grad_accum']} accumulation "
+          + f", {out['dtype']}" + (", activation checkpointing" if out["activation_checkpointing"] else "")
+          + f"; micro-batch {out['micro_batch_tokens']:,} tokens × {out['grad_accum']} accumulation "
           f"× {out['workers']} = {out['batch_tokens']:,} tokens a step"
           + "".join(f" (from {t:.3g} tokens: {a} accumulation)" for t, a in out["grad_accum_stages"][:-1]))
     print(f"  memory/worker {mem['total'] / 1e9:.2f} GB of {out['device_memory_bytes'] / 1e9:.0f}: parameters "
           f"{mem['parameters'] / 1e9:.2f}, gradients {mem['gradients'] / 1e9:.2f}, AdamW {mem['optimizer'] / 1e9:.2f}, "
           f"activations {mem['activations'] / 1e9:.2f}" + (f", gathered {mem['gathered'] / 1e9:.2f}" if mem["gathered"] else ""))
-    print(f"  {out['steps']:,} steps, {out['tokens']:.4g} tokens, {out['flops']:.3g} FLOPs: {out['expected_hours']:,.3g} h "
+    recompute = f" + {out['recompute_flops']:.3g} recomputed" if out["recompute_flops"] else ""
+    print(f"  {out['steps']:,} steps, {out['tokens']:.4g} tokens, {out['flops']:.3g} FLOPs{recompute}: "
+          f"{out['expected_hours']:,.3g} h "
           f"at {out['mfu']:.0%} MFU of {out['peak_flops_per_worker']:.3g} FLOP/s per worker", flush=True)
     if args.dry_run:
         return

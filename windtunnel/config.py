@@ -182,6 +182,9 @@ class TrainSpec:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """with several workers (`windtunnel launch`): replicate the model (DistributedDataParallel) or shard its
     parameters, gradients and optimizer state (FSDP2, per block); not part of the run's identity"""
+    activation_checkpointing: bool = False
+    """keep only each block's input for the backward pass and recompute the block's activations there (~1/3 more
+    compute, the same numbers); not part of the run's identity"""
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """"auto" = bf16 autocast on CUDA, fp32 on CPU"""
     compile: bool | None = None

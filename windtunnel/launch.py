@@ -4,8 +4,8 @@
    batch and batch warm-up, µP base and LR, WSD schedule, context). An incomplete plan is refused with its gaps
    unless `--set` gives each value it left out (tokens, batch_tokens, lr), and only those; the comparison lists
    them. A plan that predicts no loss launches only with `--no-prediction`. `device`, `dtype`, `compile`,
-   `micro_batch_tokens`, `parallel`, `eval_every`, `data.eval_tokens` and `checkpoint_every` (how, not what, it
-   trains) may always be set.
+   `micro_batch_tokens`, `parallel`, `activation_checkpointing`, `eval_every`, `data.eval_tokens` and
+   `checkpoint_every` (how, not what, it trains) may always be set.
 2) `layout` splits the global batch into workers × micro-batch × gradient accumulation and estimates the memory
    of one worker (parameters, gradients, AdamW state, activations of one micro-batch); the replicated state
    (DDP) must leave half the device to activations, else the run shards it (FSDP; `--set parallel=fsdp` forces
@@ -41,7 +41,7 @@ from windtunnel.paths import results_dir, write_atomic
 __all__ = ["plan_spec", "layout", "launch", "read_comparisons"]
 
 HOW_KEYS = {"device", "dtype", "compile", "micro_batch_tokens", "eval_every", "checkpoint_every", "peak_flops",
-            "data.eval_tokens", "parallel"}
+            "data.eval_tokens", "parallel", "activation_checkpointing"}
 GPU_MEMORY = 80e9  # bytes per GPU assumed by a dry run (an 80 GB A100/H100) unless --device-memory says otherwise
 
 
@@ -94,7 +94,8 @@ def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, d
     """Bytes one worker holds: fp32 parameters, gradients and AdamW's two moments (sharded W ways under FSDP,
     plus two gathered blocks), and the activations one micro-batch keeps for the backward pass: per token and
     layer the norms' inputs and outputs, q/k/v, the attention output and the SwiGLU's four d_ff-wide tensors
-    (flash attention: no T×T scores), plus the LM head's chunked gradient buffers."""
+    (flash attention: no T×T scores), plus the LM head's chunked gradient buffers. With activation checkpointing
+    a block keeps only its fp32 input, and one block's activations live at a time, while it is recomputed."""
     from windtunnel.counts import n_params
 
     m = spec.model
@@ -103,7 +104,10 @@ def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, d
     block = n_params(m) / m.n_layers  # parameters of one block
     act_bytes = 2 if dtype == "bf16" else 4
     per_token_layer = 8 * m.d_model + 2 * m.n_kv_heads * m.d_head + 4 * m.d_ff
-    activations = micro_tokens * (m.n_layers * per_token_layer + 2 * m.d_model) * act_bytes
+    if spec.activation_checkpointing:
+        activations = micro_tokens * (m.n_layers * m.d_model * 4 + (per_token_layer + 2 * m.d_model) * act_bytes)
+    else:
+        activations = micro_tokens * (m.n_layers * per_token_layer + 2 * m.d_model) * act_bytes
     head = micro_tokens * m.d_model * 4 + 4 * m.vocab_size * m.d_model  # grad_h and grad_w of the tied head
     out = {"parameters": 4 * n / shard, "gradients": 4 * n / shard, "optimizer": 8 * n / shard,
            "gathered": 2 * 4 * block if strategy == "fsdp" else 0.0, "activations": activations + head}
@@ -127,7 +131,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
     """How `spec` runs on `workers`: strategy, micro-batch, accumulation, memory per worker and expected hours.
     The micro-batch is spec.micro_batch_tokens, else the most whole sequences that divide a worker's share of
     every warm-up stage's batch and whose memory fits."""
-    from windtunnel.counts import H100_FLOPS, flops_per_token
+    from windtunnel.counts import H100_FLOPS, attention_flops_per_token, flops_per_token, n_params
     from windtunnel.train import total_steps, total_tokens
 
     _check_numbers(workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory, mfu=mfu)
@@ -160,14 +164,19 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
                               f"tokens) exceeds the {device_memory / 1e9:.1f} GB of a device; add workers or devices")
     tokens = total_tokens(spec)
     flops = flops_per_token(spec.model, seq_len=spec.seq_len) * tokens
+    # checkpointing recomputes every block's forward (2 FLOPs a weight, a third of attention's) in the backward pass:
+    # at the same hardware utilisation the run takes that much longer (MFU, as PaLM counts it, excludes it)
+    recompute = ((2 * n_params(spec.model) + attention_flops_per_token(spec.model, seq_len=spec.seq_len) / 3) * tokens
+                 if spec.activation_checkpointing else 0.0)
     peak = H100_FLOPS[dtype] if gpu else _cpu_peak()
     return {"strategy": strategy, "workers": workers, "gpus_per_worker": gpus_per_worker, "dtype": dtype,
+            "activation_checkpointing": spec.activation_checkpointing,
             "micro_batch_tokens": micro, "grad_accum": spec.batch_tokens // (workers * micro),
             "grad_accum_stages": [[t, b // (workers * micro)] for t, b in spec.batch_warmup],
             "batch_tokens": spec.batch_tokens, "memory_per_worker_bytes": memory["total"], "memory": memory,
             "device_memory_bytes": device_memory, "steps": total_steps(spec), "tokens": tokens,
             "flops": flops, "mfu": mfu, "peak_flops_per_worker": peak,
-            "expected_hours": flops / (workers * peak * mfu) / 3600}
+            "recompute_flops": recompute, "expected_hours": (flops + recompute) / (workers * peak * mfu) / 3600}
 
 
 def _check_one_device(workers: int, gpus_per_worker: float) -> None:

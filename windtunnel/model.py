@@ -17,6 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from windtunnel.config import ModelSpec
@@ -100,6 +101,7 @@ class MiniCPM(nn.Module):
         self.norm = RMSNorm(spec.d_model, spec.norm_eps)
         self.emb_scale = spec.scale_emb  # Table 7 (also SP: not a width rule)
         self.logit_scale = 1.0 / spec.width_mult  # µP: logits × 1/m; SP: width_mult is 1
+        self.checkpoint_blocks = False  # activation checkpointing: each block recomputed in the backward pass
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -117,7 +119,10 @@ class MiniCPM(nn.Module):
         cos, sin = rope_tables(idx.shape[1], self.spec.d_head, self.spec.rope_theta, idx.device)
         x = _Embedding.apply(self.embed.weight, idx) * self.emb_scale
         for block in self.blocks:
-            x = block(x, cos, sin)
+            if self.checkpoint_blocks and torch.is_grad_enabled():  # only the block's input is kept for backward
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)
         return self.norm(x) * self.logit_scale
 
     def forward(self, idx):

@@ -465,6 +465,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
              for k, v in corpus.evals.items()}
     torch.manual_seed(spec.seed)
     model = MiniCPM(spec.model).to(device)
+    model.checkpoint_blocks = spec.activation_checkpointing
     sharded = workers > 1 and spec.parallel == "fsdp"
     compiled = _use_compile(spec, device, total)
     if sharded:  # every block's parameters gathered for its forward and backward, then freed
