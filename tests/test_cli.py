@@ -196,11 +196,11 @@ def test_sigkill_then_same_command_resumes_and_logs_each_step_once(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "windtunnel.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not list((tmp_path / "killed").glob("runs/*/checkpoints/step_00000040.pt")) and time.time() < deadline:
+    while not list((tmp_path / "killed").glob("runs/*/checkpoints/step_00000040.dcp")) and time.time() < deadline:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    checkpoints = list((tmp_path / "killed").glob("runs/*/checkpoints/*.pt"))
+    checkpoints = list((tmp_path / "killed").glob("runs/*/checkpoints/step_*.dcp"))
     assert checkpoints and all("00000100" not in p.name for p in checkpoints), "killed too late to test resume"
     assert windtunnel(*args, results=tmp_path / "killed").returncode == 0
     assert windtunnel(*args, results=tmp_path / "clean").returncode == 0

@@ -91,6 +91,30 @@ def test_fsdp_workers_match_one_process_and_resume_from_their_sharded_checkpoint
     assert resumed == pytest.approx(sharded[3:], abs=1e-6)
 
 
+def test_a_ddp_checkpoint_resumes_on_one_worker_and_as_fsdp(tmp_path):
+    """Checkpoints are torch.distributed.checkpoint folders keyed by parameter name: 2 gloo DDP workers' step-3
+    checkpoint resumes in one process and as FSDP on 2 workers, and both repeat steps 4-6 of the unbroken run."""
+    import shutil
+
+    common = ["tokens=12288", "compile=false", "eval_every=1000", "checkpoint_every=1000", "checkpoint_steps=[3]",
+              "micro_batch_tokens=512"]
+    out = str(tmp_path / "ddp.json")
+    mp.spawn(_ddp_worker, args=(2, _store(tmp_path, "s1"), str(tmp_path / "ddp"), common, out), nprocs=2, join=True)
+    unbroken = _losses(out + ".0")
+    for step in (5, 6):
+        shutil.rmtree(tmp_path / "ddp" / "checkpoints" / f"step_{step:08d}.dcp")
+    (tmp_path / "ddp" / "status.json").unlink()
+    shutil.copytree(tmp_path / "ddp", tmp_path / "one")
+    shutil.copytree(tmp_path / "ddp", tmp_path / "fsdp")
+    losses = {}
+    train(tiny_spec(*common), tmp_path / "one", log=lambda m, step: losses.__setitem__(step, m["train/loss"]))
+    assert list(losses) == [4, 5, 6] and list(losses.values()) == pytest.approx(unbroken[3:], abs=1e-4)
+    out = str(tmp_path / "fsdp.json")
+    mp.spawn(_ddp_worker, args=(2, _store(tmp_path, "s2"), str(tmp_path / "fsdp"), common + ["parallel=fsdp"], out),
+             nprocs=2, join=True)
+    assert _losses(out + ".0") == pytest.approx(unbroken[3:], abs=1e-4)
+
+
 def test_batch_warm_up_changes_only_the_accumulation_and_the_lr_follows_tokens(tmp_path):
     spec = tiny_spec("tokens=16384", "compile=false", "micro_batch_tokens=1024", "eval_every=1000",
                      "batch_warmup=[[0, 1024], [5000, 2048]]", "schedule.warmup_tokens=2048")
@@ -251,7 +275,7 @@ def test_a_killed_worker_restarts_the_group_from_the_checkpoint_and_the_run_fini
     deadline, killed = time.time() + 300, None
     while time.time() < deadline and killed is None and proc.poll() is None:
         new = [d for d in runs.iterdir() if d not in before] if runs.exists() else []
-        if new and list((new[0] / "checkpoints").glob("step_*.pt")) and _workers():
+        if new and list((new[0] / "checkpoints").glob("step_*.dcp")) and _workers():
             killed = _workers()[-1]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)

@@ -67,8 +67,8 @@ def test_sweep_runs_forks_logs_once_and_skips_when_done(tmp_path, results):
     assert [o.status for o in outcomes] == ["finished"] * 6
     assert_each_step_once("t", runs)
     stable, branch = runs[0], runs[1]
-    assert (run_dir(stable) / "checkpoints" / f"step_{branch.fork_step:08d}.pt").exists()
-    assert not (run_dir(branch) / "checkpoints" / f"step_{branch.fork_step:08d}.pt").exists()  # started from the parent's
+    assert (run_dir(stable) / "checkpoints" / f"step_{branch.fork_step:08d}.dcp").is_dir()
+    assert not (run_dir(branch) / "checkpoints" / f"step_{branch.fork_step:08d}.dcp").exists()  # started from the parent's
     again = run_graph(runs, sweep="t", scale="micro", progress=False)
     assert all(o.attempts == 0 and o.status == "finished" for o in again)
 

@@ -103,11 +103,17 @@ def test_checkpoints_are_atomic_complete_and_pruned(tmp_path):
     train(tiny_spec("checkpoint_steps=[10]", "checkpoint_every=5"), tmp_path)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     # kept: the branch step, the WSD decay start (18 of 20 steps) and the final one; periodic ones pruned
-    assert names == ["step_00000010.pt", "step_00000018.pt", "step_00000020.pt"]
-    state = torch.load(checkpoint_path(tmp_path, 10), weights_only=True)
-    assert {"model", "optimizer", "step", "data_position", "rng_cpu", "loss_ema", "loss_min", "prev_grad",
-            "prev_update"} <= set(state)
+    assert names == ["step_00000010.dcp", "step_00000018.dcp", "step_00000020.dcp"]
+    folder = checkpoint_path(tmp_path, 10)
+    state = torch.load(folder / "state.pt", weights_only=True)
+    assert {"step", "data_position", "rng_cpu", "loss_ema", "loss_min", "workers", "parallel"} <= set(state)
+    assert {"prev_grad", "prev_update"} == set(torch.load(folder / "rank0.pt", weights_only=True))
+    assert (folder / ".metadata").is_file()   # torch.distributed.checkpoint: weights and AdamW state by name
     assert state["step"] == 10 and state["data_position"] == 10 * 2048 // 64
+    train(tiny_spec("checkpoint_steps=[10]", "checkpoint_every=5", "tokens=61440", "keep_checkpoints=3"),
+          tmp_path / "three")   # 30 steps, the decay from 27: the three newest stay, and the kept steps
+    names = sorted(p.name for p in (tmp_path / "three" / "checkpoints").iterdir())
+    assert names == ["step_00000010.dcp", "step_00000025.dcp", "step_00000027.dcp", "step_00000030.dcp"]
 
 
 def test_finished_run_is_not_trained_again(tmp_path):

@@ -20,7 +20,7 @@ from typing import Literal
 
 import yaml
 
-from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
+from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range, check_fields
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import packaged
 from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
@@ -182,6 +182,9 @@ class TrainSpec:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """with several workers (`windtunnel launch`): replicate the model (DistributedDataParallel) or shard its
     parameters, gradients and optimizer state (FSDP2, per block); not part of the run's identity"""
+    keep_checkpoints: int = 1
+    """how many of the newest periodic checkpoints to keep (kept steps and the decay start stay besides); not part of
+    the run's identity"""
     activation_checkpointing: bool = False
     """keep only each block's input for the backward pass and recompute the block's activations there (~1/3 more
     compute, the same numbers); not part of the run's identity"""
@@ -213,8 +216,8 @@ TRAIN_RANGES = {"tokens": _TOKENS, "batch_tokens": _TOKENS, "micro_batch_tokens"
                 "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "beta1": Range(low=0, high=1, high_open=True),
                 "beta2": Range(low=0, high=1, high_open=True), "eps": POSITIVE, "grad_clip": NON_NEGATIVE,
                 "seed": NON_NEGATIVE_INT, "eval_every": _STEPS, "diverge_ratio": Range(low=1, low_open=True),
-                "checkpoint_every": _STEPS, "checkpoint_steps": _STEPS, "peak_flops": Range(low=0, low_open=True,
-                                                                                            unit="FLOP/s")}
+                "checkpoint_every": _STEPS, "checkpoint_steps": _STEPS, "keep_checkpoints": POSITIVE_INT,
+                "peak_flops": Range(low=0, low_open=True, unit="FLOP/s")}
 
 
 def _check_shape(spec: ModelSpec) -> None:

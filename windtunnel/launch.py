@@ -41,7 +41,7 @@ from windtunnel.paths import results_dir, write_atomic
 __all__ = ["plan_spec", "layout", "launch", "read_comparisons"]
 
 HOW_KEYS = {"device", "dtype", "compile", "micro_batch_tokens", "eval_every", "checkpoint_every", "peak_flops",
-            "data.eval_tokens", "parallel", "activation_checkpointing"}
+            "data.eval_tokens", "parallel", "activation_checkpointing", "keep_checkpoints"}
 GPU_MEMORY = 80e9  # bytes per GPU assumed by a dry run (an 80 GB A100/H100) unless --device-memory says otherwise
 
 

@@ -10,10 +10,11 @@ worker), each of the W workers trains the same model on its share of every batch
 global window block k·W + rank, so W workers and one process with the same global batch see the same windows
 and compute the same update. `spec.parallel` chooses how: "ddp" replicates the model (DistributedDataParallel;
 rank 0 writes the one checkpoint file), "fsdp" shards parameters, gradients and AdamW state (FSDP2
-`fully_shard` per block and at the root; sharded checkpoints with torch.distributed.checkpoint, a folder
-step_N.dcp written by every rank, which a resume with another number of workers reshards). Rank 0 alone writes
-the status and metrics; every rank resumes from the same checkpoint. A WSD run keeps the checkpoint at its
-decay start (a decay can be redone from it).
+`fully_shard` per block and at the root). Every layout checkpoints with torch.distributed.checkpoint, a folder
+step_N.dcp keyed by parameter name, so a run resumes in another layout or on another number of workers (one
+process, DDP, FSDP). Rank 0 alone writes the status and metrics; every rank resumes from the same checkpoint. A WSD
+run keeps the checkpoint at its decay start (a decay can be redone from it), and the newest `keep_checkpoints`
+periodic ones.
 """
 
 from __future__ import annotations
@@ -169,92 +170,87 @@ class _Loss(torch.nn.Module):
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint files (step_N.pt) and sharded checkpoint folders (step_N.dcp), oldest first."""
-    return sorted([*(run_dir / "checkpoints").glob("step_*.pt"), *(run_dir / "checkpoints").glob("step_*.dcp")])
+    """Checkpoint folders (step_N.dcp) and files of earlier versions (step_N.pt), oldest first."""
+    found = [*(run_dir / "checkpoints").glob("step_*.pt"), *(run_dir / "checkpoints").glob("step_*.dcp")]
+    return sorted(found, key=lambda p: (int(p.stem.split("_")[1]), p.suffix == ".dcp"))
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt"
+    """The checkpoint of `step` in `run_dir`: a step_N.dcp folder, or the step_N.pt file an earlier version wrote."""
+    folder = Path(run_dir) / "checkpoints" / f"step_{step:08d}.dcp"
+    legacy = folder.with_suffix(".pt")
+    return legacy if legacy.is_file() and not folder.is_dir() else folder
 
 
-def _save(run_dir: Path, step: int, state: dict, *, keep: set[int]) -> None:
-    """Write atomically (temporary file, fsync, rename), then drop older periodic checkpoints."""
-    path = checkpoint_path(run_dir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _drop_older(run_dir, step, keep)
-
-
-def _drop_older(run_dir: Path, step: int, keep: set[int]) -> None:
+def _drop_older(run_dir: Path, step: int, keep: set[int], latest: int) -> None:
+    """Remove the checkpoints before `step` that are neither among the newest `latest` nor at a kept step."""
     import shutil
 
-    for old in _checkpoints(run_dir):
-        old_step = int(old.stem.split("_")[1])
-        if old_step < step and old_step not in keep:
+    found = _checkpoints(run_dir)
+    for old in found[:-latest]:
+        at = int(old.stem.split("_")[1])
+        if at < step and at not in keep:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def _save_sharded(run_dir: Path, step: int, model, opt, state: dict, mine: dict, *, keep: set[int]) -> None:
-    """Every rank writes its shards (torch.distributed.checkpoint) into a temporary folder, and its own `mine`
-    (its gradient and update shards); rank 0 adds `state` and renames the folder to step_N.dcp once all have written."""
+def _save(run_dir: Path, step: int, model, opt, state: dict, mine: dict, *, keep: set[int], latest: int,
+          distributed: bool) -> None:
+    """One checkpoint in every layout (torch.distributed.checkpoint, keyed by parameter name, so one process, DDP and
+    FSDP on any number of workers can resume it): the model and AdamW state (each rank writes its shards; replicated
+    tensors once), each rank's `mine` (its gradient and update vectors) and rank 0's `state`, in a temporary folder
+    renamed to step_N.dcp once all have written."""
     import shutil
 
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    rank = dist.get_rank()
+    rank = dist.get_rank() if distributed else 0
+    barrier = dist.barrier if distributed else (lambda: None)
     path = Path(run_dir) / "checkpoints" / f"step_{step:08d}.dcp"
     tmp = path.with_suffix(".partial")
     if rank == 0 and tmp.exists():
         shutil.rmtree(tmp)
-    dist.barrier()
+    barrier()
     model_state, opt_state = get_state_dict(model, opt)
-    dcp.save({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(tmp))
+    dcp.save({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(tmp), no_dist=not distributed)
     torch.save(mine, tmp / f"rank{rank}.pt")
-    dist.barrier()
+    barrier()
     if rank == 0:
         torch.save(state, tmp / "state.pt")
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-        _drop_older(run_dir, step, keep)
-    dist.barrier()
+        _drop_older(run_dir, step, keep, latest)
+    barrier()
 
 
-def _load_sharded(path: Path, model, opt) -> dict:
-    """Load a step_N.dcp folder into the sharded model and optimizer (resharded if the workers changed);
-    returns its state, with this rank's gradient and update shards when it has them in the same layout."""
+def _load(path: Path, model, opt, *, layout: dict) -> dict:
+    """A checkpoint's state, after loading its weights and optimizer moments into model and opt (resharded to this
+    layout: one process, DDP or FSDP on any number of workers). The gradient and update vectors of the statistics
+    come back only in the layout that wrote them (`layout`: {"workers", "parallel"}); elsewhere they restart."""
     import torch.distributed as dist
+
+    if path.suffix == ".pt":   # a whole checkpoint of an earlier version: one process or DDP
+        if layout["parallel"] == "fsdp" and layout["workers"] > 1:
+            raise WindtunnelError(f"{path} was written whole by an earlier windtunnel; resume it with parallel=ddp")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        return state
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    distributed = dist.is_available() and dist.is_initialized()
     model_state, opt_state = get_state_dict(model, opt)
-    dcp.load({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(path))
+    dcp.load({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(path), no_dist=not distributed)
     set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=opt_state)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    mine = path / f"rank{dist.get_rank()}.pt"
-    same = mine.is_file() and state.get("workers") == dist.get_world_size()
+    rank = dist.get_rank() if distributed else 0
+    mine = path / f"rank{rank}.pt"
+    same = mine.is_file() and all(state.get(k, "ddp" if k == "parallel" else None) == v for k, v in layout.items())
     saved = torch.load(mine, map_location="cpu", weights_only=True) if same else {}
     state["prev_grad"], state["prev_update"] = saved.get("prev_grad"), saved.get("prev_update")
-    return state
-
-
-def _load(path: Path, model, opt, *, sharded: bool) -> dict:
-    """A checkpoint's state, after loading its weights and optimizer moments into model and opt."""
-    if sharded != path.is_dir():
-        raise WindtunnelError(f"{path} was written {'sharded (fsdp)' if path.is_dir() else 'whole (one process or ddp)'}"
-                              f"; resume it with parallel={'fsdp' if path.is_dir() else 'ddp'}")
-    if sharded:
-        return _load_sharded(path, model, opt)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
     return state
 
 
@@ -490,7 +486,8 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     # 3) resume
     step, tokens, ema, best, prev_grad, prev_update = 0, 0, None, math.inf, None, None
     found = _checkpoints(run_dir) or ([Path(init_from)] if init_from is not None else [])
-    ckpt = _load(found[-1], model, opt, sharded=sharded) if found else None
+    layout = {"workers": workers, "parallel": spec.parallel if workers > 1 else "ddp"}
+    ckpt = _load(found[-1], model, opt, layout=layout) if found else None
     if ckpt is not None:
         step, ema, best = ckpt["step"], ckpt["loss_ema"], ckpt["loss_min"]
         tokens = ckpt.get("tokens", step * spec.batch_tokens)
@@ -575,16 +572,13 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         # 6) checkpoint: metrics first (flush), then the state they lead up to
         if step % spec.checkpoint_every == 0 or step in keep:
             state = {"step": step, "tokens": tokens, "data_position": position, "loss_ema": ema, "loss_min": best,
-                     "rng_cpu": torch.get_rng_state(), "workers": workers}
+                     "rng_cpu": torch.get_rng_state(), **layout}
             mine = {k: v.cpu() if v is not None else None
                     for k, v in (("prev_grad", stats.prev_grad), ("prev_update", stats.prev_update))}
             if lead:
                 flush()
-            if sharded:
-                _save_sharded(run_dir, step, model, opt, state, mine, keep=keep)
-            elif lead:
-                _save(run_dir, step, {**state, "model": model.state_dict(), "optimizer": opt.state_dict(), **mine},
-                      keep=keep)
+            _save(run_dir, step, model, opt, state, mine, keep=keep, latest=spec.keep_checkpoints,
+                  distributed=workers > 1)
             if lead:
                 _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": tokens})
     bar.close()
