@@ -139,6 +139,39 @@ def test_interrupted_run_resumes_bitwise(tmp_path):
         assert got == expected, key  # exact equality: bitwise on CPU
 
 
+def test_a_whole_checkpoint_of_an_earlier_version_still_resumes(tmp_path):
+    """Runs stored before torch.distributed.checkpoint wrote step_N.pt (one torch.save of everything): a resume
+    from one repeats the steps after it exactly as a resume from the same state in the new format."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from windtunnel.model import MiniCPM, param_groups
+
+    spec = tiny_spec("tokens=24576", "checkpoint_steps=[6]")
+    train(spec, tmp_path / "new")
+    folder = checkpoint_path(tmp_path / "new", 6)
+    for later in (tmp_path / "new" / "checkpoints").iterdir():
+        if later != folder:
+            shutil.rmtree(later)
+    (tmp_path / "new" / "status.json").unlink()
+    model = MiniCPM(spec.model)   # the same state, written whole as the earlier version did
+    opt = torch.optim.AdamW(param_groups(model, weight_decay=spec.weight_decay), lr=spec.lr, fused=True)
+    model_state, opt_state = get_state_dict(model, opt)
+    dcp.load({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(folder), no_dist=True)
+    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=opt_state)
+    legacy = {**torch.load(folder / "state.pt", weights_only=True), **torch.load(folder / "rank0.pt", weights_only=True),
+              "model": model.state_dict(), "optimizer": opt.state_dict()}
+    shutil.copytree(tmp_path / "new", tmp_path / "old", ignore=shutil.ignore_patterns("step_*"))
+    torch.save(legacy, tmp_path / "old" / "checkpoints" / "step_00000006.pt")
+    assert checkpoint_path(tmp_path / "old", 6).suffix == ".pt"   # where a decay branch forks from
+    new, old = Recorder(), Recorder()
+    train(spec, tmp_path / "new", log=new.log)
+    train(spec, tmp_path / "old", log=old.log)
+    assert old.points[0][0] == 7 and old.series("train/loss") == new.series("train/loss")
+
+
 def test_exploding_lr_ends_as_diverged_without_crash(tmp_path):
     result = train(tiny_spec("lr=30.0", "schedule.warmup_tokens=0"), tmp_path)
     assert result.status == "diverged" and result.step < 20
