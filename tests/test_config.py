@@ -85,7 +85,10 @@ def test_bad_overrides(override, key):
 def test_run_identity_ignores_runtime_settings_only():
     base = TrainSpec(model=get_model("micro-24k"))
     assert spec_hash(base) == spec_hash(TrainSpec(model=get_model("micro-24k")))
-    assert spec_hash(base) == spec_hash(apply_overrides(base, ["device=cpu", "compile=true", "peak_flops=1e12"]))
+    runtime = ["device=cpu", "compile=true", "peak_flops=1e12", "parallel=fsdp", "activation_checkpointing=true",
+               "keep_checkpoints=3"]
+    assert spec_hash(base) == spec_hash(apply_overrides(base, runtime))
+    assert spec_hash(base) == "42fe630596bb"   # a new TrainSpec field must leave the stored runs' ids as they were
     assert spec_hash(base) != spec_hash(apply_overrides(base, ["lr=0.02"]))
     assert spec_hash(base) != spec_hash(apply_overrides(base, ["model.scale_emb=10"]))
     assert len(spec_hash(base)) == 12

@@ -518,7 +518,7 @@ LATER_FIELDS = ("batch_warmup", "decay_data", "data.tokenizer")  # TrainSpec fie
 def spec_hash(spec: TrainSpec, *extra: str) -> str:
     """Content hash of everything that changes a run's numbers (runtime settings excluded), 12 hex chars."""
     raw = dataclasses.asdict(spec)
-    for key in ("device", "parallel", "compile", "peak_flops"):
+    for key in ("device", "parallel", "compile", "peak_flops", "keep_checkpoints", "activation_checkpointing"):
         raw.pop(key)
     raw["model"].pop("paper_n"), raw["model"].pop("paper_run")
     for key in LATER_FIELDS:  # unset, they leave the ids of runs stored before them as they were
