@@ -5,6 +5,7 @@ Ray ignores a dead cluster recorded in Ray's temp folder; an unreachable $RAY_AD
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -265,3 +266,23 @@ def test_a_run_done_on_disk_but_not_in_mlflow_is_settled_by_the_next_sweep(tmp_p
     frame = tracking.runs_dataframe(experiment="settle").set_index("run_name")
     assert frame.loc[["killed", "running"], "status"].tolist() == ["FINISHED", "FINISHED"]
     assert frame.loc[["killed", "running"], "tags.status"].tolist() == ["finished", "finished"]
+
+
+def test_runs_that_would_repeat_their_data_are_refused_before_anything_trains(tmp_path, results):
+    """A run reading its corpus's training split more than once is named in one line (unless --allow-repeat); the
+    dry run gives each run's epochs once the corpus is tokenized."""
+    from windtunnel.data import prepare
+    from windtunnel.graph import summarize
+    from windtunnel.orchestrate import check_epochs
+
+    runs, _ = sweep_runs(tmp_path)
+    longest = max(runs, key=lambda r: r.tokens)
+    key = (longest.spec.data, longest.spec.model.vocab_size)
+    check_epochs(runs, {key: longest.tokens})                       # exactly one epoch: allowed
+    with pytest.raises(WindtunnelError, match=rf"would repeat their data: {re.escape(longest.name)} reads 2 epochs "
+                                              r"of data.corpus='python' .*--allow-repeat$"):
+        check_epochs(runs, {key: longest.tokens // 2})
+    train_tokens = len(prepare(key[0], vocab_size=key[1]).train)
+    summary = summarize(runs)
+    mine = next(r for r in summary["runs"] if r["id"] == longest.id)
+    assert mine["epochs"] == pytest.approx(longest.tokens / train_tokens) and summary["unprepared"] == []

@@ -5,6 +5,7 @@
     windtunnel peak
     windtunnel train MODEL [--set-file FILE] [--set key=value ...]
     windtunnel sweep SPEC.yaml|NAME [--scale micro|demo|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
+                     [--allow-repeat]
     windtunnel search SPEC.yaml|NAME [--scale micro|demo|paper] [--trials N]
     windtunnel fit STUDY [--scale S] [--no-plots] | fit --all [--scale S] [--no-plots]
     windtunnel fit scaling-law|batch-size|lr|envelope (--sweep NAME [--scale S] | --csv PATH [--n-col ...]) [--json]
@@ -107,7 +108,7 @@ def cmd_sweep(args) -> None:
     from windtunnel.orchestrate import run_graph
 
     outcomes = run_graph(runs, sweep=sweep.name, scale=args.scale, description=sweep.description,
-                         retries=args.retries, num_cpus=args.num_cpus)
+                         retries=args.retries, num_cpus=args.num_cpus, allow_repeat=args.allow_repeat)
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
         raise WindtunnelError(f"{sum(o.status == 'failed' for o in outcomes)} run(s) failed; run the same command "
@@ -115,15 +116,21 @@ def cmd_sweep(args) -> None:
 
 
 def _print_graph(runs, summary) -> None:
-    hours = {r["id"]: r["gpu_hours"] for r in summary["runs"]}
-    print(f"{'run id':<14}{'name':<40}{'tokens':>17}{'own tokens':>17}{'GPU-h':>10}  forks from")
+    facts = {r["id"]: r for r in summary["runs"]}
+    print(f"{'run id':<14}{'name':<40}{'tokens':>17}{'own tokens':>17}{'GPU-h':>10}{'epochs':>8}  forks from")
     for r in runs:
         fork = f"{r.parent} step {r.fork_step}" if r.parent else ""
-        print(f"{r.id:<14}{r.name[:38]:<40}{r.tokens:>17,}{r.own_tokens:>17,}{hours[r.id]:>10.3g}  {fork}")
+        epochs = "?" if facts[r.id]["epochs"] is None else f"{facts[r.id]['epochs']:.3g}"
+        print(f"{r.id:<14}{r.name[:38]:<40}{r.tokens:>17,}{r.own_tokens:>17,}{facts[r.id]['gpu_hours']:>10.3g}"
+              f"{epochs:>8}  {fork}")
     print(f"{summary['n_runs']} runs; {summary['tokens']:,} tokens ({summary['flops']:.3g} FLOPs, {summary['flops_count']}; "
           f"attention {summary['attention_flops']:.3g}) against "
           f"{summary['tokens_from_scratch']:,} from scratch ({summary['tokens_from_scratch'] / summary['tokens']:.2f}x); "
           f"{summary['gpu_hours']:,.3g} GPU-hours on {summary['gpu']}")
+    if summary["unprepared"]:
+        print(f"epochs ?: {', '.join(summary['unprepared'])} not tokenized yet; the sweep checks them before training")
+    if (summary["max_epochs"] or 0) > 1:
+        print(f"up to {summary['max_epochs']:.3g} epochs: the sweep refuses runs that repeat data unless --allow-repeat")
 
 
 def _print_outcomes(outcomes) -> None:
@@ -525,6 +532,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--retries", type=option(NON_NEGATIVE_INT), default=2, help="retries of a run that raises before it is marked failed")
     sw.add_argument("--num-cpus", type=option(POSITIVE_INT), default=None, help="CPUs of the embedded local Ray (default: all)")
     sw.add_argument("--no-mup-check", action="store_true", help="skip the µP coordinate check of the µP models' base")
+    sw.add_argument("--allow-repeat", action="store_true",
+                    help="train runs that read their corpus more than once (refused by default)")
     sw.set_defaults(func=cmd_sweep)
     se = sub.add_parser("search", help="Bayesian µP hyper-parameter search (Optuna TPE through Ray Tune, ASHA)")
     se.add_argument("spec", help="a search file, or a packaged one by name: mup_search, sweeps/mup_search.yaml")

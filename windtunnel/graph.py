@@ -345,20 +345,28 @@ def summarize(runs: list[Run], flops: str = DEFAULT_FLOPS) -> dict:
     """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6).
     FLOPs in the count `flops` (windtunnel.fit.FLOP_COUNTS: "full" the trainer's, "6nd" 6·N_total·D) — the count of
     the scaling law's allocation and the plan; attention's share is given apart. GPU-hours (per run, of its own
-    tokens, and in total) are the trainer's FLOPs at DEFAULT_MFU of an H100's bf16 peak: an estimate, stated as one."""
+    tokens, and in total) are the trainer's FLOPs at DEFAULT_MFU of an H100's bf16 peak: an estimate, stated as one.
+    Each run's epochs over its corpus's training split when the corpus is prepared (None until it is tokenized)."""
     from windtunnel.counts import (DEFAULT_MFU, H100_FLOPS, attention_flops_per_token, counted_flops_per_token,
                                    flops_per_token, gpu_hours)
+    from windtunnel.data import prepared_train_tokens
 
     parents = {r.parent for r in runs if r.parent}
     finals = [r for r in runs if r.id not in parents]
     per_token = {r.id: counted_flops_per_token(r.spec.model, seq_len=r.spec.seq_len, count=flops) for r in runs}
     attention = sum(r.own_tokens * attention_flops_per_token(r.spec.model, seq_len=r.spec.seq_len) for r in runs)
     hours = {r.id: gpu_hours(r.own_tokens * flops_per_token(r.spec.model, seq_len=r.spec.seq_len)) for r in runs}
+    corpus = {key: prepared_train_tokens(key[0], vocab_size=key[1])
+              for key in {(r.spec.data, r.spec.model.vocab_size) for r in runs}}
+    epochs = {r.id: None if corpus[r.spec.data, r.spec.model.vocab_size] is None
+              else r.tokens / corpus[r.spec.data, r.spec.model.vocab_size] for r in runs}
     return {"n_runs": len(runs), "n_final_points": len(finals), "tokens": sum(r.own_tokens for r in runs),
             "tokens_from_scratch": sum(r.tokens for r in finals), "flops_count": flops,
             "flops": sum(r.own_tokens * per_token[r.id] for r in runs),
             "flops_from_scratch": sum(r.tokens * per_token[r.id] for r in finals), "attention_flops": attention,
             "gpu_hours": sum(hours.values()),
             "gpu": f"H100 SXM bf16 at {DEFAULT_MFU:.0%} MFU of {H100_FLOPS['bf16']:.3g} FLOP/s (datasheet; an estimate)",
+            "max_epochs": max((e for e in epochs.values() if e is not None), default=None),
+            "unprepared": sorted({data.corpus for (data, _), n in corpus.items() if n is None}),
             "runs": [{"id": r.id, "name": r.name, "tokens": r.tokens, "own_tokens": r.own_tokens, "parent": r.parent,
-                      "gpu_hours": hours[r.id]} for r in runs]}
+                      "gpu_hours": hours[r.id], "epochs": epochs[r.id]} for r in runs]}

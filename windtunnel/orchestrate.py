@@ -159,9 +159,23 @@ class _Board:
         self.bar.close()
 
 
+def check_epochs(runs: list[Run], train_tokens: dict) -> None:
+    """One line naming the run that reads its corpus most often, when any would read it more than once (repeated
+    data bends a scaling law: the fits leave such points out)."""
+    epochs = {r.id: r.tokens / train_tokens[r.spec.data, r.spec.model.vocab_size] for r in runs}
+    worst = max(runs, key=lambda r: epochs[r.id], default=None)
+    if worst is not None and epochs[worst.id] > 1:
+        over = sum(e > 1 for e in epochs.values())
+        raise WindtunnelError(f"{over} run(s) would repeat their data: {worst.name} reads {epochs[worst.id]:.3g} epochs "
+                              f"of data.corpus={worst.spec.data.corpus!r} ({worst.tokens:,} tokens of a "
+                              f"{train_tokens[worst.spec.data, worst.spec.model.vocab_size]:,}-token training split); "
+                              "give a larger corpus, or --allow-repeat")
+
+
 def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "", retries: int = 2,
-              num_cpus: int | None = None, progress: bool = True) -> list[RunOutcome]:
-    """Train every run of the graph not yet done; returns one outcome per run, in graph order."""
+              num_cpus: int | None = None, progress: bool = True, allow_repeat: bool = False) -> list[RunOutcome]:
+    """Train every run of the graph not yet done; returns one outcome per run, in graph order. A run that would read
+    its corpus's training split more than once is refused before anything trains, unless `allow_repeat`."""
     from windtunnel.data import prepare
     from windtunnel.tracking import ending_family, settle_runs
 
@@ -171,8 +185,11 @@ def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "",
         if status and status["status"] in ("finished", "diverged"):
             outcomes[run.id] = RunOutcome(run, status["status"], 0, status.get("result"), None)
     todo = [r for r in runs if r.id not in outcomes]
+    train_tokens = {}
     for data, vocab in {(r.spec.data, r.spec.model.vocab_size) for r in todo}:  # once, not per task; bad data
-        prepare(data, vocab_size=vocab, progress=progress)  # fails here, before the sweep's MLflow run exists
+        train_tokens[data, vocab] = len(prepare(data, vocab_size=vocab, progress=progress).train)  # fails here,
+    if not allow_repeat:                                                    # before the sweep's MLflow run exists
+        check_epochs(todo, train_tokens)
     if todo and os.environ.get("RAY_ADDRESS"):  # so does a cluster that does not answer
         probe_cluster(os.environ["RAY_ADDRESS"])
     settle_runs(sweep, {r.run.id: r.status for r in outcomes.values()})
