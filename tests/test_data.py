@@ -9,6 +9,7 @@ import json
 import pickle
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +84,21 @@ def test_loaders_read_the_same_documents(tmp_path, docs, jsonl, monkeypatch):
     assert _texts(f"hf:{tmp_path / 'files'}") == docs  # a data folder, through load_dataset
 
 
+def test_compressed_jsonl_reads_as_the_plain_file(tmp_path, docs, jsonl, monkeypatch):
+    import gzip
+
+    import zstandard
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.jsonl.gz").write_bytes(gzip.compress(Path(jsonl).read_bytes()))
+    (tmp_path / "c" / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(Path(jsonl).read_bytes()))
+    assert _texts(tmp_path / "c" / "a.jsonl.gz") == _texts(tmp_path / "c" / "b.jsonl.zst") == _texts(jsonl) == docs
+    assert _texts(tmp_path / "c") == docs + docs   # a folder finds both, in sorted order
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    with pytest.raises(WindtunnelError, match=r"b.jsonl.zst: a .zst corpus needs .* pip install 'windtunnel\[zst\]'$"):
+        _texts(tmp_path / "c" / "b.jsonl.zst")
+
+
 def test_an_hf_corpus_without_datasets_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)   # as if not installed: `import datasets` raises ImportError
     with pytest.raises(WindtunnelError, match=r"^hf:some/set: an hf: corpus needs .* pip install 'windtunnel\[hf\]'$"):
@@ -129,8 +145,8 @@ def test_docstrings_and_comments_in_source_order():
 
 @pytest.mark.parametrize("corpus, text_key, match", [
     ("{tmp}/missing.jsonl", "text", r"corpus='.*missing.jsonl' is not allowed; no such file or folder"),
-    ("{tmp}/data.csv", "text", r"data.csv' is not allowed; file types read: .txt, .jsonl, .parquet"),
-    ("{tmp}/empty", "text", r"the folder holds no .txt/.jsonl/.parquet file"),
+    ("{tmp}/data.csv", "text", r"data.csv' is not allowed; file types read: .txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet"),
+    ("{tmp}/empty", "text", r"the folder holds no .txt/.jsonl/.jsonl.gz/.jsonl.zst/.parquet file"),
     ("{tmp}/rows.jsonl", "body", r"rows.jsonl:1: text_key='body' is not allowed; each line needs .*\['text'\]"),
     ("{tmp}/bad.jsonl", "text", r"bad.jsonl:2: not JSON"),
     ("{tmp}/rows.parquet", "body", r"rows.parquet: text_key='body' is not allowed; columns here: \['text'\]"),

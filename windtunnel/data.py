@@ -12,9 +12,10 @@ Corpora (`DataSpec.corpus`):
   the micro ladder sees a token twice (runs report `data/epochs`). No download. Held-out sets: "code"
   (the held-out standard-library files), "docstrings" (their docstrings and comments) and "torch" (the
   held-out torch files). A document's id is "stdlib/PATH" or "torch/PATH", PATH relative to its package.
-- a .txt file (one document), a .jsonl file (one JSON object per line, text under `text_key`), a
-  .parquet file (column `text_key`), or a folder searched recursively for these three kinds (other
-  files are ignored), read in sorted order. Ids are "relative/path" or "relative/path#row".
+- a .txt file (one document), a .jsonl file (one JSON object per line, text under `text_key`; also
+  .jsonl.gz, and .jsonl.zst with the `zstandard` package), a .parquet file (column `text_key`), or a
+  folder searched recursively for these kinds (other files are ignored), read in sorted order. Ids
+  are "relative/path" or "relative/path#row".
 - "hf:NAME" or "hf:NAME:CONFIG": the "train" split of a Hugging Face dataset. NAME is a folder
   written by `save_to_disk` (read with `load_from_disk`), or else whatever `datasets.load_dataset`
   takes: a local folder of data files, or a hub name resolved through the local cache (set
@@ -56,8 +57,9 @@ from windtunnel.paths import results_dir
 __all__ = ["Corpus", "Tokenizer", "prepare", "source_fingerprint", "sample_windows", "eval_windows"]
 
 FORMAT = 1  # bump when document extraction or the shard layout changes: old caches are then ignored
-EXTENSIONS = (".txt", ".jsonl", ".parquet")
-_CORPUS_HELP = "use 'python', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.parquet file or a folder of them"
+EXTENSIONS = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+_CORPUS_HELP = ("use 'python', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.jsonl.gz/.jsonl.zst/.parquet file or a folder "
+                "of them")
 _META = "\u2581"  # sentencepiece's space symbol "▁": a literal one in the text is encoded as its 3 bytes
 _SENTENCE_CHARS = 2_000  # tokenizer training sentences: whole lines, at most this many characters
 _BATCH_CHARS = 4_000_000  # characters per sentencepiece encode call: bounds the memory of id lists
@@ -149,11 +151,11 @@ def _local_files(spec: DataSpec) -> tuple[list[Path], Path]:
     """The corpus's files, in order, and the folder their ids are relative to."""
     root = Path(spec.corpus).expanduser()
     if root.is_file():
-        if root.suffix.lower() not in EXTENSIONS:
+        if _extension(root) is None:
             raise SpecError("DataSpec", "corpus", spec.corpus, f"file types read: {', '.join(EXTENSIONS)}")
         files, base = [root], root.parent
     elif root.is_dir():
-        files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS]
+        files = [p for p in root.rglob("*") if p.is_file() and _extension(p) is not None]
         files.sort(key=lambda p: p.relative_to(root).as_posix())
         if not files:
             raise SpecError("DataSpec", "corpus", spec.corpus, f"the folder holds no {'/'.join(EXTENSIONS)} file")
@@ -163,17 +165,42 @@ def _local_files(spec: DataSpec) -> tuple[list[Path], Path]:
     return files, base
 
 
+def _extension(path: Path) -> str | None:
+    """The corpus file type of `path` (one of EXTENSIONS, the longest that matches), or None."""
+    name = path.name.lower()
+    return next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
+
+
 def _file_documents(path: Path, rel: str, text_key: str) -> list[_Document]:
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
+    kind = _extension(path)
+    if kind == ".txt":
         return [_Document(rel, path.read_bytes().decode("utf-8", errors="replace"))]
-    rows = _jsonl_rows(path, text_key) if suffix == ".jsonl" else _parquet_rows(path, text_key)
+    rows = _parquet_rows(path, text_key) if kind == ".parquet" else _jsonl_rows(path, text_key)
     return [_Document(f"{rel}#{row}", text) for row, text in rows if text]
 
 
+def _binary(path: Path):
+    """`path` opened for reading bytes, decompressed on the fly when it ends in .gz or .zst."""
+    import io
+
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rb")
+    if name.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise WindtunnelError(f"{path}: a .zst corpus needs the 'zstandard' package: "
+                                  "pip install 'windtunnel[zst]'") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb")))
+    return path.open("rb")
+
+
 def _jsonl_rows(path: Path, text_key: str) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line of a .jsonl file."""
-    with path.open("rb") as lines:
+    """(line number, text) of each non-blank line of a .jsonl file (.jsonl.gz and .jsonl.zst decompressed)."""
+    with _binary(path) as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
