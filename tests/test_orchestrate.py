@@ -50,6 +50,13 @@ def sweep_runs(tmp_path, *, name="t", lrs="[0.01, 0.02]", tpp=2, at="[1, 2]"):
     return expand(sweep, section, file=path), path
 
 
+def ample_corpus(*args, **kwargs):
+    """A stand-in for data.prepare where the corpus is not the point: a training split no run repeats."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(train=range(10**12))
+
+
 def assert_each_step_once(experiment: str, runs) -> None:
     frame = tracking.runs_dataframe(experiment=experiment)
     children = frame[frame["tags.kind"] != "sweep"]
@@ -226,7 +233,7 @@ def test_a_sweep_that_fails_after_its_parent_run_exists_leaves_no_run_running(tm
         raise WindtunnelError("RAY_ADDRESS=10.0.0.9:6379 does not answer")
 
     _, path = sweep_runs(tmp_path, name="fails")
-    monkeypatch.setattr("windtunnel.data.prepare", lambda *args, **kwargs: None)  # the corpus is not the point
+    monkeypatch.setattr("windtunnel.data.prepare", ample_corpus)  # the corpus is not the point
     monkeypatch.setattr(orchestrate, "init_ray", no_cluster)  # after the parent run is created
     assert cli.main(["sweep", str(path), "--no-mup-check"]) == 2
     assert _statuses("fails") == {"fails (micro)": "FAILED"}
@@ -241,7 +248,7 @@ def test_ctrl_c_ends_the_sweep_and_its_orphaned_children_killed(tmp_path, result
         raise KeyboardInterrupt
 
     runs, _ = sweep_runs(tmp_path, name="stop")
-    monkeypatch.setattr("windtunnel.data.prepare", lambda *args, **kwargs: None)
+    monkeypatch.setattr("windtunnel.data.prepare", ample_corpus)
     monkeypatch.setattr(orchestrate, "init_ray", lambda num_cpus: False)
     monkeypatch.setattr(orchestrate, "_loop", interrupted)
     with pytest.raises(KeyboardInterrupt):
