@@ -24,7 +24,7 @@ DEFAULT_MFU = 0.4
 
 
 def gpu_hours(flops: float, *, mfu: float = DEFAULT_MFU, peak: float = H100_FLOPS["bf16"]) -> float:
-    """Hours of one GPU to compute `flops` at `mfu` of `peak` FLOP/s."""
+    """Hours of one device to compute `flops` at `mfu` of `peak` FLOP/s (an H100's bf16 peak by default)."""
     return flops / (mfu * peak) / 3600
 
 

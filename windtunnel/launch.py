@@ -131,7 +131,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
     """How `spec` runs on `workers`: strategy, micro-batch, accumulation, memory per worker and expected hours.
     The micro-batch is spec.micro_batch_tokens, else the most whole sequences that divide a worker's share of
     every warm-up stage's batch and whose memory fits."""
-    from windtunnel.counts import H100_FLOPS, attention_flops_per_token, flops_per_token, n_params
+    from windtunnel.counts import H100_FLOPS, attention_flops_per_token, flops_per_token, gpu_hours, n_params
     from windtunnel.train import total_steps, total_tokens
 
     _check_numbers(workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory, mfu=mfu)
@@ -176,7 +176,7 @@ def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float |
             "batch_tokens": spec.batch_tokens, "memory_per_worker_bytes": memory["total"], "memory": memory,
             "device_memory_bytes": device_memory, "steps": total_steps(spec), "tokens": tokens,
             "flops": flops, "mfu": mfu, "peak_flops_per_worker": peak,
-            "recompute_flops": recompute, "expected_hours": (flops + recompute) / (workers * peak * mfu) / 3600}
+            "recompute_flops": recompute, "expected_hours": gpu_hours(flops + recompute, mfu=mfu, peak=peak) / workers}
 
 
 def _check_one_device(workers: int, gpus_per_worker: float) -> None:

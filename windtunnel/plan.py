@@ -2,7 +2,7 @@
 
     windtunnel plan micro-1.3m                         # compute-optimal tokens for the model's N
     windtunnel plan micro-1.3m --tokens 9e6            # a token budget
-    windtunnel plan micro-1.3m --compute 8e13          # a FLOPs budget: D = C / 6N
+    windtunnel plan micro-1.3m --compute 8e13          # a FLOPs budget: D = C / the target's FLOPs a token
 
 Every number says where it comes from, and a number that would be wrong is left out with the reason — never
 guessed — and the plan's status says `incomplete`:
@@ -10,10 +10,9 @@ guessed — and the plan's status says `incomplete`:
   base. d_base, scale_emb, scale_depth and init_std are written into the plan (so the target's per-tensor LR
   and init are exactly µP's from the ladder's optimum); a target of another head width or vocabulary is not
   in the ladder's family, and nothing fitted on the ladder is used for it.
-- one FLOP convention: C = 6·N·D with N in the scaling fit's convention (N_total by default: every weight's
-  matmul, the tied LM head included); `--compute C` plans a run that costs C, and the compute-optimal
-  allocation uses the same count. Attention scores (12·L·d·T per token) are not in C, as in the paper; the
-  GPU-hours add them.
+- one FLOP count, the scaling fit's (fit.json `flops`): "full", the trainer's 6·N_total + 12·L·d·T a token, by
+  default, or the paper's 6·N·D; `--compute C` plans a run that costs C in it, and the compute-optimal allocation
+  uses the same count (f(N) = k·N^b across the ladder). The GPU-hours always follow the trainer's count.
 - the predicted loss has a 95% prediction interval of a new run, pooled over the candidate laws the ladder's
   backtests keep and widened with the distance beyond the ladder (windtunnel.predict); the plan states its
   extrapolation in N, D and C and refuses beyond the calibrated limits (predict.LIMITS), naming the one passed.
@@ -87,7 +86,7 @@ def check_budget(tokens: float | None, compute: float | None) -> None:
 def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr: dict | None,
               tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
     """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
-    from windtunnel.counts import counted_flops_per_token, flops_per_token, n_params
+    from windtunnel.counts import counted_flops_per_token, flops_per_token, gpu_hours, n_params
     from windtunnel.fit import PerToken, ScalingLawFit
     from windtunnel.predict import LadderFit
 
@@ -152,7 +151,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         cost = {"flops": counted * train["tokens"], "convention": per_token.describe() + (
                     f", N = {N_KIND_LABEL[n_kind]}" if per_token.count == "6nd" else ""),
                 "trained_flops": trained, "steps": steps if batch_tokens else None,
-                "gpu_hours": trained / (limits.mfu * limits.gpu_flops) / 3600,
+                "gpu_hours": gpu_hours(trained, mfu=limits.mfu, peak=limits.gpu_flops),
                 "mfu": limits.mfu, "gpu_flops": limits.gpu_flops}
         ladder = (scaling or {}).get("ladder_cost")   # what the wind tunnel cost, beside the run it plans
         if ladder:

@@ -260,8 +260,13 @@ def with_compute(points: pd.DataFrame, flops: str, n_kind: str = DEFAULT_N_KIND)
     if missing:
         raise WindtunnelError(f"--flops full counts attention from each run's layers, width and context; these runs "
                               f"lack {', '.join(missing)} — use --flops 6nd")
-    attention = 12 * points["n_layers"] * points["d_model"] * points["seq_len"]
-    return points.assign(C=(6 * points["N_total"] + attention).to_numpy(float) * d)
+    return points.assign(C=_trainer_flops_per_token(points).to_numpy(float) * d)
+
+
+def _trainer_flops_per_token(points: pd.DataFrame) -> pd.Series:
+    """Each run's training FLOPs a token as the trainer counts them (counts.flops_per_token from the stored shape):
+    6·N_total + 12·L·d·T."""
+    return 6 * points["N_total"] + 12 * points["n_layers"] * points["d_model"] * points["seq_len"]
 
 
 def ladder_cost(points: pd.DataFrame) -> dict | None:
@@ -273,7 +278,7 @@ def ladder_cost(points: pd.DataFrame) -> dict | None:
     need = ("N_total", "n_layers", "d_model", "seq_len", "fork_step", "batch_tokens", "group")
     if any(c not in points or points[c].isna().any() for c in need):
         return None
-    per_token = 6 * points["N_total"] + 12 * points["n_layers"] * points["d_model"] * points["seq_len"]
+    per_token = _trainer_flops_per_token(points)
     fork = points["fork_step"] * points["batch_tokens"]
     stable = (fork * per_token).groupby(points["group"]).max().sum()   # one stable run per group, to its last fork
     flops = float(stable + ((points["D"] - fork) * per_token).sum())
