@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, Range, option
-from windtunnel.counts import H100_FLOPS
+from windtunnel.counts import DEFAULT_FLOPS, H100_FLOPS
 from windtunnel.errors import WindtunnelError, one_line
 
 __all__ = ["main"]
@@ -195,8 +195,6 @@ def cmd_fit(args) -> int:
 def _options(args):
     from windtunnel.studies import Options
     from windtunnel.studies.study import BUDGETS
-
-    from windtunnel.counts import DEFAULT_FLOPS
 
     if args.csv and args.flops == "full":
         raise WindtunnelError("--flops full counts attention from each run's layers, width and context, which a CSV "
@@ -503,8 +501,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from windtunnel.counts import DEFAULT_FLOPS
-
     p = _Parser(prog="windtunnel", description=__doc__.splitlines()[0])
     p.add_argument("--models", metavar="DIR", help="a folder of model ladder files (*.yaml) used instead of the "
                    "packaged ones (default: $WINDTUNNEL_MODELS, else the ladders packaged with windtunnel)")
@@ -545,7 +541,8 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="the full run's tokens, batch, LR, schedule, loss and cost from the fits")
     pl.add_argument("target", help="a model name, e.g. minicpm-1.2b")
     pl.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
-    pl.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it: D = C / 6N")
+    pl.add_argument("--compute", type=float, help="a FLOPs budget in the scaling fit's FLOP count (full: the trainer's; "
+                    "6nd: 6·N·D): D = C / the target's FLOPs a token")
     pl.add_argument("--mfu", type=option(Range(low=0, high=1, low_open=True)), default=0.4, help="MFU the GPU-hours are costed at")
     pl.add_argument("--gpu-flops", type=option(POSITIVE), default=H100_FLOPS["bf16"],
                     help="peak FLOP/s of one GPU (H100 bf16 dense)")
@@ -557,7 +554,7 @@ def parser() -> argparse.ArgumentParser:
     va = sub.add_parser("validate", help="plan a target beyond the ladder, train it as planned, compare with the prediction")
     va.add_argument("target", help="a model name, e.g. micro-1.3m")
     va.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
-    va.add_argument("--compute", type=float, help="a FLOPs budget C = 6·N·D, N as the scaling fit counts it")
+    va.add_argument("--compute", type=float, help="a FLOPs budget in the scaling fit's FLOP count (as plan --compute)")
     va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a value the plan left out (batch_tokens, lr), stated in the comparison; nothing else")
     va.add_argument("--workers", type=option(POSITIVE_INT), default=1, help="data-parallel Ray Train workers (make validate: 2)")
