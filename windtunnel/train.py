@@ -246,9 +246,10 @@ def _load(path: Path, model, opt, *, layout: dict) -> dict:
     dcp.load({"model": model_state, "optimizer": opt_state}, checkpoint_id=str(path), no_dist=not distributed)
     set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=opt_state)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state.setdefault("parallel", "fsdp")   # before every layout wrote step_N.dcp, only FSDP did, without saying so
     rank = dist.get_rank() if distributed else 0
     mine = path / f"rank{rank}.pt"
-    same = mine.is_file() and all(state.get(k, "ddp" if k == "parallel" else None) == v for k, v in layout.items())
+    same = mine.is_file() and all(state.get(k) == v for k, v in layout.items())
     saved = torch.load(mine, map_location="cpu", weights_only=True) if same else {}
     state["prev_grad"], state["prev_update"] = saved.get("prev_grad"), saved.get("prev_update")
     return state
