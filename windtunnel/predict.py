@@ -296,15 +296,28 @@ def fit_and_backtest(N, D, loss, *, groups=None, bootstrap: int = 1000, seed: in
     every point of size k+1 with its 95% prediction interval (guardrails off: this tests the interval; runs with
     D < N are out of the law's domain, in the fit and among the held-out points). One fit.Backtest per k, none with
     ≤ min_sizes sizes; its `fit` is the best candidate's law, `by_candidate` each candidate's mean |error| there.
-    The origins run in worker processes, one core each, while this one fits the whole ladder."""
+    The origins run in worker processes, one core each, while this one fits the whole ladder. Every process keeps
+    BLAS to one thread: the fits' arrays are small, and several processes each spinning a core-wide BLAS pool made
+    a 49-point, 9-size fit 5–8× slower on 2 cores (LOG.md, 2026-12-06 night)."""
+    from threadpoolctl import threadpool_limits
+
     origins = _origins(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed, min_sizes=min_sizes,
                        max_origins=MAX_ORIGINS)
-    if not origins or (os.cpu_count() or 1) < 2:
-        return fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed), [_backtest(o) for o in origins]
-    with ProcessPoolExecutor(min(len(origins), os.cpu_count() or 1)) as pool:
-        pending = [pool.submit(_backtest, o) for o in origins]
-        ladder = fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed)
-        return ladder, [p.result() for p in pending]
+    with threadpool_limits(1):
+        if not origins or (os.cpu_count() or 1) < 2:
+            return (fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed),
+                    [_backtest(o) for o in origins])
+        with ProcessPoolExecutor(min(len(origins), os.cpu_count() or 1), initializer=_one_blas_thread) as pool:
+            pending = [pool.submit(_backtest, o) for o in origins]
+            ladder = fit_ladder(N, D, loss, groups=groups, bootstrap=bootstrap, seed=seed)
+            return ladder, [p.result() for p in pending]
+
+
+def _one_blas_thread() -> None:
+    """A backtest worker's BLAS on one thread, for the life of the worker (see fit_and_backtest)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def _origins(N, D, loss, *, groups, bootstrap: int, seed: int, min_sizes: int, max_origins: int) -> list[tuple]:
