@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed-stamp
         hparam-search validate launch sweep-decay-data check-mup
 SCALE ?= micro
 TARGET ?= micro-1.3m
+# SCALE=paper trains the ladder in TARGET's family (its vocabulary and tokenizer): the sweeps' scale paper@TARGET
+RUN_SCALE = $(if $(filter paper,$(SCALE)),paper@$(TARGET),$(SCALE))
 PLAN_ARGS ?=
 # the micro target at the micro ladder's largest D: a stable stage of 8,388,608 tokens + a 10% decay
 VALIDATE_TOKENS ?= 9227469
@@ -37,7 +39,8 @@ demo: $(STAMP)
 	@echo
 	@echo "The demo planned micro-425k (2.5x the demo ladder's largest N) from its own fits: results/plans/micro-425k.yaml."
 	@echo "minicpm-1.2b cannot be planned from a micro ladder (see 'not planned' above): another head width and"
-	@echo "vocabulary (another µP family), and thousands of times beyond its largest N: that takes SCALE=paper."
+	@echo "vocabulary (another µP family), and thousands of times beyond its largest N: that takes the paper ladder"
+	@echo "in its family on GPUs: make scaling-law sweep-lr sweep-bs fit plan SCALE=paper TARGET=minicpm-1.2b."
 	@echo "Runs and checkpoints: results/runs/   MLflow store: results/mlflow.db   Plots: results/plots/"
 	@echo "Fits and figures: results/<study>/fit.json   Plans: results/plans/   Report: results/report.html"
 	@echo "MLflow experiments: 'lr', 'batch_size', 'scaling_law' (one parent run per sweep, one child per run)"
@@ -55,28 +58,29 @@ bench: $(STAMP)  # one after the other: benchmarks must not share the 2 cores
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/sweep_overhead.py
 
-# the studies: each resumes where it stopped when run again; SCALE=paper for GPUs or a Ray cluster (RAY_ADDRESS)
+# the studies: each resumes where it stopped when run again; SCALE=paper TARGET=minicpm-1.2b (or minicpm-2.4b) for
+# GPUs or a Ray cluster (RAY_ADDRESS): the paper ladder in that target's family, then `make fit plan` alike
 sweep-lr: $(STAMP)
-	$(BIN)/windtunnel sweep sweeps/lr.yaml --scale $(SCALE)
+	$(BIN)/windtunnel sweep sweeps/lr.yaml --scale $(RUN_SCALE)
 
 sweep-bs: $(STAMP)
-	$(BIN)/windtunnel sweep sweeps/batch_size.yaml --scale $(SCALE)
+	$(BIN)/windtunnel sweep sweeps/batch_size.yaml --scale $(RUN_SCALE)
 
 sweep-wsd: $(STAMP)
-	$(BIN)/windtunnel sweep sweeps/wsd.yaml --scale $(SCALE)
+	$(BIN)/windtunnel sweep sweeps/wsd.yaml --scale $(RUN_SCALE)
 
 scaling-law: $(STAMP)
-	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale $(SCALE)
+	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale $(RUN_SCALE)
 
 sweep-decay-data: $(STAMP)
-	$(BIN)/windtunnel sweep sweeps/decay_data.yaml --scale $(SCALE)
+	$(BIN)/windtunnel sweep sweeps/decay_data.yaml --scale $(RUN_SCALE)
 
 # the analysis: every study of the registry (windtunnel/studies) whose sweep ran at $(SCALE); the others are skipped
 fit: $(STAMP)
-	$(BIN)/windtunnel fit --all --scale $(SCALE) --no-plots
+	$(BIN)/windtunnel fit --all --scale $(RUN_SCALE) --no-plots
 
 plots: $(STAMP)
-	$(BIN)/windtunnel fit --all --scale $(SCALE)
+	$(BIN)/windtunnel fit --all --scale $(RUN_SCALE)
 
 plan: $(STAMP)
 	$(BIN)/windtunnel plan $(TARGET) $(PLAN_ARGS)

@@ -53,13 +53,58 @@ def test_ids_are_content_hashes(tmp_path):
     assert first[0].id == changed[0].id and first[4].id != changed[4].id
 
 
-def test_paper_scaling_law_graph_costs_about_81n_against_231n_from_scratch():
-    sweep, section = load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="paper")
-    summary = summarize(expand(sweep, section, file="scaling_law.yaml", scale_name="paper"))
-    n_total = sum(count_params(__import__("windtunnel.config").config.get_model(m)) for m in section.models)
-    assert summary["tokens"] / n_total == pytest.approx(81, rel=0.02)
-    assert summary["tokens_from_scratch"] / n_total == pytest.approx(231, rel=0.02)
-    assert summary["n_runs"] == 6 * 7 and summary["n_final_points"] == 36
+def paper(spec: str, target: str = "minicpm-1.2b"):
+    """The paper scale of sweeps/SPEC.yaml in `target`'s family, with provisional ids (the corpus is not here)."""
+    sweep, section = load_sweep(ROOT / "sweeps" / f"{spec}.yaml", scale=f"paper@{target}")
+    provisional: list = []
+    runs = expand(sweep, section, file=f"{spec}.yaml", scale_name=f"paper@{target}", provisional=provisional)
+    assert provisional and "fineweb-edu" in provisional[0]   # a real corpus, never the embedded one
+    return section, runs
+
+
+def test_paper_ladder_spans_9m_to_2b_in_each_targets_family(in_target_family):
+    """Table 8's 9M–0.5B at 10N…60N, then 1B (to 50N) and 2B (to 20N): within the plan's limits of both targets at
+    their 1.1T tokens (N ≤ 15.7×, D ≤ 23.3×, C ≤ 64×), at a fraction of the cost of running 2B to 60N."""
+    from windtunnel.config import get_model
+
+    section, runs = paper("scaling_law")
+    stables = {r.coords["model"]: r for r in runs if r.coords["stage"] == "stable"}
+    assert list(stables) == ["9M", "30M", "70M", "0.1B", "0.17B", "0.2B", "0.5B", "1B", "2B"]
+    assert {r.spec.model.vocab_size for r in runs} == {73440}
+    assert {Path(r.spec.data.tokenizer).name for r in runs} == {"minicpm-1.2b.json"}
+    per_model = {m: sorted(r.coords["branch_tokens_per_param"] for r in runs if r.parent == s.id)
+                 for m, s in stables.items()}
+    assert per_model["0.5B"] == [10, 20, 30, 40, 50, 60] and per_model["1B"] == [10, 20, 30, 40, 50]
+    assert per_model["2B"] == [10, 20] and len(runs) == 58
+    d_max = max(r.tokens for r in runs)
+    for target in ("minicpm-1.2b", "minicpm-2.4b"):
+        model = get_model(target)
+        assert count_params(model) / max(count_params(s.spec.model) for s in stables.values()) < 15.7
+        assert model.paper_run.tokens / d_max < 23.3
+    summary = summarize(runs)
+    assert 1.5e21 > summary["flops"] > 1e21 and summary["tokens_from_scratch"] / summary["tokens"] > 2
+    other = {r.id for r in paper("scaling_law", "minicpm-2.4b")[1]}
+    assert other.isdisjoint(r.id for r in runs)   # another vocabulary and tokenizer: other runs
+
+
+def test_a_family_scale_needs_its_target_and_the_targets_tokenizer(in_target_family, tmp_path, monkeypatch):
+    with pytest.raises(SpecError, match=r"paper@TARGET: this ladder trains in a target's family"):
+        load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="paper")
+    with pytest.raises(SpecError, match="micro alone: its ladder is its own family"):
+        load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="micro@minicpm-1.2b")
+    sweep, section = load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="paper@micro-1.3m")
+    with pytest.raises(SpecError, match="models.micro-1.3m.tokenizer=None"):   # it names no tokenizer file
+        expand(sweep, section, file="s.yaml", scale_name="paper@micro-1.3m", provisional=[])
+    (in_target_family / "tokenizers" / "minicpm-2.4b.json").rename(tmp_path / "away.json")
+    try:
+        sweep, section = load_sweep(ROOT / "sweeps/scaling_law.yaml", scale="paper@minicpm-2.4b")
+        with pytest.raises(WindtunnelError, match="minicpm-2.4b's tokenizer file is missing"):
+            expand(sweep, section, file="s.yaml", scale_name="paper@minicpm-2.4b", provisional=[])
+    finally:
+        (tmp_path / "away.json").rename(in_target_family / "tokenizers" / "minicpm-2.4b.json")
+    text = SWEEP.replace("micro:", "micro:\n    needs_target: true").replace("models: [micro-24k]", "models: [9M]")
+    with pytest.raises(SpecError, match=r"scales.micro.models='micro-24k' .* µP base \(d_head 16 vs 64"):  # micro-24k: another base
+        graph(tmp_path, text.replace("[9M]", "[micro-24k]"), scale="micro@minicpm-1.2b")
 
 
 def test_micro_ladder_is_tuned_seeded_and_on_one_token_grid():
@@ -103,10 +148,11 @@ GRAPH_SWEEPS = sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.stem != "
 
 
 @pytest.mark.parametrize("spec", GRAPH_SWEEPS, ids=lambda p: p.stem)
-@pytest.mark.parametrize("scale", ["micro", "paper"])
-def test_every_sweep_expands_at_every_scale(spec, scale):
+@pytest.mark.parametrize("scale", ["micro", "paper@minicpm-1.2b", "paper@minicpm-2.4b"])
+def test_every_sweep_expands_at_every_scale(spec, scale, in_target_family):
     sweep, section = load_sweep(spec, scale=scale)
-    assert summarize(expand(sweep, section, file=spec, scale_name=scale))["n_runs"] > 0
+    runs = expand(sweep, section, file=spec, scale_name=scale, provisional=[])
+    assert summarize(runs)["n_runs"] > 0
 
 
 @pytest.mark.parametrize("edit, key", [

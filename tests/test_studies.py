@@ -282,7 +282,9 @@ def test_plan_without_fits_says_what_is_missing(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "incomplete" in out and "no usable scaling-law fit" in out and "no usable LR-transfer fit" in out
     plan = yaml.safe_load((tmp_path / "plans" / "minicpm-1.2b.yaml").read_text())
-    assert plan["train"] == {"seq_len": 4096} and plan["predicted_loss"] is None
+    assert plan["predicted_loss"] is None and plan["train"] == {   # the target's own tokenizer, which no fit needs
+        "seq_len": 4096, "data": {"tokenizer": str(ROOT / "models" / "tokenizers" / "minicpm-1.2b.model")}}
+    assert any("minicpm-1.2b.model (models.minicpm-1.2b.tokenizer) is missing" in g for g in plan["gaps"])
 
 
 def test_fit_cli_on_a_csv_with_compute_column(tmp_path, capsys):

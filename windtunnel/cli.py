@@ -92,8 +92,10 @@ def cmd_sweep(args) -> None:
         from windtunnel.config import load_overrides, merge_overrides
 
         sweep = dataclasses.replace(sweep, base=merge_overrides(sweep.base, load_overrides(args.set_file)))
-    runs = expand(sweep, scale, file=args.spec, scale_name=args.scale)
-    summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs, args.flops)}
+    provisional: list[str] = []
+    runs = expand(sweep, scale, file=args.spec, scale_name=args.scale, provisional=provisional if args.dry_run else None)
+    summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs, args.flops),
+               "provisional_ids": sorted(set(provisional))}
     if args.dry_run:
         if args.json:
             print(json.dumps(summary))
@@ -129,6 +131,8 @@ def _print_graph(runs, summary) -> None:
           f"{summary['gpu_hours']:,.3g} GPU-hours on {summary['gpu']}")
     if summary["unprepared"]:
         print(f"epochs ?: {', '.join(summary['unprepared'])} not tokenized yet; the sweep checks them before training")
+    for reason in summary["provisional_ids"]:
+        print(f"run ids are provisional (they hash the data's content, which is not here): {reason}")
     if (summary["max_epochs"] or 0) > 1:
         print(f"up to {summary['max_epochs']:.3g} epochs: the sweep refuses runs that repeat data unless --allow-repeat")
 

@@ -88,6 +88,10 @@ class ModelSpec:
     """the paper's non-embedding N in billions (Table 8's N(B) column), for checking the counts"""
     paper_run: PaperRun | None = None
     """the published training facts of a full-size model"""
+    tokenizer: str | None = None
+    """a target's own tokenizer file (sentencepiece .model or tokenizer.json; relative to its ladder file): a
+    ladder in its family (`--scale paper@TARGET`) and its planned run train with it. Not part of a run's id (the
+    file's content is, through the data fingerprint)"""
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -416,8 +420,10 @@ def load_ladder(path: Path) -> dict[str, ModelSpec]:
     for name, fields in (raw["models"] or {}).items():
         if not isinstance(fields, dict):
             raise SpecError(path, f"models.{name}", fields, "a mapping of shape fields")
-        ladder[str(name)] = build(ModelSpec, {**defaults, **fields, "name": str(name)}, file=path,
-                                  prefix=f"models.{name}.")
+        fields = {**defaults, **fields, "name": str(name)}
+        if isinstance(fields.get("tokenizer"), str):  # relative to the ladder file, wherever the command runs
+            fields["tokenizer"] = str((path.parent / Path(fields["tokenizer"]).expanduser()).resolve())
+        ladder[str(name)] = build(ModelSpec, fields, file=path, prefix=f"models.{name}.")
     return ladder
 
 
@@ -512,7 +518,7 @@ def _non_default(obj) -> dict:
             if f.default is dataclasses.MISSING or getattr(obj, f.name) != f.default}
 
 
-LATER_FIELDS = ("batch_warmup", "decay_data", "data.tokenizer")  # TrainSpec fields added after runs were stored
+LATER_FIELDS = ("batch_warmup", "decay_data")  # TrainSpec fields added after runs were stored
 
 
 def spec_hash(spec: TrainSpec, *extra: str) -> str:
@@ -520,7 +526,8 @@ def spec_hash(spec: TrainSpec, *extra: str) -> str:
     raw = dataclasses.asdict(spec)
     for key in ("device", "parallel", "compile", "peak_flops", "keep_checkpoints", "activation_checkpointing"):
         raw.pop(key)
-    raw["model"].pop("paper_n"), raw["model"].pop("paper_run")
+    raw["model"].pop("paper_n"), raw["model"].pop("paper_run"), raw["model"].pop("tokenizer")
+    raw["data"].pop("tokenizer")  # a path: the file's content is in the data fingerprint every id hashes beside
     for key in LATER_FIELDS:  # unset, they leave the ids of runs stored before them as they were
         node, _, leaf = key.rpartition(".")
         parent = raw[node] if node else raw

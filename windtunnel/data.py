@@ -570,13 +570,21 @@ def prepared_train_tokens(spec: DataSpec, *, vocab_size: int, cache_dir: Path | 
     """Tokens in the training split of `spec`'s corpus if it is prepared (tokenized and cached), else None: what a
     dry run can tell without tokenizing."""
     cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
-    opened = _open(cache_dir / "opened" / f"{_listing_key(spec, vocab_size)}.json", cache_dir)
+    try:
+        key = _listing_key(spec, vocab_size)
+    except WindtunnelError:  # a dataset that is not here (not downloaded) is not prepared
+        return None
+    opened = _open(cache_dir / "opened" / f"{key}.json", cache_dir)
     return None if opened is None else len(opened.train)
 
 
 def _settings(spec: DataSpec, vocab_size: int) -> str:
-    """A corpus's settings as one canonical string, a part of its listing key and of its fingerprint."""
-    return json.dumps({**dataclasses.asdict(spec), "vocab_size": vocab_size, "format": FORMAT}, sort_keys=True)
+    """A corpus's settings as one canonical string, a part of its listing key and of its fingerprint. A tokenizer
+    file counts by its content (hashed beside), not its path: a clone elsewhere keeps its run ids."""
+    settings = {**dataclasses.asdict(spec), "vocab_size": vocab_size, "format": FORMAT}
+    if spec.tokenizer:
+        settings["tokenizer"] = "file"
+    return json.dumps(settings, sort_keys=True)
 
 
 def _listing_key(spec: DataSpec, vocab_size: int) -> str:

@@ -17,7 +17,10 @@ Sweep file layout:
         grid: {lr: [...], model.parametrization: [mup, sp]}   # cartesian product of dotted keys
         runs: [{...}, ...]       # extra runs per model, each a mapping of overrides (e.g. baselines; their own
                                  # `tokens` replaces the scale's)
-        per_model: {micro-24k: {lr: 0.02, batch_tokens: 2048}}   # overrides for one model (tuned LR, batch)
+        per_model: {micro-24k: {lr: 0.02, batch_tokens: 2048}}   # overrides for one model (tuned LR, batch), and
+                                 # its own branch points: {2B: {branches: {at_tokens_per_param: [10, 20]}}}
+        needs_target: true       # a ladder in a target's family: `--scale paper@minicpm-1.2b` gives every model
+                                 # the target's vocabulary and tokenizer file (DESIGN §4)
         seeds: [0, 1]            # every run once per seed (independent stable runs: honest intervals)
         branches:                # decay branches forked from each stable run
           at_tokens_per_param: [10, 20, 30, 40, 50, 60]   # or at_tokens: [1048576, ...] (one grid for all sizes)
@@ -38,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
-from windtunnel.config import TrainSpec, apply_overrides, build, check_run, get_model, load_overrides, read_yaml
+from windtunnel.config import (TrainSpec, apply_overrides, build, check_run, get_model, load_overrides, models_dir,
+                               read_yaml)
 from windtunnel.counts import DEFAULT_FLOPS
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import packaged
@@ -119,6 +123,11 @@ class ScaleSpec:
     """run every variant once per seed (each seed its own stable run); empty = the spec's seed only"""
     resources: ResourceSpec | None = None
     """Ray resources per run; None: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)"""
+    needs_target: bool = False
+    """the ladder trains in a target's family (DESIGN §4): run it as `--scale NAME@TARGET`, which gives every model
+    the target's vocabulary and tokenizer (models/*.yaml: the target's `tokenizer`)"""
+    target: str | None = None
+    """the target whose family this run of the scale is in: the TARGET of `--scale NAME@TARGET`"""
 
     def __post_init__(self):
         check_fields(self, {"tokens_per_param": POSITIVE, "tokens": _TOKENS, "seeds": NON_NEGATIVE_INT})
@@ -161,8 +170,10 @@ def find_sweep(given) -> Path:
 
 
 def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
-    """The sweep file (find_sweep) and its section for `scale`, validated (names file, key and allowed values)."""
+    """The sweep file (find_sweep) and its section for `scale`, validated (names file, key and allowed values).
+    `scale` may be NAME@TARGET: the section NAME in TARGET's family (ScaleSpec.target)."""
     path = find_sweep(path)
+    scale, _, target = scale.partition("@")
     raw = read_yaml(path, what="sweep file")
     if isinstance(raw, dict) and isinstance(raw.get("base"), str):  # `base: results/search/best.yaml`
         raw = {**raw, "base": load_overrides(raw["base"])}  # a path relative to the working directory
@@ -170,11 +181,58 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
     if scale not in sweep.scales:
         raise SpecError(path, "scales", scale, "scales defined here: " + ", ".join(sweep.scales))
     section = dict(sweep.scales[scale])
+    if "target" in section:
+        raise SpecError(path, f"scales.{scale}.target", section["target"], "no target key: give --scale "
+                        f"{scale}@TARGET (with needs_target: true in the section)")
+    if target:
+        section["target"] = target
     if isinstance(section.get("branches"), dict):
         section["branches"] = build(BranchSpec, section["branches"], file=path, prefix=f"scales.{scale}.branches.")
     if isinstance(section.get("resources"), dict):
         section["resources"] = build(ResourceSpec, section["resources"], file=path, prefix=f"scales.{scale}.resources.")
-    return sweep, build(ScaleSpec, section, file=path, prefix=f"scales.{scale}.")
+    spec = build(ScaleSpec, section, file=path, prefix=f"scales.{scale}.")
+    if spec.needs_target and not target:
+        raise SpecError(path, f"scales.{scale}", scale, f"{scale}@TARGET: this ladder trains in a target's family "
+                        f"(its vocabulary and tokenizer), e.g. --scale {scale}@minicpm-1.2b (make: SCALE={scale} "
+                        "TARGET=minicpm-1.2b)")
+    if target and not spec.needs_target:
+        raise SpecError(path, f"scales.{scale}", f"{scale}@{target}", f"{scale} alone: its ladder is its own family "
+                        "(scales marked needs_target: true take @TARGET)")
+    return sweep, spec
+
+
+FAMILY_BASE = ("d_head", "d_base", "scale_emb", "scale_depth", "init_std", "parametrization")
+# what a ladder model shares with its target beside the vocabulary: µP transfers within one base (DESIGN §3)
+
+
+def _family(scale: ScaleSpec, *, file, scale_name: str) -> dict:
+    """The overrides that put a ladder in its target's family: the target's vocabulary and tokenizer file."""
+    if scale.target is None:
+        return {}
+    try:
+        target = get_model(scale.target)
+    except SpecError as err:
+        raise SpecError(file, f"scales.{scale_name}@TARGET", scale.target, err.allowed) from None
+    if target.tokenizer is None:
+        raise SpecError(f"{models_dir()}/*.yaml", f"models.{target.name}.tokenizer", None,
+                        "the target's tokenizer file (sentencepiece .model or tokenizer.json), which its ladder "
+                        "trains with")
+    if not Path(target.tokenizer).is_file():
+        raise WindtunnelError(f"{target.tokenizer}: {target.name}'s tokenizer file is missing (models.{target.name}"
+                              ".tokenizer); put the model's tokenizer.model or tokenizer.json there (from its "
+                              "Hugging Face repository; see models/tokenizers/README.md)")
+    return {"model": {"vocab_size": target.vocab_size}, "data": {"tokenizer": target.tokenizer}}
+
+
+def _check_family(model, target_name: str | None, *, file, scale_name: str) -> None:
+    if target_name is None:
+        return
+    target = get_model(target_name)
+    differ = [f"{k} {getattr(model, k)} vs {getattr(target, k)}" for k in FAMILY_BASE
+              if getattr(model, k) != getattr(target, k)]
+    if differ:
+        raise SpecError(file, f"scales.{scale_name}.models", model.name,
+                        f"models of {target_name}'s µP base ({', '.join(differ)})")
 
 
 # ---------------------------------------------------------------- expanding
@@ -280,25 +338,34 @@ def _check_branches(branches: BranchSpec, stable_tokens: int, n: int, batch_toke
                             f"steps of {model} at batch_tokens={batch_tokens}")
 
 
-def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro") -> list[Run]:
-    """Every Run of the sweep at one scale; parents come before their branches."""
+def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro",
+           provisional: list | None = None) -> list[Run]:
+    """Every Run of the sweep at one scale; parents come before their branches. `provisional` (a dry run's list):
+    a corpus that cannot be read here gives provisional ids, and why is appended to the list."""
     from windtunnel.counts import n_params  # closed form: a dry run does not import torch
 
+    scale_name = scale_name.partition("@")[0]  # the section's name in error keys (paper@minicpm-1.2b: paper)
     if not scale.models:
         raise SpecError(file, f"scales.{scale_name}.models", [], "a non-empty list of model names")
     if (scale.tokens is None) == (scale.tokens_per_param is None):
         raise SpecError(file, f"scales.{scale_name}.tokens_per_param", scale.tokens_per_param,
                         "exactly one of tokens_per_param and tokens")
     runs: list[Run] = []
-    memo: dict = {}  # the corpus's fingerprint, listed once per sweep, not per run
+    memo: dict = {} if provisional is None else {"provisional": provisional}  # each corpus listed once per sweep
+    family = _family(scale, file=file, scale_name=scale_name)
     for name in scale.models:
         try:
             model = get_model(name)
         except SpecError as err:
             raise SpecError(file, f"scales.{scale_name}.models", name, err.allowed) from None
-        n = n_params(model)
+        _check_family(model, scale.target, file=file, scale_name=scale_name)
         base = apply_overrides(apply_overrides(TrainSpec(model=model), sweep.base, source=file), scale.set, source=file)
-        base = apply_overrides(base, _per_model(scale, name, file=file, scale_name=scale_name), source=file)
+        base = apply_overrides(base, family, source=file)
+        own = _per_model(scale, name, file=file, scale_name=scale_name)
+        branches = _own_branches(scale.branches, own.pop("branches", None), file=file, key=f"scales.{scale_name}."
+                                 f"per_model.{name}.branches")
+        base = apply_overrides(base, own, source=file)
+        n = n_params(base.model)
         tokens = scale.tokens or scale.tokens_per_param * n
         for variant, branched in _variants(scale, file=file):
             spec = apply_overrides(base, variant, source=file)
@@ -309,14 +376,14 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
                 check_run(spec, file=file)  # the run's fields together, now that every override is in
                 runs.append(make_run(spec, name=_label(coords), coords=coords, memo=memo))
                 continue
-            _check_branches(scale.branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name, model=name)
-            forks = sorted(set(_fork_steps(scale.branches, n, spec.batch_tokens)))
+            _check_branches(branches, spec.tokens, n, spec.batch_tokens, file=file, scale=scale_name, model=name)
+            forks = sorted(set(_fork_steps(branches, n, spec.batch_tokens)))
             stable = apply_overrides(spec, {"schedule": {"kind": "constant", "warmup_tokens": spec.schedule.warmup_tokens},
                                             "tokens": forks[-1] * spec.batch_tokens, "checkpoint_steps": forks}, source=file)
             check_run(stable, file=file)
             stable_coords = {**coords, "stage": "stable"}
             stable_run = make_run(stable, name=_label(stable_coords), coords=stable_coords, memo=memo)
-            runs += [stable_run, *_branches(stable, stable_run, scale.branches, n, file=file, memo=memo)]
+            runs += [stable_run, *_branches(stable, stable_run, branches, n, file=file, memo=memo)]
     _check_unique(runs, file=file)
     if scale.resources is not None:  # after the ids: where a run trains is not what it computes
         runs = [dataclasses.replace(r, resources=dataclasses.asdict(scale.resources)) for r in runs]
@@ -330,7 +397,17 @@ def _per_model(scale: ScaleSpec, name: str, *, file, scale_name: str) -> dict:
     overrides = scale.per_model.get(name, {})
     if not isinstance(overrides, dict):
         raise SpecError(file, f"scales.{scale_name}.per_model.{name}", overrides, "a mapping of overrides")
-    return overrides
+    return dict(overrides)
+
+
+def _own_branches(branches: BranchSpec | None, own, *, file, key: str) -> BranchSpec | None:
+    """A model's branch points: the scale's, with the fields its per_model `branches:` gives (the top rungs of a
+    ladder branch at fewer tokens per parameter: chosen per budget)."""
+    if own is None:
+        return branches
+    if branches is None or not isinstance(own, dict):
+        raise SpecError(file, key, own, "a mapping of branch fields, in a scale with branches")
+    return build(BranchSpec, {**dataclasses.asdict(branches), **own}, file=file, prefix=key + ".")
 
 
 def _check_unique(runs: list[Run], *, file) -> None:

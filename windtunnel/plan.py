@@ -8,8 +8,8 @@ Every number says where it comes from, and a number that would be wrong is left 
 guessed — and the plan's status says `incomplete`:
 - µP transfer is exact or refused: the ladder's base hyper-parameters hold only for a target in the same µP
   base. d_base, scale_emb, scale_depth and init_std are written into the plan (so the target's per-tensor LR
-  and init are exactly µP's from the ladder's optimum); a target of another head width or vocabulary is not
-  in the ladder's family, and nothing fitted on the ladder is used for it.
+  and init are exactly µP's from the ladder's optimum); a target of another head width, vocabulary or tokenizer
+  (compared by the files' content) is not in the ladder's family, and nothing fitted on the ladder is used for it.
 - one FLOP count, the scaling fit's (fit.json `flops`): "full", the trainer's 6·N_total + 12·L·d·T a token, by
   default, or the paper's 6·N·D; `--compute C` plans a run that costs C in it, and the compute-optimal allocation
   uses the same count (f(N) = k·N^b across the ladder). The GPU-hours always follow the trainer's count.
@@ -31,6 +31,7 @@ from windtunnel.checks import FRACTION, POSITIVE, Range, check_fields
 from windtunnel.config import ModelSpec
 from windtunnel.counts import H100_FLOPS
 from windtunnel.errors import WindtunnelError
+from windtunnel.runs import tokenizer_sha256
 from windtunnel.schedules import batch_steps
 
 __all__ = ["PlanLimits", "make_plan", "render_yaml", "check_budget", "plan_from_fits", "TRANSFERRED", "FAMILY"]
@@ -94,7 +95,8 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     gaps: list[str] = []
     notes: list[str] = []
     fits = {"scaling law": scaling, "batch-size law": batch, "LR transfer": lr}
-    usable = {name: _in_family(model, fit, name, gaps) for name, fit in fits.items()}
+    tokenizer = _target_tokenizer(model, gaps)
+    usable = {name: _in_family(model, fit, name, gaps, tokenizer) for name, fit in fits.items()}
     n_kind = scaling.get("n_kind", "non_embedding") if scaling else "total"
     counts = {"total": n_params(model, embedding=True), "non_embedding": n_params(model)}
     n = counts[n_kind]
@@ -125,6 +127,8 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     lr_hp = _lr(lr, limits, gaps) if lr is None or usable["LR transfer"] else None
     max_lr = lr_hp["value"] if lr_hp else None
     train: dict = {"seq_len": seq_len}
+    if model.tokenizer:  # the file its ladder trained with (checked by content above)
+        train["data"] = {"tokenizer": model.tokenizer}
     base = _base(scaling, lr)
     if base is not None and (usable["scaling law"] or usable["LR transfer"]):
         train["model"] = {"parametrization": "mup", **{k: base[k] for k in TRANSFERRED}}
@@ -158,6 +162,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
             cost["ladder"] = {**ladder, "fraction_of_target": ladder["flops"] / trained}
     return {
         "target": model.name, "n_params": n, "n_kind": n_kind, "made": datetime.date.today().isoformat(),
+        "tokenizer_sha256": tokenizer,
         "status": "complete" if not gaps else "incomplete", "gaps": gaps, "notes": notes,
         "train": train,
         "schedule_rule": schedule,   # how `launch --set tokens=T` makes the schedule of a plan without tokens
@@ -180,8 +185,9 @@ def wsd_schedule(tokens: int, batch_tokens: int, *, warmup_fraction: float, deca
             "decay_start_tokens": int(stable * batch_tokens), "decay_shape": "exp"}
 
 
-def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list) -> bool:
-    """Whether a fit's ladder is the target's family: one µP base, the target's head width and vocabulary, µP."""
+def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list, tokenizer: str | None) -> bool:
+    """Whether a fit's ladder is the target's family: one µP base, the target's head width and vocabulary, µP, and
+    the target's tokenizer by content (`tokenizer`: the target's file's fingerprint; None when it names none)."""
     if fit is None or fit.get("mup_base") is None:
         return fit is not None  # a fit without ladder facts (a CSV) is taken as given
     base = fit["mup_base"]
@@ -192,11 +198,26 @@ def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list) -> boo
     differ = [f"{k} {base[k]} vs {target[k]}" for k in FAMILY if base[k] != target[k]]
     if base.get("parametrization") != "mup":
         differ.append(f"parametrization {base.get('parametrization')} (only µP transfers across widths)")
+    ladder = fit.get("tokenizer") or []  # fingerprints of the tokenizer files the ladder trained with
+    if ladder != ([tokenizer] if tokenizer else []):
+        differ.append(f"tokenizer {', '.join(ladder) or 'trained by the ladder'} vs "
+                      f"{tokenizer or 'trained by the target'} (SHA-256 of the files)")
     if differ:
         gaps.append(f"{name}: the ladder is not {model.name}'s family (ladder vs target: {', '.join(differ)}); "
                     "nothing fitted on it transfers — fit a ladder with the target's head width and tokenizer")
         return False
     return True
+
+
+def _target_tokenizer(model: ModelSpec, gaps: list) -> str | None:
+    """The fingerprint of the target's tokenizer file (ModelSpec.tokenizer), which its family's ladders share."""
+    if model.tokenizer is None:
+        return None
+    if not Path(model.tokenizer).is_file():
+        gaps.append(f"tokenizer: {model.tokenizer} (models.{model.name}.tokenizer) is missing, so no fit can be "
+                    "checked to share it — see models/tokenizers/README.md")
+        return "missing"
+    return tokenizer_sha256(model.tokenizer)
 
 
 def _base(scaling: dict | None, lr: dict | None) -> dict | None:

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from windtunnel.config import TrainSpec, spec_hash
+from windtunnel.errors import WindtunnelError
 from windtunnel.paths import results_dir
 
-__all__ = ["Run", "make_run", "data_fingerprint", "run_dir", "run_params", "resources", "record_attempt", "train_one",
+__all__ = ["Run", "make_run", "data_fingerprint", "tokenizer_sha256", "run_dir", "run_params", "resources", "record_attempt", "train_one",
            "train_spec"]
 
 
@@ -50,7 +51,9 @@ class Run:
 
 def data_fingerprint(spec: TrainSpec, *, memo: dict | None = None) -> str:
     """Content hash of every corpus `spec` reads: its own, and each decay-stage corpus (TrainSpec.decay_data).
-    `memo` (a dict the caller keeps for one sweep) spares listing the corpus's files again for every run."""
+    `memo` (a dict the caller keeps for one sweep) spares listing the corpus's files again for every run. A memo
+    with a "provisional" list (a dry run's) turns a corpus that cannot be read here (a dataset not downloaded yet)
+    into the fingerprint "unavailable" and records why in that list: the ids it gives are provisional."""
     import dataclasses
 
     from windtunnel.data import source_fingerprint
@@ -61,7 +64,13 @@ def data_fingerprint(spec: TrainSpec, *, memo: dict | None = None) -> str:
     if memo is not None and key in memo:
         return memo[key]
     sources = [dataclasses.replace(spec.data, corpus="python" if name == "python-docstrings" else name) for name in names]
-    found = "-".join(source_fingerprint(data, vocab_size=vocab) for data in [spec.data, *sources])
+    try:
+        found = "-".join(source_fingerprint(data, vocab_size=vocab) for data in [spec.data, *sources])
+    except WindtunnelError as err:
+        if memo is None or "provisional" not in memo:
+            raise
+        memo["provisional"].append(str(err))
+        found = "unavailable"
     if memo is not None:
         memo[key] = found
     return found
@@ -97,10 +106,23 @@ def run_params(run: Run) -> dict:
     from windtunnel.counts import n_params
     from windtunnel.train import total_tokens
 
+    tokenizer = run.spec.data.tokenizer
     return {**_flat("", asdict(run.spec)), "N": n_params(run.spec.model),
             "N_total": n_params(run.spec.model, embedding=True), "D": total_tokens(run.spec),
             "fork_step": run.fork_step, "parent_run": run.parent,
+            **({"tokenizer_sha256": tokenizer_sha256(tokenizer)} if tokenizer else {}),
             **{f"coord.{k}": v for k, v in run.coords.items()}}
+
+
+def tokenizer_sha256(path: str) -> str:
+    """A tokenizer file's content fingerprint (16 hex of its SHA-256): how a plan tells that a ladder and its target
+    share a tokenizer (windtunnel.plan), whatever the files are called."""
+    import hashlib
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise WindtunnelError(f"{path}: tokenizer file not found")
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
 
 
 def resources(run: Run, *, gpus: bool) -> dict:

@@ -33,7 +33,7 @@ MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_
 TEXT = {"model": "params.model.name", "parametrization": "params.model.parametrization",
         "schedule": "params.schedule.kind", "decay_shape": "params.schedule.decay_shape",
         "stage": "params.coord.stage", "run": "tags.windtunnel.run", "parent": "tags.parent", "status": "tags.status",
-        "corpus": "params.data.corpus", "decay_data": "params.coord.decay_data"}
+        "corpus": "params.data.corpus", "decay_data": "params.coord.decay_data", "tokenizer": "params.tokenizer_sha256"}
 
 
 class NoRuns(WindtunnelError):
@@ -98,12 +98,14 @@ def final_points(sweep: str, *, scale: str, current: bool = True,
 
 def ladder_facts(frame: pd.DataFrame) -> dict:
     """What a plan must match to use a study's fits: the runs' µP base (one mapping, or a list when they mix
-    bases), context length, corpus and learning rates. Written into each study's fit.json."""
+    bases), context length, corpus, tokenizer files (content fingerprints; none when the runs trained their own)
+    and learning rates. Written into each study's fit.json."""
     bases = frame[[f"base.{k}" for k in MUP_BASE]].drop_duplicates().to_dict(orient="records")
     bases = [{k.removeprefix("base."): _number(v) for k, v in b.items()} for b in bases]
     return {"mup_base": bases[0] if len(bases) == 1 else (bases or None),
             "seq_len": sorted({int(v) for v in frame["seq_len"].dropna()}),
-            "corpus": sorted(set(frame["corpus"]) - {""}), "lr": sorted({float(v) for v in frame["lr"].dropna()})}
+            "corpus": sorted(set(frame["corpus"]) - {""}), "tokenizer": sorted(set(frame["tokenizer"]) - {""}),
+            "lr": sorted({float(v) for v in frame["lr"].dropna()})}
 
 
 def _number(value):
