@@ -59,20 +59,22 @@ VARIANTS = ("plain", "wt", "wt+comp")
 
 
 class PlainBlock(nn.Module):
-    def __init__(self, d: int, n_heads: int, d_ff: int):
+    def __init__(self, d: int, n_heads: int, d_ff: int, n_kv_heads: int | None = None):
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, n_kv = n_heads, n_kv_heads or n_heads
         self.attn_norm, self.mlp_norm = nn.RMSNorm(d, eps=1e-5), nn.RMSNorm(d, eps=1e-5)
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.q, self.o = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.k, self.v = (nn.Linear(d, d // n_heads * n_kv, bias=False) for _ in range(2))  # grouped-query
         self.gate, self.up = nn.Linear(d, d_ff, bias=False), nn.Linear(d, d_ff, bias=False)
         self.down = nn.Linear(d_ff, d, bias=False)
 
     def forward(self, x, cos, sin):
         b, t, d = x.shape
         h = self.attn_norm(x)
-        q, k, v = (w(h).view(b, t, self.n_heads, -1).transpose(1, 2) for w in (self.q, self.k, self.v))
+        d_head = d // self.n_heads
+        q, k, v = (w(h).view(b, t, -1, d_head).transpose(1, 2) for w in (self.q, self.k, self.v))
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
         x = x + self.o(y.transpose(1, 2).reshape(b, t, d))
         h = self.mlp_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
@@ -87,10 +89,11 @@ def rotate(x, cos, sin):
 class PlainLlama(nn.Module):
     """What a researcher writes in an afternoon: no µP multipliers, std-0.02 init, tied LM head."""
 
-    def __init__(self, vocab: int, d: int, n_layers: int, n_heads: int, d_ff: int, seq_len: int):
+    def __init__(self, vocab: int, d: int, n_layers: int, n_heads: int, d_ff: int, seq_len: int,
+                 n_kv_heads: int | None = None):
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
-        self.blocks = nn.ModuleList(PlainBlock(d, n_heads, d_ff) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(PlainBlock(d, n_heads, d_ff, n_kv_heads) for _ in range(n_layers))
         self.norm = nn.RMSNorm(d, eps=1e-5)
         inv_freq = 1.0 / 10000 ** (torch.arange(0, d // n_heads, 2).float() / (d // n_heads))
         angles = torch.outer(torch.arange(seq_len).float(), inv_freq).repeat(1, 2)  # [T, d_head]
