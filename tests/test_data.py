@@ -84,6 +84,36 @@ def test_loaders_read_the_same_documents(tmp_path, docs, jsonl, monkeypatch):
     assert _texts(f"hf:{tmp_path / 'files'}") == docs  # a data folder, through load_dataset
 
 
+@pytest.mark.parametrize("given_tokenizer", [False, True])
+def test_an_hf_corpus_is_prepared_on_disk_as_the_in_memory_path_would(tmp_path, docs, monkeypatch, given_tokenizer):
+    """The out-of-core path (datasets.map on all cores, shards written batch by batch) gives the documents, split,
+    tokenizer and tokens of the in-memory one: each training document's ids and an end-of-document token, in order."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    rows = docs * 3 + ["", None]   # empty rows are no documents; their row numbers stay the others' ids
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "saved"))
+    if given_tokenizer:
+        _hf_tokenizer_json(tmp_path / "tokenizer.json", docs)
+    spec = DataSpec(corpus=f"hf:{tmp_path / 'saved'}", tokenizer_sample_bytes=3000,
+                    tokenizer=str(tmp_path / "tokenizer.json") if given_tokenizer else None)
+    corpus = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
+    train, held = data._split(spec, data._load_documents(spec))
+    if not given_tokenizer:   # the same sample, so the same tokenizer file
+        expected = data._tokenizer(data._hash_order(train), vocab_size=300, sample_bytes=3000,
+                                   cache_dir=tmp_path / "cache", progress=False)
+        assert corpus.tokenizer.blob == expected.blob
+    tk = corpus.tokenizer
+    for part, array in ((train, corpus.train), (held, corpus.evals["valid"])):
+        want = [i for doc in part for i in tk.encode(doc.text) + [tk.eos_id]]
+        assert np.asarray(array).tolist() == want
+    assert corpus.bytes_per_token["train"] == pytest.approx(
+        sum(len(d.text.encode()) for d in train) / len(corpus.train))
+    assert not list((tmp_path / "cache" / "shards").rglob("*.arrow"))   # the tokenized Arrow files are removed
+    again = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)   # opened, not redone
+    assert again.fingerprint == corpus.fingerprint
+
+
 def test_compressed_jsonl_reads_as_the_plain_file(tmp_path, docs, jsonl, monkeypatch):
     import gzip
 
@@ -291,8 +321,8 @@ def test_a_pretrained_tokenizer_is_used_instead_of_training_one(tmp_path, jsonl,
     assert (np.asarray(corpus.evals["valid"]) == eos).sum() >= 1 and corpus.bytes_per_token["valid"] > 1
     first_doc = np.asarray(corpus.train)[: list(np.asarray(corpus.train)).index(eos)]
     assert corpus.tokenizer.decode(first_doc) in docs
-    sp_model = data._tokenizer([data._Document(str(i), t) for i, t in enumerate(docs)], vocab_size=290,
-                               sample_bytes=10**6, cache_dir=tmp_path / "sp", progress=False).path
+    ordered = data._hash_order([data._Document(str(i), t) for i, t in enumerate(docs)])
+    sp_model = data._tokenizer(ordered, vocab_size=290, sample_bytes=10**6, cache_dir=tmp_path / "sp", progress=False).path
     with_sp = data.prepare(DataSpec(corpus=str(jsonl), tokenizer=str(sp_model)), vocab_size=300,
                            cache_dir=tmp_path, progress=False)
     assert with_sp.tokenizer.vocab_size == 290 and with_sp.fingerprint != corpus.fingerprint

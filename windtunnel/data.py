@@ -36,12 +36,13 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import sys
 import sysconfig
 import tempfile
 import tokenize
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -461,10 +462,11 @@ def _pretrained(path: str, vocab_size: int) -> Tokenizer | HFTokenizer:
 
 
 def _tokenizer(
-    train: list[_Document], *, vocab_size: int, sample_bytes: int, cache_dir: Path, progress: bool
+    ordered: Iterable[_Document], *, vocab_size: int, sample_bytes: int, cache_dir: Path, progress: bool
 ) -> Tokenizer:
-    """The tokenizer trained on a sample of `train`, from cache_dir/tokenizers/<hash of sample + settings>/."""
-    sentences = _tokenizer_sample(train, sample_bytes)
+    """The tokenizer trained on a sample of the training documents `ordered` (in _hash_order), from
+    cache_dir/tokenizers/<hash of sample + settings>/."""
+    sentences = _tokenizer_sample(ordered, sample_bytes)
     options = {**_SPM_OPTIONS, "vocab_size": vocab_size}
     key = _hash(json.dumps(options, sort_keys=True), spm.__version__, *sentences)
     path = cache_dir / "tokenizers" / key / "tokenizer.model"
@@ -478,11 +480,15 @@ def _tokenizer(
     return Tokenizer(path)
 
 
-def _tokenizer_sample(train: list[_Document], sample_bytes: int) -> list[str]:
-    """Sentences to train on: training documents in a stable pseudo-random order up to `sample_bytes`."""
-    order = sorted(train, key=lambda doc: hashlib.sha256(doc.id.encode("utf-8", "surrogatepass")).digest())
+def _hash_order(docs: list[_Document]) -> list[_Document]:
+    """Documents in a stable pseudo-random order: by the hash of their ids."""
+    return sorted(docs, key=lambda doc: hashlib.sha256(doc.id.encode("utf-8", "surrogatepass")).digest())
+
+
+def _tokenizer_sample(ordered: Iterable[_Document], sample_bytes: int) -> list[str]:
+    """Sentences to train on: the documents in their given order (_hash_order) up to `sample_bytes`."""
     sentences, size = [], 0
-    for doc in order:
+    for doc in ordered:
         for sentence in _sentences(doc.text):
             if size >= sample_bytes:
                 return sentences
@@ -550,10 +556,12 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
     opened = _open(index, cache_dir)
     if opened is not None:
         return opened
+    if spec.corpus.startswith("hf:"):
+        return _prepare_hf(spec, vocab_size=vocab_size, cache_dir=cache_dir, index=index, progress=progress)
     docs = _load_documents(spec)
     train, held = _split(spec, docs)
     tokenizer = _pretrained(spec.tokenizer, vocab_size) if spec.tokenizer else _tokenizer(
-        train, vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes, cache_dir=cache_dir, progress=progress
+        _hash_order(train), vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes, cache_dir=cache_dir, progress=progress
     )
     kind = "python" if spec.corpus == "python" else "user"  # decides which eval sets exist
     fingerprint = _hash(f"format={FORMAT}", kind, f"valid_percent={spec.valid_percent}", tokenizer.blob,
@@ -564,6 +572,109 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
     with _atomic_file(index) as f:
         f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(sets)}).encode())
     return _corpus(made, tokenizer, fingerprint)
+
+
+def _prepare_hf(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path, progress: bool) -> Corpus:
+    """`prepare` for a Hugging Face dataset without holding its text in memory: the dataset stays in Arrow files on
+    disk, the split and the tokenization run as `datasets.map` over all cores (num_proc), and the shards are written
+    batch by batch. The same documents, split, tokenizer and shards as the in-memory path (`_load_documents`);
+    the shards' fingerprint is the dataset's own (its content hash, not a pass over the text)."""
+    dataset = _hf_text(spec)
+    procs = _threads() if _threads() > 1 else None
+    flags = dataset.map(_flags, fn_kwargs={"key": spec.text_key, "valid_percent": spec.valid_percent},
+                        with_indices=True, batched=True, num_proc=procs, keep_in_memory=True,
+                        remove_columns=[spec.text_key], desc="splitting").with_format("numpy")
+    held, empty = np.asarray(flags["held"], dtype=bool), np.asarray(flags["empty"], dtype=bool)  # one byte a row
+    parts = {"train": np.flatnonzero(~held & ~empty), "valid": np.flatnonzero(held & ~empty)}
+    for name, rows in parts.items():
+        if not rows.size:
+            raise WindtunnelError(f"{spec.corpus}: the {'held-out' if name == 'valid' else name} set is empty "
+                                  f"({int((~empty).sum())} documents, valid_percent={spec.valid_percent}); use more "
+                                  "documents or a valid_percent within 1..99")
+    if spec.tokenizer:
+        tokenizer = _pretrained(spec.tokenizer, vocab_size)
+    else:  # the in-memory path's sample: training documents in the order of their ids' hashes (_hash_order)
+        order = sorted(parts["train"], key=lambda row: hashlib.sha256(str(row).encode()).digest())
+        tokenizer = _tokenizer(_LazyDocuments(dataset, spec.text_key, order), vocab_size=vocab_size,
+                               sample_bytes=spec.tokenizer_sample_bytes,
+                               cache_dir=cache_dir, progress=progress)
+    fingerprint = _hash(f"format={FORMAT}", "user", f"valid_percent={spec.valid_percent}", tokenizer.blob,
+                        "hf", dataset._fingerprint)
+    shards = cache_dir / "shards" / fingerprint
+
+    def write(rows: np.ndarray, name: str) -> Callable[[Path], dict]:
+        return lambda path: _write_hf_shard(path, dataset.select(rows), spec.text_key, tokenizer, name=name,
+                                            procs=procs, progress=progress)
+
+    made = {name: _cached_shard(shards, name, write(rows, name)) for name, rows in parts.items()}
+    with _atomic_file(index) as f:
+        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(made)}).encode())
+    return _corpus(made, tokenizer, fingerprint)
+
+
+def _hf_text(spec: DataSpec):
+    """The dataset of an hf: corpus with only its text column, checked to hold strings."""
+    dataset = _hf_dataset(spec.corpus)
+    key = spec.text_key
+    if key not in dataset.column_names:
+        raise SpecError(spec.corpus, "text_key", key, f"columns here: {dataset.column_names}")
+    kind = dataset.features[key]
+    if getattr(kind, "dtype", None) not in ("string", "large_string"):
+        raise SpecError(spec.corpus, "text_key", key, f"the column must hold strings, not {kind}")
+    return dataset.select_columns([key])
+
+
+def _flags(batch: dict, rows: list[int], *, key: str, valid_percent: int) -> dict:
+    """Per row: held out (by its id, the row number, as the in-memory path) and empty (no document)."""
+    return {"held": [_held_out(str(row), valid_percent) for row in rows], "empty": [not text for text in batch[key]]}
+
+
+class _LazyDocuments:
+    """Rows of a dataset as _Documents in a given order, read one at a time (the tokenizer's sample stops early)."""
+
+    def __init__(self, dataset, key: str, rows):
+        self.dataset, self.key, self.rows = dataset, key, rows
+
+    def __iter__(self) -> Iterator[_Document]:
+        for row in self.rows:
+            yield _Document(str(row), self.dataset[int(row)][self.key])
+
+
+def _encode_rows(batch: dict, *, key: str, tokenizer) -> dict:
+    """A datasets.map batch → each document's ids followed by the end-of-document token, and its UTF-8 bytes."""
+    texts = batch[key]
+    return {"ids": [ids + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)],
+            "n_bytes": [len(text.encode("utf-8", "surrogatepass")) for text in texts]}
+
+
+def _write_hf_shard(path: Path, part, key: str, tokenizer, *, name: str, procs: int | None, progress: bool) -> dict:
+    """Tokenize a dataset's rows on all cores (datasets.map, to Arrow files beside the shard) and write the shard in
+    their order, a batch at a time; the Arrow files are removed afterwards."""
+    import datasets
+
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
+    scratch = path.parent / f".{name}-tokens"
+    scratch.mkdir(parents=True, exist_ok=True)
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        mapped = part.map(_encode_rows, fn_kwargs={"key": key, "tokenizer": tokenizer}, batched=True,
+                          batch_size=256, num_proc=procs, remove_columns=[key], desc=f"tokenizing {name}",
+                          cache_file_name=str(scratch / "tokens.arrow"))
+        n_tokens = n_bytes = 0
+        with _atomic_file(path) as f:
+            for batch in mapped.iter(batch_size=4096):
+                ids = np.fromiter((i for doc in batch["ids"] for i in doc), dtype=dtype)
+                f.write(ids.tobytes())
+                n_tokens += ids.size
+                n_bytes += sum(batch["n_bytes"])
+        del mapped
+    finally:
+        if not progress:
+            datasets.enable_progress_bars()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_documents": len(part), "dtype": dtype.name,
+            "eos_id": tokenizer.eos_id}
 
 
 def prepared_train_tokens(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None) -> int | None:
@@ -682,10 +793,16 @@ def mixture_tokens(name: str, spec: DataSpec, corpus: Corpus, *, cache_dir: Path
 def _shard(folder: Path, name: str, make_texts: Callable[[], list[str]], tokenizer: Tokenizer, *,
            progress: bool) -> tuple[np.ndarray, dict]:
     """The memmap of `name`'s tokens and its metadata, tokenizing make_texts() unless folder/name.bin exists."""
+    return _cached_shard(folder, name, lambda path: _write_shard(path, make_texts(), tokenizer,
+                                                                 desc=f"tokenizing {name}", progress=progress))
+
+
+def _cached_shard(folder: Path, name: str, write: Callable[[Path], dict]) -> tuple[np.ndarray, dict]:
+    """folder/name.bin as a memmap and its metadata, made by write(path) (which returns the metadata) unless there."""
     found = _read_shard(folder, name)
     if found is not None:
         return found
-    meta = _write_shard(folder / f"{name}.bin", make_texts(), tokenizer, desc=f"tokenizing {name}", progress=progress)
+    meta = write(folder / f"{name}.bin")
     with _atomic_file(folder / f"{name}.json") as f:  # written last: its presence means the .bin is complete
         f.write(json.dumps(meta, indent=1).encode())
     return _read_shard(folder, name)
