@@ -482,7 +482,12 @@ def _tokenizer(
 
 def _hash_order(docs: list[_Document]) -> list[_Document]:
     """Documents in a stable pseudo-random order: by the hash of their ids."""
-    return sorted(docs, key=lambda doc: hashlib.sha256(doc.id.encode("utf-8", "surrogatepass")).digest())
+    return sorted(docs, key=lambda doc: _order_key(doc.id))
+
+
+def _order_key(doc_id: str) -> bytes:
+    """A document's place in _hash_order."""
+    return hashlib.sha256(doc_id.encode("utf-8", "surrogatepass")).digest()
 
 
 def _tokenizer_sample(ordered: Iterable[_Document], sample_bytes: int) -> list[str]:
@@ -580,7 +585,7 @@ def _prepare_hf(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path
     batch by batch. The same documents, split, tokenizer and shards as the in-memory path (`_load_documents`);
     the shards' fingerprint is the dataset's own (its content hash, not a pass over the text)."""
     dataset = _hf_text(spec)
-    procs = _threads() if _threads() > 1 else None
+    procs = _threads() if _threads() > 1 else None   # datasets.map: None runs in this process
     flags = dataset.map(_flags, fn_kwargs={"key": spec.text_key, "valid_percent": spec.valid_percent},
                         with_indices=True, batched=True, num_proc=procs, keep_in_memory=True,
                         remove_columns=[spec.text_key], desc="splitting").with_format("numpy")
@@ -594,7 +599,7 @@ def _prepare_hf(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path
     if spec.tokenizer:
         tokenizer = _pretrained(spec.tokenizer, vocab_size)
     else:  # the in-memory path's sample: training documents in the order of their ids' hashes (_hash_order)
-        order = sorted(parts["train"], key=lambda row: hashlib.sha256(str(row).encode()).digest())
+        order = sorted(parts["train"], key=lambda row: _order_key(str(row)))
         tokenizer = _tokenizer(_LazyDocuments(dataset, spec.text_key, order), vocab_size=vocab_size,
                                sample_bytes=spec.tokenizer_sample_bytes,
                                cache_dir=cache_dir, progress=progress)

@@ -205,10 +205,10 @@ FAMILY_BASE = ("d_head", "d_base", "scale_emb", "scale_depth", "init_std", "para
 # what a ladder model shares with its target beside the vocabulary: µP transfers within one base (DESIGN §3)
 
 
-def _family(scale: ScaleSpec, *, file, scale_name: str) -> dict:
-    """The overrides that put a ladder in its target's family: the target's vocabulary and tokenizer file."""
+def _target(scale: ScaleSpec, *, file, scale_name: str):
+    """The ModelSpec of the target whose family the scale trains in (None: its own family), with its tokenizer file."""
     if scale.target is None:
-        return {}
+        return None
     try:
         target = get_model(scale.target)
     except SpecError as err:
@@ -221,18 +221,20 @@ def _family(scale: ScaleSpec, *, file, scale_name: str) -> dict:
         raise WindtunnelError(f"{target.tokenizer}: {target.name}'s tokenizer file is missing (models.{target.name}"
                               ".tokenizer); put the model's tokenizer.model or tokenizer.json there (from its "
                               "Hugging Face repository; see models/tokenizers/README.md)")
-    return {"model": {"vocab_size": target.vocab_size}, "data": {"tokenizer": target.tokenizer}}
+    return target
 
 
-def _check_family(model, target_name: str | None, *, file, scale_name: str) -> None:
-    if target_name is None:
-        return
-    target = get_model(target_name)
+def _family(model, target, *, file, scale_name: str) -> dict:
+    """The overrides that put a ladder model in its target's family (the target's vocabulary and tokenizer file),
+    after checking that it shares the target's µP base; {} without a target."""
+    if target is None:
+        return {}
     differ = [f"{k} {getattr(model, k)} vs {getattr(target, k)}" for k in FAMILY_BASE
               if getattr(model, k) != getattr(target, k)]
     if differ:
         raise SpecError(file, f"scales.{scale_name}.models", model.name,
-                        f"models of {target_name}'s µP base ({', '.join(differ)})")
+                        f"models of {target.name}'s µP base ({', '.join(differ)})")
+    return {"model": {"vocab_size": target.vocab_size}, "data": {"tokenizer": target.tokenizer}}
 
 
 # ---------------------------------------------------------------- expanding
@@ -352,13 +354,13 @@ def expand(sweep: SweepSpec, scale: ScaleSpec, *, file, scale_name: str = "micro
                         "exactly one of tokens_per_param and tokens")
     runs: list[Run] = []
     memo: dict = {} if provisional is None else {"provisional": provisional}  # each corpus listed once per sweep
-    family = _family(scale, file=file, scale_name=scale_name)
+    target = _target(scale, file=file, scale_name=scale_name)
     for name in scale.models:
         try:
             model = get_model(name)
         except SpecError as err:
             raise SpecError(file, f"scales.{scale_name}.models", name, err.allowed) from None
-        _check_family(model, scale.target, file=file, scale_name=scale_name)
+        family = _family(model, target, file=file, scale_name=scale_name)
         base = apply_overrides(apply_overrides(TrainSpec(model=model), sweep.base, source=file), scale.set, source=file)
         base = apply_overrides(base, family, source=file)
         own = _per_model(scale, name, file=file, scale_name=scale_name)
