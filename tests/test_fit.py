@@ -246,6 +246,25 @@ def test_prediction_interval_widens_with_the_drift_between_runs():
     assert ScalingLawFit.from_dict(json.loads(json.dumps(f.to_dict(samples=True)))).drift_sd == f.drift_sd
 
 
+def test_drift_is_read_where_runs_span_d():
+    """Runs spanning 4 e-folds of D and runs spanning 0.1 (two branches): the short ones' slopes are mostly their
+    points' noise, and the drift sd (2% per e-fold, true) is read from the long ones."""
+    rng = np.random.default_rng(11)
+    sizes = np.geomspace(1e7, 3e8, 20)
+    spans = [np.linspace(0, 4, 5) if i % 2 == 0 else np.array([2.0, 2.1]) for i in range(sizes.size)]
+    N = np.concatenate([np.full(s.size, n) for n, s in zip(sizes, spans)])
+    log_d = np.concatenate([np.log(10 * n) + s for n, s in zip(sizes, spans)])
+    groups = np.concatenate([np.full(s.size, i) for i, s in enumerate(spans)])
+    slope = rng.normal(0, 0.02, sizes.size)[groups]
+    offsets = slope * (log_d - log_d.mean()) + rng.normal(0, 0.005, N.size)
+    D = np.exp(log_d)
+    f = fit_scaling_law(N, D, law(N, D) * np.exp(offsets), groups=groups)
+    residuals = np.log(law(N, D) / f.predict(N, D)) + offsets
+    short = [np.polyfit(log_d[groups == g], residuals[groups == g], 1)[0] for g in range(1, sizes.size, 2)]
+    assert np.std(short) > 0.04              # the short runs' slopes alone: mostly noise over 0.1 e-fold
+    assert 0.008 < f.drift_sd < 0.03, f.drift_sd   # unweighted: 0.04–0.07 over seeds
+
+
 def test_prediction_interval_needs_enough_groups():
     N, D, loss, groups = grouped_ladder(4, seeds=1)
     f = fit_scaling_law(N[:18], D[:18], loss[:18], bootstrap=50, groups=groups[:18])   # 3 stable runs, 3 parameters
