@@ -2,14 +2,19 @@
 
 Run from the repository root:  python bench/train_throughput.py [--quick] [--out bench/results]
 
-For each shape (micro-24k, micro-142k, the paper's 9M) it times, interleaved A, B, C, A, B, C... in one
+For each shape (every rung of the micro ladder, the validate target micro-1.3m, the paper's 9M) it times, interleaved A, B, C, A, B, C... in one
 process so that a noisy neighbour hits every variant alike:
   plain     — a nanoGPT-style Llama of the same shape and parameter count (separate q/k/v/o and
               gate/up/down linears, nn.RMSNorm, RoPE, tied embedding), torch.optim.AdamW defaults, fp32,
               loss.backward / opt.step / zero_grad and nothing else;
   wt        — windtunnel.train.train (eager) in a fresh run directory, evaluating only after the last
               step (untimed: TrainResult.tokens_per_s and the per-step log exclude evaluation);
-  wt+comp   — the same with compile=true (CPU inductor).
+  wt+comp   — the same with compile=true (CPU inductor);
+  floor     — the step's kernels alone: the three GEMMs of every linear layer (forward, input and weight
+              gradients; the tied LM head too) and causal SDPA forward and backward per layer, at the shape's
+              sizes, with nothing between them. No trainer of this model in fp32 on these kernels is faster:
+              floor / plain is the most a trainer can gain over the plain loop, and wt+comp / floor how much
+              of it windtunnel's compiled step reaches.
 Both see the same token windows (windtunnel.data.sample_windows over the prepared train array).
 Steady tokens/s leaves out the first warm-up steps; windtunnel's own TrainResult.tokens_per_s (which
 counts the compile step) and the compile seconds are reported beside it. Achieved FLOP/s =
@@ -51,8 +56,10 @@ from peak import matmul_peak  # noqa: E402  (bench/, the script's folder)
 SEQ_LEN = 128
 # shape → (tokens per optimizer step, seconds per measurement in full mode, reps in full mode); the 9M
 # model (vocab 32768) trains at ~1.5K tokens/s on 2 cores (~3 s a step), so it gets a few steps and two reps
-SHAPES = {"micro-24k": (4096, 15.0, 3), "micro-142k": (4096, 15.0, 3), "9M": (4096, 25.0, 2)}
-VARIANTS = ("plain", "wt", "wt+comp")
+SHAPES = {"micro-24k": (4096, 15.0, 3), "micro-53k": (4096, 15.0, 3), "micro-142k": (4096, 15.0, 3),
+          "micro-221k": (4096, 15.0, 3), "micro-425k": (4096, 15.0, 3), "micro-1.3m": (4096, 20.0, 3),
+          "9M": (4096, 25.0, 2)}
+VARIANTS = ("plain", "wt", "wt+comp", "floor")
 
 
 # ---------------------------------------------------------------- the plain baseline
@@ -132,6 +139,27 @@ def plain_run(spec, train_tokens, *, steps: int, batch_tokens: int) -> dict:
         step_s.append(time.perf_counter() - t0)
         faults.append(_minor_faults())
     return {"step_s": step_s, "faults": faults, "final_loss": loss.item()}
+
+
+def floor_run(spec, *, steps: int, batch_tokens: int) -> dict:
+    """Seconds per step of the shape's GEMMs and attention kernels alone (see the module docstring)."""
+    m = spec.model
+    rows, t = batch_tokens // spec.seq_len, spec.seq_len
+    d_qkv = (m.n_heads + 2 * m.n_kv_heads) * m.d_head
+    linears = [(m.d_model, d_qkv), (m.n_heads * m.d_head, m.d_model), (m.d_model, 2 * m.d_ff), (m.d_ff, m.d_model)]
+    tensors = [(torch.randn(batch_tokens, k), torch.randn(k, n), torch.randn(batch_tokens, n))
+               for k, n in linears * m.n_layers + [(m.d_model, m.vocab_size)]]
+    q, k, v = (torch.randn(rows, m.n_heads, t, m.d_head, requires_grad=True) for _ in range(3))
+    grad = torch.randn(rows, m.n_heads, t, m.d_head)
+    step_s = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        for x, w, g in tensors:
+            x @ w, g @ w.T, x.T @ g
+        for _ in range(m.n_layers):
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
+        step_s.append(time.perf_counter() - t0)
+    return {"step_s": step_s, "faults": [_minor_faults()] * steps, "final_loss": float("nan")}
 
 
 # ---------------------------------------------------------------- windtunnel's trainer
@@ -263,6 +291,8 @@ def bench_shape(name: str, batch_tokens: int, *, reps: int, target_s: float, pea
             with OtherLoad() as load:
                 if variant == "plain":
                     r = plain_run(spec, corpus.train, steps=steps, batch_tokens=batch_tokens)
+                elif variant == "floor":
+                    r = floor_run(spec, steps=steps, batch_tokens=batch_tokens)
                 else:
                     r = wt_run(spec, steps=steps, compile=variant == "wt+comp")
             r["others_cpu"] = load.share
@@ -291,7 +321,7 @@ def summarize(spec, steps, warm, runs, peak) -> dict:
              "warmup_extra_s_each": [r["warmup_extra_s"] for r in rs],
              "faults_per_step_each": [r["faults_per_step"] for r in rs],
              "others_cpu_each": [r["others_cpu"] for r in rs], "final_loss_each": [r["final_loss"] for r in rs]}
-        if variant != "plain":  # windtunnel's own figures: TrainResult.tokens_per_s counts step 1 too
+        if variant.startswith("wt"):  # windtunnel's own figures: TrainResult.tokens_per_s counts step 1 too
             v["reported_tok_s_each"] = [r["reported_tok_s"] for r in rs]
             v["train_call_s_each"] = [r["call_s"] for r in rs]
             v["end_to_end_tok_s_each"] = [steps * spec.batch_tokens / r["call_s"] for r in rs]
@@ -305,7 +335,8 @@ def summarize(spec, steps, warm, runs, peak) -> dict:
 def table(results: list[dict]) -> str:
     """The figures, then the conditions they were taken under (compile, page faults, other load)."""
     head = ("| shape | N | steps × reps | plain tok/s | wt tok/s | wt+comp tok/s | wt / plain | wt+comp / plain "
-            "| GFLOP/s plain · wt · comp | % of matmul peak plain · wt · comp |")
+            "| floor / plain | wt+comp / floor | GFLOP/s plain · wt · comp · floor "
+            "| % of matmul peak plain · wt · comp · floor |")
     cond = ("| shape | compile s (cold, warm) | wt+comp TrainResult tok/s | page faults/step plain · wt · comp "
             "| other processes, max % CPU |")
     rows, conds = [head, "|---" * head.count("| ") + "|"], [cond, "|---" * cond.count("| ") + "|"]
@@ -318,12 +349,13 @@ def table(results: list[dict]) -> str:
         rows.append(
             f"| {r['shape']} | {r['n_params']:,} | {r['steps']} × {r['reps']} | {v['plain']['steady_tok_s']:,.0f} "
             f"| {v['wt']['steady_tok_s']:,.0f} | {comp['steady_tok_s']:,.0f} | {v['wt']['ratio_vs_plain']:.2f}× "
-            f"| {comp['ratio_vs_plain']:.2f}× | {each(lambda x: x['gflop_s'], '.1f')} "
+            f"| {comp['ratio_vs_plain']:.2f}× | {v['floor']['ratio_vs_plain']:.2f}× "
+            f"| {comp['steady_tok_s'] / v['floor']['steady_tok_s']:.2f} | {each(lambda x: x['gflop_s'], '.1f')} "
             f"| {each(lambda x: 100 * x['frac_of_matmul_peak'], '.1f')} |")
         conds.append(
             f"| {r['shape']} | {comp['warmup_extra_s_each'][0]:.1f}, {warm_compile} "
             f"| {statistics.median(comp['reported_tok_s_each']):,.0f} "
-            f"| {each(lambda x: statistics.median(x['faults_per_step_each']), ',.0f')} "
+            f"| {' · '.join(format(statistics.median(v[k]['faults_per_step_each']), ',.0f') for k in VARIANTS[:3])} "
             f"| {100 * max(max(x['others_cpu_each']) for x in v.values()):.0f} |")
     return "\n".join(rows) + "\n\n" + "\n".join(conds)
 

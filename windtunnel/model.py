@@ -86,8 +86,8 @@ class Block(nn.Module):
         self.branch_scale = spec.scale_depth / math.sqrt(spec.n_layers)  # Table 7 (also SP: not a width rule)
 
     def forward(self, x, cos, sin):
-        x = x + self.branch_scale * self.attn(self.attn_norm(x), cos, sin)
-        return x + self.branch_scale * self.mlp(self.mlp_norm(x))
+        x = x.add(self.attn(self.attn_norm(x), cos, sin), alpha=self.branch_scale)   # one kernel: x + s·branch
+        return x.add(self.mlp(self.mlp_norm(x)), alpha=self.branch_scale)
 
 
 class MiniCPM(nn.Module):
@@ -123,7 +123,8 @@ class MiniCPM(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin)
-        return self.norm(x) * self.logit_scale
+        norm = self.norm  # × 1/m folded into the norm's weight: one multiply of d_model numbers, not of every state
+        return F.rms_norm(x, (x.shape[-1],), norm.weight * self.logit_scale, norm.eps)
 
     def forward(self, idx):
         return F.linear(self.hidden(idx), self.embed.weight).float()  # tied LM head
