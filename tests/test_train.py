@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_spec
-from windtunnel.train import GradStats, checkpoint_path, read_status, train
+from windtunnel.train import GradStats, checkpoint_path, read_status, repeated_pairs, train
 
 
 class Recorder:
@@ -93,6 +93,10 @@ def test_run_end_to_end(tmp_path):
     assert "update/max_abs/embed" in per_matrix and "update/max_abs/blocks.0.mlp.w2" in per_matrix
     assert max(first[k] for k in per_matrix) == pytest.approx(first["update/max_abs"])
     assert set(rec.series("eval/code/bpb")) == {10, 20}
+    for name, scores in result.eval.items():  # the copy gap, from the same pass: loss split by repeated pairs
+        assert scores["copy_gap"] == pytest.approx(scores["loss_other"] - scores["loss_repeated"])
+        assert min(scores["loss_repeated"], scores["loss_other"]) <= scores["loss"] <= max(scores["loss_repeated"],
+                                                                                         scores["loss_other"])
     assert rec.series("data/epochs")[20] == pytest.approx(result.epochs)
     assert rec.series("train/loss")[20] < rec.series("train/loss")[1]
     assert read_status(tmp_path)["status"] == "finished"
@@ -211,3 +215,12 @@ def test_compile_auto_is_on_for_long_cpu_runs_only():
     assert not _use_compile(tiny_spec(), "cpu", COMPILE_CPU_TOKENS - 1)
     assert _use_compile(tiny_spec(), "cpu", COMPILE_CPU_TOKENS) and _use_compile(tiny_spec(), "cuda", 1)
     assert not _use_compile(tiny_spec("compile=false"), "cuda", 10**9)
+
+
+def test_repeated_pairs_mark_every_later_occurrence_of_a_pair():
+    window = torch.tensor([[5, 1, 2, 3, 1, 2, 3, 1, 2]])
+    # pairs (5,1) (1,2) (2,3) (3,1) then (1,2) (2,3) (3,1) (1,2) again: an induction head could copy the last four
+    assert repeated_pairs(window).tolist() == [[False, False, False, False, True, True, True, True]]
+    windows = torch.randint(0, 7, (16, 65), generator=torch.Generator().manual_seed(0))
+    brute = [[any((w[j], w[j + 1]) == (w[i], w[i + 1]) for j in range(i)) for i in range(64)] for w in windows.tolist()]
+    assert repeated_pairs(windows).tolist() == brute

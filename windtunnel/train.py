@@ -365,22 +365,43 @@ def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------- evaluation
 
 
+def repeated_pairs(windows: torch.Tensor) -> torch.Tensor:
+    """[rows, seq_len] bool: whether each target's (previous token, token) pair already occurred earlier in its
+    window — the positions in-context copying (an induction head) can predict. A stable sort of the pairs' codes
+    marks every occurrence after the first: O(T log T) a window, once per evaluation set."""
+    prev, token = windows[:, :-1], windows[:, 1:]
+    codes = prev * (int(windows.max()) + 1) + token
+    ordered, order = codes.sort(dim=1, stable=True)
+    later = torch.zeros_like(ordered, dtype=torch.bool)
+    later[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    return torch.zeros_like(later).scatter_(1, order, later)
+
+
 @torch.no_grad()
-def evaluate(model, windows: dict[str, torch.Tensor], bytes_per_token: dict[str, float], *,
-             rows: int, autocast) -> dict[str, float]:
-    """Mean loss per token (nats) and per byte (bits) on every held-out set."""
+def evaluate(model, windows: dict[str, torch.Tensor], repeated: dict[str, torch.Tensor],
+             bytes_per_token: dict[str, float], *, rows: int, autocast) -> dict[str, float]:
+    """Mean loss per token (nats) and per byte (bits) on every held-out set, and the copy gap: the loss on positions
+    whose (previous token, token) pair did not occur earlier in the window minus the loss on those where it did
+    (`repeated`, from repeated_pairs). It doubles when a model learns in-context copying (issue 22), so a run's
+    jump in it marks that transition. From the same forward pass: one masked sum more per chunk."""
     model.eval()
     metrics = {}
     for name, w in windows.items():
-        total, count = 0.0, 0
-        for chunk in w.split(rows):
+        sums = torch.zeros(2, device=w.device, dtype=torch.float64)   # all positions, repeated positions
+        for chunk, mask in zip(w.split(rows), repeated[name].split(rows)):
             with autocast():
                 logits = model(chunk[:, :-1])
-            total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
-            count += chunk[:, 1:].numel()
+            losses = F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="none")
+            sums += torch.stack([losses.sum(), (losses * mask.flatten()).sum()]).double()
+        total, on_repeated = sums.tolist()
+        count, n_repeated = repeated[name].numel(), int(repeated[name].sum())
         loss = total / count
         metrics[f"eval/{name}/loss"] = loss
         metrics[f"eval/{name}/bpb"] = loss / math.log(2) / bytes_per_token[name]  # bits per UTF-8 byte
+        if 0 < n_repeated < count:
+            metrics[f"eval/{name}/loss_repeated"] = on_repeated / n_repeated
+            metrics[f"eval/{name}/loss_other"] = (total - on_repeated) / (count - n_repeated)
+            metrics[f"eval/{name}/copy_gap"] = metrics[f"eval/{name}/loss_other"] - metrics[f"eval/{name}/loss_repeated"]
     model.train()
     return metrics
 
@@ -460,6 +481,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         return torch.from_numpy(w).to(device)
     evals = {k: torch.from_numpy(eval_windows(v, seq_len=spec.seq_len, max_tokens=spec.data.eval_tokens)).to(device)
              for k, v in corpus.evals.items()}
+    repeated = {k: repeated_pairs(w) for k, w in evals.items()}
     torch.manual_seed(spec.seed)
     model = MiniCPM(spec.model).to(device)
     model.checkpoint_blocks = spec.activation_checkpointing
@@ -559,7 +581,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         if not math.isfinite(loss_v) or ema > spec.diverge_ratio * best:
             status = "diverged"
         if (lead or sharded) and (status == "diverged" or step % spec.eval_every == 0 or step == steps):
-            metrics.update(evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
+            metrics.update(evaluate(model, evals, repeated, corpus.bytes_per_token, rows=rows, autocast=autocast)
                            if status != "diverged" else {})  # sharded: every rank joins the gathers
             metrics["data/epochs"] = position * spec.seq_len / len(corpus.train)
         if lead:
@@ -584,7 +606,7 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
                 _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": tokens})
     bar.close()
     if (lead or sharded) and status == "finished" and not any(k.startswith("eval/") for k in metrics):  # at the end
-        metrics = evaluate(model, evals, corpus.bytes_per_token, rows=rows, autocast=autocast)
+        metrics = evaluate(model, evals, repeated, corpus.bytes_per_token, rows=rows, autocast=autocast)
     flush()
     tok_s = trained / train_time if train_time else 0.0
     return TrainResult(
