@@ -64,6 +64,7 @@ _CORPUS_HELP = ("use 'python', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.jsonl.gz/.j
 _META = "\u2581"  # sentencepiece's space symbol "▁": a literal one in the text is encoded as its 3 bytes
 _SENTENCE_CHARS = 2_000  # tokenizer training sentences: whole lines, at most this many characters
 _BATCH_CHARS = 4_000_000  # characters per sentencepiece encode call: bounds the memory of id lists
+_PARQUET_ROWS = 1024  # rows per record batch read from a .parquet file: bounds the text held at once
 _SPM_OPTIONS = dict(
     model_type="bpe",
     normalization_rule_name="identity",  # no NFKC: the text is kept character for character
@@ -90,14 +91,18 @@ class _Document:
 
 
 def _load_documents(spec: DataSpec) -> list[_Document]:
-    """The corpus's non-empty documents, in a deterministic order."""
+    """The corpus's non-empty documents, in a deterministic order, all in memory."""
+    return list(_documents(spec))
+
+
+def _documents(spec: DataSpec) -> Iterable[_Document]:
+    """The corpus's non-empty documents, in a deterministic order, read one at a time where the corpus allows
+    (local files, Hugging Face rows), so that a pass over a corpus larger than memory holds one document."""
     if spec.corpus == "python":
-        docs = _python_documents()
-    elif spec.corpus.startswith("hf:"):
-        docs = _hf_documents(spec)
-    else:
-        docs = _local_documents(spec)
-    return [doc for doc in docs if doc.text]
+        return [doc for doc in _python_documents() if doc.text]
+    if spec.corpus.startswith("hf:"):
+        return (doc for doc in _hf_documents(spec) if doc.text)
+    return _local_documents(spec)
 
 
 EMBEDDED_PACKAGES = ("torch",)  # installed packages whose source joins the stdlib's; pinned by the Makefile
@@ -142,10 +147,11 @@ def _read_source(path: Path) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _local_documents(spec: DataSpec) -> list[_Document]:
-    """Documents of a .txt/.jsonl/.parquet file, or of every such file under a folder."""
+def _local_documents(spec: DataSpec) -> Iterator[_Document]:
+    """Non-empty documents of a .txt/.jsonl/.parquet file, or of every such file under a folder, one at a time."""
     files, base = _local_files(spec)
-    return [doc for path in files for doc in _file_documents(path, path.relative_to(base).as_posix(), spec.text_key)]
+    for path in files:
+        yield from _file_documents(path, path.relative_to(base).as_posix(), spec.text_key)
 
 
 def _local_files(spec: DataSpec) -> tuple[list[Path], Path]:
@@ -172,12 +178,16 @@ def _extension(path: Path) -> str | None:
     return next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
 
 
-def _file_documents(path: Path, rel: str, text_key: str) -> list[_Document]:
+def _file_documents(path: Path, rel: str, text_key: str) -> Iterator[_Document]:
+    """A file's non-empty documents: a .txt file is one, a .jsonl line or a .parquet row another."""
     kind = _extension(path)
     if kind == ".txt":
-        return [_Document(rel, path.read_bytes().decode("utf-8", errors="replace"))]
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if text:
+            yield _Document(rel, text)
+        return
     rows = _parquet_rows(path, text_key) if kind == ".parquet" else _jsonl_rows(path, text_key)
-    return [_Document(f"{rel}#{row}", text) for row, text in rows if text]
+    yield from (_Document(f"{rel}#{row}", text) for row, text in rows if text)
 
 
 def _binary(path: Path):
@@ -218,36 +228,41 @@ def _jsonl_rows(path: Path, text_key: str) -> Iterator[tuple[int, str]]:
             yield number, row[text_key]
 
 
-def _parquet_rows(path: Path, text_key: str) -> list[tuple[int, str | None]]:
-    """(row index, text) of a .parquet file's `text_key` column; nulls come back as None."""
+def _parquet_rows(path: Path, text_key: str) -> Iterator[tuple[int, str | None]]:
+    """(row index, text) of a .parquet file's `text_key` column, read _PARQUET_ROWS rows at a time (a file of many
+    GB never whole in memory); nulls come back as None."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        columns = pq.read_schema(path)
+        file = pq.ParquetFile(path)
     except pa.ArrowException as exc:
         raise WindtunnelError(f"{path}: not a readable parquet file ({exc})") from exc
-    if text_key not in columns.names:
-        raise SpecError(str(path), "text_key", text_key, f"columns here: {columns.names}")
-    kind = columns.field(text_key).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise SpecError(str(path), "text_key", text_key, f"the column must hold strings, not {kind}")
-    return list(enumerate(pq.read_table(path, columns=[text_key]).column(text_key).to_pylist()))
+    with file:
+        columns = file.schema_arrow
+        if text_key not in columns.names:
+            raise SpecError(str(path), "text_key", text_key, f"columns here: {columns.names}")
+        kind = columns.field(text_key).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise SpecError(str(path), "text_key", text_key, f"the column must hold strings, not {kind}")
+        row = 0
+        for batch in file.iter_batches(batch_size=_PARQUET_ROWS, columns=[text_key]):
+            for text in batch.column(0).to_pylist():
+                yield row, text
+                row += 1
 
 
-def _hf_documents(spec: DataSpec) -> list[_Document]:
-    """Rows of a Hugging Face dataset's "train" split; the id is the row number."""
+def _hf_documents(spec: DataSpec) -> Iterator[_Document]:
+    """Rows of a Hugging Face dataset's "train" split, one at a time; the id is the row number."""
     dataset = _hf_dataset(spec.corpus)
     key = spec.text_key
     if key not in dataset.column_names:
         raise SpecError(spec.corpus, "text_key", key, f"columns here: {dataset.column_names}")
     texts = (text for batch in dataset.select_columns([key]).iter(batch_size=1024) for text in batch[key])
-    docs = []
     for row, text in enumerate(texts):
         if text is not None and not isinstance(text, str):
             raise SpecError(spec.corpus, "text_key", key, f"the column must hold strings, not {type(text).__name__}")
-        docs.append(_Document(str(row), text or ""))
-    return docs
+        yield _Document(str(row), text or "")
 
 
 def _hf_dataset(corpus: str):
@@ -729,8 +744,11 @@ def source_fingerprint(spec: DataSpec, *, vocab_size: int, cache_dir: Path | Non
     tokenizer = _pretrained_bytes(spec.tokenizer) if spec.tokenizer else b""
     if spec.corpus.startswith("hf:"):  # the dataset's own content fingerprint
         fingerprint = _hash(settings, tokenizer, _hf_dataset(spec.corpus)._fingerprint)
-    else:
-        fingerprint = _hash(settings, tokenizer, *(part for doc in _load_documents(spec) for part in (doc.id, doc.text)))
+    else:  # a pass over the documents, one at a time
+        digest = _Hash(settings, tokenizer)
+        for doc in _documents(spec):
+            digest.update(doc.id, doc.text)
+        fingerprint = digest.hex()
     with _atomic_file(stored) as f:
         f.write(json.dumps({"fingerprint": fingerprint}).encode())
     return fingerprint
@@ -875,12 +893,24 @@ def _atomic_file(path: Path):
 
 def _hash(*parts: str | bytes) -> str:
     """16 hex digits of SHA-256 over length-prefixed parts (so ("ab", "c") and ("a", "bc") differ)."""
-    h = hashlib.sha256()
-    for part in parts:
-        data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()[:16]
+    return _Hash(*parts).hex()
+
+
+class _Hash:
+    """_hash fed a part at a time, so that a corpus larger than memory can be fingerprinted as it is read."""
+
+    def __init__(self, *parts: str | bytes):
+        self._sha = hashlib.sha256()
+        self.update(*parts)
+
+    def update(self, *parts: str | bytes) -> None:
+        for part in parts:
+            data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+            self._sha.update(len(data).to_bytes(8, "little"))
+            self._sha.update(data)
+
+    def hex(self) -> str:
+        return self._sha.hexdigest()[:16]
 
 
 def _threads() -> int:
