@@ -672,7 +672,7 @@ def _write_hf_shard(path: Path, part, key: str, tokenizer, *, name: str, procs: 
     their order, a batch at a time; the Arrow files are removed afterwards."""
     import datasets
 
-    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
+    dtype = _token_dtype(tokenizer)
     scratch = path.parent / f".{name}-tokens"
     scratch.mkdir(parents=True, exist_ok=True)
     if not progress:
@@ -846,34 +846,50 @@ def _write_shard(path: Path, texts: list[str], tokenizer: Tokenizer, *, desc: st
     """Tokenize `texts` into `path` (each followed by eos), in batches; returns the shard's metadata."""
     from tqdm import tqdm
 
-    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
-    n_tokens = n_bytes = 0
     with _atomic_file(path) as f, tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True,
                                        desc=desc, disable=not progress, file=sys.stderr) as bar:
-        for batch in _batches(texts, _BATCH_CHARS):
-            ids = []
-            for doc in tokenizer.encode_batch(batch, num_threads=_threads()):
-                ids += doc
-                ids.append(tokenizer.eos_id)
-            f.write(np.asarray(ids, dtype=dtype).tobytes())
-            n_tokens += len(ids)
-            n_bytes += sum(len(text.encode("utf-8", "surrogatepass")) for text in batch)
-            bar.update(sum(map(len, batch)))
-    return {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_documents": len(texts), "dtype": dtype.name,
-            "eos_id": tokenizer.eos_id}
+        writer = _ShardWriter(f, tokenizer)
+        for text in texts:
+            bar.update(writer.add(text))
+        bar.update(writer.flush())
+    return writer.meta
 
 
-def _batches(texts: list[str], max_chars: int) -> Iterator[list[str]]:
-    """Consecutive runs of `texts` of about `max_chars` characters (at least one text each)."""
-    batch, size = [], 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= max_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+class _ShardWriter:
+    """A shard written document by document into `file`: each document's tokens, then eos. Texts are queued and
+    encoded on all cores ~_BATCH_CHARS characters at a time, so memory holds one batch, never the set."""
+
+    def __init__(self, file, tokenizer):
+        self.file, self.tokenizer, self.dtype = file, tokenizer, _token_dtype(tokenizer)
+        self.batch, self.chars = [], 0
+        self.meta = {"n_tokens": 0, "n_bytes": 0, "n_documents": 0, "dtype": self.dtype.name,
+                     "eos_id": tokenizer.eos_id}  # the shard's .json, in this key order
+
+    def add(self, text: str) -> int:
+        """Queue a document; returns the characters written (0 until a batch is full)."""
+        self.batch.append(text)
+        self.chars += len(text)
+        return self.flush() if self.chars >= _BATCH_CHARS else 0
+
+    def flush(self) -> int:
+        """Write the queued documents; returns their characters."""
+        if not self.batch:
+            return 0
+        ids = []
+        for doc in self.tokenizer.encode_batch(self.batch, num_threads=_threads()):
+            ids += doc
+            ids.append(self.tokenizer.eos_id)
+        self.file.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        self.meta["n_tokens"] += len(ids)
+        self.meta["n_bytes"] += sum(len(text.encode("utf-8", "surrogatepass")) for text in self.batch)
+        self.meta["n_documents"] += len(self.batch)
+        chars, self.batch, self.chars = self.chars, [], 0
+        return chars
+
+
+def _token_dtype(tokenizer) -> np.dtype:
+    """A shard's token type: uint16 while the vocabulary fits (half the disk and page cache of uint32)."""
+    return np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
 
 
 @contextmanager
