@@ -1,9 +1,11 @@
 """Corpora, the sentencepiece tokenizer, token shards and training/evaluation windows (DESIGN §7).
 
-`prepare(spec, vocab_size=...)` turns a `DataSpec` into a `Corpus`: it loads the documents, holds
+`prepare(spec, vocab_size=...)` turns a `DataSpec` into a `Corpus`: it reads the documents, holds
 out `valid_percent` of them by a hash of each document's id, trains a BPE tokenizer on a sample of
-the training documents and tokenizes every set once into a memmap shard. Tokenizers and shards are
-cached under `results/cache/` by content hash, so a second call only reads and hashes the text.
+the training documents and tokenizes every set once into a memmap shard. Local files and Hugging Face
+datasets are read in passes that never hold the whole corpus in memory; the embedded corpus is loaded
+whole. Tokenizers and shards are cached under `results/cache/` by content hash, and an index by the
+files' names, sizes and times reopens a prepared corpus without reading its text.
 
 Corpora (`DataSpec.corpus`):
 - "python" (the default): the .py files of the running interpreter's standard library (~1800 files,
@@ -32,6 +34,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import heapq
 import importlib.util
 import io
 import json
@@ -43,7 +46,7 @@ import tempfile
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -306,19 +309,24 @@ def _split(spec: DataSpec, docs: list[_Document]) -> tuple[list[_Document], list
     held = [_held_out(doc.id, spec.valid_percent) for doc in docs]
     train = [doc for doc, h in zip(docs, held) if not h]
     valid = [doc for doc, h in zip(docs, held) if h]
-    for name, part in (("train", train), ("held-out", valid)):
-        if not part:
-            raise WindtunnelError(
-                f"{spec.corpus}: the {name} set is empty ({len(docs)} documents, valid_percent={spec.valid_percent}); "
-                "use more documents (e.g. a .jsonl with one per line) or a valid_percent within 1..99"
-            )
+    _check_split(spec, n_train=len(train), n_held=len(valid))
     return train, valid
 
 
-def _eval_sets(spec: DataSpec, held: list[_Document]) -> dict[str, Callable[[], list[str]]]:
-    """The evaluation sets by name, each a function giving its texts (called only when not cached)."""
-    if spec.corpus != "python":
-        return {"valid": lambda: [doc.text for doc in held]}
+def _check_split(spec: DataSpec, *, n_train: int, n_held: int) -> None:
+    """Refuse a split with no training or no held-out document (counted in memory or in a pass over the files)."""
+    for name, n in (("train", n_train), ("held-out", n_held)):
+        if not n:
+            raise WindtunnelError(
+                f"{spec.corpus}: the {name} set is empty ({n_train + n_held} documents, "
+                f"valid_percent={spec.valid_percent}); use more documents (e.g. a .jsonl with one per line) or a "
+                "valid_percent within 1..99"
+            )
+
+
+def _eval_sets(held: list[_Document]) -> dict[str, Callable[[], list[str]]]:
+    """The embedded corpus's evaluation sets by name, each a function giving its texts (called only when not
+    cached)."""
     code = [doc.text for doc in held if doc.id.startswith("stdlib/")]
     sets = {"code": lambda: code, "docstrings": lambda: _docstrings(code)}
     for name in EMBEDDED_PACKAGES:
@@ -517,6 +525,29 @@ def _tokenizer_sample(ordered: Iterable[_Document], sample_bytes: int) -> list[s
     return sentences
 
 
+def _sample_documents(
+    docs: Iterable[_Document], *, valid_percent: int, sample_bytes: int
+) -> tuple[list[_Document], int, int]:
+    """The training documents that `_tokenizer_sample(_hash_order(train), sample_bytes)` reads, in that order, and
+    the numbers of training and held-out documents, from one pass over `docs` that holds only those documents. The
+    sample takes the documents' sentences (which add up to their texts) in key order and stops inside the document
+    that brings it to sample_bytes, so it reads the fewest smallest-keyed documents whose UTF-8 bytes reach
+    sample_bytes: a heap keeps them, dropping its largest key whenever the others reach sample_bytes without it."""
+    heap, size, n_train, n_held = [], 0, 0, 0  # heap entries (-key, -arrival, bytes, doc): the largest key on top
+    for doc in docs:
+        if _held_out(doc.id, valid_percent):
+            n_held += 1
+            continue
+        n_bytes = len(doc.text.encode("utf-8", "surrogatepass"))
+        heapq.heappush(heap, (-int.from_bytes(_order_key(doc.id), "big"), -n_train, n_bytes, doc))
+        size += n_bytes
+        n_train += 1
+        while heap and size - heap[0][2] >= sample_bytes:
+            size -= heapq.heappop(heap)[2]
+    ordered = sorted(heap, reverse=True)  # by key, equal keys by arrival: _hash_order's stable sort
+    return [doc for *_, doc in ordered], n_train, n_held
+
+
 def _sentences(text: str) -> Iterator[str]:
     """`text` cut at line ends into pieces of <= _SENTENCE_CHARS characters (longer lines are cut anywhere)."""
     pieces, size = [], 0
@@ -577,21 +608,107 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
     if opened is not None:
         return opened
     if spec.corpus.startswith("hf:"):
-        return _prepare_hf(spec, vocab_size=vocab_size, cache_dir=cache_dir, index=index, progress=progress)
+        prepare_kind = _prepare_hf
+    elif spec.corpus == "python":
+        prepare_kind = _prepare_python
+    else:
+        prepare_kind = _prepare_local
+    return prepare_kind(spec, vocab_size=vocab_size, cache_dir=cache_dir, index=index, progress=progress)
+
+
+def _prepare_python(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path, progress: bool) -> Corpus:
+    """`prepare` for the embedded corpus, in memory (~80 MB of source): its held-out sets are cut from the held-out
+    files' texts ("code", "docstrings", "torch")."""
     docs = _load_documents(spec)
     train, held = _split(spec, docs)
     tokenizer = _pretrained(spec.tokenizer, vocab_size) if spec.tokenizer else _tokenizer(
         _hash_order(train), vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes, cache_dir=cache_dir, progress=progress
     )
-    kind = "python" if spec.corpus == "python" else "user"  # decides which eval sets exist
-    fingerprint = _hash(f"format={FORMAT}", kind, f"valid_percent={spec.valid_percent}", tokenizer.blob,
+    fingerprint = _hash(f"format={FORMAT}", "python", f"valid_percent={spec.valid_percent}", tokenizer.blob,
                         *(part for doc in docs for part in (doc.id, doc.text)))
     shards = cache_dir / "shards" / fingerprint
-    sets = {"train": lambda: [doc.text for doc in train], **_eval_sets(spec, held)}
+    sets = {"train": lambda: [doc.text for doc in train], **_eval_sets(held)}
     made = {name: _shard(shards, name, make_texts, tokenizer, progress=progress) for name, make_texts in sets.items()}
-    with _atomic_file(index) as f:
-        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(sets)}).encode())
+    _write_index(index, fingerprint, tokenizer, made)
     return _corpus(made, tokenizer, fingerprint)
+
+
+def _prepare_local(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path, progress: bool) -> Corpus:
+    """`prepare` for local files without holding their text in memory, in two passes over them: 1) unless a
+    tokenizer is given, one that keeps only the documents of the tokenizer's sample (_sample_documents); 2) one that
+    hashes every document into the fingerprint and tokenizes both sets a batch at a time (_stream_shards). The same
+    documents, split, tokenizer, fingerprint and shard bytes as an in-memory pass (_load_documents, _split,
+    _hash_order, _write_shard), so caches and run ids made by one serve the other."""
+    total = None  # documents, known after pass 1: the end of pass 2's progress bar
+    if spec.tokenizer:
+        tokenizer = _pretrained(spec.tokenizer, vocab_size)
+    else:
+        docs = _bar(_local_documents(spec), desc="sampling for the tokenizer", progress=progress)
+        sample, n_train, n_held = _sample_documents(docs, valid_percent=spec.valid_percent,
+                                                    sample_bytes=spec.tokenizer_sample_bytes)
+        _check_split(spec, n_train=n_train, n_held=n_held)
+        total = n_train + n_held
+        tokenizer = _tokenizer(sample, vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes,
+                               cache_dir=cache_dir, progress=progress)
+    head = (f"format={FORMAT}", "user", f"valid_percent={spec.valid_percent}", tokenizer.blob)
+    docs = _bar(_local_documents(spec), desc="tokenizing", progress=progress, total=total)
+    fingerprint, made = _stream_shards(spec, docs, ("train", "valid"), head=head, tokenizer=tokenizer,
+                                       cache_dir=cache_dir)
+    _write_index(index, fingerprint, tokenizer, made)
+    return _corpus(made, tokenizer, fingerprint)
+
+
+def _bar(docs: Iterable[_Document], *, desc: str, progress: bool, total: int | None = None) -> Iterable[_Document]:
+    """`docs`, counted on stderr as they are read (a pass over a large corpus takes minutes to hours)."""
+    from tqdm import tqdm
+
+    return tqdm(docs, desc=desc, total=total, unit="doc", unit_scale=True, disable=not progress, file=sys.stderr)
+
+
+def _stream_shards(spec: DataSpec, docs: Iterable[_Document], sets: tuple[str, ...], *, head: tuple, tokenizer,
+                   cache_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, dict]]]:
+    """One pass over `docs`, split by spec.valid_percent into "train" and "valid" (held out): the documents of
+    `sets` are hashed after `head`, id and text in corpus order (what _hash(*head, id, text, ...) would give: the
+    shards' fingerprint), and tokenized into a scratch folder. Once the split is checked, the shards move to
+    cache_dir/shards/<fingerprint>/ (those already there are kept). Returns the fingerprint and each set's
+    (memmap, metadata)."""
+    digest, counts = _Hash(*head), {"train": 0, "valid": 0}
+    with _scratch(cache_dir / "shards") as scratch:
+        with ExitStack() as files:
+            writers = {name: _ShardWriter(files.enter_context(open(scratch / f"{name}.bin", "wb")), tokenizer)
+                       for name in sets}
+            for doc in docs:
+                name = "valid" if _held_out(doc.id, spec.valid_percent) else "train"
+                counts[name] += 1
+                if name in writers:
+                    digest.update(doc.id, doc.text)
+                    writers[name].add(doc.text)
+            for writer in writers.values():
+                writer.flush()
+        _check_split(spec, n_train=counts["train"], n_held=counts["valid"])
+        folder = cache_dir / "shards" / digest.hex()
+        made = {name: _cached_shard(folder, name, lambda path, name=name: _move(scratch / path.name, path,
+                                                                                writers[name].meta))
+                for name in sets}
+    return digest.hex(), made
+
+
+@contextmanager
+def _scratch(parent: Path) -> Iterator[Path]:
+    """A fresh folder in `parent`, removed afterwards: on the cache's filesystem, so its files move in atomically."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=".scratch-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _move(source: Path, path: Path, meta: dict) -> dict:
+    """A shard written elsewhere, moved to `path` (os.replace: atomic); returns its metadata, for _cached_shard."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, path)
+    return meta
 
 
 def _prepare_hf(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path, progress: bool) -> Corpus:
@@ -627,8 +744,7 @@ def _prepare_hf(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path
                                             procs=procs, progress=progress)
 
     made = {name: _cached_shard(shards, name, write(rows, name)) for name, rows in parts.items()}
-    with _atomic_file(index) as f:
-        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(made)}).encode())
+    _write_index(index, fingerprint, tokenizer, made)
     return _corpus(made, tokenizer, fingerprint)
 
 
@@ -770,6 +886,12 @@ def _open(index: Path, cache_dir: Path) -> Corpus | None:
     if None in shards.values() or not Path(known["tokenizer"]).is_file():
         return None
     return _corpus(shards, _load_tokenizer(Path(known["tokenizer"])), known["fingerprint"])
+
+
+def _write_index(index: Path, fingerprint: str, tokenizer, sets: Iterable[str]) -> None:
+    """Record a prepared corpus's fingerprint, tokenizer file and sets, for `_open`."""
+    with _atomic_file(index) as f:
+        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(sets)}).encode())
 
 
 def _corpus(shards: dict[str, tuple[np.ndarray, dict]], tokenizer, fingerprint: str) -> Corpus:
