@@ -521,11 +521,17 @@ def test_mixture_tokens_of_another_corpus_use_the_runs_tokenizer(python, jsonl, 
     corpus, spec, cache = python
     assert data.mixture_tokens("python", spec, corpus, cache_dir=cache) is corpus.train
     tokens = data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache)
-    assert 0 < len(tokens) and tokens.max() < corpus.tokenizer.vocab_size
+    source = DataSpec(corpus=str(jsonl))
+    train, _ = data._split(source, data._load_documents(source))   # the in-memory pieces: same key, same tokens
+    tk = corpus.tokenizer
+    key = data._hash(f"format={data.FORMAT}", "mixture", str(jsonl), "valid_percent=5", tk.blob,
+                     *(part for d in train for part in (d.id, d.text)))
+    assert np.array_equal(data._read_shard(cache / "shards" / key, "train")[0], tokens)
+    assert np.asarray(tokens).tolist() == [i for d in train for i in tk.encode(d.text) + [tk.eos_id]]
     def unread(*args, **kwargs):
         raise AssertionError("the text was read again")
     with monkeypatch.context() as m:
-        m.setattr(data, "_load_documents", unread)
+        m.setattr(data, "_local_documents", unread)
         assert np.array_equal(data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache), tokens)
     with pytest.raises(WindtunnelError, match="decay_data: corpus 'nowhere.jsonl'"):
         data.mixture_tokens("nowhere.jsonl", spec, corpus, cache_dir=cache)

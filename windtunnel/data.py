@@ -914,6 +914,7 @@ def mixture_tokens(name: str, spec: DataSpec, corpus: Corpus, *, cache_dir: Path
         return corpus.train
     cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
     source = dataclasses.replace(spec, corpus="python" if name == "python-docstrings" else name)
+    head = (f"format={FORMAT}", "mixture", name, f"valid_percent={spec.valid_percent}", corpus.tokenizer.blob)
     try:  # as prepare(): an index by the files' names, sizes and times spares reading the text again
         listing = _listing_key(source, corpus.tokenizer.vocab_size)
         index = cache_dir / "opened" / f"{_hash('mixture', name, listing, corpus.fingerprint)}.json"
@@ -921,18 +922,30 @@ def mixture_tokens(name: str, spec: DataSpec, corpus: Corpus, *, cache_dir: Path
             found = _read_shard(cache_dir / "shards" / json.loads(index.read_text())["shard"], "train")
             if found is not None:
                 return found[0]
-        train, _ = _split(source, _load_documents(source))
+        if name == "python-docstrings":
+            key, tokens = _docstring_tokens(source, head, corpus.tokenizer, cache_dir=cache_dir, progress=progress)
+        else:  # streamed, as _prepare_local: one pass hashes and tokenizes the training documents
+            docs = _bar(_documents(source), desc=f"tokenizing {name}", progress=progress)
+            key, made = _stream_shards(source, docs, ("train",), head=head, tokenizer=corpus.tokenizer,
+                                       cache_dir=cache_dir)
+            tokens = made["train"][0]
     except WindtunnelError as err:
         raise WindtunnelError(f"decay_data: corpus {name!r}: {err} (known sets: {spec.corpus!r}, "
                               f"{', '.join(map(repr, MIXTURE_SETS))}, or a corpus: {_CORPUS_HELP})") from err
-    texts = [doc.text for doc in train]
-    make_texts = (lambda: _docstrings(texts)) if name == "python-docstrings" else (lambda: texts)
-    key = _hash(f"format={FORMAT}", "mixture", name, f"valid_percent={spec.valid_percent}", corpus.tokenizer.blob,
-                *(part for doc in train for part in (doc.id, doc.text)))
-    tokens, _ = _shard(cache_dir / "shards" / key, "train", make_texts, corpus.tokenizer, progress=progress)
     with _atomic_file(index) as f:
         f.write(json.dumps({"shard": key}).encode())
     return tokens
+
+
+def _docstring_tokens(source: DataSpec, head: tuple, tokenizer, *, cache_dir: Path,
+                      progress: bool) -> tuple[str, np.ndarray]:
+    """The "python-docstrings" set's shard key and tokens: the prose of the embedded corpus's training files, cut in
+    memory (the corpus is small, and `_docstrings` needs every file's text)."""
+    train, _ = _split(source, _load_documents(source))
+    key = _hash(*head, *(part for doc in train for part in (doc.id, doc.text)))
+    texts = [doc.text for doc in train]
+    tokens, _ = _shard(cache_dir / "shards" / key, "train", lambda: _docstrings(texts), tokenizer, progress=progress)
+    return key, tokens
 
 
 def _shard(folder: Path, name: str, make_texts: Callable[[], list[str]], tokenizer: Tokenizer, *,
