@@ -18,6 +18,8 @@ from windtunnel import data
 from windtunnel.config import DataSpec
 from windtunnel.errors import SpecError, WindtunnelError
 
+from conftest import word_tokenizer
+
 TRICKY = [
     "",
     "def f(x):\n\treturn x  \n\n\n    # trailing spaces   \n",
@@ -112,6 +114,101 @@ def test_an_hf_corpus_is_prepared_on_disk_as_the_in_memory_path_would(tmp_path, 
     assert not list((tmp_path / "cache" / "shards").rglob("*.arrow"))   # the tokenized Arrow files are removed
     again = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)   # opened, not redone
     assert again.fingerprint == corpus.fingerprint
+
+
+def _every_kind(folder: Path) -> list[tuple[str, str]]:
+    """A folder with a .txt, an empty .txt, a .jsonl, a .jsonl.gz and a .parquet file of several row groups: ~400 short
+    documents, some empty (or null), some not ASCII. Returns the (id, text) of its documents, in corpus order."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = _words(450, seed=3)
+    for i in range(0, len(texts), 9):
+        texts[i] = ""   # no document, but its row number stays out of the others' ids
+    for i in range(4, len(texts), 7):
+        texts[i] = TRICKY[1 + i % 5] + texts[i]   # tabs, CRLF, accents, CJK, emoji, NUL, a literal ▁
+    (folder / "b").mkdir(parents=True)
+    first = "naïve café, 日本語 ▁\r\n" + texts[1]
+    (folder / "a.txt").write_bytes(first.encode())
+    (folder / "b" / "empty.txt").write_bytes(b"")
+    lines = [json.dumps({"text": t}) + "\n" for t in texts[:300]]
+    (folder / "c.jsonl").write_text("".join(lines[:150]))
+    (folder / "d.jsonl.gz").write_bytes(gzip.compress("".join(lines[150:]).encode()))
+    rows = [None if i % 13 == 0 else t for i, t in enumerate(texts[300:])]
+    pq.write_table(pa.table({"text": rows}), folder / "e.parquet", row_group_size=40)
+    return [("a.txt", first),
+            *((f"c.jsonl#{i + 1}", t) for i, t in enumerate(texts[:150]) if t),
+            *((f"d.jsonl.gz#{i + 1}", t) for i, t in enumerate(texts[150:300]) if t),
+            *((f"e.parquet#{i}", t) for i, t in enumerate(rows) if t)]
+
+
+@pytest.mark.parametrize("tokenizer", ["sample", "whole corpus", "given"])
+def test_a_local_corpus_is_streamed_to_the_in_memory_paths_fingerprint_and_shards(tmp_path, tokenizer):
+    """Local files are prepared in passes that never hold the corpus, with the documents, tokenizer (trained on a
+    sample cut inside the corpus, on all of it, or given), fingerprint and shard bytes of the in-memory pieces."""
+    expected = _every_kind(tmp_path / "corpus")
+    given = tmp_path / "tokenizer.json"
+    if tokenizer == "given":
+        _hf_tokenizer_json(given, [t for _, t in expected])
+    spec = DataSpec(corpus=str(tmp_path / "corpus"), tokenizer_sample_bytes=20_000 if tokenizer == "sample" else 10**9,
+                    tokenizer=str(given) if tokenizer == "given" else None)
+    corpus = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
+
+    docs = data._load_documents(spec)
+    assert [(d.id, d.text) for d in docs] == expected
+    train, held = data._split(spec, docs)
+    if tokenizer == "given":
+        tk = data._pretrained(str(given), 300)
+    else:   # the same sample's sentences name the same file
+        tk = data._tokenizer(data._hash_order(train), vocab_size=300, sample_bytes=spec.tokenizer_sample_bytes,
+                             cache_dir=tmp_path / "cache", progress=False)
+        assert corpus.tokenizer.path == tk.path
+    assert corpus.tokenizer.blob == tk.blob
+    parts = (part for d in docs for part in (d.id, d.text))
+    assert corpus.fingerprint == data._hash(f"format={data.FORMAT}", "user", "valid_percent=5", tk.blob, *parts)
+    shards = tmp_path / "cache" / "shards"
+    assert [p.name for p in shards.iterdir()] == [corpus.fingerprint]   # no scratch folder left
+    for name, part in (("train", train), ("valid", held)):
+        meta = data._write_shard(tmp_path / f"{name}.bin", [d.text for d in part], tk, desc="", progress=False)
+        assert (shards / corpus.fingerprint / f"{name}.bin").read_bytes() == (tmp_path / f"{name}.bin").read_bytes()
+        assert (shards / corpus.fingerprint / f"{name}.json").read_text() == json.dumps(meta, indent=1)
+        assert meta["n_documents"] == len(part) and meta["dtype"] == "uint16"
+    assert np.asarray(corpus.train).tolist() == [i for d in train for i in tk.encode(d.text) + [tk.eos_id]]
+    settings, given_bytes = data._settings(spec, 300), given.read_bytes() if tokenizer == "given" else b""
+    assert data.source_fingerprint(spec, vocab_size=300, cache_dir=tmp_path / "cache") == data._hash(
+        settings, given_bytes, *(part for d in docs for part in (d.id, d.text)))
+
+
+def test_a_local_corpus_is_prepared_in_a_fraction_of_its_size_in_memory(tmp_path, monkeypatch):
+    """~10 MB of .jsonl text: Python's peak allocation while preparing it, and while finding the tokenizer's sample,
+    stays below a quarter of the text (the in-memory path held all of it, and more). Memory holds the sample and a
+    batch of text, whatever the corpus's size. The tokenizer is given (a word-level one, fast to encode under
+    tracemalloc); the sample pass that a trained one needs is measured on its own."""
+    import tracemalloc
+
+    import tqdm  # noqa: F401  (imported before tracing: a module's code is not the corpus)
+
+    texts = _words(200, seed=4)
+    copies = 10_000_000 // sum(map(len, texts)) + 1
+    n_chars = copies * sum(map(len, texts))
+    (tmp_path / "big.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts) * copies)
+    monkeypatch.setattr(data, "_BATCH_CHARS", 100_000)   # the batch, not the corpus, sets the memory: small here
+    spec = DataSpec(corpus=str(tmp_path / "big.jsonl"), tokenizer=str(word_tokenizer(tmp_path / "words.json", 300)))
+
+    def peak(work) -> int:
+        tracemalloc.start()
+        try:
+            work()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    prepared = peak(lambda: data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False))
+    assert prepared < n_chars / 4, f"prepare: peak {prepared / 1e6:.1f} MB for {n_chars / 1e6:.1f} MB of text"
+    sampled = peak(lambda: data._sample_documents(data._local_documents(spec), valid_percent=5, sample_bytes=200_000))
+    assert sampled < n_chars / 4, f"sample: peak {sampled / 1e6:.1f} MB for {n_chars / 1e6:.1f} MB of text"
 
 
 def test_compressed_jsonl_reads_as_the_plain_file(tmp_path, docs, jsonl, monkeypatch):
@@ -235,7 +332,7 @@ def test_an_empty_held_out_set_is_refused(tmp_path):
 def test_python_corpus(python):
     corpus, spec, _ = python
     _, held = data._split(spec, data._load_documents(spec))
-    evals = {name: make_texts() for name, make_texts in data._eval_sets(spec, held).items()}
+    evals = {name: make_texts() for name, make_texts in data._eval_sets(held).items()}
     assert 0 < len(evals["docstrings"]) <= len(held)
     assert set(corpus.evals) == {"code", "docstrings", "torch"}
     assert corpus.tokenizer.decode(corpus.evals["torch"]) == "".join(evals["torch"])
@@ -277,21 +374,18 @@ def test_second_prepare_reads_the_cache(python, monkeypatch):
     assert np.array_equal(again.train, corpus.train)
 
 
-def test_a_prepared_corpus_opens_without_reading_its_text_until_a_file_changes(tmp_path, docs):
+def test_a_prepared_corpus_opens_without_reading_its_text_until_a_file_changes(tmp_path, docs, monkeypatch):
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(4):
         (folder / f"part{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[i::4]))
     spec = DataSpec(corpus=str(folder))
     first = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
-    real = data._load_documents
     def unread(*args, **kwargs):
         raise AssertionError("the text was read again")
-    data._load_documents = unread
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(data, "_local_documents", unread)
         again = data.prepare(spec, vocab_size=300, cache_dir=tmp_path / "cache", progress=False)
-    finally:
-        data._load_documents = real
     assert again.fingerprint == first.fingerprint and np.array_equal(again.train, first.train)
     assert again.tokenizer.blob == first.tokenizer.blob and again.bytes_per_token == first.bytes_per_token
     with open(folder / "part0.jsonl", "a") as f:
@@ -427,11 +521,17 @@ def test_mixture_tokens_of_another_corpus_use_the_runs_tokenizer(python, jsonl, 
     corpus, spec, cache = python
     assert data.mixture_tokens("python", spec, corpus, cache_dir=cache) is corpus.train
     tokens = data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache)
-    assert 0 < len(tokens) and tokens.max() < corpus.tokenizer.vocab_size
+    source = DataSpec(corpus=str(jsonl))
+    train, _ = data._split(source, data._load_documents(source))   # the in-memory pieces: same key, same tokens
+    tk = corpus.tokenizer
+    key = data._hash(f"format={data.FORMAT}", "mixture", str(jsonl), "valid_percent=5", tk.blob,
+                     *(part for d in train for part in (d.id, d.text)))
+    assert np.array_equal(data._read_shard(cache / "shards" / key, "train")[0], tokens)
+    assert np.asarray(tokens).tolist() == [i for d in train for i in tk.encode(d.text) + [tk.eos_id]]
     def unread(*args, **kwargs):
         raise AssertionError("the text was read again")
     with monkeypatch.context() as m:
-        m.setattr(data, "_load_documents", unread)
+        m.setattr(data, "_local_documents", unread)
         assert np.array_equal(data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache), tokens)
     with pytest.raises(WindtunnelError, match="decay_data: corpus 'nowhere.jsonl'"):
         data.mixture_tokens("nowhere.jsonl", spec, corpus, cache_dir=cache)

@@ -1,9 +1,11 @@
 """Corpora, the sentencepiece tokenizer, token shards and training/evaluation windows (DESIGN §7).
 
-`prepare(spec, vocab_size=...)` turns a `DataSpec` into a `Corpus`: it loads the documents, holds
+`prepare(spec, vocab_size=...)` turns a `DataSpec` into a `Corpus`: it reads the documents, holds
 out `valid_percent` of them by a hash of each document's id, trains a BPE tokenizer on a sample of
-the training documents and tokenizes every set once into a memmap shard. Tokenizers and shards are
-cached under `results/cache/` by content hash, so a second call only reads and hashes the text.
+the training documents and tokenizes every set once into a memmap shard. Local files and Hugging Face
+datasets are read in passes that never hold the whole corpus in memory; the embedded corpus is loaded
+whole. Tokenizers and shards are cached under `results/cache/` by content hash, and an index by the
+files' names, sizes and times reopens a prepared corpus without reading its text.
 
 Corpora (`DataSpec.corpus`):
 - "python" (the default): the .py files of the running interpreter's standard library (~1800 files,
@@ -32,6 +34,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import heapq
 import importlib.util
 import io
 import json
@@ -43,7 +46,7 @@ import tempfile
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +67,7 @@ _CORPUS_HELP = ("use 'python', 'hf:NAME[:CONFIG]', or a .txt/.jsonl/.jsonl.gz/.j
 _META = "\u2581"  # sentencepiece's space symbol "▁": a literal one in the text is encoded as its 3 bytes
 _SENTENCE_CHARS = 2_000  # tokenizer training sentences: whole lines, at most this many characters
 _BATCH_CHARS = 4_000_000  # characters per sentencepiece encode call: bounds the memory of id lists
+_PARQUET_ROWS = 1024  # rows per record batch read from a .parquet file: bounds the text held at once
 _SPM_OPTIONS = dict(
     model_type="bpe",
     normalization_rule_name="identity",  # no NFKC: the text is kept character for character
@@ -90,14 +94,18 @@ class _Document:
 
 
 def _load_documents(spec: DataSpec) -> list[_Document]:
-    """The corpus's non-empty documents, in a deterministic order."""
+    """The corpus's non-empty documents, in a deterministic order, all in memory."""
+    return list(_documents(spec))
+
+
+def _documents(spec: DataSpec) -> Iterable[_Document]:
+    """The corpus's non-empty documents, in a deterministic order, read one at a time where the corpus allows
+    (local files, Hugging Face rows), so that a pass over a corpus larger than memory holds one document."""
     if spec.corpus == "python":
-        docs = _python_documents()
-    elif spec.corpus.startswith("hf:"):
-        docs = _hf_documents(spec)
-    else:
-        docs = _local_documents(spec)
-    return [doc for doc in docs if doc.text]
+        return [doc for doc in _python_documents() if doc.text]
+    if spec.corpus.startswith("hf:"):
+        return (doc for doc in _hf_documents(spec) if doc.text)
+    return _local_documents(spec)
 
 
 EMBEDDED_PACKAGES = ("torch",)  # installed packages whose source joins the stdlib's; pinned by the Makefile
@@ -142,10 +150,11 @@ def _read_source(path: Path) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _local_documents(spec: DataSpec) -> list[_Document]:
-    """Documents of a .txt/.jsonl/.parquet file, or of every such file under a folder."""
+def _local_documents(spec: DataSpec) -> Iterator[_Document]:
+    """Non-empty documents of a .txt/.jsonl/.parquet file, or of every such file under a folder, one at a time."""
     files, base = _local_files(spec)
-    return [doc for path in files for doc in _file_documents(path, path.relative_to(base).as_posix(), spec.text_key)]
+    for path in files:
+        yield from _file_documents(path, path.relative_to(base).as_posix(), spec.text_key)
 
 
 def _local_files(spec: DataSpec) -> tuple[list[Path], Path]:
@@ -172,12 +181,16 @@ def _extension(path: Path) -> str | None:
     return next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
 
 
-def _file_documents(path: Path, rel: str, text_key: str) -> list[_Document]:
+def _file_documents(path: Path, rel: str, text_key: str) -> Iterator[_Document]:
+    """A file's non-empty documents: a .txt file is one, a .jsonl line or a .parquet row another."""
     kind = _extension(path)
     if kind == ".txt":
-        return [_Document(rel, path.read_bytes().decode("utf-8", errors="replace"))]
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if text:
+            yield _Document(rel, text)
+        return
     rows = _parquet_rows(path, text_key) if kind == ".parquet" else _jsonl_rows(path, text_key)
-    return [_Document(f"{rel}#{row}", text) for row, text in rows if text]
+    yield from (_Document(f"{rel}#{row}", text) for row, text in rows if text)
 
 
 def _binary(path: Path):
@@ -218,36 +231,41 @@ def _jsonl_rows(path: Path, text_key: str) -> Iterator[tuple[int, str]]:
             yield number, row[text_key]
 
 
-def _parquet_rows(path: Path, text_key: str) -> list[tuple[int, str | None]]:
-    """(row index, text) of a .parquet file's `text_key` column; nulls come back as None."""
+def _parquet_rows(path: Path, text_key: str) -> Iterator[tuple[int, str | None]]:
+    """(row index, text) of a .parquet file's `text_key` column, read _PARQUET_ROWS rows at a time (a file of many
+    GB never whole in memory); nulls come back as None."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        columns = pq.read_schema(path)
+        file = pq.ParquetFile(path)
     except pa.ArrowException as exc:
         raise WindtunnelError(f"{path}: not a readable parquet file ({exc})") from exc
-    if text_key not in columns.names:
-        raise SpecError(str(path), "text_key", text_key, f"columns here: {columns.names}")
-    kind = columns.field(text_key).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise SpecError(str(path), "text_key", text_key, f"the column must hold strings, not {kind}")
-    return list(enumerate(pq.read_table(path, columns=[text_key]).column(text_key).to_pylist()))
+    with file:
+        columns = file.schema_arrow
+        if text_key not in columns.names:
+            raise SpecError(str(path), "text_key", text_key, f"columns here: {columns.names}")
+        kind = columns.field(text_key).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise SpecError(str(path), "text_key", text_key, f"the column must hold strings, not {kind}")
+        row = 0
+        for batch in file.iter_batches(batch_size=_PARQUET_ROWS, columns=[text_key]):
+            for text in batch.column(0).to_pylist():
+                yield row, text
+                row += 1
 
 
-def _hf_documents(spec: DataSpec) -> list[_Document]:
-    """Rows of a Hugging Face dataset's "train" split; the id is the row number."""
+def _hf_documents(spec: DataSpec) -> Iterator[_Document]:
+    """Rows of a Hugging Face dataset's "train" split, one at a time; the id is the row number."""
     dataset = _hf_dataset(spec.corpus)
     key = spec.text_key
     if key not in dataset.column_names:
         raise SpecError(spec.corpus, "text_key", key, f"columns here: {dataset.column_names}")
     texts = (text for batch in dataset.select_columns([key]).iter(batch_size=1024) for text in batch[key])
-    docs = []
     for row, text in enumerate(texts):
         if text is not None and not isinstance(text, str):
             raise SpecError(spec.corpus, "text_key", key, f"the column must hold strings, not {type(text).__name__}")
-        docs.append(_Document(str(row), text or ""))
-    return docs
+        yield _Document(str(row), text or "")
 
 
 def _hf_dataset(corpus: str):
@@ -291,19 +309,24 @@ def _split(spec: DataSpec, docs: list[_Document]) -> tuple[list[_Document], list
     held = [_held_out(doc.id, spec.valid_percent) for doc in docs]
     train = [doc for doc, h in zip(docs, held) if not h]
     valid = [doc for doc, h in zip(docs, held) if h]
-    for name, part in (("train", train), ("held-out", valid)):
-        if not part:
-            raise WindtunnelError(
-                f"{spec.corpus}: the {name} set is empty ({len(docs)} documents, valid_percent={spec.valid_percent}); "
-                "use more documents (e.g. a .jsonl with one per line) or a valid_percent within 1..99"
-            )
+    _check_split(spec, n_train=len(train), n_held=len(valid))
     return train, valid
 
 
-def _eval_sets(spec: DataSpec, held: list[_Document]) -> dict[str, Callable[[], list[str]]]:
-    """The evaluation sets by name, each a function giving its texts (called only when not cached)."""
-    if spec.corpus != "python":
-        return {"valid": lambda: [doc.text for doc in held]}
+def _check_split(spec: DataSpec, *, n_train: int, n_held: int) -> None:
+    """Refuse a split with no training or no held-out document (counted in memory or in a pass over the files)."""
+    for name, n in (("train", n_train), ("held-out", n_held)):
+        if not n:
+            raise WindtunnelError(
+                f"{spec.corpus}: the {name} set is empty ({n_train + n_held} documents, "
+                f"valid_percent={spec.valid_percent}); use more documents (e.g. a .jsonl with one per line) or a "
+                "valid_percent within 1..99"
+            )
+
+
+def _eval_sets(held: list[_Document]) -> dict[str, Callable[[], list[str]]]:
+    """The embedded corpus's evaluation sets by name, each a function giving its texts (called only when not
+    cached)."""
     code = [doc.text for doc in held if doc.id.startswith("stdlib/")]
     sets = {"code": lambda: code, "docstrings": lambda: _docstrings(code)}
     for name in EMBEDDED_PACKAGES:
@@ -502,6 +525,29 @@ def _tokenizer_sample(ordered: Iterable[_Document], sample_bytes: int) -> list[s
     return sentences
 
 
+def _sample_documents(
+    docs: Iterable[_Document], *, valid_percent: int, sample_bytes: int
+) -> tuple[list[_Document], int, int]:
+    """The training documents that `_tokenizer_sample(_hash_order(train), sample_bytes)` reads, in that order, and
+    the numbers of training and held-out documents, from one pass over `docs` that holds only those documents. The
+    sample takes the documents' sentences (which add up to their texts) in key order and stops inside the document
+    that brings it to sample_bytes, so it reads the fewest smallest-keyed documents whose UTF-8 bytes reach
+    sample_bytes: a heap keeps them, dropping its largest key whenever the others reach sample_bytes without it."""
+    heap, size, n_train, n_held = [], 0, 0, 0  # heap entries (-key, -arrival, bytes, doc): the largest key on top
+    for doc in docs:
+        if _held_out(doc.id, valid_percent):
+            n_held += 1
+            continue
+        n_bytes = len(doc.text.encode("utf-8", "surrogatepass"))
+        heapq.heappush(heap, (-int.from_bytes(_order_key(doc.id), "big"), -n_train, n_bytes, doc))
+        size += n_bytes
+        n_train += 1
+        while heap and size - heap[0][2] >= sample_bytes:
+            size -= heapq.heappop(heap)[2]
+    ordered = sorted(heap, reverse=True)  # by key, equal keys by arrival: _hash_order's stable sort
+    return [doc for *_, doc in ordered], n_train, n_held
+
+
 def _sentences(text: str) -> Iterator[str]:
     """`text` cut at line ends into pieces of <= _SENTENCE_CHARS characters (longer lines are cut anywhere)."""
     pieces, size = [], 0
@@ -562,21 +608,107 @@ def prepare(spec: DataSpec, *, vocab_size: int, cache_dir: Path | None = None, p
     if opened is not None:
         return opened
     if spec.corpus.startswith("hf:"):
-        return _prepare_hf(spec, vocab_size=vocab_size, cache_dir=cache_dir, index=index, progress=progress)
+        prepare_kind = _prepare_hf
+    elif spec.corpus == "python":
+        prepare_kind = _prepare_python
+    else:
+        prepare_kind = _prepare_local
+    return prepare_kind(spec, vocab_size=vocab_size, cache_dir=cache_dir, index=index, progress=progress)
+
+
+def _prepare_python(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path, progress: bool) -> Corpus:
+    """`prepare` for the embedded corpus, in memory (~80 MB of source): its held-out sets are cut from the held-out
+    files' texts ("code", "docstrings", "torch")."""
     docs = _load_documents(spec)
     train, held = _split(spec, docs)
     tokenizer = _pretrained(spec.tokenizer, vocab_size) if spec.tokenizer else _tokenizer(
         _hash_order(train), vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes, cache_dir=cache_dir, progress=progress
     )
-    kind = "python" if spec.corpus == "python" else "user"  # decides which eval sets exist
-    fingerprint = _hash(f"format={FORMAT}", kind, f"valid_percent={spec.valid_percent}", tokenizer.blob,
+    fingerprint = _hash(f"format={FORMAT}", "python", f"valid_percent={spec.valid_percent}", tokenizer.blob,
                         *(part for doc in docs for part in (doc.id, doc.text)))
     shards = cache_dir / "shards" / fingerprint
-    sets = {"train": lambda: [doc.text for doc in train], **_eval_sets(spec, held)}
+    sets = {"train": lambda: [doc.text for doc in train], **_eval_sets(held)}
     made = {name: _shard(shards, name, make_texts, tokenizer, progress=progress) for name, make_texts in sets.items()}
-    with _atomic_file(index) as f:
-        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(sets)}).encode())
+    _write_index(index, fingerprint, tokenizer, made)
     return _corpus(made, tokenizer, fingerprint)
+
+
+def _prepare_local(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path, progress: bool) -> Corpus:
+    """`prepare` for local files without holding their text in memory, in two passes over them: 1) unless a
+    tokenizer is given, one that keeps only the documents of the tokenizer's sample (_sample_documents); 2) one that
+    hashes every document into the fingerprint and tokenizes both sets a batch at a time (_stream_shards). The same
+    documents, split, tokenizer, fingerprint and shard bytes as an in-memory pass (_load_documents, _split,
+    _hash_order, _write_shard), so caches and run ids made by one serve the other."""
+    total = None  # documents, known after pass 1: the end of pass 2's progress bar
+    if spec.tokenizer:
+        tokenizer = _pretrained(spec.tokenizer, vocab_size)
+    else:
+        docs = _bar(_local_documents(spec), desc="sampling for the tokenizer", progress=progress)
+        sample, n_train, n_held = _sample_documents(docs, valid_percent=spec.valid_percent,
+                                                    sample_bytes=spec.tokenizer_sample_bytes)
+        _check_split(spec, n_train=n_train, n_held=n_held)
+        total = n_train + n_held
+        tokenizer = _tokenizer(sample, vocab_size=vocab_size, sample_bytes=spec.tokenizer_sample_bytes,
+                               cache_dir=cache_dir, progress=progress)
+    head = (f"format={FORMAT}", "user", f"valid_percent={spec.valid_percent}", tokenizer.blob)
+    docs = _bar(_local_documents(spec), desc="tokenizing", progress=progress, total=total)
+    fingerprint, made = _stream_shards(spec, docs, ("train", "valid"), head=head, tokenizer=tokenizer,
+                                       cache_dir=cache_dir)
+    _write_index(index, fingerprint, tokenizer, made)
+    return _corpus(made, tokenizer, fingerprint)
+
+
+def _bar(docs: Iterable[_Document], *, desc: str, progress: bool, total: int | None = None) -> Iterable[_Document]:
+    """`docs`, counted on stderr as they are read (a pass over a large corpus takes minutes to hours)."""
+    from tqdm import tqdm
+
+    return tqdm(docs, desc=desc, total=total, unit="doc", unit_scale=True, disable=not progress, file=sys.stderr)
+
+
+def _stream_shards(spec: DataSpec, docs: Iterable[_Document], sets: tuple[str, ...], *, head: tuple, tokenizer,
+                   cache_dir: Path) -> tuple[str, dict[str, tuple[np.ndarray, dict]]]:
+    """One pass over `docs`, split by spec.valid_percent into "train" and "valid" (held out): the documents of
+    `sets` are hashed after `head`, id and text in corpus order (what _hash(*head, id, text, ...) would give: the
+    shards' fingerprint), and tokenized into a scratch folder. Once the split is checked, the shards move to
+    cache_dir/shards/<fingerprint>/ (those already there are kept). Returns the fingerprint and each set's
+    (memmap, metadata)."""
+    digest, counts = _Hash(*head), {"train": 0, "valid": 0}
+    with _scratch(cache_dir / "shards") as scratch:
+        with ExitStack() as files:
+            writers = {name: _ShardWriter(files.enter_context(open(scratch / f"{name}.bin", "wb")), tokenizer)
+                       for name in sets}
+            for doc in docs:
+                name = "valid" if _held_out(doc.id, spec.valid_percent) else "train"
+                counts[name] += 1
+                if name in writers:
+                    digest.update(doc.id, doc.text)
+                    writers[name].add(doc.text)
+            for writer in writers.values():
+                writer.flush()
+        _check_split(spec, n_train=counts["train"], n_held=counts["valid"])
+        folder = cache_dir / "shards" / digest.hex()
+        made = {name: _cached_shard(folder, name, lambda path, name=name: _move(scratch / path.name, path,
+                                                                                writers[name].meta))
+                for name in sets}
+    return digest.hex(), made
+
+
+@contextmanager
+def _scratch(parent: Path) -> Iterator[Path]:
+    """A fresh folder in `parent`, removed afterwards: on the cache's filesystem, so its files move in atomically."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=".scratch-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _move(source: Path, path: Path, meta: dict) -> dict:
+    """A shard written elsewhere, moved to `path` (os.replace: atomic); returns its metadata, for _cached_shard."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, path)
+    return meta
 
 
 def _prepare_hf(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path, progress: bool) -> Corpus:
@@ -612,8 +744,7 @@ def _prepare_hf(spec: DataSpec, *, vocab_size: int, cache_dir: Path, index: Path
                                             procs=procs, progress=progress)
 
     made = {name: _cached_shard(shards, name, write(rows, name)) for name, rows in parts.items()}
-    with _atomic_file(index) as f:
-        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(made)}).encode())
+    _write_index(index, fingerprint, tokenizer, made)
     return _corpus(made, tokenizer, fingerprint)
 
 
@@ -657,7 +788,7 @@ def _write_hf_shard(path: Path, part, key: str, tokenizer, *, name: str, procs: 
     their order, a batch at a time; the Arrow files are removed afterwards."""
     import datasets
 
-    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
+    dtype = _token_dtype(tokenizer)
     scratch = path.parent / f".{name}-tokens"
     scratch.mkdir(parents=True, exist_ok=True)
     if not progress:
@@ -729,8 +860,11 @@ def source_fingerprint(spec: DataSpec, *, vocab_size: int, cache_dir: Path | Non
     tokenizer = _pretrained_bytes(spec.tokenizer) if spec.tokenizer else b""
     if spec.corpus.startswith("hf:"):  # the dataset's own content fingerprint
         fingerprint = _hash(settings, tokenizer, _hf_dataset(spec.corpus)._fingerprint)
-    else:
-        fingerprint = _hash(settings, tokenizer, *(part for doc in _load_documents(spec) for part in (doc.id, doc.text)))
+    else:  # a pass over the documents, one at a time
+        digest = _Hash(settings, tokenizer)
+        for doc in _documents(spec):
+            digest.update(doc.id, doc.text)
+        fingerprint = digest.hex()
     with _atomic_file(stored) as f:
         f.write(json.dumps({"fingerprint": fingerprint}).encode())
     return fingerprint
@@ -754,6 +888,12 @@ def _open(index: Path, cache_dir: Path) -> Corpus | None:
     return _corpus(shards, _load_tokenizer(Path(known["tokenizer"])), known["fingerprint"])
 
 
+def _write_index(index: Path, fingerprint: str, tokenizer, sets: Iterable[str]) -> None:
+    """Record a prepared corpus's fingerprint, tokenizer file and sets, for `_open`."""
+    with _atomic_file(index) as f:
+        f.write(json.dumps({"fingerprint": fingerprint, "tokenizer": str(tokenizer.path), "sets": list(sets)}).encode())
+
+
 def _corpus(shards: dict[str, tuple[np.ndarray, dict]], tokenizer, fingerprint: str) -> Corpus:
     """A Corpus from its sets' (memmap, metadata): "train" and the held-out ones."""
     tokens = {name: array for name, (array, _) in shards.items()}
@@ -774,6 +914,7 @@ def mixture_tokens(name: str, spec: DataSpec, corpus: Corpus, *, cache_dir: Path
         return corpus.train
     cache_dir = Path(cache_dir) if cache_dir is not None else results_dir() / "cache"
     source = dataclasses.replace(spec, corpus="python" if name == "python-docstrings" else name)
+    head = (f"format={FORMAT}", "mixture", name, f"valid_percent={spec.valid_percent}", corpus.tokenizer.blob)
     try:  # as prepare(): an index by the files' names, sizes and times spares reading the text again
         listing = _listing_key(source, corpus.tokenizer.vocab_size)
         index = cache_dir / "opened" / f"{_hash('mixture', name, listing, corpus.fingerprint)}.json"
@@ -781,18 +922,30 @@ def mixture_tokens(name: str, spec: DataSpec, corpus: Corpus, *, cache_dir: Path
             found = _read_shard(cache_dir / "shards" / json.loads(index.read_text())["shard"], "train")
             if found is not None:
                 return found[0]
-        train, _ = _split(source, _load_documents(source))
+        if name == "python-docstrings":
+            key, tokens = _docstring_tokens(source, head, corpus.tokenizer, cache_dir=cache_dir, progress=progress)
+        else:  # streamed, as _prepare_local: one pass hashes and tokenizes the training documents
+            docs = _bar(_documents(source), desc=f"tokenizing {name}", progress=progress)
+            key, made = _stream_shards(source, docs, ("train",), head=head, tokenizer=corpus.tokenizer,
+                                       cache_dir=cache_dir)
+            tokens = made["train"][0]
     except WindtunnelError as err:
         raise WindtunnelError(f"decay_data: corpus {name!r}: {err} (known sets: {spec.corpus!r}, "
                               f"{', '.join(map(repr, MIXTURE_SETS))}, or a corpus: {_CORPUS_HELP})") from err
-    texts = [doc.text for doc in train]
-    make_texts = (lambda: _docstrings(texts)) if name == "python-docstrings" else (lambda: texts)
-    key = _hash(f"format={FORMAT}", "mixture", name, f"valid_percent={spec.valid_percent}", corpus.tokenizer.blob,
-                *(part for doc in train for part in (doc.id, doc.text)))
-    tokens, _ = _shard(cache_dir / "shards" / key, "train", make_texts, corpus.tokenizer, progress=progress)
     with _atomic_file(index) as f:
         f.write(json.dumps({"shard": key}).encode())
     return tokens
+
+
+def _docstring_tokens(source: DataSpec, head: tuple, tokenizer, *, cache_dir: Path,
+                      progress: bool) -> tuple[str, np.ndarray]:
+    """The "python-docstrings" set's shard key and tokens: the prose of the embedded corpus's training files, cut in
+    memory (the corpus is small, and `_docstrings` needs every file's text)."""
+    train, _ = _split(source, _load_documents(source))
+    key = _hash(*head, *(part for doc in train for part in (doc.id, doc.text)))
+    texts = [doc.text for doc in train]
+    tokens, _ = _shard(cache_dir / "shards" / key, "train", lambda: _docstrings(texts), tokenizer, progress=progress)
+    return key, tokens
 
 
 def _shard(folder: Path, name: str, make_texts: Callable[[], list[str]], tokenizer: Tokenizer, *,
@@ -828,34 +981,50 @@ def _write_shard(path: Path, texts: list[str], tokenizer: Tokenizer, *, desc: st
     """Tokenize `texts` into `path` (each followed by eos), in batches; returns the shard's metadata."""
     from tqdm import tqdm
 
-    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
-    n_tokens = n_bytes = 0
     with _atomic_file(path) as f, tqdm(total=sum(map(len, texts)), unit="char", unit_scale=True,
                                        desc=desc, disable=not progress, file=sys.stderr) as bar:
-        for batch in _batches(texts, _BATCH_CHARS):
-            ids = []
-            for doc in tokenizer.encode_batch(batch, num_threads=_threads()):
-                ids += doc
-                ids.append(tokenizer.eos_id)
-            f.write(np.asarray(ids, dtype=dtype).tobytes())
-            n_tokens += len(ids)
-            n_bytes += sum(len(text.encode("utf-8", "surrogatepass")) for text in batch)
-            bar.update(sum(map(len, batch)))
-    return {"n_tokens": n_tokens, "n_bytes": n_bytes, "n_documents": len(texts), "dtype": dtype.name,
-            "eos_id": tokenizer.eos_id}
+        writer = _ShardWriter(f, tokenizer)
+        for text in texts:
+            bar.update(writer.add(text))
+        bar.update(writer.flush())
+    return writer.meta
 
 
-def _batches(texts: list[str], max_chars: int) -> Iterator[list[str]]:
-    """Consecutive runs of `texts` of about `max_chars` characters (at least one text each)."""
-    batch, size = [], 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= max_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+class _ShardWriter:
+    """A shard written document by document into `file`: each document's tokens, then eos. Texts are queued and
+    encoded on all cores ~_BATCH_CHARS characters at a time, so memory holds one batch, never the set."""
+
+    def __init__(self, file, tokenizer):
+        self.file, self.tokenizer, self.dtype = file, tokenizer, _token_dtype(tokenizer)
+        self.batch, self.chars = [], 0
+        self.meta = {"n_tokens": 0, "n_bytes": 0, "n_documents": 0, "dtype": self.dtype.name,
+                     "eos_id": tokenizer.eos_id}  # the shard's .json, in this key order
+
+    def add(self, text: str) -> int:
+        """Queue a document; returns the characters written (0 until a batch is full)."""
+        self.batch.append(text)
+        self.chars += len(text)
+        return self.flush() if self.chars >= _BATCH_CHARS else 0
+
+    def flush(self) -> int:
+        """Write the queued documents; returns their characters."""
+        if not self.batch:
+            return 0
+        ids = []
+        for doc in self.tokenizer.encode_batch(self.batch, num_threads=_threads()):
+            ids += doc
+            ids.append(self.tokenizer.eos_id)
+        self.file.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        self.meta["n_tokens"] += len(ids)
+        self.meta["n_bytes"] += sum(len(text.encode("utf-8", "surrogatepass")) for text in self.batch)
+        self.meta["n_documents"] += len(self.batch)
+        chars, self.batch, self.chars = self.chars, [], 0
+        return chars
+
+
+def _token_dtype(tokenizer) -> np.dtype:
+    """A shard's token type: uint16 while the vocabulary fits (half the disk and page cache of uint32)."""
+    return np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
 
 
 @contextmanager
@@ -875,12 +1044,24 @@ def _atomic_file(path: Path):
 
 def _hash(*parts: str | bytes) -> str:
     """16 hex digits of SHA-256 over length-prefixed parts (so ("ab", "c") and ("a", "bc") differ)."""
-    h = hashlib.sha256()
-    for part in parts:
-        data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()[:16]
+    return _Hash(*parts).hex()
+
+
+class _Hash:
+    """_hash fed a part at a time, so that a corpus larger than memory can be fingerprinted as it is read."""
+
+    def __init__(self, *parts: str | bytes):
+        self._sha = hashlib.sha256()
+        self.update(*parts)
+
+    def update(self, *parts: str | bytes) -> None:
+        for part in parts:
+            data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+            self._sha.update(len(data).to_bytes(8, "little"))
+            self._sha.update(data)
+
+    def hex(self) -> str:
+        return self._sha.hexdigest()[:16]
 
 
 def _threads() -> int:
