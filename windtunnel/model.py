@@ -31,8 +31,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+    def forward(self, x, scale: float = 1.0):
+        """Normed x × weight × scale: a constant scale multiplies the d-sized weight, not every state."""
+        return F.rms_norm(x, (x.shape[-1],), self.weight if scale == 1.0 else self.weight * scale, self.eps)
 
 
 def rope_tables(seq_len: int, d_head: int, theta: float, device=None):
@@ -123,8 +124,7 @@ class MiniCPM(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin)
-        norm = self.norm  # × 1/m folded into the norm's weight: one multiply of d_model numbers, not of every state
-        return F.rms_norm(x, (x.shape[-1],), norm.weight * self.logit_scale, norm.eps)
+        return self.norm(x, scale=self.logit_scale)
 
     def forward(self, idx):
         return F.linear(self.hidden(idx), self.embed.weight).float()  # tied LM head

@@ -399,9 +399,9 @@ def evaluate(model, windows: dict[str, torch.Tensor], repeated: dict[str, torch.
         metrics[f"eval/{name}/loss"] = loss
         metrics[f"eval/{name}/bpb"] = loss / math.log(2) / bytes_per_token[name]  # bits per UTF-8 byte
         if 0 < n_repeated < count:
-            metrics[f"eval/{name}/loss_repeated"] = on_repeated / n_repeated
-            metrics[f"eval/{name}/loss_other"] = (total - on_repeated) / (count - n_repeated)
-            metrics[f"eval/{name}/copy_gap"] = metrics[f"eval/{name}/loss_other"] - metrics[f"eval/{name}/loss_repeated"]
+            copied, other = on_repeated / n_repeated, (total - on_repeated) / (count - n_repeated)
+            metrics.update({f"eval/{name}/loss_repeated": copied, f"eval/{name}/loss_other": other,
+                            f"eval/{name}/copy_gap": other - copied})
     model.train()
     return metrics
 
