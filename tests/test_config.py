@@ -1,5 +1,7 @@
 """Specs: ladders load and validate, overrides, run identity, and one-line errors naming file and key."""
 
+import dataclasses
+
 import pytest
 
 from windtunnel.config import TrainSpec, apply_overrides, get_model, load_ladder, load_models, spec_hash
@@ -83,14 +85,16 @@ def test_bad_overrides(override, key):
 
 
 def test_run_identity_ignores_runtime_settings_only():
-    base = TrainSpec(model=get_model("micro-24k"))
-    assert spec_hash(base) == spec_hash(TrainSpec(model=get_model("micro-24k")))
+    plain = dataclasses.replace(get_model("micro-24k"), smear_keys=False)  # micro-24k as stored before smeared keys
+    base = TrainSpec(model=plain)
+    assert spec_hash(base) == spec_hash(TrainSpec(model=plain))
     runtime = ["device=cpu", "compile=true", "peak_flops=1e12", "parallel=fsdp", "activation_checkpointing=true",
                "keep_checkpoints=3"]
     assert spec_hash(base) == spec_hash(apply_overrides(base, runtime))
     assert spec_hash(base) == "42fe630596bb"   # a new TrainSpec field must leave the stored runs' ids as they were
     assert spec_hash(base) != spec_hash(apply_overrides(base, ["lr=0.02"]))
     assert spec_hash(base) != spec_hash(apply_overrides(base, ["model.scale_emb=10"]))
+    assert spec_hash(base) != spec_hash(apply_overrides(base, ["model.smear_keys=true"]))
     assert len(spec_hash(base)) == 12
 
 

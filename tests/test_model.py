@@ -99,6 +99,25 @@ def test_causal_future_tokens_do_not_change_the_past():
     assert torch.allclose(model(x)[0, :8], model(y)[0, :8], atol=1e-6)
 
 
+def test_smeared_keys_are_causal_counted_and_trained_like_norm_weights():
+    spec = tiny(d_model=64, smear_keys=True)  # 4 heads, 2 layers
+    model = MiniCPM(spec)
+    assert count_params(spec) == count_params(dataclasses.replace(spec, smear_keys=False)) + 2 * 4
+    x = torch.randint(0, 256, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % 256
+    assert torch.allclose(model(x)[0, :8], model(y)[0, :8], atol=1e-6)
+    groups = param_groups(model, weight_decay=0.1)  # a per-head scalar: width-independent LR, no decay
+    assert any(p is model.blocks[0].attn.smear for p in groups[2]["params"]) and groups[2]["weight_decay"] == 0.0
+    plain = MiniCPM(dataclasses.replace(spec, smear_keys=False))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("smear")})
+    assert not torch.allclose(model(x), plain(x), atol=1e-4)  # at init each key is half the previous one
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.smear.fill_(40.0)  # the own key's share → 1: the plain model
+    assert torch.allclose(model(x), plain(x), atol=1e-5)
+
+
 def test_mup_operations_of_table7():
     spec = tiny(d_model=128)  # m = 4
     model = MiniCPM(spec)

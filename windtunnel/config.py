@@ -88,6 +88,10 @@ class ModelSpec:
     """the paper's non-embedding N in billions (Table 8's N(B) column), for checking the counts"""
     paper_run: PaperRun | None = None
     """the published training facts of a full-size model"""
+    smear_keys: bool = False
+    """each attention key a learned per-head mix of its own and the previous position's key (Olsson et al. 2022,
+    "smeared keys"): copying from context is learned at once instead of at a random step. A deviation from MiniCPM
+    for the CPU ladders (the micro family), where that random step would fall inside the measured window"""
     tokenizer: str | None = None
     """a target's own tokenizer file (sentencepiece .model or tokenizer.json; relative to its ladder file): a
     ladder in its family (`--scale paper@TARGET`) and its planned run train with it. Not part of a run's id (the
@@ -518,7 +522,7 @@ def _non_default(obj) -> dict:
             if f.default is dataclasses.MISSING or getattr(obj, f.name) != f.default}
 
 
-LATER_FIELDS = ("batch_warmup", "decay_data")  # TrainSpec fields added after runs were stored
+LATER_FIELDS = ("batch_warmup", "decay_data", "model.smear_keys")  # fields added after runs were stored
 
 
 def spec_hash(spec: TrainSpec, *extra: str) -> str:

@@ -33,7 +33,8 @@ def n_params(spec: ModelSpec, *, embedding: bool = False) -> int:
     d, heads, kv = spec.d_model, spec.n_heads, spec.n_kv_heads
     attention = d * (heads + 2 * kv) * spec.d_head + heads * spec.d_head * d  # wqkv, wo
     mlp = 3 * d * spec.d_ff  # w13 (gate and up), w2
-    non_embedding = spec.n_layers * (attention + mlp + 2 * d) + d  # + two norms a block, + the final norm
+    smear = kv if spec.smear_keys else 0  # one mixing weight per key head
+    non_embedding = spec.n_layers * (attention + mlp + 2 * d + smear) + d  # + two norms a block, + the final norm
     return non_embedding + (spec.vocab_size * d if embedding else 0)
 
 

@@ -55,13 +55,19 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv, self.d_head = spec.n_heads, spec.n_kv_heads, spec.d_head
         self.wqkv = nn.Linear(spec.d_model, (spec.n_heads + 2 * spec.n_kv_heads) * spec.d_head, bias=False)
         self.wo = nn.Linear(spec.n_heads * spec.d_head, spec.d_model, bias=False)
+        # smeared keys: per key head, the logit of the own key's share (0: half own, half the previous position's)
+        self.smear = nn.Parameter(torch.zeros(spec.n_kv_heads)) if spec.smear_keys else None
 
     def forward(self, x, cos, sin):
         b, t, _ = x.shape
         q, k, v = self.wqkv(x).split([self.n_heads * self.d_head, self.n_kv * self.d_head,
                                       self.n_kv * self.d_head], dim=-1)
+        k = k.view(b, t, self.n_kv, self.d_head)
+        if self.smear is not None:  # before RoPE: the previous token's key content at this position's angle
+            previous = F.pad(k[:, :-1], (0, 0, 0, 0, 1, 0))
+            k = previous + torch.sigmoid(self.smear).to(k.dtype)[:, None] * (k - previous)
         q = apply_rope(q.view(b, t, self.n_heads, self.d_head).transpose(1, 2), cos, sin)
-        k = apply_rope(k.view(b, t, self.n_kv, self.d_head).transpose(1, 2), cos, sin)
+        k = apply_rope(k.transpose(1, 2), cos, sin)
         v = v.view(b, t, self.n_kv, self.d_head).transpose(1, 2)
         # plain 1/sqrt(d_head) softmax scale: MiniCPM does not use µP's 1/d_head (Table 7)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)

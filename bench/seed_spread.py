@@ -1,0 +1,89 @@
+"""How far apart do two seeds of one micro ladder point land? (issue 22, point 3)
+
+    python bench/seed_spread.py [--out bench/results/seed_spread.json]
+
+Reads the finished decay branches of the scaling-law sweep from the results store: scale `micro` (every size, seeds
+0 and 1) and scale `micro-seeds` (the largest size's seeds 2 and 3; `windtunnel sweep scaling_law --scale
+micro-seeds`). Per (model, branch point) it prints the final held-out bits per byte of each seed and their spread
+= (max − min) / mean; per branch point of the largest size, how far the 2-seed mean of the ladder lies from the
+4-seed mean. Goals: every spread ≤ 1%, every 2-seed mean within 0.5% of the 4-seed one. The JSON is one list of
+{"model", "tokens", "seeds", "losses", "spread"}: the ladder's rows, then the largest size's 4-seed rows (with
+"mean_2", "mean_4" and "mean_gap" = mean_2 / mean_4 − 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from windtunnel.studies.points import NoRuns, decay_points, final_points
+
+SPREAD_GOAL, MEAN_GOAL = 0.01, 0.005
+
+
+def branches(scale: str):
+    """The decay branches of the scaling-law sweep at `scale` (empty when it has not run)."""
+    try:
+        frame, _ = final_points("scaling_law", scale=scale)
+    except NoRuns:
+        return None
+    return decay_points(frame)
+
+
+def spread_table(frame) -> list[dict]:
+    rows = []
+    for (model, tokens), part in frame.sort_values(["N", "D", "seed"]).groupby(["model", "D"], sort=False):
+        losses = [float(x) for x in part["loss"]]
+        mean = sum(losses) / len(losses)
+        rows.append({"model": model, "tokens": int(tokens), "seeds": [int(s) for s in part["seed"]],
+                     "losses": losses, "spread": (max(losses) - min(losses)) / mean})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results/seed_spread.json"))
+    args = parser.parse_args(argv)
+
+    ladder = branches("micro")
+    if ladder is None:
+        raise SystemExit("no micro scaling-law runs: run `windtunnel sweep scaling_law --scale micro` first")
+    rows = spread_table(ladder)
+    print(f"{'model':<12}{'tokens':>11}  {'bits/byte per seed':<28}{'spread':>8}")
+    for r in rows:
+        flag = "" if r["spread"] <= SPREAD_GOAL else "  > 1%"
+        print(f"{r['model']:<12}{r['tokens']:>11,}  {' '.join(f'{x:.4f}' for x in r['losses']):<28}"
+              f"{r['spread']:>7.2%}{flag}")
+
+    largest = ladder.loc[ladder["N"].idxmax(), "model"]
+    extra = branches("micro-seeds")
+    four = []
+    if extra is not None:
+        both = spread_table(pd.concat([ladder[ladder["model"] == largest], extra]))
+        for r in both:
+            two = [x for s, x in zip(r["seeds"], r["losses"]) if s in (0, 1)]
+            mean2, mean4 = sum(two) / len(two), sum(r["losses"]) / len(r["losses"])
+            four.append({**r, "mean_2": mean2, "mean_4": mean4, "mean_gap": mean2 / mean4 - 1})
+        print(f"\n{largest}, seeds {four[0]['seeds'] if four else []}:")
+        for r in four:
+            print(f"{r['tokens']:>11,}  4-seed spread {r['spread']:.2%}; 2-seed mean {r['mean_2']:.4f} against "
+                  f"4-seed {r['mean_4']:.4f}: {r['mean_gap']:+.2%}"
+                  + ("" if abs(r["mean_gap"]) <= MEAN_GOAL else "  (> 0.5%)"))
+    else:
+        print(f"\nno seeds 2 and 3 of {largest}: run `windtunnel sweep scaling_law --scale micro-seeds`")
+
+    worst = max(r["spread"] for r in rows)
+    print(f"\nlargest spread {worst:.2%} (goal ≤ 1%): {'met' if worst <= SPREAD_GOAL else 'missed'}"
+          + (f"; largest |2-seed − 4-seed mean| {max(abs(r['mean_gap']) for r in four):.2%} (goal ≤ 0.5%)"
+             if four else ""))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows + four, indent=1) + "\n")  # one list: the ladder, then the 4-seed rows
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
