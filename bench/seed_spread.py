@@ -8,7 +8,8 @@ micro-seeds`). Per (model, branch point) it prints the final held-out bits per b
 = (max − min) / mean; per branch point of the largest size, how far the 2-seed mean of the ladder lies from the
 4-seed mean. Goals: every spread ≤ 1%, every 2-seed mean within 0.5% of the 4-seed one. The JSON is one list of
 {"model", "tokens", "seeds", "losses", "spread"}: the ladder's rows, then the largest size's 4-seed rows (with
-"mean_2", "mean_4" and "mean_gap" = mean_2 / mean_4 − 1).
+"mean_2", "mean_4" and "mean_gap" = mean_2 / mean_4 − 1). It also prints each size's pre-clip gradient norm over
+its stable runs' steps after warm-up (median, 99th percentile, max, steps above the clip): issue 22, point 6.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pandas as pd
 from windtunnel.studies.points import NoRuns, decay_points, final_points
 
 SPREAD_GOAL, MEAN_GOAL = 0.01, 0.005
+CLIP, WARMUP_STEPS = 1.0, 64  # the trainer's grad_clip; the ladder's warm-up is 65,536 tokens = 13–21 steps
 
 
 def branches(scale: str):
@@ -40,6 +42,19 @@ def spread_table(frame) -> list[dict]:
         mean = sum(losses) / len(losses)
         rows.append({"model": model, "tokens": int(tokens), "seeds": [int(s) for s in part["seed"]],
                      "losses": losses, "spread": (max(losses) - min(losses)) / mean})
+    return rows
+
+
+def grad_norms(frame) -> list[dict]:
+    """Per size, the pre-clip gradient norm of every step of its stable runs after the LR warm-up."""
+    from windtunnel.tracking import metric_history
+
+    rows = []
+    for model, runs in frame[frame["stage"] == "stable"].sort_values("N").groupby("model", sort=False):
+        norms = pd.concat([metric_history(r, "grad/norm").set_index("step")["value"].iloc[WARMUP_STEPS:]
+                           for r in runs["run_id"]])
+        rows.append({"model": model, "steps": len(norms), "median": norms.median(),
+                     "p99": norms.quantile(0.99), "max": norms.max(), "above_clip": int((norms > CLIP).sum())})
     return rows
 
 
@@ -74,6 +89,12 @@ def main(argv=None) -> int:
                   + ("" if abs(r["mean_gap"]) <= MEAN_GOAL else "  (> 0.5%)"))
     else:
         print(f"\nno seeds 2 and 3 of {largest}: run `windtunnel sweep scaling_law --scale micro-seeds`")
+
+    ladder_all, _ = final_points("scaling_law", scale="micro")
+    print(f"\npre-clip gradient norm after warm-up (stable runs, both seeds; clip {CLIP}):")
+    for r in grad_norms(ladder_all):
+        print(f"{r['model']:<12}{r['steps']:>6} steps  median {r['median']:.3f}  p99 {r['p99']:.3f}  "
+              f"max {r['max']:.3f}  above the clip {r['above_clip']}")
 
     worst = max(r["spread"] for r in rows)
     print(f"\nlargest spread {worst:.2%} (goal ≤ 1%): {'met' if worst <= SPREAD_GOAL else 'missed'}"

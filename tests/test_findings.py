@@ -12,8 +12,8 @@ def _write(root, study, payload):
 
 def test_an_empty_results_folder_is_not_run_everywhere(tmp_path):
     rows = findings(tmp_path)
-    assert len(rows) == 16 and {f.verdict for f in rows} == {NOT_RUN}
-    assert table(rows).count("\n") == 17
+    assert len(rows) == 17 and {f.verdict for f in rows} == {NOT_RUN}
+    assert table(rows).count("\n") == 18
 
 
 def test_a_small_ladder_without_backtests_or_bootstrap_still_reads(tmp_path):
@@ -47,3 +47,18 @@ def test_the_mup_check_row_reads_the_cached_check(tmp_path):
     (tmp_path / "cache" / "mupcheck" / "abc.json").write_text(json.dumps(check))
     (row,) = [f for f in findings(tmp_path) if f.section == "§3 (Table 7)"]
     assert row.verdict == "reproduced" and "±0.12 (logits)" in row.here and "+0.70, +0.60" in row.here
+
+
+def test_the_ladder_row_states_smeared_keys_as_a_deviation_with_the_seed_spread(tmp_path):
+    points = [{"model": m, "D": d, "seed": s, "loss": loss} for m, d, s, loss in [
+        ("a", 1e6, 0, 2.00), ("a", 1e6, 1, 2.02), ("a", 2e6, 0, 1.900), ("a", 2e6, 1, 1.901), ("b", 1e6, 0, 1.8)]]
+    law = {"alpha": 0.5, "beta": 0.4, "n_kind": "total", "intervals": {}, "candidates": [], "points": points,
+           "prediction": {"backtests": []}, "mup_base": {"d_head": 16, "smear_keys": True}}
+    _write(tmp_path, "scaling_law", law)
+    (row,) = [f for f in findings(tmp_path) if f.section == "§5 (ladder)"]
+    assert row.verdict == "deviation" and "smeared keys" in row.here
+    assert "max 1.00% (a at 1,000,000 tokens) over 2 points" in row.here  # b has one seed: no spread
+    law["mup_base"]["smear_keys"] = False
+    (tmp_path / "scaling_law" / "fit.json").write_text(json.dumps(law))
+    (row,) = [f for f in findings(tmp_path) if f.section == "§5 (ladder)"]
+    assert row.verdict == "reproduced" and row.here.startswith("MiniCPM's attention")

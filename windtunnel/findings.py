@@ -16,6 +16,7 @@ from windtunnel.paths import results_dir
 __all__ = ["Finding", "findings", "table"]
 
 YES, NO, PARTLY, NOT_RUN = "reproduced", "not reproduced", "partly", "not run"
+DEVIATION = "deviation"  # the ladder departs from MiniCPM on purpose; the row says how and what it buys
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,28 @@ def _scaling_law(law: dict | None) -> list[Finding]:
                            f"α {law['alpha']:.2f} β {law['beta']:.2f}")]
 
 
+def _attention(law: dict | None) -> Finding:
+    """The ladder's attention against MiniCPM's, with the seed spread of its points (what smeared keys are for)."""
+    paper = "MiniCPM's attention (no smeared keys); two seeds of one ladder point land well under 1% apart"
+    if law is None:
+        return Finding("§5 (ladder)", paper, NOT_RUN, "make scaling-law")
+    by_point: dict = {}
+    for p in law.get("points", []):
+        by_point.setdefault((p["model"], p["D"]), []).append(p["loss"])
+    spreads = sorted(((max(v) - min(v)) / (sum(v) / len(v)), m, d) for (m, d), v in by_point.items() if len(v) > 1)
+    spread = (f"seed spread of the final loss: median {spreads[len(spreads) // 2][0]:.2%}, max {spreads[-1][0]:.2%} "
+              f"({spreads[-1][1]} at {spreads[-1][2]:,.0f} tokens) over {len(spreads)} points"
+              if spreads else "one seed per point: no seed spread")
+    base = law.get("mup_base") if isinstance(law.get("mup_base"), dict) else {}
+    if base.get("smear_keys"):
+        return Finding("§5 (ladder)", paper, DEVIATION,
+                       "smeared keys (models/*.yaml `smear_keys: true`): copying from context is learned before the "
+                       f"first branch point instead of at a random step inside the measured window; {spread}")
+    worst = spreads[-1][0] if spreads else None
+    return Finding("§5 (ladder)", paper, NOT_RUN if worst is None else YES if worst <= 0.01 else PARTLY,
+                   f"MiniCPM's attention; {spread}")
+
+
 def _decay_data(dd: dict | None) -> Finding:
     paper = "high-quality data mixed into the decay improves the loss on data like it"
     pairs = (dd or {}).get("pairs", [])
@@ -211,6 +234,7 @@ def findings(root: Path | None = None) -> list[Finding]:
     root = root or results_dir()
     return [_mup_check(root), _batch(_read(root, "batch_size")), _lr(_read(root, "lr")), *_wsd(_read(root, "wsd"), (_read(root, "scaling_law") or {}).get("envelope", {})),
             *_decay_dynamics(_read(root, "decay_dynamics")), *_scaling_law(_read(root, "scaling_law")),
+            _attention(_read(root, "scaling_law")),
             _decay_data(_read(root, "decay_data"))]
 
 

@@ -201,7 +201,7 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
     return sweep, spec
 
 
-FAMILY_BASE = ("d_head", "d_base", "scale_emb", "scale_depth", "init_std", "parametrization")
+FAMILY_BASE = ("d_head", "d_base", "scale_emb", "scale_depth", "init_std", "parametrization", "smear_keys")
 # what a ladder model shares with its target beside the vocabulary: µP transfers within one base (DESIGN §3)
 
 

@@ -37,7 +37,8 @@ from windtunnel.schedules import batch_steps
 __all__ = ["PlanLimits", "make_plan", "render_yaml", "check_budget", "plan_from_fits", "TRANSFERRED", "FAMILY"]
 
 TRANSFERRED = ("d_base", "scale_emb", "scale_depth", "init_std")  # µP base values the plan writes into the target
-FAMILY = ("d_head", "vocab_size")  # the target's own shape: a ladder of another head width or vocabulary is another family
+FAMILY = ("d_head", "vocab_size", "smear_keys")
+# the target's own shape: a ladder of another head width, vocabulary or attention (smeared keys) is another family
 N_KIND_LABEL = {"total": "N_total (with the tied embedding)", "non_embedding": "non-embedding N"}
 
 
@@ -195,6 +196,7 @@ def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list, tokeni
         gaps.append(f"{name}: its ladder mixes µP bases ({len(base)} of them); hyper-parameters transfer only within one")
         return False
     target = {k: getattr(model, k) for k in FAMILY}
+    base = {"smear_keys": False, **base}  # fits written before smeared keys existed trained without them
     differ = [f"{k} {base[k]} vs {target[k]}" for k in FAMILY if base[k] != target[k]]
     if base.get("parametrization") != "mup":
         differ.append(f"parametrization {base.get('parametrization')} (only µP transfers across widths)")
