@@ -246,7 +246,8 @@ def fit_envelope_study(points: pd.DataFrame) -> dict:
 # ---------------------------------------------------------------- the studies of these laws (windtunnel.studies.STUDIES)
 
 
-SCALING_COLUMNS = ["model", "N", "N_total", "D", "C", "loss", "seed", "group", "name"]  # fit.json's table of points
+SCALING_COLUMNS = ["model", "N", "N_total", "D", "C", "loss", "seed", "group", "name", "copy_gap_rate"]
+# fit.json's table of points (copy_gap_rate: nats per e-fold before the fork, points.transition_rate)
 
 
 def with_compute(points: pd.DataFrame, flops: str, n_kind: str = DEFAULT_N_KIND) -> pd.DataFrame:
@@ -293,7 +294,7 @@ def scaling_law(points: pd.DataFrame, o: Options) -> Fitted:
                                 flops=o.flops)
     envelope = fit_envelope_study(points)
     result = {**law, **ladder_facts(points), "envelope": envelope, "ladder_cost": ladder_cost(points),
-              "points": points[SCALING_COLUMNS].to_dict(orient="records")}
+              "points": _records(points[SCALING_COLUMNS])}
     shown = points.assign(N=points[N_KINDS[law["n_kind"]]])  # the figures' N: the predicting law's convention
     return Fitted(result, {"fig10_iso_loss.png": lambda path: plots.iso_loss(law["prediction"], shown, law["flops"],
                                                                              path),
@@ -301,6 +302,11 @@ def scaling_law(points: pd.DataFrame, o: Options) -> Fitted:
                                                                                          shown, path),
                            "fig6_envelope.png": lambda path: plots.envelope(shown, envelope, path),
                            "backtests.png": lambda path: plots.backtests(law["prediction"], shown, path)})
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """A table as fit.json's list of rows, a missing number (a run without copy-gap history) as null."""
+    return table.astype(object).where(table.notna(), None).to_dict(orient="records")
 
 
 def batch_size(frame: pd.DataFrame, o: Options) -> Fitted:
