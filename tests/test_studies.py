@@ -169,6 +169,8 @@ def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     assert all(t["mean_abs_rel_err"] < 0.01 for t in tests) and law["excluded"] == {"diverged": 1, "failed": 1}
     for p in law["points"]:   # the copy gap rose 0.1 nats per e-fold: no point is mid-transition; s5 has no gap
         assert p["copy_gap_rate"] is None if p["model"] == "s5" else p["copy_gap_rate"] == pytest.approx(0.1)
+    assert len(law["copy_gap"]["branch_points"]) == 30 and not any(p["mid_transition"]
+                                                                   for p in law["copy_gap"]["branch_points"])
     assert law["prediction"]["form"] == "chinchilla"   # drawn from the paper's form: it backtests better than Kaplan's
     assert "lower directional-backtest error" in law["prediction"]["why"] and law["prediction"]["n_kind"] == "total"
     kinds = {(c["form"], c["n_kind"]) for c in law["candidates"]}   # every form and convention of N, reported
@@ -210,7 +212,7 @@ def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     assert wsd["equal_compute"] and all(f["small"] != f["large"] for f in wsd["equal_compute"])  # the ladder's pairs
     for png in ("wsd/fig4_wsd_vs_cosine.png", "wsd/fig5_decay_fractions.png", "wsd/fig6_envelope.png",
                 "scaling_law/fig10_iso_loss.png", "scaling_law/fig17_loss_vs_tokens.png", "scaling_law/fig6_envelope.png",
-                "scaling_law/backtests.png",
+                "scaling_law/backtests.png", "scaling_law/copy_gap.png",
                 "lr/fig3_lr_transfer.png", "batch_size/fig1_tokens_vs_batch.png", "batch_size/fig2_batch_size_law.png",
                 "decay_dynamics/decay_dynamics.png"):
         assert (store / png).stat().st_size > 10_000, png
@@ -241,7 +243,8 @@ def _transition_ladder():
 
 def test_points_mid_transition_at_their_fork_are_left_out_and_counted(tmp_path, monkeypatch):
     """Issue 22: exactly the branch forked while its stable run's copy gap jumped is left out, with its count and
-    reason; the flat seed's and the runs without a copy gap are kept."""
+    reason; the flat seed's and the runs without a copy gap are kept; the figure marks the flagged point."""
+    from windtunnel import plots
     from windtunnel.studies import points
 
     monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
@@ -254,6 +257,16 @@ def test_points_mid_transition_at_their_fork_are_left_out_and_counted(tmp_path, 
     for name in ("t1-0 fork 100", "t1-0 fork 200", "t1-0 fork 400", "t1-1 fork 100", "t1-1 fork 400"):
         assert rates[name] == pytest.approx(0, abs=1e-9), name   # flat before the jump, and after it
     assert np.isnan(rates["t2-0 fork 200"])   # no copy gap: never flagged
+    curves, ladder = points.copy_gap_ladder("transition", scale="micro")
+    assert set(curves["group"]) == {"t1-0", "t1-1"} and len(ladder) == 7
+    (flagged,) = ladder[ladder["mid_transition"]].itertuples()
+    assert (flagged.group, flagged.fork_tokens, flagged.gap) == ("t1-1", 200 * 1024, pytest.approx(_gap_jumping(200)))
+    assert flagged.copy_gap_rate == pytest.approx(0.661, abs=1e-3)   # least squares over steps 120…200
+    assert plots.copy_gap(curves, ladder, points.TRANSITION_RATE, tmp_path / "copy_gap.png").stat().st_size > 10_000
+    (line,) = studies.laws._copy_gap_lines({"threshold": 0.5, "branch_points": studies.laws._records(ladder)})
+    assert line.startswith("copy gap: 1 of 7 branch points mid-transition")
+    assert "; t1 seed 1 at 204,800 tokens (0.66)" in line
+    assert line.endswith("; 1 without copy-gap history or too early to tell")
 
 
 def test_transition_rate_is_the_gaps_slope_per_e_fold_before_the_fork():
@@ -485,7 +498,7 @@ def test_the_registry_drives_the_cli_the_plan_and_the_report(tmp_path, monkeypat
 
 def test_one_study_without_figures_rewrites_only_its_fit(fitted, capsys):
     drawn = {f"{s.name}/{f}" for s in studies.STUDIES.values() for f in s.figures}   # what `fit --all` drew
-    assert len(drawn) == 11 and all((fitted / f).stat().st_size > 10_000 for f in drawn)
+    assert len(drawn) == 12 and all((fitted / f).stat().st_size > 10_000 for f in drawn)
     folder = fitted / "batch_size"
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert cli.main(["fit", "batch-size", "--no-plots", "--all-runs", "--bootstrap", "300"]) == 0

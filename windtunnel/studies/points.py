@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["final_points", "decay_points", "loss_curves", "ladder_facts", "study_dir", "write_json", "dumps",
-           "read_fit", "NoRuns", "transition_rate", "transition_rates", "copy_gap_curves",
+           "read_fit", "NoRuns", "transition_rate", "transition_rates", "copy_gap_curves", "copy_gap_ladder",
            "TRANSITION_RATE", "TRANSITION_WINDOW"]
 
 NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": "params.batch_tokens",
@@ -252,6 +252,30 @@ def copy_gap_curves(raw: pd.DataFrame, groups: set[str]) -> pd.DataFrame:
         parts.append(pd.DataFrame({"group": row["tags.windtunnel.run"], "step": gap.index,
                                    "tokens": gap.index * float(row.get("params.batch_tokens", "nan")), "gap": gap.to_numpy()}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["group", "step", "tokens", "gap"])
+
+
+def copy_gap_ladder(sweep: str, *, scale: str, current: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A branched sweep's copy gap, for its figure and fit.json: every stable run's curve (copy_gap_curves, with
+    its model, N and seed) and every decay branch's branch point — columns name, model, N, seed, group,
+    fork_tokens, gap (at the fork, interpolated in log tokens), copy_gap_rate, mid_transition — those final_points
+    leaves out included."""
+    frame, _, raw = _stored_points(sweep, scale=scale, current=current, diverged=False)
+    branches = decay_points(frame)
+    curves = copy_gap_curves(raw, set(frame.loc[frame["stage"] == "stable", "run"]) | set(branches["group"]))
+    info = frame.drop_duplicates("group")[["group", "model", "N", "seed"]]
+    forks = branches["fork_step"] * branches["batch_tokens"]
+    points = branches[["name", "model", "N", "seed", "group"]].assign(
+        fork_tokens=forks, gap=[_gap_at(curves[curves["group"] == g], t) for g, t in zip(branches["group"], forks)],
+        copy_gap_rate=transition_rates(branches, curves))
+    points = points.assign(mid_transition=points["copy_gap_rate"] > TRANSITION_RATE)
+    return curves.merge(info, on="group"), points.sort_values(["N", "seed", "fork_tokens"]).reset_index(drop=True)
+
+
+def _gap_at(curve: pd.DataFrame, tokens: float) -> float:
+    """The copy gap of `curve` at `tokens`, interpolated in log tokens; NaN without a curve."""
+    if curve.empty:
+        return float("nan")
+    return float(np.interp(np.log(tokens), np.log(curve["tokens"].to_numpy(float)), curve["gap"].to_numpy(float)))
 
 
 # ---------------------------------------------------------------- fit.json
