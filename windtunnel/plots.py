@@ -253,7 +253,7 @@ def copy_gap(curves: pd.DataFrame, points: pd.DataFrame, threshold: float, path:
         return None
     from matplotlib.lines import Line2D
 
-    fig, (ax,) = _figure(width=7, height=4.5)
+    fig, (ax,) = _figure(width=8.5, height=4.5)
     curves = curves.assign(seed=curves["seed"].fillna(0))
     sizes = sorted(curves["N"].unique())
     colors = dict(zip(sizes, _colors(len(sizes))))
@@ -275,7 +275,7 @@ def copy_gap(curves: pd.DataFrame, points: pd.DataFrame, threshold: float, path:
     ax.title.set_fontsize(9)
     _major_ticks_only(ax)
     ax.xaxis.set_major_formatter(_token_labels())
-    ax.legend(handles=handles, fontsize=7, loc="upper left")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # beside: curves overlap
     return _save(fig, path)
 
 
