@@ -43,9 +43,11 @@ def _law(n, d):
 
 def _scaling_law_runs(rng):
     for model, n in SIZES.items():
+        gap = {} if model == "s5" else {"eval/code/copy_gap": 0.6, "eval/docs/copy_gap": 0.7}  # s5: stored before
         _log("scaling_law", f"{model} stable", {"N": n, "D": 60 * n, "model.name": model, "coord.stage": "stable",
                                                 "batch_tokens": 1024},
-             lambda s: {"train/loss": 4.0 - s * 1e-4, "grad/norm": 0.4, "eval/code/bpb": 3.0, "eval/docs/bpb": 3.0},
+             lambda s, gap=gap: {"train/loss": 4.0 - s * 1e-4, "grad/norm": 0.4, "eval/code/bpb": 3.0,
+                                 "eval/docs/bpb": 3.0, **{k: v + 0.1 * np.log(s) for k, v in gap.items()}},
              steps=range(1, int(60 * n / 1024) + 1, 50), run=f"{model}-st")
         for at in (10, 20, 30, 40, 50, 60):
             d = 1.1 * at * n
@@ -165,6 +167,10 @@ def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     assert [t["n_sizes"] for t in tests] == [3, 4] and len(tests[1]["covered"]) == tests[1]["n_test"]
     assert tests[0]["covered"] == []   # 3 stable runs leave no spread between them: errors only
     assert all(t["mean_abs_rel_err"] < 0.01 for t in tests) and law["excluded"] == {"diverged": 1, "failed": 1}
+    for p in law["points"]:   # the copy gap rose 0.1 nats per e-fold: no point is mid-transition; s5 has no gap
+        assert p["copy_gap_rate"] is None if p["model"] == "s5" else p["copy_gap_rate"] == pytest.approx(0.1)
+    assert len(law["copy_gap"]["branch_points"]) == 30 and not any(p["mid_transition"]
+                                                                   for p in law["copy_gap"]["branch_points"])
     assert law["prediction"]["form"] == "chinchilla"   # drawn from the paper's form: it backtests better than Kaplan's
     assert "lower directional-backtest error" in law["prediction"]["why"] and law["prediction"]["n_kind"] == "total"
     kinds = {(c["form"], c["n_kind"]) for c in law["candidates"]}   # every form and convention of N, reported
@@ -206,10 +212,72 @@ def test_every_study_recovers_the_laws_the_runs_were_drawn_from(fitted):
     assert wsd["equal_compute"] and all(f["small"] != f["large"] for f in wsd["equal_compute"])  # the ladder's pairs
     for png in ("wsd/fig4_wsd_vs_cosine.png", "wsd/fig5_decay_fractions.png", "wsd/fig6_envelope.png",
                 "scaling_law/fig10_iso_loss.png", "scaling_law/fig17_loss_vs_tokens.png", "scaling_law/fig6_envelope.png",
-                "scaling_law/backtests.png",
+                "scaling_law/backtests.png", "scaling_law/copy_gap.png",
                 "lr/fig3_lr_transfer.png", "batch_size/fig1_tokens_vs_batch.png", "batch_size/fig2_batch_size_law.png",
                 "decay_dynamics/decay_dynamics.png"):
         assert (store / png).stat().st_size > 10_000, png
+
+
+def _gap_jumping(step):
+    """Issue 22's transition: the copy gap 0.6 nats until step 170, 1.3 from step 230 on, linear in log steps."""
+    return 0.6 + 0.7 * float(np.clip(np.log(step / 170) / np.log(230 / 170), 0, 1))
+
+
+def _transition_ladder():
+    """Size t1 in two seeds, evaluated every 20 steps of 1024 tokens, decay branches forked at steps 100, 200 and 400:
+    seed 1 learns in-context copying across the fork at 200 (its gap jumps), seed 0's gap is flat; t2, forked at
+    200, was stored before the copy gap was logged."""
+    for model, seed, gap in (("t1", 0, lambda s: 0.6), ("t1", 1, _gap_jumping), ("t2", 0, None)):
+        stable = f"{model}-{seed}"
+        _log("transition", f"{stable} stable", {"N": 1e4, "D": 4e5, "model.name": model, "coord.stage": "stable",
+                                                  "batch_tokens": 1024, "seed": seed},
+             lambda s, gap=gap: {"eval/code/bpb": 3.0, **({"eval/code/copy_gap": gap(s), "eval/docs/copy_gap": gap(s)}
+                                                         if gap else {})},
+             steps=range(20, 401, 20), run=stable)
+        for fork in (100, 200, 400) if gap else (200,):
+            _log("transition", f"{stable} fork {fork}",
+                 {"N": 1e4, "D": 1.1 * fork * 1024, "model.name": model, "coord.stage": "decay", "batch_tokens": 1024,
+                  "seed": seed, "fork_step": fork},
+                 lambda s: {"eval/code/bpb": 2.9, "eval/code/copy_gap": 1.5}, steps=(fork + 10,), parent=stable)
+
+
+def test_points_mid_transition_at_their_fork_are_left_out_and_counted(tmp_path, monkeypatch):
+    """Issue 22: exactly the branch forked while its stable run's copy gap jumped is left out, with its count and
+    reason; the flat seed's and the runs without a copy gap are kept; the figure marks the flagged point."""
+    from windtunnel import plots
+    from windtunnel.studies import points
+
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
+    _transition_ladder()
+    frame, excluded = studies.final_points("transition", scale="micro")
+    assert excluded == {points.TRANSITION_REASON: 1}
+    kept = studies.decay_points(frame)
+    assert len(kept) == 6 and "t1-1 fork 200" not in set(kept["name"])
+    rates = kept.set_index("name")["copy_gap_rate"]
+    for name in ("t1-0 fork 100", "t1-0 fork 200", "t1-0 fork 400", "t1-1 fork 100", "t1-1 fork 400"):
+        assert rates[name] == pytest.approx(0, abs=1e-9), name   # flat before the jump, and after it
+    assert np.isnan(rates["t2-0 fork 200"])   # no copy gap: never flagged
+    curves, ladder = points.copy_gap_ladder("transition", scale="micro")
+    assert set(curves["group"]) == {"t1-0", "t1-1"} and len(ladder) == 7
+    (flagged,) = ladder[ladder["mid_transition"]].itertuples()
+    assert (flagged.group, flagged.fork_tokens, flagged.gap) == ("t1-1", 200 * 1024, pytest.approx(_gap_jumping(200)))
+    assert flagged.copy_gap_rate == pytest.approx(0.661, abs=1e-3)   # least squares over steps 120…200
+    assert plots.copy_gap(curves, ladder, points.TRANSITION_RATE, tmp_path / "copy_gap.png").stat().st_size > 10_000
+    (line,) = studies.laws._copy_gap_lines({"threshold": 0.5, "branch_points": studies.laws._records(ladder)})
+    assert line.startswith("copy gap: 1 of 7 branch points mid-transition")
+    assert "; t1 seed 1 at 204,800 tokens (0.66)" in line
+    assert line.endswith("; 1 without copy-gap history or too early to tell")
+
+
+def test_transition_rate_is_the_gaps_slope_per_e_fold_before_the_fork():
+    from windtunnel.studies.points import transition_rate
+
+    steps = np.arange(10, 501, 10)
+    gaps = 0.6 + 0.3 * np.log(steps)
+    assert transition_rate(steps, gaps, 400) == pytest.approx(0.3)   # evaluations 260…400
+    assert transition_rate(steps, np.where(steps < 300, 0.6, 1.3), 250) == pytest.approx(0, abs=1e-9)   # jump after
+    assert np.isnan(transition_rate(steps, gaps, 14))    # no evaluation by fork / 1.5: too early to tell
+    assert np.isnan(transition_rate([], [], 400))        # no copy-gap history
 
 
 def test_decay_dynamics_compares_the_stable_stretch_with_the_decays_end(fitted):
@@ -430,7 +498,7 @@ def test_the_registry_drives_the_cli_the_plan_and_the_report(tmp_path, monkeypat
 
 def test_one_study_without_figures_rewrites_only_its_fit(fitted, capsys):
     drawn = {f"{s.name}/{f}" for s in studies.STUDIES.values() for f in s.figures}   # what `fit --all` drew
-    assert len(drawn) == 11 and all((fitted / f).stat().st_size > 10_000 for f in drawn)
+    assert len(drawn) == 12 and all((fitted / f).stat().st_size > 10_000 for f in drawn)
     folder = fitted / "batch_size"
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert cli.main(["fit", "batch-size", "--no-plots", "--all-runs", "--bootstrap", "300"]) == 0

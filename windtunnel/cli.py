@@ -224,6 +224,8 @@ def _fit_studies(names: list[str], args) -> int:
         print(f"== {name} ({studies.STUDIES[name].title})")
         for line in studies.STUDIES[name].describe(result):
             print(line)
+        if result["excluded"]:
+            print("left out: " + ", ".join(f"{n} {why}" for why, n in result["excluded"].items()))
         print("written: " + ", ".join(str(p) for p in written))
         try:  # on the sweep's MLflow run; the files are written whatever MLflow says
             log_outputs(written, output=name, sweep=studies.STUDIES[name].sweep, scale=args.scale)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["batch_size_curves", "batch_size_law", "lr_transfer", "wsd_curves", "decay_fractions", "envelope",
-           "iso_loss", "loss_vs_tokens", "backtests", "validation", "decay_dynamics", "coord_check"]
+           "iso_loss", "loss_vs_tokens", "backtests", "copy_gap", "validation", "decay_dynamics", "coord_check"]
 
 
 def _figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.0):
@@ -242,6 +242,52 @@ def backtests(fit: dict, points: pd.DataFrame, path: Path) -> Path | None:
         ax.title.set_fontsize(8)
     axes[0].legend(fontsize=6)
     return _save(fig, path)
+
+
+def copy_gap(curves: pd.DataFrame, points: pd.DataFrame, threshold: float, path: Path) -> Path | None:
+    """Issue 22: each stable run's mean copy gap (nats) against tokens, a colour per size and a line style per seed,
+    with its branch points (○) and, in red, those mid-transition (the gap rising faster than `threshold` nats per
+    e-fold before the fork: left out of the fits). `curves` and `points` are studies.points.copy_gap_ladder's.
+    None when no run logged the copy gap."""
+    if curves.empty:
+        return None
+    from matplotlib.lines import Line2D
+
+    fig, (ax,) = _figure(width=8.5, height=4.5)
+    curves = curves.assign(seed=curves["seed"].fillna(0))
+    sizes = sorted(curves["N"].unique())
+    colors = dict(zip(sizes, _colors(len(sizes))))
+    seeds = sorted(curves["seed"].unique())
+    styles = dict(zip(seeds, ["-", "--", ":", "-."] * len(seeds)))
+    for _, curve in curves.groupby("group"):
+        ax.plot(curve["tokens"], curve["gap"], styles[curve["seed"].iloc[0]], color=colors[curve["N"].iloc[0]], lw=1.2)
+    for (n, mid), part in points.groupby(["N", "mid_transition"]):
+        ax.plot(part["fork_tokens"], part["gap"], "o", ms=9 if mid else 6, mfc="none", mew=2 if mid else 1,
+                color="red" if mid else colors.get(n, "k"))
+    handles = [Line2D([], [], color=colors[n], lw=2, label=model)
+               for n, model in curves.drop_duplicates("N").sort_values("N")[["N", "model"]].itertuples(index=False)]
+    handles += [Line2D([], [], color="k", ls=styles[s], label=f"seed {s:g}") for s in seeds]
+    handles += [Line2D([], [], color="k", marker="o", mfc="none", ls="", label="branch point"),
+                Line2D([], [], color="red", marker="o", mfc="none", mew=2, ms=9, ls="",
+                       label=f"mid-transition (> {threshold:g} nats/e-fold): left out")]
+    ax.set(xscale="log", xlabel="tokens (stable run)", ylabel="copy gap (nats): loss on new − on repeated pairs",
+           title="in-context copying: the copy gap of every stable run")
+    ax.title.set_fontsize(9)
+    _major_ticks_only(ax)
+    ax.xaxis.set_major_formatter(_token_labels())
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # beside: curves overlap
+    return _save(fig, path)
+
+
+def _token_labels():
+    """Tick labels of a token axis as the sweeps name branch points: 256K, 1M, 1.5G."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(x, _):
+        scale, unit = next(((s, u) for s, u in ((1e9, "G"), (1e6, "M"), (1e3, "K")) if x >= s), (1, ""))
+        return f"{x / scale:g}{unit}"
+
+    return FuncFormatter(label)
 
 
 def validation(curve: pd.DataFrame, result: dict, path: Path) -> Path:

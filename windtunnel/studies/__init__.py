@@ -53,7 +53,8 @@ def branches(sweep: str, o: Options) -> tuple[pd.DataFrame, dict[str, int]]:
 STUDIES: dict[str, Study] = {s.name: s for s in (  # the order of `windtunnel fit --all` and of the report
     Study(name="scaling_law", title="Scaling law L(N, D) — §5", sweep="scaling_law", points=branches,
           fit=laws.scaling_law, describe=laws.describe_scaling_law, plan="scaling",
-          figures=("fig10_iso_loss.png", "fig17_loss_vs_tokens.png", "fig6_envelope.png", "backtests.png")),
+          figures=("fig10_iso_loss.png", "fig17_loss_vs_tokens.png", "fig6_envelope.png", "backtests.png",
+                   "copy_gap.png")),
     Study(name="batch_size", title="Batch-size law — §3.2", sweep="batch_size", points=runs, fit=laws.batch_size,
           describe=laws.describe_batch_size, plan="batch",
           figures=("fig1_tokens_vs_batch.png", "fig2_batch_size_law.png")),

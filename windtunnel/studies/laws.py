@@ -13,7 +13,7 @@ import numpy as np
 from windtunnel import plots
 from windtunnel.counts import DEFAULT_FLOPS
 from windtunnel.errors import WindtunnelError
-from windtunnel.studies.points import ladder_facts, loss_curves
+from windtunnel.studies.points import TRANSITION_RATE, copy_gap_ladder, ladder_facts, loss_curves
 from windtunnel.studies.study import BUDGETS, Fitted, Options
 
 if TYPE_CHECKING:
@@ -150,6 +150,7 @@ def describe_scaling_law(law: dict) -> list[str]:
     lines = [f"paper's form: {_law_line(law)}", f"  by curve_fit (as the paper): alpha {law['curve_fit']['alpha']:.3f}, "
              f"beta {law['curve_fit']['beta']:.3f}"]
     lines += _per_set_lines(law.get("per_set") or {})
+    lines += _copy_gap_lines(law.get("copy_gap") or {})
     pred = law["prediction"]
     lines.append(f"predicts ({pred['why']}): {_law_line(pred)}")
     lines += [f"  {k} not identified: {why}" for k, why in pred.get("not_identified", {}).items()]
@@ -196,6 +197,20 @@ def _per_set_lines(per_set: dict) -> list[str]:
         lines.append(f"    {'mean of sets':<13} {exponents(per_set['mean'])}")
     lines.append(f"    {'averaged loss':<13} {exponents(per_set['averaged_loss'])}")
     return lines
+
+
+def _copy_gap_lines(copy_gap: dict) -> list[str]:
+    """How many branch points were mid-transition (left out of the fits), which, and how many had no copy gap."""
+    points = copy_gap.get("branch_points") or []
+    if not points:
+        return []
+    mid = [p for p in points if p["mid_transition"]]
+    unread = sum(p["copy_gap_rate"] is None for p in points)
+    named = [f"{p['model']}" + ("" if p["seed"] is None else f" seed {p['seed']:g}")
+             + f" at {p['fork_tokens']:,.0f} tokens ({p['copy_gap_rate']:.2f})" for p in mid]
+    return [f"copy gap: {len(mid)} of {len(points)} branch points mid-transition (rising > {copy_gap['threshold']:g} "
+            "nats per e-fold before the fork: left out of the fits)" + "".join(f"; {n}" for n in named)
+            + (f"; {unread} without copy-gap history or too early to tell" if unread else "")]
 
 
 def _law_line(law: dict) -> str:
@@ -246,7 +261,8 @@ def fit_envelope_study(points: pd.DataFrame) -> dict:
 # ---------------------------------------------------------------- the studies of these laws (windtunnel.studies.STUDIES)
 
 
-SCALING_COLUMNS = ["model", "N", "N_total", "D", "C", "loss", "seed", "group", "name"]  # fit.json's table of points
+SCALING_COLUMNS = ["model", "N", "N_total", "D", "C", "loss", "seed", "group", "name", "copy_gap_rate"]
+# fit.json's table of points (copy_gap_rate: nats per e-fold before the fork, points.transition_rate)
 
 
 def with_compute(points: pd.DataFrame, flops: str, n_kind: str = DEFAULT_N_KIND) -> pd.DataFrame:
@@ -292,15 +308,23 @@ def scaling_law(points: pd.DataFrame, o: Options) -> Fitted:
     law = fit_scaling_law_study(points, bootstrap=o.bootstrap, n_kind=o.n_kind, form=o.form, budgets=o.budgets,
                                 flops=o.flops)
     envelope = fit_envelope_study(points)
+    curves, branch_points = copy_gap_ladder("scaling_law", scale=o.scale, current=o.current)
     result = {**law, **ladder_facts(points), "envelope": envelope, "ladder_cost": ladder_cost(points),
-              "points": points[SCALING_COLUMNS].to_dict(orient="records")}
+              "points": _records(points[SCALING_COLUMNS]),
+              "copy_gap": {"threshold": TRANSITION_RATE, "branch_points": _records(branch_points)}}
     shown = points.assign(N=points[N_KINDS[law["n_kind"]]])  # the figures' N: the predicting law's convention
     return Fitted(result, {"fig10_iso_loss.png": lambda path: plots.iso_loss(law["prediction"], shown, law["flops"],
                                                                              path),
+                           "copy_gap.png": lambda path: plots.copy_gap(curves, branch_points, TRANSITION_RATE, path),
                            "fig17_loss_vs_tokens.png": lambda path: plots.loss_vs_tokens([law, law["prediction"]],
                                                                                          shown, path),
                            "fig6_envelope.png": lambda path: plots.envelope(shown, envelope, path),
                            "backtests.png": lambda path: plots.backtests(law["prediction"], shown, path)})
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """A table as fit.json's list of rows, a missing number (a run without copy-gap history) as null."""
+    return table.astype(object).where(table.notna(), None).to_dict(orient="records")
 
 
 def batch_size(frame: pd.DataFrame, o: Options) -> Fitted:

@@ -2,7 +2,8 @@
 
 A study reads a sweep of `sweeps/` back from MLflow: one row per finished run, with its loss = the mean over the
 held-out sets of the final bits per byte (DESIGN §3: averaged per byte, so tokenizers compare). Failed, diverged
-and unfinished runs are left out and counted with their reason.
+and unfinished runs are left out and counted with their reason, and so are decay branches forked while their
+stable run was learning in-context copying (its copy gap rising fast: issue 22), whose loss sits between two regimes.
 
     frame, excluded = final_points("scaling_law", scale="micro")
 """
@@ -13,6 +14,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from windtunnel.errors import WindtunnelError
 from windtunnel.paths import results_dir, write_atomic
 
@@ -20,7 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["final_points", "decay_points", "loss_curves", "ladder_facts", "study_dir", "write_json", "dumps",
-           "read_fit", "NoRuns"]
+           "read_fit", "NoRuns", "transition_rate", "transition_rates", "copy_gap_curves", "copy_gap_ladder",
+           "TRANSITION_RATE", "TRANSITION_WINDOW"]
 
 NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": "params.batch_tokens",
            "fork_step": "params.fork_step", "decay_fraction": "params.coord.decay_fraction",
@@ -55,7 +59,22 @@ def final_points(sweep: str, *, scale: str, current: bool = True,
     runs of an earlier version of the spec (another grid, budget or base) are left out and counted.
     diverged=True keeps the diverged runs too, with loss inf: to an LR sweep a divergence is information (the
     optimum lies below that LR), not a failure.
+    A decay branch whose stable run was mid-transition at the fork (column copy_gap_rate above TRANSITION_RATE,
+    see transition_rate) is left out and counted too.
     """
+    frame, excluded, raw = _stored_points(sweep, scale=scale, current=current, diverged=diverged)
+    branches = frame[frame["parent"] != ""]
+    rates = transition_rates(branches, copy_gap_curves(raw, set(branches["group"])))
+    frame = frame.assign(copy_gap_rate=rates.reindex(frame.index))
+    mid = frame["copy_gap_rate"] > TRANSITION_RATE
+    if mid.any():
+        excluded[TRANSITION_REASON] = int(mid.sum())
+    return frame[~mid].reset_index(drop=True), excluded
+
+
+def _stored_points(sweep: str, *, scale: str, current: bool,
+                   diverged: bool) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+    """final_points before the transition flag, and the stored runs it read (MLflow's rows)."""
     import pandas as pd
 
     from windtunnel.tracking import runs_dataframe
@@ -93,7 +112,7 @@ def final_points(sweep: str, *, scale: str, current: bool = True,
         if stale.any():
             excluded[f"not in the graph of {spec_file} any more (--all-runs keeps them)"] = int(stale.sum())
         frame = frame[~stale].reset_index(drop=True)
-    return frame, excluded
+    return frame, excluded, raw
 
 
 def ladder_facts(frame: pd.DataFrame) -> dict:
@@ -168,6 +187,95 @@ TRAIN_STATISTICS = ("lr", "grad/norm", "grad/cos_prev", "grad/D1", "grad/D2", "g
 def decay_points(frame: pd.DataFrame) -> pd.DataFrame:
     """The decay branches of a branched sweep: the final points L(N, D) of §5 and the envelope of §4.3."""
     return frame[frame["stage"] == "decay"].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- the copy-gap transition (issue 22)
+
+
+TRANSITION_RATE = 0.5
+"""nats of mean copy gap per e-fold of tokens (transition_rate) above which a fork is mid-transition. Issue 22's
+measurement: learning in-context copying lifts the gap 0.6 → 1.3 nats within ~0.4 e-folds (micro-142k, steps
+768 → 1127), ~1.8 nats per e-fold. Without that jump the rate read -0.12…+0.26 (the demo ladder's 6 stable runs
+to 1M tokens, and micro-142k seed 0 to 6.3M tokens, which never jumped; eval noise sd 0.026 nats). On that jump,
+evaluated every 200 steps as the micro ladder is, a fork in its second half or ≤ 0.3 e-folds after it reads
+0.6–1.5; one before its middle ≤ 0.33."""
+TRANSITION_WINDOW = 1.5
+"""the rate reads the evaluations from fork / TRANSITION_WINDOW to the fork: 0.4 e-folds, the jump's length, so a
+fork long after the jump is not flagged"""
+TRANSITION_REASON = (f"mid-transition at the branch point (the stable run's copy gap rose > {TRANSITION_RATE:g} "
+                     f"nats per e-fold of tokens over its last {np.log(TRANSITION_WINDOW):.1f} e-folds before the fork)")
+
+
+def transition_rate(steps, gaps, fork: float) -> float:
+    """How fast the copy gap rose before a fork: the least-squares slope of `gaps` (nats) on log `steps` over the
+    evaluations from the last one at or before fork / TRANSITION_WINDOW to the last one at or before `fork`: nats
+    per e-fold of tokens at a constant batch. NaN — never mid-transition — with fewer than two such evaluations
+    (no copy-gap history, or none that early)."""
+    steps, gaps = np.asarray(steps, float), np.asarray(gaps, float)
+    start = steps[steps <= fork / TRANSITION_WINDOW]
+    window = (steps >= start.max()) & (steps <= fork) if start.size else np.zeros(steps.size, bool)
+    if window.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(steps[window]), gaps[window], 1)[0])
+
+
+def transition_rates(branches: pd.DataFrame, curves: pd.DataFrame) -> pd.Series:
+    """transition_rate of each decay branch (columns group, fork_step) on its stable run's curve (copy_gap_curves),
+    indexed as `branches`; NaN where the stable run has no copy-gap history."""
+    import pandas as pd
+
+    by_group = {group: curve for group, curve in curves.groupby("group")}
+    rates = [transition_rate(by_group[g]["step"], by_group[g]["gap"], fork) if g in by_group else float("nan")
+             for g, fork in zip(branches["group"], branches["fork_step"])]
+    return pd.Series(rates, index=branches.index, dtype=float)
+
+
+def copy_gap_curves(raw: pd.DataFrame, groups: set[str]) -> pd.DataFrame:
+    """The mean over held-out sets of the copy gap (`eval/<set>/copy_gap`, nats) at every evaluation of the stable
+    runs `groups` (windtunnel run ids) among MLflow's rows `raw`: columns group, step, tokens, gap. A run stored
+    before the metric existed has no rows. One history read per run and held-out set: a study of ~50 runs reads
+    its ~10 stable runs only."""
+    import pandas as pd
+
+    from windtunnel.tracking import metric_history
+
+    rows = raw[raw["tags.windtunnel.run"].isin(groups)] if "tags.windtunnel.run" in raw else raw.iloc[:0]
+    rows = rows.drop_duplicates("tags.windtunnel.run", keep="last")  # oldest first: the newest run of that id
+    keys = [c for c in rows if c.startswith("metrics.eval/") and c.endswith("/copy_gap")]
+    parts = []
+    for _, row in rows.iterrows():
+        sets = [k.removeprefix("metrics.") for k in keys if pd.notna(row[k])]
+        if not sets:
+            continue
+        gap = pd.concat([metric_history(row["run_id"], k).set_index("step")["value"] for k in sets], axis=1)
+        gap = gap.dropna().mean(axis=1)
+        parts.append(pd.DataFrame({"group": row["tags.windtunnel.run"], "step": gap.index,
+                                   "tokens": gap.index * float(row.get("params.batch_tokens", "nan")), "gap": gap.to_numpy()}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["group", "step", "tokens", "gap"])
+
+
+def copy_gap_ladder(sweep: str, *, scale: str, current: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A branched sweep's copy gap, for its figure and fit.json: every stable run's curve (copy_gap_curves, with
+    its model, N and seed) and every decay branch's branch point — columns name, model, N, seed, group,
+    fork_tokens, gap (at the fork, interpolated in log tokens), copy_gap_rate, mid_transition — those final_points
+    leaves out included."""
+    frame, _, raw = _stored_points(sweep, scale=scale, current=current, diverged=False)
+    branches = decay_points(frame)
+    curves = copy_gap_curves(raw, set(frame.loc[frame["stage"] == "stable", "run"]) | set(branches["group"]))
+    info = frame.drop_duplicates("group")[["group", "model", "N", "seed"]]
+    forks = branches["fork_step"] * branches["batch_tokens"]
+    points = branches[["name", "model", "N", "seed", "group"]].assign(
+        fork_tokens=forks, gap=[_gap_at(curves[curves["group"] == g], t) for g, t in zip(branches["group"], forks)],
+        copy_gap_rate=transition_rates(branches, curves))
+    points = points.assign(mid_transition=points["copy_gap_rate"] > TRANSITION_RATE)
+    return curves.merge(info, on="group"), points.sort_values(["N", "seed", "fork_tokens"]).reset_index(drop=True)
+
+
+def _gap_at(curve: pd.DataFrame, tokens: float) -> float:
+    """The copy gap of `curve` at `tokens`, interpolated in log tokens; NaN without a curve."""
+    if curve.empty:
+        return float("nan")
+    return float(np.interp(np.log(tokens), np.log(curve["tokens"].to_numpy(float)), curve["gap"].to_numpy(float)))
 
 
 # ---------------------------------------------------------------- fit.json
