@@ -72,6 +72,9 @@ def test_a_target_of_another_head_width_or_vocabulary_gets_nothing_from_the_ladd
         assert "lr" not in plan["train"] and "model" not in plan["train"] and plan["predicted_loss"] is None
         key = next(iter(other))
         assert any("not wide's family" in g and f"{key} {LADDER_BASE[key]} vs {other[key]}" in g for g in plan["gaps"])
+    smeared = make_plan(target(smear_keys=True), scaling=scaling_fit(), batch=None, lr=LR_FIT, tokens=1e6)
+    assert smeared["predicted_loss"] is None and "lr" not in smeared["train"]  # a fit from before smeared keys
+    assert any("smear_keys False vs True" in g for g in smeared["gaps"])
     sp = make_plan(target(), scaling=None, batch=None, lr={**LR_FIT, "mup_base": {**LADDER_BASE, "parametrization": "sp"}},
                    tokens=1e6)
     assert "lr" not in sp["train"] and any("only µP transfers" in g for g in sp["gaps"])

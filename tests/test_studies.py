@@ -21,7 +21,8 @@ LAW = {"C_N": 20.0, "alpha": 0.3, "C_D": 60.0, "beta": 0.3, "L0": 1.0}  # the sc
 SIZES = {"s1": 2e4, "s2": 5e4, "s3": 1.2e5, "s4": 2.5e5, "s5": 5e5}  # N_total: the law is drawn in the default convention
 WIDTH = {"s1": 8, "s2": 16, "s3": 32, "s4": 48, "s5": 64}  # the tied embedding is WIDTH × 1024 of each N_total
 BASE = {"model.vocab_size": 1024, "model.d_head": 16, "model.d_base": 32, "model.scale_emb": 12.0,
-        "model.scale_depth": 1.4, "model.init_std": 0.1, "model.parametrization": "mup", "seq_len": 128, "model.n_layers": 2,
+        "model.scale_depth": 1.4, "model.init_std": 0.1, "model.parametrization": "mup", "model.smear_keys": True,
+        "seq_len": 128, "model.n_layers": 2,
         "data.corpus": "python"}  # the µP base of models/micro.yaml, so its models are in the synthetic ladder's family
 K_BS, GAMMA = 3.0e4, 2.0  # batch-size law of the synthetic curves (tokens)
 

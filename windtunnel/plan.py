@@ -206,7 +206,7 @@ def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list, tokeni
                       f"{tokenizer or 'trained by the target'} (SHA-256 of the files)")
     if differ:
         gaps.append(f"{name}: the ladder is not {model.name}'s family (ladder vs target: {', '.join(differ)}); "
-                    "nothing fitted on it transfers — fit a ladder with the target's head width and tokenizer")
+                    "nothing fitted on it transfers — fit a ladder with the target's head width, tokenizer and attention")
         return False
     return True
 

@@ -32,7 +32,7 @@ NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": 
            "epochs": "metrics.data/epochs", "seed": "params.seed", "d_model": "params.model.d_model", "seq_len": "params.seq_len",
            "n_layers": "params.model.n_layers",
            "vocab_size": "params.model.vocab_size", "period_tokens": "params.schedule.period_tokens"}
-MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_std", "parametrization")
+MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_std", "parametrization", "smear_keys")
 # the µP base of a run's model: hyper-parameters found on a ladder transfer only within one base (DESIGN §3)
 TEXT = {"model": "params.model.name", "parametrization": "params.model.parametrization",
         "schedule": "params.schedule.kind", "decay_shape": "params.schedule.decay_shape",
@@ -99,6 +99,7 @@ def _stored_points(sweep: str, *, scale: str, current: bool,
     frame["group"] = frame["parent"].where(frame["parent"] != "", frame["run"])  # a stable run and its branches
     for key in MUP_BASE:
         frame[f"base.{key}"] = raw[f"params.model.{key}"] if f"params.model.{key}" in raw else ""
+    frame["base.smear_keys"] = frame["base.smear_keys"].eq("True")  # MLflow's "True"; stored before it: without
     frame, excluded = _keep_finished(frame.reset_index(drop=True), diverged=diverged)
     from windtunnel.graph import expand, find_sweep, load_sweep
 
@@ -120,7 +121,7 @@ def ladder_facts(frame: pd.DataFrame) -> dict:
     bases), context length, corpus, tokenizer files (content fingerprints; none when the runs trained their own)
     and learning rates. Written into each study's fit.json."""
     bases = frame[[f"base.{k}" for k in MUP_BASE]].drop_duplicates().to_dict(orient="records")
-    bases = [{k.removeprefix("base."): _number(v) for k, v in b.items()} for b in bases]
+    bases = [{k.removeprefix("base."): v if isinstance(v, bool) else _number(v) for k, v in b.items()} for b in bases]
     return {"mup_base": bases[0] if len(bases) == 1 else (bases or None),
             "seq_len": sorted({int(v) for v in frame["seq_len"].dropna()}),
             "corpus": sorted(set(frame["corpus"]) - {""}), "tokenizer": sorted(set(frame["tokenizer"]) - {""}),
