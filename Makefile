@@ -43,6 +43,7 @@ demo: $(STAMP)
 	@echo "in its family on GPUs: make scaling-law sweep-lr sweep-bs fit plan SCALE=paper TARGET=minicpm-1.2b."
 	@echo "Runs and checkpoints: results/runs/   MLflow store: results/mlflow.db   Plots: results/plots/"
 	@echo "Fits and figures: results/<study>/fit.json   Plans: results/plans/   Report: results/report.html"
+	@echo "In-context copying: results/scaling_law/copy_gap.png (each run's copy gap against tokens; MLflow eval/<set>/copy_gap)"
 	@echo "MLflow experiments: 'lr', 'batch_size', 'scaling_law' (one parent run per sweep, one child per run)"
 	@echo "Compare runs in the browser: make mlflow-ui  (http://127.0.0.1:5000)"
 	@echo "make demo took $$(( $$(date +%s) - $$(cat results/.demo-start) )) s"
