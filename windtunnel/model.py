@@ -8,6 +8,7 @@ SP (`parametrization: sp`) is the same model at the base width (m = 1) and diffe
 with width (microsoft/mup's convention): it keeps scale_emb, scale_depth / sqrt(n_layers) and the init std
 init_std / sqrt(m) (∝ 1/sqrt(fan_in), the usual SP initialisation), but its logits are not × 1/m and every
 tensor trains at the base LR.
+`smear_keys` (the CPU ladders only, a deviation from MiniCPM) mixes each key with the previous position's key.
 """
 
 from __future__ import annotations
