@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,7 @@ def finished_results(tmp_path_factory):
 
 @pytest.mark.parametrize("args, expected", [
     (["train", "micro-9000"], "model='micro-9000' is not allowed; known models: micro-24k"),
+    (["plan", "minicpm-1.2B"], "model='minicpm-1.2B' is not allowed; did you mean 'minicpm-1.2b'? known models: "),
     (["train", "micro-24k", "--set", "learning_rate=0.1"], "learning_rate=0.1 is not allowed; known keys"),
     (["train", "micro-24k", "--set", "lr=fast"], "lr='fast' is not allowed; a value of type float"),
     (["train", "micro-24k", "--set", "model.d_model=40"], "model.d_model=40 is not allowed; a multiple of d_head=16"),
@@ -167,17 +169,26 @@ def test_the_ladders_and_sweeps_are_found_from_any_directory(tmp_path):
     out = windtunnel("sweep", "lr", "--dry-run", "--json", "--scale", "micro", cwd=tmp_path, results=results)
     assert out.returncode == 0, out.stderr  # by name; `sweeps/lr.yaml` too (test_graph: find_sweep)
     assert json.loads(out.stdout)["sweep"] == "lr" and json.loads(out.stdout)["n_runs"] > 0
-    ladders = tmp_path / "ladders"  # --models: this folder's shapes only, in `models` and in a sweep
+    ladders = tmp_path / "ladders"  # --models: this folder's shapes beside the packaged ones, in `models` and sweeps
     ladders.mkdir()
     (ladders / "mine.yaml").write_text("defaults: {d_head: 16, vocab_size: 256}\nmodels:\n"
                                        "  tiny-a: {d_model: 32, n_heads: 2, n_layers: 2}\n")
-    out = windtunnel("--models", str(ladders), "models", "--json", cwd=tmp_path, results=results)
+    out = windtunnel("models", "--json", "--models", str(ladders), cwd=tmp_path, results=results)  # after the command
     assert out.returncode == 0, out.stderr
-    assert [r["name"] for r in json.loads(out.stdout)] == ["tiny-a"]
-    (tmp_path / "mine.yaml").write_text("name: mine\nscales:\n  micro: {models: [tiny-a], tokens: 65536}\n")
+    names = [r["name"] for r in json.loads(out.stdout)]
+    assert names[-1] == "tiny-a" and {"micro-24k", "minicpm-1.2b"} <= set(names)
+    (tmp_path / "mine.yaml").write_text("name: mine\nscales:\n  micro: {models: [tiny-a, micro-24k], tokens: 65536}\n")
     out = windtunnel("--models", "ladders", "sweep", "mine.yaml", "--dry-run", "--json", cwd=tmp_path, results=results)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["n_runs"] == 1
+    assert json.loads(out.stdout)["n_runs"] == 2
+    out = windtunnel("--models", "ladders", "sweep", "lr", "--dry-run", "--json", cwd=tmp_path, results=results)
+    assert out.returncode == 0, out.stderr  # the packaged sweeps still find the packaged shapes
+    (ladders / "copy.yaml").write_text("defaults: {d_head: 16, vocab_size: 256}\nmodels:\n"   # one name, two shapes
+                                       "  micro-24k: {d_model: 48, n_heads: 3, n_layers: 2}\n")
+    out = windtunnel("models", "--models", str(ladders), cwd=tmp_path, results=results)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"{ladders / 'copy.yaml'}: models.micro-24k='micro-24k' is not allowed" in out.stderr
+    assert "micro.yaml does not define otherwise" in out.stderr
     assert not (tmp_path / "results").exists()  # results go to $WINDTUNNEL_RESULTS, nothing beside the cwd
 
 
@@ -219,3 +230,64 @@ def test_sigkill_then_same_command_resumes_and_logs_each_step_once(tmp_path):
         assert killed["step"].is_unique, key  # nothing logged twice
         assert list(killed["step"]) == list(clean["step"]), key  # nothing lost
         assert list(killed["value"]) == list(clean["value"]), key  # bitwise the same curve
+
+
+def _commands() -> dict:
+    from windtunnel.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_command_has_a_help_with_its_description_and_defaults(command, capsys):
+    from windtunnel import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and out.startswith(f"usage: windtunnel {command}")
+    description = out.split("\n\n")[1]  # usage, description, arguments
+    assert description[0].isupper() and description.rstrip().endswith("."), description
+    assert "--results DIR" in out and "--models DIR" in out  # the global options, after the command too
+    flat = re.sub(r"\s+", " ", out)
+    for action in _commands()[command]._actions:  # each option's default, unless its help says it in words
+        if action.option_strings and action.default not in (None, False, [], "==SUPPRESS==") and action.help:
+            assert f"(default: {cli.shown(action.default)})" in flat or "default" in action.help, action.dest
+
+
+def test_the_command_line_follows_the_conventions(tmp_path, capsys, monkeypatch):
+    from windtunnel import __version__, cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"windtunnel {__version__}\n"
+    with pytest.raises(SystemExit) as stop:  # no prefix matching: --set is not read as sweep's --set-file
+        cli.main(["sweep", "lr", "--set", "data.corpus=x.jsonl"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "unrecognized arguments: --set data.corpus=x.jsonl" in err and err.count("\n") == 1
+
+
+def test_results_and_fit_all_exit_codes(tmp_path):
+    """--results after the command; `fit --all` that fits nothing is an error naming the scales with runs."""
+    results = tmp_path / "mine"
+    out = windtunnel("train", "micro-24k", *TINY, "--results", str(results), cwd=tmp_path, results=tmp_path / "env")
+    assert out.returncode == 0, out.stderr
+    assert len(list((results / "runs").iterdir())) == 1 and not (tmp_path / "env").exists()
+    out = windtunnel("fit", "--all", "--scale", "micro", "--results", str(results), cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 + out.stderr.count("skipped"), out.stderr
+    assert "no study's sweep has runs at that scale; no sweep has run yet" in out.stderr
+
+
+def test_train_and_launch_dry_runs_print_the_resolved_spec_with_its_run_id(tmp_path):
+    import yaml
+
+    out = windtunnel("train", "micro-24k", *TINY, "--dry-run", cwd=tmp_path, results=tmp_path / "r")
+    assert out.returncode == 0, out.stderr
+    head, body = out.stdout.split("\n", 1)
+    spec = yaml.safe_load(body)
+    assert head.startswith("# run id: ") and len(head.split()[3]) == 12
+    assert spec["tokens"] == 8192 and spec["model"]["d_model"] == 32 and spec["schedule"]["kind"] == "wsd"
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["cache"]  # the corpus's fingerprint, no run
+    again = windtunnel("train", "micro-24k", *TINY, cwd=tmp_path, results=tmp_path / "r")
+    assert again.returncode == 0 and (tmp_path / "r" / "runs" / head.split()[3]).is_dir()  # the id it trains under

@@ -52,10 +52,13 @@ def test_missing_and_invalid_files(tmp_path):
         load_models(tmp_path / "empty")
 
 
-def test_duplicate_names_across_files(tmp_path):
+def test_a_name_means_one_shape_across_files(tmp_path):
     write(tmp_path, GOOD, "one.yaml")
-    write(tmp_path, GOOD, "two.yaml")
-    with pytest.raises(SpecError, match="not used by another ladder"):
+    write(tmp_path, GOOD, "two.yaml")  # a copy of the same shape is the same model
+    assert list(load_models(tmp_path)) == ["a"]
+    write(tmp_path, GOOD.replace("d_model: 32", "d_model: 48").replace("n_heads: 2", "n_heads: 3"), "two.yaml")
+    with pytest.raises(SpecError, match=f"two.yaml: models.a='a' is not allowed; a name {tmp_path}/one.yaml does "
+                                        "not define otherwise"):
         load_models(tmp_path)
 
 
@@ -167,18 +170,19 @@ def test_a_runs_fields_are_checked_together_before_it_trains(overrides, key, all
 
 
 def test_the_ladders_come_with_the_package_or_from_a_folder_given(tmp_path, monkeypatch):
-    from windtunnel.config import models_dir
+    from windtunnel.config import ladder_folders
     from windtunnel.paths import packaged
 
     monkeypatch.delenv("WINDTUNNEL_MODELS", raising=False)
     monkeypatch.chdir(tmp_path)  # not the repository: the packaged ladders are found all the same
-    assert models_dir() == packaged("ladders") and (models_dir() / "micro.yaml").is_file()
+    assert ladder_folders() == [packaged("ladders")] and (packaged("ladders") / "micro.yaml").is_file()
     assert get_model("micro-24k").d_model == 32
     write(tmp_path, GOOD, "mine.yaml")
     monkeypatch.setenv("WINDTUNNEL_MODELS", str(tmp_path))
-    assert list(load_models()) == ["a"]
-    with pytest.raises(SpecError, match=f"{tmp_path}/\\*.yaml: model='micro-24k' is not allowed; known models: a"):
-        get_model("micro-24k")
+    assert list(load_models())[-1] == "a" and get_model("micro-24k").d_model == 32  # added to the packaged ladders
+    with pytest.raises(SpecError, match=f"and {tmp_path}/\\*.yaml: model='micro-24K' is not allowed; did you mean "
+                                        "'micro-24k'\\? known models: "):
+        get_model("micro-24K")
     monkeypatch.setenv("WINDTUNNEL_MODELS", str(tmp_path / "nope"))
     with pytest.raises(WindtunnelError, match="nope: no such folder \\(--models or \\$WINDTUNNEL_MODELS\\)"):
         load_models()

@@ -236,11 +236,15 @@ def test_launch_from_a_plan_on_two_ray_workers_follows_its_schedule_and_logs_the
     assert dry.returncode == 0, dry.stderr
     layout_ = json.loads(dry.stdout)
     assert layout_["strategy"] == "ddp" and layout_["micro_batch_tokens"] == 512
-    assert layout_["grad_accum_stages"] == [[0, 1], [4096, 2]]
+    assert layout_["grad_accum_stages"] == [[0, 1], [4096, 2]] and layout_["spec"]["parallel"] == "ddp"
+    shown = _cli("launch", str(plan), "--workers", "2", "--dry-run", *HOW, env=env).stdout  # the resolved spec
+    resolved = yaml.safe_load(shown.split("# run id: ")[1].split("\n", 1)[1])
+    assert resolved["micro_batch_tokens"] == 512 and resolved["lr"] == 0.02
     done = _cli("launch", str(plan), "--workers", "2", *HOW, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished: actual" in done.stdout
     folder = Path(done.stdout.split("run ")[-1].strip())
+    assert folder.name == shown.split("# run id: ")[1].split()[0]  # the dry run named the run it trains
     status = read_status(folder)
     assert status["status"] == "finished" and status["result"]["tokens"] == 4096 + 4 * 2048
     os.environ["WINDTUNNEL_RESULTS"] = env["WINDTUNNEL_RESULTS"]

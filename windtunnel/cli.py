@@ -1,9 +1,11 @@
 """The `windtunnel` command: parse, call one function, print. Bad input is one line on stderr, exit 2.
 
-    windtunnel [--models DIR] COMMAND ...   (DIR: ladder files instead of the packaged ones; or $WINDTUNNEL_MODELS)
+    windtunnel [--version] COMMAND [--models DIR] [--results DIR] ...   (the two global options go before or after
+        the command; --models adds DIR's ladder files to the packaged ones, $WINDTUNNEL_MODELS; --results is where
+        everything is written, $WINDTUNNEL_RESULTS, default ./results)
     windtunnel models [--json]
     windtunnel peak
-    windtunnel train MODEL [--set-file FILE] [--set key=value ...]
+    windtunnel train MODEL [--set-file FILE] [--set key=value ...] [--dry-run]
     windtunnel sweep SPEC.yaml|NAME [--scale micro|demo|paper] [--set-file FILE] [--dry-run] [--json] [--no-mup-check]
                      [--allow-repeat]
     windtunnel search SPEC.yaml|NAME [--scale micro|demo|paper] [--trials N]
@@ -12,7 +14,7 @@
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
     windtunnel validate TARGET [--tokens T | --compute FLOPS]
     windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker 0|1] [--set key=value ...] [--no-prediction]
-                      [--dry-run [--json]]
+                      [--dry-run [--json]]   (a dry run prints the layout and the resolved spec, with its run id)
     windtunnel report
     windtunnel check-mup [--model-base NAME] [--widths W ...] [--json]
     windtunnel ui [--port 5000]
@@ -74,6 +76,9 @@ def cmd_train(args) -> None:
     if args.set_file:
         spec = apply_overrides(spec, load_overrides(args.set_file), source=args.set_file)
     spec = check_run(apply_overrides(spec, args.set), file="--set" if args.set else args.set_file or "defaults")
+    if args.dry_run:
+        print(resolved_yaml(spec, name=spec.model.name), end="")
+        return
     run, result = train_spec(spec, experiment="train", tags={})  # the spec is checked: nothing is written before
     evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result["eval"].items())
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] else ""
@@ -81,6 +86,28 @@ def cmd_train(args) -> None:
     print(f"{spec.model.name} N={n_params(spec.model):,} {result['status']}: {result['step']} steps, "
           f"{result['tokens']:,} tokens, train loss {result['train_loss']:.3f}; eval {evals}; "
           f"{result['tokens_per_s']:,.0f} tok/s{mfu}; run {run_dir(run)}, MLflow run {mlflow_id} (windtunnel ui)")
+
+
+def resolved_yaml(spec, *, name: str) -> str:
+    """A TrainSpec, every field resolved, as YAML headed by the run id it trains under (provisional, and why, when
+    its data cannot be read here to fingerprint it): what `train` and `launch` print for --dry-run."""
+    import yaml
+
+    from windtunnel.runs import make_run
+
+    memo = {"provisional": []}
+    run = make_run(spec, name=name, coords={"model": name}, memo=memo)
+    head = f"# run id: {run.id}" + (" (provisional: " + "; ".join(memo["provisional"]) + ")" if memo["provisional"] else "")
+    return head + "\n" + yaml.safe_dump(_plain(dataclasses.asdict(spec)), sort_keys=False, allow_unicode=True)
+
+
+def _plain(value):
+    """Tuples as lists, all the way down: YAML's safe dumper writes lists, mappings and scalars only."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def cmd_sweep(args) -> None:
@@ -232,9 +259,28 @@ def _fit_studies(names: list[str], args) -> int:
         except WindtunnelError as err:
             print(f"windtunnel: {name}: not logged to MLflow: {one_line(err)}", file=sys.stderr)
             unlogged += 1
+    if skipped == len(names) > 1:
+        raise WindtunnelError(f"fit --all --scale {args.scale}: no study's sweep has runs at that scale; "
+                              + _scales_with_runs({studies.STUDIES[n].sweep for n in names}, args.scale))
     if unlogged:
         return 2
     return 3 if skipped == len(names) == 1 else 0
+
+
+def _scales_with_runs(sweeps: set[str], asked: str) -> str:
+    """Which scales the stored runs of `sweeps` ran at, with the one closest to `asked`: the end of an error."""
+    import difflib
+
+    from windtunnel.tracking import runs_dataframe
+
+    found = set()
+    for sweep in sweeps:
+        raw = runs_dataframe(experiment=sweep)
+        found |= set(raw["tags.scale"].dropna()) if "tags.scale" in raw else set()
+    if not found:
+        return "no sweep has run yet (make demo, or windtunnel sweep NAME --scale SCALE)"
+    close = difflib.get_close_matches(asked, sorted(found), n=1)
+    return ("did you mean " + repr(close[0]) + "? " if close else "") + "scales with runs: " + ", ".join(sorted(found))
 
 
 def _fit_law(kind: str, args) -> None:
@@ -421,6 +467,7 @@ def cmd_launch(args) -> None:
                    device_memory=args.device_memory * 1e9 if args.device_memory else None,
                    no_prediction=args.no_prediction)
     out = launch(args.plan, dry_run=True, **options)  # the layout first: it is checked before anything starts
+    resolved = out.pop("resolved")
     if args.dry_run and args.json:
         print(json.dumps(out))
         return
@@ -439,6 +486,7 @@ def cmd_launch(args) -> None:
           f"{out['expected_hours']:,.3g} h "
           f"at {out['mfu']:.0%} MFU of {out['peak_flops_per_worker']:.3g} FLOP/s per worker", flush=True)
     if args.dry_run:
+        print(resolved_yaml(resolved, name=out["target"]), end="")
         return
     out = launch(args.plan, max_failures=args.max_failures, **options)
     c = out.get("comparison") or {}
@@ -499,19 +547,66 @@ def cmd_ui(args) -> None:
     serve_ui(port=args.port)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one that says something (not None, False or [])."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: {shown(action.default)})".replace("%", "%%").replace("%%%%", "%%")
+
+
+def shown(value) -> str:
+    """A default as help prints it: a float in its shortest form (9.89e+14, 0.4)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line on stderr (exit 2) like every other refused input."""
+    """argparse, but a bad command line is one line on stderr (exit 2) like every other refused input; no option
+    is matched by a prefix of its name (`--set` is never read as `--set-file`); every help shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--models and --results, accepted before the command and after it: the top level's copy sets the defaults,
+    a command's copy leaves an option it was not given alone (`windtunnel --results R sweep lr` keeps R)."""
+    parser.add_argument("--models", metavar="DIR", default=None if top else argparse.SUPPRESS,
+                        help="a folder of model ladder files (*.yaml) added to the packaged ones; a name both define "
+                             "must be the same shape ($WINDTUNNEL_MODELS sets it too)")
+    parser.add_argument("--results", metavar="DIR", default=None if top else argparse.SUPPRESS,
+                        help="where runs, the MLflow store, fits and plans go ($WINDTUNNEL_RESULTS sets it too; "
+                             "default: ./results)")
+
+
+class _Commands:
+    """sub.add_parser with what every command shares: its help as its description, the global options."""
+
+    def __init__(self, sub):
+        self.sub = sub
+
+    def add_parser(self, name: str, *, help: str, **kwargs) -> argparse.ArgumentParser:
+        description = kwargs.pop("description", help[0].upper() + help[1:] + ".")
+        command = self.sub.add_parser(name, help=help, description=description, **kwargs)
+        _global_options(command, top=False)
+        return command
+
+
 def parser() -> argparse.ArgumentParser:
+    from windtunnel import __version__
+
     p = _Parser(prog="windtunnel", description=__doc__.splitlines()[0])
-    p.add_argument("--models", metavar="DIR", help="a folder of model ladder files (*.yaml) used instead of the "
-                   "packaged ones (default: $WINDTUNNEL_MODELS, else the ladders packaged with windtunnel)")
-    sub = p.add_subparsers(dest="command", required=True)
-    models = sub.add_parser("models", help="every shape of the ladders (--models DIR, or the packaged models/*.yaml) "
+    p.add_argument("--version", action="version", version=f"windtunnel {__version__}")
+    _global_options(p, top=True)
+    sub = _Commands(p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser))
+    models = sub.add_parser("models", help="every shape of the ladders (the packaged models/*.yaml and --models DIR) "
                             "with its exact non-embedding N")
     models.add_argument("--json", action="store_true", help="one JSON list of objects")
     models.set_defaults(func=cmd_models)
@@ -522,6 +617,7 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides (a plan, best.yaml), before --set")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TrainSpec field (dotted for nested: schedule.kind=wsd, model.d_base=64)")
+    tr.add_argument("--dry-run", action="store_true", help="print the resolved spec as YAML with its run id; train nothing")
     tr.set_defaults(func=cmd_train)
     sw = sub.add_parser("sweep", help="run a sweep's graph on Ray (skips finished runs, resumes the rest)")
     sw.add_argument("spec", help="a sweep file, or a packaged sweep by name: lr, sweeps/lr.yaml")
@@ -577,7 +673,7 @@ def parser() -> argparse.ArgumentParser:
     la.add_argument("--no-prediction", action="store_true",
                     help="launch a plan that predicts no loss (then there is no predicted-vs-actual)")
     la.add_argument("--max-failures", type=option(NON_NEGATIVE_INT), default=3, help="worker-group restarts from the newest checkpoint")
-    la.add_argument("--dry-run", action="store_true", help="print the layout, memory and hours; train nothing")
+    la.add_argument("--dry-run", action="store_true", help="print the layout, memory, hours and the resolved spec (YAML, with its run id); train nothing")
     la.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
     la.set_defaults(func=cmd_launch)
     rp = sub.add_parser("report", help="one HTML page of every fit, figure and plan: results/report.html")
@@ -613,7 +709,7 @@ def _fit_parser(sub) -> None:
                      help="a study of windtunnel.studies (an unknown name lists them): writes results/STUDY/fit.json "
                           "and its figures; or, with --sweep or --csv, a law (scaling-law, batch-size, lr, envelope): "
                           "prints it, writes nothing")
-    fit.add_argument("--all", action="store_true", help="every study whose sweep ran at --scale (others are skipped)")
+    fit.add_argument("--all", action="store_true", help="every study whose sweep ran at --scale (others are skipped; none: an error)")
     source = fit.add_mutually_exclusive_group()
     source.add_argument("--sweep", nargs="?", const="", metavar="NAME",
                         help="fit the law to a stored sweep (default: the sweep its study reads)")
@@ -648,10 +744,12 @@ def _fit_parser(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.models:  # through the environment, so Ray workers and child processes find the same ladders
-        from windtunnel.config import MODELS_ENV
+    from windtunnel.config import MODELS_ENV
 
-        os.environ[MODELS_ENV] = os.path.abspath(args.models)
+    # through the environment, so Ray workers and child processes find the same ladders and results
+    for value, variable in ((args.models, MODELS_ENV), (args.results, "WINDTUNNEL_RESULTS")):
+        if value:
+            os.environ[variable] = os.path.abspath(os.path.expanduser(value))
     try:
         return args.func(args) or 0  # a command returns nothing (0) or its exit code (fit: 3 = skipped)
     except WindtunnelError as err:

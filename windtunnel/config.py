@@ -28,9 +28,10 @@ from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
 __all__ = [
     "ModelSpec", "DataSpec", "TrainSpec", "PaperRun",
     "load_ladder", "load_models", "get_model", "build", "apply_overrides", "check_run", "spec_hash", "models_dir",
+    "ladder_folders",
     "load_overrides", "merge_overrides", "read_yaml", "MODELS_ENV",
 ]
-MODELS_ENV = "WINDTUNNEL_MODELS"  # a folder of ladder files used instead of the packaged ones (`--models DIR` sets it)
+MODELS_ENV = "WINDTUNNEL_MODELS"  # a folder of ladder files added to the packaged ones (`--models DIR` sets it)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,17 +268,22 @@ def check_run(spec: TrainSpec, *, file) -> TrainSpec:
     return spec
 
 
-def models_dir() -> Path:
-    """The ladder folder: $WINDTUNNEL_MODELS (`--models DIR`), else the ladders packaged with windtunnel (the
-    repository's models/ in a source checkout or an editable install)."""
+def models_dir() -> Path | None:
+    """The user's ladder folder, $WINDTUNNEL_MODELS (`--models DIR`), added to the ladders packaged with windtunnel
+    (the repository's models/ in a source checkout or an editable install); None when not given."""
     given = os.environ.get(MODELS_ENV)
-    if given:
-        folder = Path(given).expanduser().resolve()
-        if not folder.is_dir():
-            raise WindtunnelError(f"{folder}: no such folder (--models or ${MODELS_ENV}); give a folder of ladder "
-                                  "files (*.yaml)")
-        return folder
-    return packaged("ladders")
+    if not given:
+        return None
+    folder = Path(given).expanduser().resolve()
+    if not folder.is_dir():
+        raise WindtunnelError(f"{folder}: no such folder (--models or ${MODELS_ENV}); give a folder of ladder "
+                              "files (*.yaml)")
+    return folder
+
+
+def ladder_folders() -> list[Path]:
+    """Where the shapes come from: the packaged ladders, then the user's folder (models_dir) if given."""
+    return [packaged("ladders"), *filter(None, [models_dir()])]
 
 
 # ---------------------------------------------------------------- building from mappings
@@ -432,28 +438,36 @@ def load_ladder(path: Path) -> dict[str, ModelSpec]:
 
 
 def load_models(folder: Path | None = None) -> dict[str, ModelSpec]:
-    """Every shape in every ladder file (*.yaml) of `folder` (default: models_dir()), by name; a name defined
-    twice is an error."""
-    folder = Path(folder) if folder else models_dir()
-    files = sorted(folder.glob("*.yaml"))
-    if not files:
-        raise WindtunnelError(f"{folder}: no model ladders (*.yaml) found; give a folder of ladder files with "
-                              f"--models DIR or ${MODELS_ENV}")
+    """Every shape in every ladder file (*.yaml) of `folder` (default: ladder_folders()), by name. A name defined
+    twice must define the same shape (a user's folder may hold a copy of a packaged ladder); two different shapes
+    of one name are an error naming both files."""
+    folders = [Path(folder)] if folder else ladder_folders()
     models: dict[str, ModelSpec] = {}
-    for path in files:
-        for name, spec in load_ladder(path).items():
-            if name in models:
-                raise SpecError(path, f"models.{name}", name, "a name not used by another ladder file")
-            models[name] = spec
+    where: dict[str, Path] = {}
+    for place in folders:
+        files = sorted(place.glob("*.yaml"))
+        if not files:
+            raise WindtunnelError(f"{place}: no model ladders (*.yaml) found; give a folder of ladder files with "
+                                  f"--models DIR or ${MODELS_ENV}")
+        for path in files:
+            for name, spec in load_ladder(path).items():
+                if name in models and models[name] != spec:
+                    raise SpecError(path, f"models.{name}", name, f"a name {where[name]} does not define "
+                                    "otherwise (rename the shape: a name means one shape wherever it is used)")
+                models[name], where[name] = spec, where.get(name, path)
     return models
 
 
 def get_model(name: str, folder: Path | None = None) -> ModelSpec:
-    """One shape by name, with the list of known names when it is unknown."""
-    folder = Path(folder) if folder else models_dir()
+    """One shape by name; an unknown name names the closest known one and lists them all."""
+    import difflib
+
     models = load_models(folder)
     if name not in models:
-        raise SpecError(f"{folder}/*.yaml", "model", name, "known models: " + ", ".join(models))
+        close = [n for n in models if n.lower() == name.lower()] or difflib.get_close_matches(name, list(models), 1, 0.8)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        places = " and ".join(f"{f}/*.yaml" for f in ([Path(folder)] if folder else ladder_folders()))
+        raise SpecError(places, "model", name, hint + "known models: " + ", ".join(models))
     return models[name]
 
 
