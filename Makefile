@@ -16,10 +16,10 @@ PLAN_ARGS ?=
 # the micro target at the micro ladder's largest D: a stable stage of 8,388,608 tokens + a 10% decay
 VALIDATE_TOKENS ?= 9227469
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -e ".[test]"
+	$(BIN)/pip install --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -110,7 +110,7 @@ hparam-search: $(STAMP)
 	$(BIN)/windtunnel search sweeps/mup_search.yaml --scale $(SCALE)
 
 # the search's stored Optuna study (results/search/$(SEARCH)/study.journal) in optuna-dashboard on 127.0.0.1;
-# optuna-dashboard is installed into .venv on first use; it follows a running search live
+# optuna-dashboard (the dashboard extra) is installed into .venv on first use; it follows a running search live
 .PHONY: optuna-dashboard
 PORT ?= 8080
 SEARCH ?= mup_search-$(SCALE)
@@ -118,7 +118,7 @@ STUDY_FILE ?= $(or $(WINDTUNNEL_RESULTS),results)/search/$(SEARCH)/study.journal
 optuna-dashboard: $(STAMP)
 	@test -f $(STUDY_FILE) || { echo "no study $(STUDY_FILE):" \
 	  "run make hparam-search SCALE=$(SCALE) first, or name another: make optuna-dashboard SEARCH=<name>-<scale>"; exit 2; }
-	@test -x $(BIN)/optuna-dashboard || $(BIN)/pip install --disable-pip-version-check "optuna-dashboard>=0.21,<0.22"
+	@test -x $(BIN)/optuna-dashboard || $(BIN)/pip install --disable-pip-version-check -c constraints.txt -e ".[dashboard]"
 	@echo "optuna-dashboard of study $(SEARCH): http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(PORT) --storage-class JournalFileStorage $(STUDY_FILE)
 

@@ -535,3 +535,21 @@ def test_mixture_tokens_of_another_corpus_use_the_runs_tokenizer(python, jsonl, 
         assert np.array_equal(data.mixture_tokens(str(jsonl), spec, corpus, cache_dir=cache), tokens)
     with pytest.raises(WindtunnelError, match="decay_data: corpus 'nowhere.jsonl'"):
         data.mixture_tokens("nowhere.jsonl", spec, corpus, cache_dir=cache)
+
+
+def test_the_embedded_corpus_names_the_versions_its_text_came_from(monkeypatch):
+    """Another torch or Python is other text: other run ids and losses than LOG.md's, said in one line."""
+    from windtunnel import data
+    from windtunnel.config import TrainSpec, get_model
+    from windtunnel.runs import make_run, run_params
+
+    found = data.embedded_source()
+    assert set(found) == {"Python", "torch"} and "+" not in found["torch"]
+    monkeypatch.setattr(data, "FIGURES_SOURCE", dict(found))
+    assert data.source_note().endswith("as in LOG.md's figures") and found["torch"] in data.source_note()
+    monkeypatch.setattr(data, "FIGURES_SOURCE", {**found, "torch": "2.0.0"})
+    note = data.source_note()
+    assert "\n" not in note and f"torch {found['torch']}, not Python {found['Python']} + torch 2.0.0" in note
+    assert "other run ids and losses" in note
+    params = run_params(make_run(TrainSpec(model=get_model("micro-24k")), name="m", coords={}))
+    assert params["data.source"] == f"Python {found['Python']} + torch {found['torch']}"

@@ -79,6 +79,10 @@ def cmd_train(args) -> None:
     if args.dry_run:
         print(resolved_yaml(spec, name=spec.model.name), end="")
         return
+    if spec.data.corpus == "python":
+        from windtunnel.data import source_note
+
+        print(source_note())
     run, result = train_spec(spec, experiment="train", tags={})  # the spec is checked: nothing is written before
     evals = "  ".join(f"{k} {v['loss']:.3f} nats/tok {v['bpb']:.3f} bpb" for k, v in result["eval"].items())
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] else ""
@@ -123,6 +127,10 @@ def cmd_sweep(args) -> None:
     runs = expand(sweep, scale, file=args.spec, scale_name=args.scale, provisional=provisional if args.dry_run else None)
     summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs, args.flops),
                "provisional_ids": sorted(set(provisional))}
+    if any(r.spec.data.corpus == "python" for r in runs) and not args.json:
+        from windtunnel.data import source_note
+
+        print(source_note())
     if args.dry_run:
         if args.json:
             print(json.dumps(summary))
@@ -758,6 +766,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("windtunnel: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `windtunnel ... | head`: the reader left; say nothing more (Python's recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import importlib.util
 import io
 import json
 import os
+import platform
 import shutil
 import sys
 import sysconfig
@@ -58,7 +59,8 @@ from windtunnel.config import DataSpec
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import results_dir
 
-__all__ = ["Corpus", "Tokenizer", "prepare", "source_fingerprint", "sample_windows", "eval_windows"]
+__all__ = ["Corpus", "Tokenizer", "prepare", "source_fingerprint", "sample_windows", "eval_windows", "embedded_source",
+           "source_note"]
 
 FORMAT = 1  # bump when document extraction or the shard layout changes: old caches are then ignored
 EXTENSIONS = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
@@ -109,6 +111,34 @@ def _documents(spec: DataSpec) -> Iterable[_Document]:
 
 
 EMBEDDED_PACKAGES = ("torch",)  # installed packages whose source joins the stdlib's; pinned by the Makefile
+FIGURES_SOURCE = {"Python": "3.11.7", "torch": "2.13.0"}  # what the embedded corpus held for LOG.md's figures
+
+
+def embedded_source() -> dict[str, str]:
+    """The versions the embedded corpus is read from: {"Python": "3.11.7", "torch": "2.13.0"} (a local version
+    label such as +cpu dropped: the wheels' sources are the same). Logged with every run (MLflow param
+    data.source) beside the content fingerprint its id hashes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"Python": platform.python_version()}
+    for name in EMBEDDED_PACKAGES:
+        try:
+            found[name] = version(name).split("+")[0]
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def source_note() -> str:
+    """One line naming what the embedded corpus is built from, and saying so when that is not what LOG.md's
+    figures were measured on (another torch or Python: other text, so other run ids and other losses)."""
+    found = embedded_source()
+    text = " + ".join(f"{k} {v}" for k, v in found.items())
+    if found == FIGURES_SOURCE:
+        return f"corpus 'python': the sources of {text}, as in LOG.md's figures"
+    wanted = " + ".join(f"{k} {v}" for k, v in FIGURES_SOURCE.items())
+    return (f"corpus 'python': the sources of {text}, not {wanted} as in LOG.md's figures: other text, so other "
+            f"run ids and losses than LOG.md's (make setup installs torch=={FIGURES_SOURCE['torch']})")
 
 
 def _python_documents() -> list[_Document]:

@@ -102,12 +102,17 @@ def _flat(prefix: str, obj: dict) -> dict:
 
 def run_params(run: Run) -> dict:
     """MLflow params of a run: its spec flattened, plus N (non-embedding), N_total (with the tied embedding), D,
-    the branch step and the sweep coordinates."""
+    the branch step, the sweep coordinates and, on the embedded corpus, the versions its text came from."""
     from windtunnel.counts import n_params
     from windtunnel.train import total_tokens
 
     tokenizer = run.spec.data.tokenizer
-    return {**_flat("", asdict(run.spec)), "N": n_params(run.spec.model),
+    source = {}
+    if run.spec.data.corpus == "python":  # which Python and torch the embedded corpus's text came from
+        from windtunnel.data import embedded_source
+
+        source = {"data.source": " + ".join(f"{k} {v}" for k, v in embedded_source().items())}
+    return {**_flat("", asdict(run.spec)), **source, "N": n_params(run.spec.model),
             "N_total": n_params(run.spec.model, embedding=True), "D": total_tokens(run.spec),
             "fork_step": run.fork_step, "parent_run": run.parent,
             **({"tokenizer_sha256": tokenizer_sha256(tokenizer)} if tokenizer else {}),
