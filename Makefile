@@ -51,7 +51,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# µP coordinate check (DESIGN §3): each layer's update size against width, µP and SP; results/plots/coord_check.png
+# µP coordinate check (docs/method.md §3): each layer's update size against width, µP and SP;
+# results/plots/coord_check.png
 check-mup: $(STAMP)
 	$(BIN)/windtunnel check-mup
 

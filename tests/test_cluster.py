@@ -8,7 +8,7 @@ Ray 2.60 turns token authentication on by default: the test makes one token and 
 own short temp folder (RAY_TMPDIR: Ray's socket paths have a length limit), so no node records itself in
 /tmp/ray/ray_current_cluster, where an embedded Ray elsewhere on this machine would find it. `ray stop`
 would stop every Ray of this user on the machine: the nodes are ended by their own sessions' process ids.
-Ray names a node by the machine's network address even when asked for 127.0.0.1 (DESIGN §8); every
+Ray names a node by the machine's network address even when asked for 127.0.0.1 (docs/method.md §8); every
 process stays on this machine, and the results folder is the "shared storage" (the same disk here).
 """
 

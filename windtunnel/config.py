@@ -36,7 +36,7 @@ MODELS_ENV = "WINDTUNNEL_MODELS"  # a folder of ladder files added to the packag
 
 @dataclass(frozen=True, kw_only=True)
 class PaperRun:
-    """What the paper reports about how a full model was trained (DESIGN §3); used by `plan` to compare."""
+    """What the paper reports about how a full model was trained (docs/method.md §3); used by `plan` to compare."""
 
     tokens: float
     """training tokens of the published run"""
@@ -52,7 +52,7 @@ class PaperRun:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """One MiniCPM-style decoder shape and its parametrization (DESIGN §3, Table 7 and Table 8)."""
+    """One MiniCPM-style decoder shape and its parametrization (docs/method.md §3, Table 7 and Table 8)."""
 
     name: str
     """the ladder name, e.g. "9M" or "minicpm-1.2b" """
@@ -114,7 +114,7 @@ class ModelSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    """Which text a run trains and evaluates on (DESIGN §7)."""
+    """Which text a run trains and evaluates on (docs/method.md §7)."""
 
     corpus: str = "python"
     """"python" (the standard library's and torch's own source, no download), a .txt/.jsonl/.parquet file or

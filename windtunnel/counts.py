@@ -1,4 +1,4 @@
-"""Parameter counts and FLOPs of a ModelSpec in closed form: pure arithmetic, no torch (DESIGN §3).
+"""Parameter counts and FLOPs of a ModelSpec in closed form: pure arithmetic, no torch (docs/method.md §3).
 
 The decoder of windtunnel.model has, per block, two RMSNorm weights (d each), the fused QKV projection
 d·(H + 2·KV)·d_head, the output projection H·d_head·d, and the SwiGLU's fused gate/up d·2·d_ff and down

@@ -1,4 +1,4 @@
-"""Corpora, the sentencepiece tokenizer, token shards and training/evaluation windows (DESIGN §7).
+"""Corpora, the sentencepiece tokenizer, token shards and training/evaluation windows (docs/method.md §7).
 
 `prepare(spec, vocab_size=...)` turns a `DataSpec` into a `Corpus`: it reads the documents, holds
 out `valid_percent` of them by a hash of each document's id, trains a BPE tokenizer on a sample of

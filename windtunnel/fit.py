@@ -326,8 +326,9 @@ class ScalingLawFit:
         return float(low), float(high)
 
     def to_dict(self, *, samples: bool = False) -> dict:
-        """JSON-ready summary (the `fit scaling-law --json` payload, DESIGN §6): the parameters at the top level;
-        samples=True adds the bootstrap refits so `from_dict` can give prediction intervals (fit.json keeps them)."""
+        """JSON-ready summary (the `fit scaling-law --json` payload, docs/method.md §6): the parameters at the top
+        level; samples=True adds the bootstrap refits so `from_dict` can give prediction intervals (fit.json keeps
+        them)."""
         out = {"form": self.form, **{k: float(v) for k, v in self.values.items()}}
         if self.form == "chinchilla":
             out.update(K=float(self.K), eta=float(self.eta))
@@ -649,8 +650,9 @@ def compute_optimal(fit: ScalingLawFit, compute, per_token: PerToken | None = No
 
     Closed form (§5): minimising L(N, C/6N) gives α·C_N·N^-α = β·C_D·D^-β, so
     N_opt = K·(C/6)^(β/(α+β)) and D_opt = (C/6)/N_opt, i.e. N_opt/D_opt = K²·(C/6)^η; with f = k·N^g the
-    condition is α·C_N·N^-α = g·β·C_D·D^-β. Numeric: bounded Brent on log N (L is convex in log N). DESIGN §3 notes
-    that the paper's published averages are not mutually consistent, so both are always reported.
+    condition is α·C_N·N^-α = g·β·C_D·D^-β. Numeric: bounded Brent on log N (L is convex in log N).
+    docs/method.md §3 notes that the paper's published averages are not mutually consistent, so both are always
+    reported.
     """
     per_token = per_token or SIX_ND
     C = np.atleast_1d(np.asarray(compute, dtype=float))

@@ -1,6 +1,6 @@
 """Sweeps: a SweepSpec (sweeps/*.yaml) expands into a graph of Run nodes with content-hashed ids.
 
-A decay branch (DESIGN §3, §5) is a Run whose `parent` is the stable run and whose `fork_step` is the
+A decay branch (docs/method.md §3, §5) is a Run whose `parent` is the stable run and whose `fork_step` is the
 step it starts from: its parent keeps a checkpoint at exactly that step, so a scaling-law grid of m
 branch points costs the stable run plus m decays (O(m·C)) instead of m runs from scratch (O(m²·C)).
 
@@ -10,7 +10,7 @@ Sweep file layout:
     description: ...
     base: {...}                  # TrainSpec overrides for every run (any `--set` key, nested as YAML)
     scales:
-      micro:                     # one section per scale (DESIGN §4); `--scale` picks one
+      micro:                     # one section per scale (docs/method.md §4); `--scale` picks one
         models: [micro-24k, ...]
         tokens_per_param: 60     # each run's tokens = this × N (or `tokens:` for a fixed count)
         set: {...}               # overrides for this scale only
@@ -20,7 +20,7 @@ Sweep file layout:
         per_model: {micro-24k: {lr: 0.02, batch_tokens: 2048}}   # overrides for one model (tuned LR, batch), and
                                  # its own branch points: {2B: {branches: {at_tokens_per_param: [10, 20]}}}
         needs_target: true       # a ladder in a target's family: `--scale paper@minicpm-1.2b` gives every model
-                                 # the target's vocabulary and tokenizer file (DESIGN §4)
+                                 # the target's vocabulary and tokenizer file (docs/method.md §4)
         seeds: [0, 1]            # every run once per seed (independent stable runs: honest intervals)
         branches:                # decay branches forked from each stable run
           at_tokens_per_param: [10, 20, 30, 40, 50, 60]   # or at_tokens: [1048576, ...] (one grid for all sizes)
@@ -124,8 +124,8 @@ class ScaleSpec:
     resources: ResourceSpec | None = None
     """Ray resources per run; None: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)"""
     needs_target: bool = False
-    """the ladder trains in a target's family (DESIGN §4): run it as `--scale NAME@TARGET`, which gives every model
-    the target's vocabulary and tokenizer (models/*.yaml: the target's `tokenizer`)"""
+    """the ladder trains in a target's family (docs/method.md §4): run it as `--scale NAME@TARGET`, which gives every
+    model the target's vocabulary and tokenizer (models/*.yaml: the target's `tokenizer`)"""
     target: str | None = None
     """the target whose family this run of the scale is in: the TARGET of `--scale NAME@TARGET`"""
 
@@ -202,7 +202,7 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
 
 
 FAMILY_BASE = ("d_head", "d_base", "scale_emb", "scale_depth", "init_std", "parametrization", "smear_keys")
-# what a ladder model shares with its target beside the vocabulary: µP transfers within one base (DESIGN §3)
+# what a ladder model shares with its target beside the vocabulary: µP transfers within one base (docs/method.md §3)
 
 
 def _target(scale: ScaleSpec, *, file, scale_name: str):
@@ -421,7 +421,7 @@ def _check_unique(runs: list[Run], *, file) -> None:
 
 
 def summarize(runs: list[Run], flops: str = DEFAULT_FLOPS) -> dict:
-    """Runs, tokens and FLOPs of the graph, against training every final point from scratch (DESIGN §6).
+    """Runs, tokens and FLOPs of the graph, against training every final point from scratch (docs/method.md §6).
     FLOPs in the count `flops` (windtunnel.fit.FLOP_COUNTS: "full" the trainer's, "6nd" 6·N_total·D) — the count of
     the scaling law's allocation and the plan; attention's share is given apart. GPU-hours (per run, of its own
     tokens, and in total) are the trainer's FLOPs at DEFAULT_MFU of an H100's bf16 peak: an estimate, stated as one.

@@ -1,4 +1,4 @@
-"""The µP MiniCPM decoder (DESIGN §3): RMSNorm pre-norm, RoPE, SwiGLU, grouped-query attention,
+"""The µP MiniCPM decoder (docs/method.md §3): RMSNorm pre-norm, RoPE, SwiGLU, grouped-query attention,
 no biases, tied embeddings, with every µP operation of the paper's Table 7 and an SP switch.
 
 µP with width multiplier m = d_model / d_base (Table 7):

@@ -1,4 +1,5 @@
-"""µP coordinate check (DESIGN §3 "Checking µP"): does each layer's *update* keep its size as the width grows?
+"""µP coordinate check (docs/method.md §3 "Checking µP"): does each layer's *update* keep its size as the width
+grows?
 
 For one µP base (d_base, d_head, vocab_size, scale_emb, scale_depth, init_std) it builds 2-block models at widths
 spanning 16×, under µP and under SP, trains each STEPS AdamW steps on one fixed batch of random tokens, and measures
@@ -37,7 +38,7 @@ SIZED_BY_SP = ("hidden", "logits")
 
 @dataclass(frozen=True, kw_only=True)
 class CheckBase:
-    """What a µP ladder shares and the check depends on (DESIGN §3 "Transfer"): its µP base."""
+    """What a µP ladder shares and the check depends on (docs/method.md §3 "Transfer"): its µP base."""
 
     d_base: int
     """µP base width: m = d_model / d_base"""
@@ -192,7 +193,7 @@ def _check_widths(base: CheckBase, widths: list[int]) -> None:
     if bad or len(widths) < 2 or widths[-1] < 16 * widths[0]:
         example = " ".join(map(str, default_widths(base)))
         raise WindtunnelError(f"--widths {' '.join(map(str, widths))}: give at least two positive multiples of "
-                              f"d_head={base.d_head} spanning ≥16× (DESIGN §3), e.g. {example}")
+                              f"d_head={base.d_head} spanning ≥16× (docs/method.md §3), e.g. {example}")
 
 
 # ---------------------------------------------------------------- the gate of a sweep

@@ -54,7 +54,7 @@ def init_ray(num_cpus: int | None) -> bool:
     True when connected here.
 
     Embedded means `address="local"`: a bare `ray.init()` would first try a cluster still recorded in Ray's
-    temp folder (`ray_current_cluster`) and, if that one died, wait minutes on time-outs (DESIGN §8). A
+    temp folder (`ray_current_cluster`) and, if that one died, wait minutes on time-outs (docs/method.md §8). A
     cluster at $RAY_ADDRESS is probed first, so one that does not answer fails in seconds."""
     import ray
 

@@ -1,4 +1,4 @@
-"""From the fitted laws to the configuration of a full run (DESIGN §1 step 5; paper §3.2, §3.3, §5).
+"""From the fitted laws to the configuration of a full run (docs/method.md §1 step 5; paper §3.2, §3.3, §5).
 
     windtunnel plan micro-1.3m                         # compute-optimal tokens for the model's N
     windtunnel plan micro-1.3m --tokens 9e6            # a token budget

@@ -349,8 +349,8 @@ def decay_dynamics(curves: dict[str, tuple[pd.DataFrame, int]], path: Path) -> P
 
 
 def coord_check(check: dict, path: Path) -> Path:
-    """DESIGN §3 coord check: each layer's update size |h_t − h_0| (geometric mean over the steps) against width,
-    µP beside SP, log-log; the legend gives each layer's slope (µP: ≈ 0)."""
+    """The coord check (docs/method.md §3): each layer's update size |h_t − h_0| (geometric mean over the steps)
+    against width, µP beside SP, log-log; the legend gives each layer's slope (µP: ≈ 0)."""
     fig, axes = _figure(2, width=5.6)
     layers = list(check["mup"])
     for ax, kind in zip(axes, ("mup", "sp")):

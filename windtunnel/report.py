@@ -237,8 +237,8 @@ def _validations(root: Path) -> str:
 
 
 def _coord_check(png: Path) -> str:
-    """The µP coordinate check's figure (DESIGN §3 "Checking µP"), as `windtunnel check-mup` last drew it."""
-    head = "<h2>µP coordinate check: update size against width — DESIGN §3</h2>"
+    """The µP coordinate check's figure (docs/method.md §3 "Checking µP"), as `windtunnel check-mup` last drew it."""
+    head = "<h2>µP coordinate check: update size against width — docs/method.md §3</h2>"
     if not png.is_file():
         return head + "<p class='gap'>not run yet (windtunnel check-mup)</p>"
     return head + f"<img src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}' alt='{png.name}'>"

@@ -20,9 +20,9 @@ __all__ = ["constant", "cosine", "cosine_loop", "wsd", "SCHEDULES", "DECAY_SHAPE
            "ScheduleSpec", "make_schedule", "batch_stage", "batch_steps"]
 
 EXP_HALF_LIVES = 5  # default exp decay: 5 half-lives over the decay (η/32 at its end); MiniCPM's 10% of
-#                     1.1T tokens at 4M tokens/step is ~27K steps ≈ 5.5 half-lives of 5000 steps (DESIGN §3)
+#                     1.1T tokens at 4M tokens/step is ~27K steps ≈ 5.5 half-lives of 5000 steps (docs/method.md §3)
 
-# WSD decay shapes g(x, half_lives): x ∈ [0, 1] is the decay's progress, g falls from 1 (§4.2, DESIGN §3)
+# WSD decay shapes g(x, half_lives): x ∈ [0, 1] is the decay's progress, g falls from 1 (§4.2, docs/method.md §3)
 DECAY_SHAPES = {
     "exp": lambda x, half_lives: 0.5 ** (x * half_lives),  # MiniCPM's f = 0.5^((s−T)/half_life)
     "linear": lambda x, half_lives: 1.0 - x,
@@ -62,7 +62,7 @@ def _cosine_checked(step, lr, warmup, period, final_ratio) -> float | None:
 
 
 def cosine(step: int, *, lr: float, warmup: int, period: int, final_ratio: float = 0.1) -> float:
-    """Cosine(T) of §4.1 in its intended form (DESIGN §3): η → final·η over [W, T], then final·η.
+    """Cosine(T) of §4.1 in its intended form (docs/method.md §3): η → final·η over [W, T], then final·η.
 
     lr(s) = 0.1η + 0.9η·(1 + cos(π(s−W)/(T−W)))/2 for W ≤ s ≤ T (final_ratio 0.1); the paper prints
     0.9η·cos(πs/T) + 0.1η, which would go negative.
@@ -135,7 +135,7 @@ class ScheduleSpec:
     # None = start the decay decay_fraction of the run's tokens before its end
     decay_fraction: float = 0.1
     # wsd without decay_start_tokens: fraction of the run's tokens spent decaying, in (0, 1];
-    # 10% reaches the cosine optimum, 2.5% falls short (§4.3, DESIGN §3)
+    # 10% reaches the cosine optimum, 2.5% falls short (§4.3, docs/method.md §3)
     decay_shape: str = "exp"
     # wsd: "exp" | "linear" | "cosine" | "sqrt" (a key of DECAY_SHAPES)
     half_life_tokens: int | None = None

@@ -2,9 +2,9 @@
 files (fits, figures, plans, the report) as artifacts, read runs back as DataFrames, and serve the MLflow UI.
 
 The store is $MLFLOW_TRACKING_URI (a tracking server on a cluster: every process, Ray workers included, logs there),
-else the sqlite file results/mlflow.db with artifacts in results/mlartifacts (DESIGN §5): one parent MLflow run per
-sweep, one child per training run (`parent_run_id`). mlflow and pandas are imported inside functions, so importing
-this module stays cheap.
+else the sqlite file results/mlflow.db with artifacts in results/mlartifacts (docs/method.md §5): one parent MLflow
+run per sweep, one child per training run (`parent_run_id`). mlflow and pandas are imported inside functions, so
+importing this module stays cheap.
 
     with RunLogger(experiment="sweep-lr", run_name="w64-lr0.01", params=spec, tags={"sweep": "lr"}) as run:
         run.log({"train/loss": 3.21}, step=10)   # the trainer's `log` callback

@@ -101,7 +101,7 @@ def _parent_logger(spec: SearchSpec, scale: str, folder: Path, trials: int):
     from windtunnel.tracking import RunLogger
 
     space = {f"space.{p.name}": f"[{p.low:g}, {p.high:g}]{' log' if p.log else ''}" for p in spec.space}
-    return RunLogger.in_folder(  # creates the experiment before any trial logs to it (DESIGN §8)
+    return RunLogger.in_folder(  # creates the experiment before any trial logs to it (docs/method.md §8)
         folder, experiment=spec.name, run_name=f"{spec.name} ({scale})",
         params={"scale": scale, "model": spec.template.model.name, "tokens": spec.template.tokens,
                 "objective": spec.objective, "seed": spec.seed, "description": spec.description, **space},

@@ -4,8 +4,8 @@ runs, its fit, its figures, what a terminal shows and what the plan takes from i
 `windtunnel fit STUDY` and `windtunnel fit --all` (`make fit`, `make plots`), the report's sections and the plan's
 inputs all read STUDIES, so a new study is one entry here (the report then shows its fit.json and figures;
 windtunnel.findings states the paper's claims on the studies it knows). LAWS are the laws `windtunnel fit KIND
-(--sweep NAME | --csv PATH)` fits on their own and prints, writing nothing (DESIGN §6); each reads its rows as a
-study of STUDIES does.
+(--sweep NAME | --csv PATH)` fits on their own and prints, writing nothing (docs/method.md §6); each reads its rows
+as a study of STUDIES does.
 
     result, written = studies.run("scaling_law", Options(scale="micro"))   # results/scaling_law/fit.json + figures
 """

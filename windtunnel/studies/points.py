@@ -1,8 +1,8 @@
 """Stored sweeps → the tidy tables the fits take (the join of tracking and fit), and fit.json on disk.
 
 A study reads a sweep of `sweeps/` back from MLflow: one row per finished run, with its loss = the mean over the
-held-out sets of the final bits per byte (DESIGN §3: averaged per byte, so tokenizers compare). Failed, diverged
-and unfinished runs are left out and counted with their reason, and so are decay branches forked while their
+held-out sets of the final bits per byte (docs/method.md §3: averaged per byte, so tokenizers compare). Failed,
+diverged and unfinished runs are left out and counted with their reason, and so are decay branches forked while their
 stable run was learning in-context copying (its copy gap rising fast: issue 22), whose loss sits between two regimes.
 
     frame, excluded = final_points("scaling_law", scale="micro")
@@ -33,7 +33,7 @@ NUMERIC = {"N": "params.N", "D": "params.D", "lr": "params.lr", "batch_tokens": 
            "n_layers": "params.model.n_layers",
            "vocab_size": "params.model.vocab_size", "period_tokens": "params.schedule.period_tokens"}
 MUP_BASE = ("d_base", "d_head", "vocab_size", "scale_emb", "scale_depth", "init_std", "parametrization", "smear_keys")
-# the µP base of a run's model: hyper-parameters found on a ladder transfer only within one base (DESIGN §3)
+# the µP base of a run's model: hyper-parameters found on a ladder transfer only within one base (docs/method.md §3)
 TEXT = {"model": "params.model.name", "parametrization": "params.model.parametrization",
         "schedule": "params.schedule.kind", "decay_shape": "params.schedule.decay_shape",
         "stage": "params.coord.stage", "run": "tags.windtunnel.run", "parent": "tags.parent", "status": "tags.status",
