@@ -416,3 +416,50 @@ def test_close_children_ends_only_running_children_of_that_parent(store):
     assert closed == [open_child.run_id]
     status = runs_dataframe(experiment="e").set_index("run_name")["status"].to_dict()
     assert status == {"p": "RUNNING", "q": "RUNNING", "c1": "KILLED", "c2": "FINISHED", "c3": "RUNNING"}
+
+
+def test_runs_carry_their_source_and_experiments_their_description(store):
+    """MLflow as its users expect it: the UI's Source/Version columns (windtunnel's version, the git commit of a
+    checkout) and each experiment's description, set at creation and kept up to date."""
+    from mlflow import MlflowClient
+
+    from windtunnel import __version__
+
+    run = RunLogger(experiment="train", run_name="a", params={}, tags={})
+    run.finish("FINISHED", tag_status="finished")
+    sweep = RunLogger(experiment="lr", run_name="lr (micro)", params={}, tags={}, note="LR transfer. Sweep file lr.yaml")
+    sweep.finish("FINISHED", tag_status="finished")
+    client = MlflowClient(tracking_uri())
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["windtunnel.version"] == __version__ and tags["mlflow.source.name"] == "windtunnel"
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (CI's clean clone): its commit, and whether its code was edited
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert tags["windtunnel.git.dirty"] in ("true", "false")
+    notes = {e.name: e.tags.get("mlflow.note.content") for e in client.search_experiments()}
+    assert notes["train"] == tracking.EXPERIMENT_NOTES["train"] and notes["lr"] == "LR transfer. Sweep file lr.yaml"
+    again = RunLogger(experiment="lr", run_name="lr (micro)", params={}, tags={}, run_id=sweep.run_id, note="new")
+    again.finish("FINISHED", tag_status="finished")
+    assert client.get_experiment_by_name("lr").tags["mlflow.note.content"] == "new"
+
+
+def test_a_run_logs_its_corpus_as_a_dataset_input(store):
+    from mlflow import MlflowClient
+
+    from tests.conftest import tiny_spec
+    from windtunnel.data import prepare
+    from windtunnel.runs import log_corpus
+
+    spec = tiny_spec()
+    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size, progress=False)
+    run = RunLogger(experiment="train", run_name="a", params={}, tags={})
+    log_corpus(run, spec)
+    log_corpus(run, spec)  # a resumed run logs it again: still one input
+    run.finish("FINISHED", tag_status="finished")
+    inputs = MlflowClient(tracking_uri()).get_run(run.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("python", corpus.fingerprint[:36], "code")
+    assert json.loads(dataset.source)["versions"]["torch"] and inputs[0].tags[0].value == "training"
+    profile = json.loads(dataset.profile)
+    assert profile["train_tokens"] == len(corpus.train) and profile["code_tokens"] == len(corpus.evals["code"])

@@ -145,11 +145,22 @@ def cmd_sweep(args) -> None:
     from windtunnel.orchestrate import run_graph
 
     outcomes = run_graph(runs, sweep=sweep.name, scale=args.scale, description=sweep.description,
+                         note=_experiment_note(sweep, args.spec),
                          retries=args.retries, num_cpus=args.num_cpus, allow_repeat=args.allow_repeat)
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
         raise WindtunnelError(f"{sum(o.status == 'failed' for o in outcomes)} run(s) failed; run the same command "
                               "again to retry them (finished runs are kept)")
+
+
+def _experiment_note(sweep, file: Path) -> str:
+    """A sweep's MLflow experiment description: what it studies, its file and scales, and the studies that read it."""
+    from windtunnel.studies import STUDIES
+
+    fed = [f"`windtunnel fit {s.name}` ({s.title})" for s in STUDIES.values() if s.sweep == sweep.name]
+    reads = "read by " + ", ".join(fed) if fed else "no study reads it: fit its laws with `windtunnel fit KIND --sweep`"
+    return (f"{(sweep.description or sweep.name).rstrip('.')}. Sweep file {Path(file).name}, scales "
+            f"{', '.join(sweep.scales)}; one parent run per scale, one child per training run; {reads}.")
 
 
 def _print_graph(runs, summary) -> None:

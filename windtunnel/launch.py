@@ -369,7 +369,7 @@ def _worker(config: dict) -> None:
     if ray.train.get_context().get_world_rank() != 0:
         train(run.spec, folder)
         return
-    from windtunnel.runs import run_params
+    from windtunnel.runs import log_corpus, run_params
     from windtunnel.tracking import RunLogger
 
     predicted = config["predicted"]
@@ -400,6 +400,7 @@ def _worker(config: dict) -> None:
         logger.log(metrics, step)
 
     try:
+        log_corpus(logger, run.spec)
         result = train(run.spec, folder, log=log, flush=logger.flush, progress=True)
     except BaseException:
         logger.finish("FAILED", tag_status="failed")

@@ -120,13 +120,13 @@ def _check_fits(ray, runs: list[Run], *, gpus: bool) -> None:
                                       f"{name}; lower the sweep's scales.<scale>.resources or add a bigger node")
 
 
-def _parent_logger(sweep: str, scale: str, runs: list[Run], description: str):
+def _parent_logger(sweep: str, scale: str, runs: list[Run], description: str, note: str | None):
     from windtunnel.tracking import RunLogger
 
     folder = results_dir() / "sweeps" / f"{sweep}-{scale}"
     folder.mkdir(parents=True, exist_ok=True)
     return RunLogger.in_folder(folder, experiment=sweep, run_name=f"{sweep} ({scale})",
-                               params={"scale": scale, "description": description},
+                               params={"scale": scale, "description": description}, note=note,
                                tags={"sweep": sweep, "scale": scale, "kind": "sweep", "n_runs": str(len(runs))})  # may grow
 
 
@@ -173,9 +173,11 @@ def check_epochs(runs: list[Run], train_tokens: dict) -> None:
 
 
 def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "", retries: int = 2,
-              num_cpus: int | None = None, progress: bool = True, allow_repeat: bool = False) -> list[RunOutcome]:
+              num_cpus: int | None = None, progress: bool = True, allow_repeat: bool = False,
+              note: str | None = None) -> list[RunOutcome]:
     """Train every run of the graph not yet done; returns one outcome per run, in graph order. A run that would read
-    its corpus's training split more than once is refused before anything trains, unless `allow_repeat`."""
+    its corpus's training split more than once is refused before anything trains, unless `allow_repeat`. `note`:
+    the sweep's MLflow experiment description (what it studies, its scales, what reads it)."""
     from windtunnel.data import prepare
     from windtunnel.tracking import ending_family, settle_runs
 
@@ -193,7 +195,7 @@ def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "",
     if todo and os.environ.get("RAY_ADDRESS"):  # so does a cluster that does not answer
         probe_cluster(os.environ["RAY_ADDRESS"])
     settle_runs(sweep, {r.run.id: r.status for r in outcomes.values()})
-    parent = _parent_logger(sweep, scale, runs, description)
+    parent = _parent_logger(sweep, scale, runs, description, note)
     with ending_family(parent):  # the parent ends FAILED on an error, KILLED on Ctrl-C; so do orphaned children
         board = _Board(runs, outcomes, enabled=progress)
         try:

@@ -161,6 +161,7 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
                                        "parent": run.parent or "", **where},
                                  parent_run_id=parent_mlflow_id, system_metrics=True)
     try:
+        log_corpus(logger, run.spec)
         result = train(run.spec, folder, init_from=Path(init_from) if init_from else None,
                        log=logger.log, flush=logger.flush, progress=progress)
     except BaseException as err:
@@ -169,6 +170,24 @@ def train_one(run: Run, *, init_from: str | None, experiment: str, parent_mlflow
         raise
     logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
     return asdict(result)
+
+
+def log_corpus(logger, spec: TrainSpec) -> None:
+    """The run's corpus as its MLflow dataset input: name, content fingerprint, source and tokens per split."""
+    from windtunnel.data import embedded_source, prepare
+
+    corpus = prepare(spec.data, vocab_size=spec.model.vocab_size, progress=False)  # prepared already: reopened
+    name = spec.data.corpus
+    if name == "python":
+        kind, source = "code", {"corpus": name, "versions": embedded_source()}
+    elif name.startswith("hf:"):
+        kind, source = "hugging_face", {"corpus": name}
+    else:
+        kind, source = "local", {"corpus": str(Path(name).expanduser().resolve())}
+    tokens = {"train_tokens": len(corpus.train), **{f"{k}_tokens": len(v) for k, v in corpus.evals.items()}}
+    logger.log_corpus(name=name, fingerprint=corpus.fingerprint, kind=kind, source=json.dumps(source),
+                      profile={**tokens, "vocab_size": spec.model.vocab_size,
+                               "bytes_per_token": {k: round(v, 4) for k, v in corpus.bytes_per_token.items()}})
 
 
 def record_attempt(folder: Path) -> dict:

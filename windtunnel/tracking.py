@@ -14,6 +14,8 @@ importing this module stays cheap.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import os
 import signal
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["tracking_uri", "RunLogger", "log_outputs", "close_children", "end_if_running", "ending_family",
-           "settle_runs", "runs_dataframe", "metric_history", "serve_ui", "start_ui_server", "stop_ui_server"]
+           "settle_runs", "runs_dataframe", "metric_history", "serve_ui", "start_ui_server", "stop_ui_server",
+           "source_tags"]
 
 FLUSH_POINTS = 200  # buffered points that trigger a flush: one log_batch call
 FLUSH_SECONDS = 5.0  # ... or seconds since the last flush, checked on each log()
@@ -46,6 +49,16 @@ RUN_ID_FILE = "mlflow_run_id"  # in a run dir or sweep folder: the id of its MLf
 OUTPUTS_EXPERIMENT = "windtunnel-outputs"  # the plans' and the report's runs, and fits without a sweep run
 OUTPUT_TAG = "windtunnel.output"  # names an output run, so a rerun finds and reuses it
 SYSTEM_SECONDS = 10.0  # system metrics sampling interval (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)
+NOTE_TAG = "mlflow.note.content"  # an experiment's description in the MLflow UI
+EXPERIMENT_NOTES = {  # the descriptions of the experiments that are not a sweep's or a search's (those give theirs)
+    "train": "Single runs of `windtunnel train MODEL` (one run per spec; a rerun resumes it).",
+    "launch": "Planned runs trained by `windtunnel launch PLAN` on Ray Train, each compared with its plan's "
+              "predicted loss (params predicted_loss, metric final/actual_minus_predicted).",
+    "validate": "`windtunnel validate TARGET`: a target beyond the ladder, planned from the fits, trained as planned "
+                "and compared with the prediction (the wind tunnel's own test).",
+    OUTPUTS_EXPERIMENT: "Files not tied to one sweep run: plans (`windtunnel plan`), the report (`windtunnel "
+                        "report`) and fits of sweeps without a stored parent run.",
+}
 
 
 def tracking_uri() -> str:
@@ -100,18 +113,23 @@ def _artifact_location() -> str | None:
     return (Path(path).resolve().parent / "mlartifacts").as_uri()
 
 
-def _experiment_id(client, name: str, *, create: bool) -> str | None:
-    """The id of live experiment `name`; created when missing if `create` (safe when processes race to create it)."""
+def _experiment_id(client, name: str, *, create: bool, note: str | None = None) -> str | None:
+    """The id of live experiment `name`; created when missing if `create` (safe when processes race to create it).
+    `note` (default: EXPERIMENT_NOTES's) becomes its description in the MLflow UI, kept up to date."""
     from mlflow.exceptions import MlflowException
 
+    note = note or EXPERIMENT_NOTES.get(name)
     experiment = client.get_experiment_by_name(name)
     if experiment is None and create:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location())
+            return client.create_experiment(name, artifact_location=_artifact_location(),
+                                            tags={NOTE_TAG: note} if note else None)
         except MlflowException as err:  # another process created it between our read and our write
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             experiment = client.get_experiment_by_name(name)
+    if create and note and experiment is not None and experiment.tags.get(NOTE_TAG) != note:
+        client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, note)
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         if not create:
             return None
@@ -121,6 +139,29 @@ def _experiment_id(client, name: str, *, create: bool) -> str | None:
             "or use another name"
         )
     return experiment.experiment_id if experiment else None
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """What made a run, as MLflow's source tags (the UI's Source and Version columns): windtunnel's version and,
+    from a git checkout, its commit and whether its code had uncommitted changes (tag windtunnel.git.dirty)."""
+    from windtunnel import __version__
+
+    tags = {"windtunnel.version": __version__, "mlflow.source.name": "windtunnel", "mlflow.source.type": "LOCAL"}
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():  # an installed wheel: its version is all there is
+        return tags
+    git = ["git", "-C", str(root)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "windtunnel", "models",
+                                "sweeps"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git here
+        return tags
+    if commit.returncode == 0:
+        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+        tags["windtunnel.git.dirty"] = "true" if dirty.stdout.strip() else "false"
+    return tags
 
 
 def _strings(values: dict, limit: int) -> dict[str, str]:
@@ -151,6 +192,7 @@ class RunLogger:
         parent_run_id: str | None = None,
         run_id: str | None = None,
         system_metrics: bool = False,
+        note: str | None = None,
     ):
         self._client = _client()
         self._buffer: list[tuple[str, float, int, int]] = []  # (key, value, timestamp in ms, step) not yet sent
@@ -162,12 +204,15 @@ class RunLogger:
         tags = _strings(tags, TAG_CHARS) | ({PARENT_TAG: parent_run_id} if parent_run_id else {})
         params = _strings(params, PARAM_CHARS)
         if run_id is None:
-            experiment_id = _experiment_id(self._client, experiment, create=True)
+            experiment_id = _experiment_id(self._client, experiment, create=True, note=note)
+            tags = source_tags() | tags
             self.run_id: str = self._client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
             tags = {}
         else:
             self.run_id = run_id
             params = self._reopen(experiment, params)  # RUNNING from here on
+            if note:
+                _experiment_id(self._client, experiment, create=True, note=note)
         try:
             self._log_entities(params, tags)
             if system_metrics:
@@ -206,6 +251,16 @@ class RunLogger:
             message = f"MLflow run {self.run_id} keeps its stored values of params {changed} (params are immutable)"
             warnings.warn(message, stacklevel=3)
         return {key: value for key, value in params.items() if key not in stored}
+
+    def log_corpus(self, *, name: str, fingerprint: str, source: str, kind: str, profile: dict,
+                   context: str = "training") -> None:
+        """The corpus a run read, as an MLflow dataset input (the run's Datasets in the UI): its name, content
+        fingerprint, source, kind ("local", "hf" or "embedded") and profile (tokens per split, bytes per token)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name[:500], digest=fingerprint[:36], source_type=kind, source=source,
+                          profile=json.dumps(profile))
+        self._client.log_inputs(self.run_id, [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
     def _get_run(self):
         from mlflow.exceptions import MlflowException

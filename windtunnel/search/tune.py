@@ -105,7 +105,10 @@ def _parent_logger(spec: SearchSpec, scale: str, folder: Path, trials: int):
         folder, experiment=spec.name, run_name=f"{spec.name} ({scale})",
         params={"scale": scale, "model": spec.template.model.name, "tokens": spec.template.tokens,
                 "objective": spec.objective, "seed": spec.seed, "description": spec.description, **space},
-        tags={"search": spec.name, "scale": scale, "kind": "search", "trials": trials})
+        tags={"search": spec.name, "scale": scale, "kind": "search", "trials": trials},
+        note=f"{(spec.description or spec.name).rstrip('.')}. Bayesian µP search (Optuna TPE through Ray Tune, ASHA) "
+             f"of {', '.join(p.name for p in spec.space)} on {spec.template.model.name}; one parent run per scale, "
+             f"one child per trial; best values in results/search/{spec.name}-SCALE/best.yaml.")
 
 
 def _rounds(folder: Path) -> list[Path]:
