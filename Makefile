@@ -48,7 +48,12 @@ demo: $(STAMP)
 	@echo "Compare runs in the browser: make mlflow-ui  (http://127.0.0.1:5000)"
 	@echo "make demo took $$(( $$(date +%s) - $$(cat results/.demo-start) )) s"
 
+# the report's and the MLflow UI's browser tests need Chromium: installed from Debian's packages where this runs as
+# root with apt-get (CI's clean machine); elsewhere those two tests skip and say so
 test: $(STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "no Chromium here: the browser tests of the report and the MLflow UI skip (apt-get install chromium)"
 	$(BIN)/python -m pytest
 
 # µP coordinate check (docs/method.md §3): each layer's update size against width, µP and SP;

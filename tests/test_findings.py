@@ -2,7 +2,7 @@
 
 import json
 
-from windtunnel.findings import NOT_RUN, findings, table
+from windtunnel.findings import NO_BACKTEST, NOT_RUN, findings, table
 
 
 def _write(root, study, payload):
@@ -34,7 +34,7 @@ def test_a_small_ladder_without_backtests_or_bootstrap_still_reads(tmp_path):
         (found,) = [f for f in rows if f.paper.startswith(start)]
         return found
 
-    assert row("L(N, D)").verdict == NOT_RUN and "too few sizes" in row("L(N, D)").here
+    assert row("L(N, D)").verdict == NO_BACKTEST and "too few sizes" in row("L(N, D)").here  # fitted, not "not run"
     assert "not bootstrapped" in row("bs_opt").here
     assert row("under µP").verdict == "partly" and "spread 1.20×" in row("under µP").here
     assert row("the curvature K").verdict == NOT_RUN  # branches trained before D1/D2 were logged

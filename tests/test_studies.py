@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests import browser
 from windtunnel import cli, studies
 from windtunnel.config import TrainSpec, apply_overrides, get_model, load_overrides
 from windtunnel.fit import PerToken
@@ -343,6 +344,28 @@ def test_plan_from_the_fits_and_the_report(fitted, capsys):
     page = (store / "report.html").read_text()
     assert page.count("data:image/png;base64") >= 7 and "micro-425k" in page and "predict N" in page
     assert "The paper's findings on this ladder" in page and "| WSD with a ~10% decay" in capsys.readouterr().out
+    assert "<div class='card'><h3>micro-425k <span class=''>(complete)</span>" in page  # a card, not a YAML dump
+    assert "href='plans/micro-425k.yaml'" in page and "<th>predicted loss</th>" in page
+
+
+@pytest.mark.skipif(browser.chromium() is None, reason="no Chromium (make test installs Debian's chromium as root)")
+def test_the_report_in_a_real_browser_loads_every_image_and_link(fitted, capsys):
+    """report.html in headless Chromium: every figure decodes, every link reaches a file; a screenshot is kept."""
+    from urllib.parse import unquote, urlparse
+
+    store = fitted
+    if not (store / "report.html").is_file():
+        assert cli.main(["plan", "micro-425k", "--tokens", "2.5e7"]) == 0 and cli.main(["report"]) == 0
+    found = browser.Page.visit((store / "report.html").as_uri(), "document.readyState === 'complete' && "
+                               "JSON.stringify({images: [...document.images].map(i => [i.alt, i.complete && "
+                               "i.naturalWidth > 0]), links: [...document.links].map(a => a.href), "
+                               "text: document.body.innerText})", screenshot=store / "report.png")
+    page = json.loads(found)
+    assert len(page["images"]) >= 7 and all(ok for _, ok in page["images"]), page["images"]
+    assert page["links"] and all(urlparse(u).scheme == "file" and Path(unquote(urlparse(u).path)).is_file()
+                                 for u in page["links"]), page["links"]
+    assert "micro-425k (complete)" in page["text"] and "predicted loss" in page["text"]
+    assert (store / "report.png").stat().st_size > 10_000
 
 
 def test_plan_without_fits_says_what_is_missing(tmp_path, monkeypatch, capsys):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests import browser
 from windtunnel import tracking
 from windtunnel.errors import WindtunnelError
 from windtunnel.tracking import RunLogger, metric_history, runs_dataframe, serve_ui, tracking_uri
@@ -463,3 +464,21 @@ def test_a_run_logs_its_corpus_as_a_dataset_input(store):
     assert json.loads(dataset.source)["versions"]["torch"] and inputs[0].tags[0].value == "training"
     profile = json.loads(dataset.profile)
     assert profile["train_tokens"] == len(corpus.train) and profile["code_tokens"] == len(corpus.evals["code"])
+
+
+@pytest.mark.skipif(browser.chromium() is None, reason="no Chromium (make test installs Debian's chromium as root)")
+def test_the_mlflow_ui_lists_each_experiment_with_its_description(store, tmp_path):
+    """The MLflow UI's experiment list, in headless Chromium, says what each experiment is."""
+    RunLogger(experiment="lr", run_name="lr (micro)", params={}, tags={},
+              note="LR transfer across widths. Sweep file lr.yaml").finish("FINISHED", tag_status="finished")
+    RunLogger(experiment="train", run_name="a", params={}, tags={}).finish("FINISHED", tag_status="finished")
+    port = browser._free_port()
+    server = tracking.start_ui_server(port=port)
+    try:
+        text = browser.Page.visit(f"http://127.0.0.1:{port}/#/experiments", "document.body && "
+                                  "document.body.innerText.includes('Sweep file lr.yaml') && document.body.innerText",
+                                  timeout=120, screenshot=tmp_path / "experiments.png")
+    finally:
+        tracking.stop_ui_server(server)
+    assert text and "Description" in text, text
+    assert "LR transfer across widths" in text and tracking.EXPERIMENT_NOTES["train"] in text

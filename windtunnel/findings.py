@@ -16,6 +16,7 @@ from windtunnel.paths import results_dir
 __all__ = ["Finding", "findings", "table"]
 
 YES, NO, PARTLY, NOT_RUN = "reproduced", "not reproduced", "partly", "not run"
+NO_BACKTEST = "fitted, too few sizes to backtest"  # the law is fitted; a rolling backtest needs ≥ 4 sizes
 DEVIATION = "deviation"  # the ladder departs from MiniCPM on purpose; the row says how and what it buys
 
 
@@ -23,7 +24,7 @@ DEVIATION = "deviation"  # the ladder departs from MiniCPM on purpose; the row s
 class Finding:
     section: str
     paper: str      # the paper's finding
-    verdict: str    # YES | NO | PARTLY | NOT_RUN
+    verdict: str    # YES | NO | PARTLY | NOT_RUN | NO_BACKTEST | DEVIATION
     here: str       # the numbers behind the verdict (or what is missing)
 
 
@@ -157,7 +158,7 @@ def _scaling_law(law: dict | None) -> list[Finding]:
     errors = {c["form"]: _mean_error(c["backtests"]) for c in law.get("candidates", []) if c["n_kind"] == law["n_kind"]}
     errors = {form: e for form, e in errors.items() if e is not None}  # too few sizes to backtest: none
     paper = errors.get("chinchilla")
-    first = Finding(*rows[0], NOT_RUN if paper is None else YES if paper < 0.03 else PARTLY,
+    first = Finding(*rows[0], NO_BACKTEST if paper is None else YES if paper < 0.03 else PARTLY,
                     f"α {law['alpha']:.2f} {_iv(iv.get('alpha'))}, β {law['beta']:.2f} {_iv(iv.get('beta'))}; rolling "
                     "backtests, mean |error|: " + (", ".join(f"{k} form {v:.2%}" for k, v in sorted(errors.items()))
                                                    or "none (too few sizes)"))

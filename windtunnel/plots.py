@@ -33,6 +33,7 @@ def _save(fig, path: Path) -> Path:
 
     from windtunnel.paths import atomic_path
 
+    _readable_log_axes(fig)
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:  # a temporary file, renamed when complete
@@ -42,13 +43,34 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _major_ticks_only(ax) -> None:
-    """A log x axis spanning about a decade labels every minor tick too, and the labels collide: label 1-2-5."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+def _readable_log_axes(fig) -> None:
+    """Every log axis labelled on major ticks only, in short numbers (30K, 2M, 0.01, 1e18): 1-2-5 within about two
+    decades, whole decades beyond (at most ~8 labels). Matplotlib's default labels the minor ticks of an axis that
+    spans about a decade, and their labels collide ("3×10⁴ 4×10⁴")."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale != "log":
+                continue
+            low, high = sorted(axis.get_view_interval())
+            decades = np.log10(high / low) if low > 0 else np.inf
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,), numticks=8))
+            axis.set_major_formatter(FuncFormatter(short_number))
+            axis.set_minor_formatter(NullFormatter())
+
+
+def short_number(x: float, _pos=None) -> str:
+    """A tick label: 30K, 2M, 1.5G, 0.01; below 0.001 or from 1e12 on, 1e-4 and 2e18."""
+    if not np.isfinite(x) or x <= 0:
+        return ""
+    if x >= 1e12 or x < 1e-3:
+        mantissa, exponent = f"{x:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= size:
+            return f"{x / size:g}{unit}"
+    return f"{x:g}"
 
 
 def _colors(n: int):
@@ -69,7 +91,6 @@ def batch_size_curves(reach: pd.DataFrame, optima: pd.DataFrame, path: Path) -> 
         best = optima[optima["model"] == model].sort_values("level")
         ax.plot(best["bs_opt"], best["tokens_at_opt"], "k*--", ms=8, lw=1, label="optimum")
         ax.set(xscale="log", yscale="log", xlabel="batch size (tokens)", ylabel="tokens to reach the loss", title=model)
-        _major_ticks_only(ax)
     axes[0].legend(title="loss (bits/byte)", fontsize=7)
     return _save(fig, path)
 
@@ -109,7 +130,6 @@ def lr_transfer(points: pd.DataFrame, optima: list[dict], path: Path) -> Path:
             ax.plot([], [], "^", color="gray", label="diverged (optimum below)")
         ax.set(xscale="log", xlabel="base learning rate", ylabel="final loss (bits/byte)",
                title="µP" if kind == "mup" else "standard parametrization")
-        _major_ticks_only(ax)
         ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -273,7 +293,6 @@ def copy_gap(curves: pd.DataFrame, points: pd.DataFrame, threshold: float, path:
     ax.set(xscale="log", xlabel="tokens (stable run)", ylabel="copy gap (nats): loss on new − on repeated pairs",
            title="in-context copying: the copy gap of every stable run")
     ax.title.set_fontsize(9)
-    _major_ticks_only(ax)
     ax.xaxis.set_major_formatter(_token_labels())
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # beside: curves overlap
     return _save(fig, path)

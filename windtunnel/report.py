@@ -17,7 +17,9 @@ __all__ = ["write_report"]
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}
-img{max-width:100%;border:1px solid #eee;margin:4px 0}code,pre{background:#f4f4f4;white-space:pre-wrap}.gap{color:#a40}"""
+img{max-width:100%;border:1px solid #eee;margin:4px 0}code,pre{background:#f4f4f4;white-space:pre-wrap}.gap{color:#a40}
+.card{border:1px solid #ccc;border-radius:6px;padding:0 1em;margin:1em 0}.card th{text-align:left;background:#f8f8f8}
+.card td:nth-child(2){white-space:nowrap}"""
 
 
 def write_report(path: Path | None = None) -> Path:
@@ -249,10 +251,67 @@ def _num(value, spec: str) -> str:
 
 
 def _plans(folder: Path) -> str:
+    """Each plan as a card: what it decides, how sure it is and what it costs, its gaps in words; the YAML linked."""
+    import yaml
+
     plans = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
     if not plans:
         return "<h2>Plans</h2><p class='gap'>no plan yet (windtunnel plan minicpm-1.2b)</p>"
-    return "<h2>Plans</h2>" + "".join(f"<h3>{p.stem}</h3><pre>{html.escape(p.read_text())}</pre>" for p in plans)
+    cards = []
+    for path in plans:
+        try:
+            plan = yaml.safe_load(path.read_text())
+            cards.append(_plan_card(plan, f"{folder.name}/{path.name}"))
+        except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:  # a hand-edited plan: shown as it is
+            cards.append(f"<div class='card'><h3>{html.escape(path.stem)}</h3><p class='gap'>not a plan windtunnel "
+                         f"reads ({html.escape(type(err).__name__)}): <a href='{folder.name}/{path.name}'>"
+                         f"{html.escape(path.name)}</a></p></div>")
+    return "<h2>Plans</h2>" + "".join(cards)
+
+
+def _plan_card(plan: dict, link: str) -> str:
+    """One plan's card: target and status, then a row per decision (tokens, predicted loss, batch, LR, schedule,
+    cost, extrapolation), each with its interval or basis; '—' where the plan left the value out."""
+    train, hp, loss, cost = plan["train"], plan.get("hyperparameters") or {}, plan.get("predicted_loss"), plan["cost"]
+    n_kind = {"total": "N with the embedding", "non_embedding": "non-embedding N"}.get(plan.get("n_kind"), "N")
+    rows = [("tokens", _num(train.get("tokens"), ",.0f"), plan.get("tokens_basis") or "")]
+    if loss:
+        low, high = loss["interval95"]
+        rows.append(("predicted loss", f"{loss['value']:.4f} [{low:.4f}, {high:.4f}]",
+                     f"{loss.get('unit', '')}; 95% prediction interval"
+                     + ("" if loss.get("usable", True) else " — too wide to use")))
+    else:
+        rows.append(("predicted loss", "—", ""))
+    for key, label, spec in (("batch_tokens", "batch (tokens)", ",.0f"), ("lr", "max LR", ".4g")):
+        value, fitted = train.get(key), hp.get("batch" if key == "batch_tokens" else "lr") or {}
+        interval = fitted.get("interval95")
+        rows.append((label, _num(value, spec),
+                     f"95% interval [{interval[0]:{spec}}, {interval[1]:{spec}}]" if interval and value else ""))
+    schedule = train.get("schedule") or {}
+    if schedule:
+        decay = train["tokens"] - schedule.get("decay_start_tokens", train["tokens"])
+        rows.append(("schedule", f"{schedule.get('kind', '?').upper()}", f"warm-up {schedule.get('warmup_tokens', 0):,}"
+                     f" tokens, {schedule.get('decay_shape', '')} decay over the last {decay:,} tokens"))
+    if cost:
+        ladder = cost.get("ladder") or {}
+        rows.append(("cost", f"{cost['gpu_hours']:,.3g} GPU-hours",
+                     f"{cost['trained_flops']:.3g} FLOPs at {cost['mfu']:.0%} MFU of {cost['gpu_flops']:.3g} FLOP/s"
+                     + (f"; the ladder cost {ladder['gpu_hours']:,.3g} GPU-hours, "
+                        f"{ladder['fraction_of_target']:.2%} of this run" if ladder else "")))
+    if loss and loss.get("extrapolation"):
+        ratios = loss["extrapolation"]
+        rows.append(("beyond the ladder", f"{ratios['n']:.3g}× N",
+                     f"{ratios['d']:.3g}× D, {ratios['c']:.3g}× C over the largest fitted"))
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td><td style='text-align:left'>"
+                    f"{html.escape(w)}</td></tr>" for k, v, w in rows)
+    gaps = "".join(f"<li>{html.escape(g)}</li>" for g in plan.get("gaps") or [])
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in plan.get("notes") or [])
+    status = plan.get("status", "?")
+    return (f"<div class='card'><h3>{html.escape(plan['target'])} <span class='{'' if status == 'complete' else 'gap'}'>"
+            f"({html.escape(status)})</span></h3><p>N = {plan['n_params']:,} ({n_kind}); "
+            f"<a href='{html.escape(link)}'>{html.escape(link)}</a></p><table>{table}</table>"
+            + (f"<p>What it leaves out, and why:</p><ul class='gap'>{gaps}</ul>" if gaps else "")
+            + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "") + "</div>")
 
 
 def _trimmed(data: dict) -> str:
