@@ -293,3 +293,19 @@ def test_runs_that_would_repeat_their_data_are_refused_before_anything_trains(tm
     summary = summarize(runs)
     mine = next(r for r in summary["runs"] if r["id"] == longest.id)
     assert mine["epochs"] == pytest.approx(longest.tokens / train_tokens) and summary["unprepared"] == []
+
+
+def test_a_second_driver_of_the_same_sweep_is_refused_naming_the_first(tmp_path, results):
+    """Two `windtunnel sweep` of one graph would train its unfinished runs twice in the same folders."""
+    from windtunnel.errors import WindtunnelError
+    from windtunnel.orchestrate import _only_driver
+
+    runs, _ = sweep_runs(tmp_path)
+    with _only_driver("t", "micro"):  # the first driver, holding the lock
+        with pytest.raises(WindtunnelError, match=f"sweep 't' at scale 'micro' is already running \\(pid {os.getpid()}"):
+            run_graph(runs, sweep="t", scale="micro", progress=False)
+        with _only_driver("t", "demo"):  # another scale is another graph
+            pass
+    assert not (results / "runs").exists()  # nothing trained, nothing written but the lock
+    with _only_driver("t", "micro"):  # released when the first driver ended
+        pass

@@ -17,8 +17,10 @@ and the MLflow store (unless MLFLOW_TRACKING_URI names a server) must be on stor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -178,6 +180,37 @@ def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "",
     """Train every run of the graph not yet done; returns one outcome per run, in graph order. A run that would read
     its corpus's training split more than once is refused before anything trains, unless `allow_repeat`. `note`:
     the sweep's MLflow experiment description (what it studies, its scales, what reads it)."""
+    with _only_driver(sweep, scale):
+        return _run_graph(runs, sweep=sweep, scale=scale, description=description, retries=retries,
+                          num_cpus=num_cpus, progress=progress, allow_repeat=allow_repeat, note=note)
+
+
+@contextlib.contextmanager
+def _only_driver(sweep: str, scale: str):
+    """One driver per sweep and scale at a time: a second `windtunnel sweep` of the same graph would train its
+    unfinished runs twice over, in the same folders. An exclusive lock (flock) on results/sweeps/SWEEP-SCALE/lock,
+    released when the driver ends, however it ends; the file names the holder's process."""
+    import fcntl
+
+    folder = results_dir() / "sweeps" / f"{sweep}-{scale}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise WindtunnelError(f"sweep {sweep!r} at scale {scale!r} is already running ({holder}); wait for it "
+                                  f"to end, or stop it, then run the same command again") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
+
+
+def _run_graph(runs: list[Run], *, sweep: str, scale: str, description: str, retries: int, num_cpus: int | None,
+               progress: bool, allow_repeat: bool, note: str | None) -> list[RunOutcome]:
     from windtunnel.data import prepare
     from windtunnel.tracking import ending_family, settle_runs
 
