@@ -183,12 +183,19 @@ def test_the_ladders_and_sweeps_are_found_from_any_directory(tmp_path):
     assert json.loads(out.stdout)["n_runs"] == 2
     out = windtunnel("--models", "ladders", "sweep", "lr", "--dry-run", "--json", cwd=tmp_path, results=results)
     assert out.returncode == 0, out.stderr  # the packaged sweeps still find the packaged shapes
-    (ladders / "copy.yaml").write_text("defaults: {d_head: 16, vocab_size: 256}\nmodels:\n"   # one name, two shapes
-                                       "  micro-24k: {d_model: 48, n_heads: 3, n_layers: 2}\n")
+    (ladders / "copy.yaml").write_text("defaults: {d_head: 16, vocab_size: 256}\nmodels:\n"   # a packaged name:
+                                       "  micro-24k: {d_model: 48, n_heads: 3, n_layers: 2}\n")  # the user's wins
+    out = windtunnel("models", "--json", "--models", str(ladders), cwd=tmp_path, results=results)
+    row = next(r for r in json.loads(out.stdout) if r["name"] == "micro-24k")
+    assert (row["d_model"], row["file"]) == (48, str(ladders / "copy.yaml"))
+    table = windtunnel("models", "--models", str(ladders), cwd=tmp_path, results=results).stdout
+    assert "from copy.yaml of --models" in table and "replace packaged shapes of the same name" in table
+    (ladders / "mine.yaml").write_text("defaults: {d_head: 16, vocab_size: 256}\nmodels:\n"   # one folder, one
+                                       "  micro-24k: {d_model: 64, n_heads: 4, n_layers: 2}\n")  # name, two shapes
     out = windtunnel("models", "--models", str(ladders), cwd=tmp_path, results=results)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert f"{ladders / 'copy.yaml'}: models.micro-24k='micro-24k' is not allowed" in out.stderr
-    assert "micro.yaml does not define otherwise" in out.stderr
+    assert f"{ladders / 'mine.yaml'}: models.micro-24k='micro-24k' is not allowed" in out.stderr
+    assert "copy.yaml does not define otherwise" in out.stderr
     assert not (tmp_path / "results").exists()  # results go to $WINDTUNNEL_RESULTS, nothing beside the cwd
 
 

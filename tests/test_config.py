@@ -180,6 +180,10 @@ def test_the_ladders_come_with_the_package_or_from_a_folder_given(tmp_path, monk
     write(tmp_path, GOOD, "mine.yaml")
     monkeypatch.setenv("WINDTUNNEL_MODELS", str(tmp_path))
     assert list(load_models())[-1] == "a" and get_model("micro-24k").d_model == 32  # added to the packaged ladders
+    write(tmp_path, GOOD.replace("  a:", "  micro-24k:").replace("d_model: 32", "d_model: 48").replace(
+        "n_heads: 2", "n_heads: 3"), "over.yaml")
+    assert get_model("micro-24k").d_model == 48  # the user's shape of a packaged name replaces it
+    (tmp_path / "over.yaml").unlink()
     with pytest.raises(SpecError, match=f"and {tmp_path}/\\*.yaml: model='micro-24K' is not allowed; did you mean "
                                         "'micro-24k'\\? known models: "):
         get_model("micro-24K")

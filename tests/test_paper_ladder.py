@@ -3,7 +3,6 @@ would store it, with losses drawn from a known law and one seed offset per stabl
 and `windtunnel plan` must give a complete plan for minicpm-1.2b and minicpm-2.4b whose interval holds the law's
 value, and refuse a ladder of another tokenizer."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +81,11 @@ def batch_size_runs(scale):
 def store(tmp_path_factory, target_models):
     """Both families' ladders in one store, as a team running both targets would have them."""
     root = tmp_path_factory.mktemp("paper")
-    saved = {k: os.environ.get(k) for k in ("WINDTUNNEL_RESULTS", "WINDTUNNEL_MODELS")}
-    os.environ.update(WINDTUNNEL_RESULTS=str(root), WINDTUNNEL_MODELS=str(target_models))
-    with pytest.MonkeyPatch.context() as patch:   # the corpus (fineweb-edu) is not here: its fingerprint stands in
-        patch.setattr(runs, "data_fingerprint", lambda spec, memo=None: "fineweb-edu")
-        rng = np.random.default_rng(0)
+    with pytest.MonkeyPatch.context() as patch:   # undone however the module ends, a failed setup included
+        patch.setenv("WINDTUNNEL_RESULTS", str(root))
+        patch.setenv("WINDTUNNEL_MODELS", str(target_models))
+        patch.setattr(runs, "data_fingerprint", lambda spec, memo=None: "fineweb-edu")  # the corpus (fineweb-edu)
+        rng = np.random.default_rng(0)                                                 # is not here: stands in
         ladders = {}
         for target in TARGETS:
             scale = f"paper@{target}"
@@ -94,11 +93,6 @@ def store(tmp_path_factory, target_models):
             lr_runs(scale, rng)
             batch_size_runs(scale)
         yield root, ladders
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The `windtunnel` command: parse, call one function, print. Bad input is one line on stderr, exit 2.
 
     windtunnel [--version] COMMAND [--models DIR] [--results DIR] ...   (the two global options go before or after
-        the command; --models adds DIR's ladder files to the packaged ones, $WINDTUNNEL_MODELS; --results is where
+        the command; --models adds DIR's ladder files to the packaged ones, replacing a packaged shape of the same
+        name, $WINDTUNNEL_MODELS; --results is where
         everything is written, $WINDTUNNEL_RESULTS, default ./results)
     windtunnel models [--json]
     windtunnel peak
@@ -37,13 +38,14 @@ __all__ = ["main"]
 
 
 def cmd_models(args) -> None:
-    from windtunnel.config import load_models
+    from windtunnel.config import load_models, model_files, models_dir
     from windtunnel.counts import n_params
 
+    files, mine = model_files(), models_dir()
     rows = [{"name": name, "n_params": n_params(spec), "n_params_with_embedding": n_params(spec, embedding=True),
              "d_model": spec.d_model, "d_ff": spec.d_ff, "d_head": spec.d_head, "n_heads": spec.n_heads,
              "n_kv_heads": spec.n_kv_heads, "n_layers": spec.n_layers, "vocab_size": spec.vocab_size,
-             "paper_n": spec.paper_n} for name, spec in load_models().items()]
+             "paper_n": spec.paper_n, "file": str(files[name])} for name, spec in load_models().items()]
     if args.json:
         print(json.dumps(rows, indent=1))
         return
@@ -51,7 +53,10 @@ def cmd_models(args) -> None:
     for r in rows:
         paper = f"{r['paper_n']:.3f}B" if r["paper_n"] else ""
         print(f"{r['name']:<14}{r['n_params']:>16,}{paper:>10}{r['d_model']:>9}{r['d_ff']:>7}{r['n_heads']:>7}"
-              f"{r['n_kv_heads']:>5}{r['n_layers']:>8}{r['vocab_size']:>8}")
+              f"{r['n_kv_heads']:>5}{r['n_layers']:>8}{r['vocab_size']:>8}"
+              + (f"  from {Path(r['file']).name} of --models" if mine and Path(r["file"]).parent == mine else ""))
+    if mine:
+        print(f"--models {mine}: its shapes are added, and replace packaged shapes of the same name")
 
 
 def cmd_peak(args) -> None:
@@ -598,8 +603,8 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """--models and --results, accepted before the command and after it: the top level's copy sets the defaults,
     a command's copy leaves an option it was not given alone (`windtunnel --results R sweep lr` keeps R)."""
     parser.add_argument("--models", metavar="DIR", default=None if top else argparse.SUPPRESS,
-                        help="a folder of model ladder files (*.yaml) added to the packaged ones; a name both define "
-                             "must be the same shape ($WINDTUNNEL_MODELS sets it too)")
+                        help="a folder of model ladder files (*.yaml) added to the packaged ones; its shape of a name "
+                             "the packaged ladders define too replaces theirs ($WINDTUNNEL_MODELS sets it too)")
     parser.add_argument("--results", metavar="DIR", default=None if top else argparse.SUPPRESS,
                         help="where runs, the MLflow store, fits and plans go ($WINDTUNNEL_RESULTS sets it too; "
                              "default: ./results)")

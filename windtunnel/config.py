@@ -28,8 +28,7 @@ from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
 __all__ = [
     "ModelSpec", "DataSpec", "TrainSpec", "PaperRun",
     "load_ladder", "load_models", "get_model", "build", "apply_overrides", "check_run", "spec_hash", "models_dir",
-    "ladder_folders",
-    "load_overrides", "merge_overrides", "read_yaml", "MODELS_ENV",
+    "ladder_folders", "model_files", "load_overrides", "merge_overrides", "read_yaml", "MODELS_ENV",
 ]
 MODELS_ENV = "WINDTUNNEL_MODELS"  # a folder of ladder files added to the packaged ones (`--models DIR` sets it)
 
@@ -438,10 +437,19 @@ def load_ladder(path: Path) -> dict[str, ModelSpec]:
 
 
 def load_models(folder: Path | None = None) -> dict[str, ModelSpec]:
-    """Every shape in every ladder file (*.yaml) of `folder` (default: ladder_folders()), by name. A name defined
-    twice must define the same shape (a user's folder may hold a copy of a packaged ladder); two different shapes
-    of one name are an error naming both files."""
-    folders = [Path(folder)] if folder else ladder_folders()
+    """Every shape in every ladder file (*.yaml) of `folder` (default: ladder_folders()), by name. The user's folder
+    (--models) adds shapes and may replace a packaged one of the same name (a target with the user's tokenizer file,
+    say): its definition wins, and `windtunnel models` says so. Within one folder a name means one shape: defined
+    twice, it must be the same shape, else the error names both files."""
+    return _ladders([Path(folder)] if folder else ladder_folders())[0]
+
+
+def model_files(folder: Path | None = None) -> dict[str, Path]:
+    """The ladder file each shape of load_models comes from."""
+    return _ladders([Path(folder)] if folder else ladder_folders())[1]
+
+
+def _ladders(folders: list[Path]) -> tuple[dict[str, ModelSpec], dict[str, Path]]:
     models: dict[str, ModelSpec] = {}
     where: dict[str, Path] = {}
     for place in folders:
@@ -449,13 +457,14 @@ def load_models(folder: Path | None = None) -> dict[str, ModelSpec]:
         if not files:
             raise WindtunnelError(f"{place}: no model ladders (*.yaml) found; give a folder of ladder files with "
                                   f"--models DIR or ${MODELS_ENV}")
+        here: dict[str, Path] = {}
         for path in files:
             for name, spec in load_ladder(path).items():
-                if name in models and models[name] != spec:
-                    raise SpecError(path, f"models.{name}", name, f"a name {where[name]} does not define "
-                                    "otherwise (rename the shape: a name means one shape wherever it is used)")
-                models[name], where[name] = spec, where.get(name, path)
-    return models
+                if name in here and models[name] != spec:
+                    raise SpecError(path, f"models.{name}", name, f"a name {here[name]} does not define otherwise "
+                                    "(rename the shape: within one folder a name means one shape)")
+                models[name], where[name] = spec, here.setdefault(name, path)
+    return models, where
 
 
 def get_model(name: str, folder: Path | None = None) -> ModelSpec:
