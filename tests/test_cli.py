@@ -87,6 +87,9 @@ def finished_results(tmp_path_factory):
 @pytest.mark.parametrize("args, expected", [
     (["train", "micro-9000"], "model='micro-9000' is not allowed; known models: micro-24k"),
     (["plan", "minicpm-1.2B"], "model='minicpm-1.2B' is not allowed; did you mean 'minicpm-1.2b'? known models: "),
+    (["sweep", "lrr", "--dry-run"], "lrr: sweep file not found (did you mean 'lr'? searched"),
+    (["sweep", "lr", "--scale", "micr", "--dry-run"], "scales='micr' is not allowed; did you mean 'micro'? scales "),
+    (["fit", "scaling-lw"], "no study 'scaling-lw'; did you mean 'scaling_law'? studies: scaling_law, "),
     (["train", "micro-24k", "--set", "learning_rate=0.1"], "learning_rate=0.1 is not allowed; known keys"),
     (["train", "micro-24k", "--set", "lr=fast"], "lr='fast' is not allowed; a value of type float"),
     (["train", "micro-24k", "--set", "model.d_model=40"], "model.d_model=40 is not allowed; a multiple of d_head=16"),

@@ -293,8 +293,7 @@ def _fit_studies(names: list[str], args) -> int:
 
 def _scales_with_runs(sweeps: set[str], asked: str) -> str:
     """Which scales the stored runs of `sweeps` ran at, with the one closest to `asked`: the end of an error."""
-    import difflib
-
+    from windtunnel.errors import did_you_mean
     from windtunnel.tracking import runs_dataframe
 
     found = set()
@@ -303,8 +302,7 @@ def _scales_with_runs(sweeps: set[str], asked: str) -> str:
         found |= set(raw["tags.scale"].dropna()) if "tags.scale" in raw else set()
     if not found:
         return "no sweep has run yet (make demo, or windtunnel sweep NAME --scale SCALE)"
-    close = difflib.get_close_matches(asked, sorted(found), n=1)
-    return ("did you mean " + repr(close[0]) + "? " if close else "") + "scales with runs: " + ", ".join(sorted(found))
+    return did_you_mean(asked, sorted(found)) + "scales with runs: " + ", ".join(sorted(found))
 
 
 def _fit_law(kind: str, args) -> None:

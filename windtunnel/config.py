@@ -21,7 +21,7 @@ from typing import Literal
 import yaml
 
 from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range, check_fields
-from windtunnel.errors import SpecError, WindtunnelError
+from windtunnel.errors import SpecError, WindtunnelError, did_you_mean
 from windtunnel.paths import packaged
 from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
 
@@ -469,12 +469,9 @@ def _ladders(folders: list[Path]) -> tuple[dict[str, ModelSpec], dict[str, Path]
 
 def get_model(name: str, folder: Path | None = None) -> ModelSpec:
     """One shape by name; an unknown name names the closest known one and lists them all."""
-    import difflib
-
     models = load_models(folder)
     if name not in models:
-        close = [n for n in models if n.lower() == name.lower()] or difflib.get_close_matches(name, list(models), 1, 0.8)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(name, models)
         places = " and ".join(f"{f}/*.yaml" for f in ([Path(folder)] if folder else ladder_folders()))
         raise SpecError(places, "model", name, hint + "known models: " + ", ".join(models))
     return models[name]

@@ -44,7 +44,7 @@ from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE
 from windtunnel.config import (TrainSpec, apply_overrides, build, check_run, get_model, ladder_folders, load_overrides,
                                read_yaml)
 from windtunnel.counts import DEFAULT_FLOPS
-from windtunnel.errors import SpecError, WindtunnelError
+from windtunnel.errors import SpecError, WindtunnelError, did_you_mean
 from windtunnel.paths import packaged
 from windtunnel.runs import Run, make_run
 from windtunnel.schedules import DECAY_SHAPES
@@ -165,7 +165,8 @@ def find_sweep(given) -> Path:
         candidate = packaged("sweeps") / f"{path.name.removesuffix('.yaml')}.yaml"
         if candidate.is_file():
             return candidate
-    raise WindtunnelError(f"{given}: sweep file not found (searched {path.resolve()} and the packaged sweeps in "
+    hint = did_you_mean(path.name.removesuffix(".yaml"), packaged_sweeps())
+    raise WindtunnelError(f"{given}: sweep file not found ({hint}searched {path.resolve()} and the packaged sweeps in "
                           f"{packaged('sweeps')}: {', '.join(packaged_sweeps())})")
 
 
@@ -179,7 +180,8 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
         raw = {**raw, "base": load_overrides(raw["base"])}  # a path relative to the working directory
     sweep = build(SweepSpec, raw, file=path)
     if scale not in sweep.scales:
-        raise SpecError(path, "scales", scale, "scales defined here: " + ", ".join(sweep.scales))
+        raise SpecError(path, "scales", scale, did_you_mean(scale, sweep.scales) + "scales defined here: "
+                        + ", ".join(sweep.scales))
     section = dict(sweep.scales[scale])
     if "target" in section:
         raise SpecError(path, f"scales.{scale}.target", section["target"], "no target key: give --scale "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from windtunnel.errors import WindtunnelError
+from windtunnel.errors import WindtunnelError, did_you_mean
 from windtunnel.studies import decay, laws
 from windtunnel.studies.laws import (FORM_NAMES, N_KINDS, N_NAMES, describe_scaling_law, fit_batch_size_study,
                                      fit_envelope_study, fit_lr_study, fit_scaling_law_study, per_set_laws,
@@ -74,7 +74,8 @@ def get(name: str) -> Study:
     """A study by name (hyphens read as underscores: scaling-law is scaling_law)."""
     study = STUDIES.get(name.replace("-", "_"))
     if study is None:
-        raise WindtunnelError(f"no study {name!r}; studies: {', '.join(STUDIES)}")
+        raise WindtunnelError(f"no study {name!r}; {did_you_mean(name.replace('-', '_'), STUDIES)}studies: "
+                              f"{', '.join(STUDIES)}")
     return study
 
 
