@@ -1,5 +1,6 @@
 """The `windtunnel` command as a user runs it: models, train, and one-line errors that touch nothing."""
 
+import argparse
 import hashlib
 import json
 import os
@@ -245,7 +246,7 @@ def test_sigkill_then_same_command_resumes_and_logs_each_step_once(tmp_path):
 def _commands() -> dict:
     from windtunnel.cli import parser
 
-    sub = next(a for a in parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)
 
 

@@ -29,6 +29,7 @@ def test_the_built_wheel_works_in_a_fresh_venv_from_an_empty_directory(tmp_path,
     .pth line (nothing is downloaded); windtunnel itself comes from the wheel."""
     import email
     import json
+    import os
     import shutil
     import site
     import subprocess
@@ -66,7 +67,7 @@ def test_the_built_wheel_works_in_a_fresh_venv_from_an_empty_directory(tmp_path,
     (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")  # after the venv's own
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("PYTHONPATH", "WINDTUNNEL_MODELS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WINDTUNNEL_MODELS")}
     env["WINDTUNNEL_RESULTS"] = str(session_results)  # the session's corpus caches: the dry run fingerprints it
     cli = str(venv / "bin" / "windtunnel")
     where = run(str(venv / "bin" / "python"), "-c", "import windtunnel; print(windtunnel.__file__)", cwd=empty, env=env)

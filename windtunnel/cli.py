@@ -38,14 +38,15 @@ __all__ = ["main"]
 
 
 def cmd_models(args) -> None:
-    from windtunnel.config import load_models, model_files, models_dir
+    from windtunnel.config import ladders, models_dir
     from windtunnel.counts import n_params
 
-    files, mine = model_files(), models_dir()
+    models, files = ladders()
+    mine = models_dir()
     rows = [{"name": name, "n_params": n_params(spec), "n_params_with_embedding": n_params(spec, embedding=True),
              "d_model": spec.d_model, "d_ff": spec.d_ff, "d_head": spec.d_head, "n_heads": spec.n_heads,
              "n_kv_heads": spec.n_kv_heads, "n_layers": spec.n_layers, "vocab_size": spec.vocab_size,
-             "paper_n": spec.paper_n, "file": str(files[name])} for name, spec in load_models().items()]
+             "paper_n": spec.paper_n, "file": str(files[name])} for name, spec in models.items()]
     if args.json:
         print(json.dumps(rows, indent=1))
         return
@@ -489,9 +490,9 @@ def cmd_launch(args) -> None:
                    device_memory=args.device_memory * 1e9 if args.device_memory else None,
                    no_prediction=args.no_prediction)
     out = launch(args.plan, dry_run=True, **options)  # the layout first: it is checked before anything starts
-    resolved = out.pop("resolved")
+    resolved = out.pop("spec")
     if args.dry_run and args.json:
-        print(json.dumps(out))
+        print(json.dumps({**out, "spec": dataclasses.asdict(resolved)}))
         return
     mem = out["memory"]
     print(f"{out['target']}: {out['strategy']} on {out['workers']} worker(s)"
@@ -576,7 +577,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         text = action.help or ""
         if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
             return text
-        return f"{text} (default: {shown(action.default)})".replace("%", "%%").replace("%%%%", "%%")
+        return f"{text} (default: {shown(action.default).replace('%', '%%')})"  # help is %-formatted
 
 
 def shown(value) -> str:

@@ -28,7 +28,7 @@ from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
 __all__ = [
     "ModelSpec", "DataSpec", "TrainSpec", "PaperRun",
     "load_ladder", "load_models", "get_model", "build", "apply_overrides", "check_run", "spec_hash", "models_dir",
-    "ladder_folders", "model_files", "load_overrides", "merge_overrides", "read_yaml", "MODELS_ENV",
+    "ladder_folders", "ladders", "load_overrides", "merge_overrides", "read_yaml", "MODELS_ENV",
 ]
 MODELS_ENV = "WINDTUNNEL_MODELS"  # a folder of ladder files added to the packaged ones (`--models DIR` sets it)
 
@@ -441,15 +441,12 @@ def load_models(folder: Path | None = None) -> dict[str, ModelSpec]:
     (--models) adds shapes and may replace a packaged one of the same name (a target with the user's tokenizer file,
     say): its definition wins, and `windtunnel models` says so. Within one folder a name means one shape: defined
     twice, it must be the same shape, else the error names both files."""
-    return _ladders([Path(folder)] if folder else ladder_folders())[0]
+    return ladders(folder)[0]
 
 
-def model_files(folder: Path | None = None) -> dict[str, Path]:
-    """The ladder file each shape of load_models comes from."""
-    return _ladders([Path(folder)] if folder else ladder_folders())[1]
-
-
-def _ladders(folders: list[Path]) -> tuple[dict[str, ModelSpec], dict[str, Path]]:
+def ladders(folder: Path | None = None) -> tuple[dict[str, ModelSpec], dict[str, Path]]:
+    """load_models's shapes, and the ladder file each comes from."""
+    folders = [Path(folder)] if folder else ladder_folders()
     models: dict[str, ModelSpec] = {}
     where: dict[str, Path] = {}
     for place in folders:
@@ -469,11 +466,10 @@ def _ladders(folders: list[Path]) -> tuple[dict[str, ModelSpec], dict[str, Path]
 
 def get_model(name: str, folder: Path | None = None) -> ModelSpec:
     """One shape by name; an unknown name names the closest known one and lists them all."""
-    models = load_models(folder)
+    models, files = ladders(folder)
     if name not in models:
-        hint = did_you_mean(name, models)
-        places = " and ".join(f"{f}/*.yaml" for f in ([Path(folder)] if folder else ladder_folders()))
-        raise SpecError(places, "model", name, hint + "known models: " + ", ".join(models))
+        places = " and ".join(f"{place}/*.yaml" for place in dict.fromkeys(f.parent for f in files.values()))
+        raise SpecError(places, "model", name, did_you_mean(name, models) + "known models: " + ", ".join(models))
     return models[name]
 
 

@@ -60,7 +60,7 @@ from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import results_dir
 
 __all__ = ["Corpus", "Tokenizer", "prepare", "source_fingerprint", "sample_windows", "eval_windows", "embedded_source",
-           "source_note"]
+           "source_note", "versions_text"]
 
 FORMAT = 1  # bump when document extraction or the shard layout changes: old caches are then ignored
 EXTENSIONS = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
@@ -129,15 +129,19 @@ def embedded_source() -> dict[str, str]:
     return found
 
 
+def versions_text(versions: dict[str, str]) -> str:
+    """{"Python": "3.11.7", "torch": "2.13.0"} as "Python 3.11.7 + torch 2.13.0"."""
+    return " + ".join(f"{k} {v}" for k, v in versions.items())
+
+
 def source_note() -> str:
     """One line naming what the embedded corpus is built from, and saying so when that is not what LOG.md's
     figures were measured on (another torch or Python: other text, so other run ids and other losses)."""
     found = embedded_source()
-    text = " + ".join(f"{k} {v}" for k, v in found.items())
     if found == FIGURES_SOURCE:
-        return f"corpus 'python': the sources of {text}, as in LOG.md's figures"
-    wanted = " + ".join(f"{k} {v}" for k, v in FIGURES_SOURCE.items())
-    return (f"corpus 'python': the sources of {text}, not {wanted} as in LOG.md's figures: other text, so other "
+        return f"corpus 'python': the sources of {versions_text(found)}, as in LOG.md's figures"
+    return (f"corpus 'python': the sources of {versions_text(found)}, not {versions_text(FIGURES_SOURCE)} as in "
+            f"LOG.md's figures: other text, so other "
             f"run ids and losses than LOG.md's (make setup installs torch=={FIGURES_SOURCE['torch']})")
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
-from windtunnel.config import (TrainSpec, apply_overrides, build, check_run, get_model, ladder_folders, load_overrides,
+from windtunnel.config import (TrainSpec, apply_overrides, build, check_run, get_model, ladders, load_overrides,
                                read_yaml)
 from windtunnel.counts import DEFAULT_FLOPS
 from windtunnel.errors import SpecError, WindtunnelError, did_you_mean
@@ -216,7 +216,7 @@ def _target(scale: ScaleSpec, *, file, scale_name: str):
     except SpecError as err:
         raise SpecError(file, f"scales.{scale_name}@TARGET", scale.target, err.allowed) from None
     if target.tokenizer is None:
-        raise SpecError(" and ".join(f"{f}/*.yaml" for f in ladder_folders()), f"models.{target.name}.tokenizer", None,
+        raise SpecError(ladders()[1][target.name], f"models.{target.name}.tokenizer", None,
                         "the target's tokenizer file (sentencepiece .model or tokenizer.json), which its ladder "
                         "trains with")
     if not Path(target.tokenizer).is_file():

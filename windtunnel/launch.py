@@ -206,9 +206,8 @@ def _cpu_peak() -> float:
 def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 0, given: list[str] = (),
            device_memory: float | None = None, dry_run: bool = False, max_failures: int = 3,
            experiment: str = "launch", no_prediction: bool = False) -> dict:
-    """Dry run: the layout, with the TrainSpec the workers would train (`spec`, as a mapping; `resolved`, the
-    TrainSpec itself). Otherwise train the planned target on Ray Train and return the outcome (the run's
-    folder, status, final held-out loss against the prediction)."""
+    """Dry run: the layout, with the TrainSpec the workers would train (`spec`). Otherwise train the planned target
+    on Ray Train and return the outcome (the run's folder, status, final held-out loss against the prediction)."""
     from windtunnel.data import prepare
     from windtunnel.runs import make_run, run_dir
 
@@ -221,7 +220,7 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
     spec = dataclasses.replace(spec, micro_batch_tokens=out["micro_batch_tokens"], parallel=out["strategy"],
                                device="cuda" if gpus_per_worker > 0 else "cpu")
     if dry_run:
-        return {**out, "spec": dataclasses.asdict(spec), "resolved": spec}
+        return {**out, "spec": spec}
     prepare(spec.data, vocab_size=spec.model.vocab_size)  # once here, before the workers start
     run = make_run(spec, name=plan["target"], coords={"model": plan["target"]})
     folder = run_dir(run).resolve()  # the workers' working directory is not this one

@@ -109,9 +109,9 @@ def run_params(run: Run) -> dict:
     tokenizer = run.spec.data.tokenizer
     source = {}
     if run.spec.data.corpus == "python":  # which Python and torch the embedded corpus's text came from
-        from windtunnel.data import embedded_source
+        from windtunnel.data import embedded_source, versions_text
 
-        source = {"data.source": " + ".join(f"{k} {v}" for k, v in embedded_source().items())}
+        source = {"data.source": versions_text(embedded_source())}
     return {**_flat("", asdict(run.spec)), **source, "N": n_params(run.spec.model),
             "N_total": n_params(run.spec.model, embedding=True), "D": total_tokens(run.spec),
             "fork_step": run.fork_step, "parent_run": run.parent,

@@ -255,7 +255,8 @@ class RunLogger:
     def log_corpus(self, *, name: str, fingerprint: str, source: str, kind: str, profile: dict,
                    context: str = "training") -> None:
         """The corpus a run read, as an MLflow dataset input (the run's Datasets in the UI): its name, content
-        fingerprint, source, kind ("local", "hf" or "embedded") and profile (tokens per split, bytes per token)."""
+        fingerprint, source, kind (MLflow's source type: "code" for the embedded corpus, "hugging_face", "local")
+        and profile (tokens per split, bytes per token)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         dataset = Dataset(name=name[:500], digest=fingerprint[:36], source_type=kind, source=source,
