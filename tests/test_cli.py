@@ -91,8 +91,8 @@ def finished_results(tmp_path_factory):
     (["sweep", "lrr", "--dry-run"], "lrr: sweep file not found (did you mean 'lr'? searched"),
     (["sweep", "lr", "--scale", "micr", "--dry-run"], "scales='micr' is not allowed; did you mean 'micro'? scales "),
     (["fit", "scaling-lw"], "no study 'scaling-lw'; did you mean 'scaling_law'? studies: scaling_law, "),
-    (["train", "micro-24k", "--set", "learning_rate=0.1"], "learning_rate=0.1 is not allowed; known keys"),
-    (["train", "micro-24k", "--set", "lr=fast"], "lr='fast' is not allowed; a value of type float"),
+    (["train", "micro-24k", "--set", "learning_rate=0.1"], "learning_rate=0.1 is not allowed; did you mean 'lr'? known keys"),
+    (["train", "micro-24k", "--set", "lr=fast"], "lr='fast' is not allowed; a finite number > 0"),
     (["train", "micro-24k", "--set", "model.d_model=40"], "model.d_model=40 is not allowed; a multiple of d_head=16"),
     (["train", "micro-24k", "--set", "model.n_kv_heads=3"], "model.n_kv_heads=3 is not allowed; a divisor of n_heads=2"),
     (["train", "micro-24k", "--set", "data.corpus=/no/such/corpus.jsonl"], "/no/such/corpus.jsonl"),
@@ -113,7 +113,7 @@ def test_bad_input_is_one_line_and_touches_no_result(finished_results, args, exp
 
 @pytest.mark.parametrize("args, expected", [
     (["train", "micro-24k", "--set", "seq_len=0"], "--set: seq_len=0 is not allowed; an integer ≥ 1 (tokens)"),
-    (["train", "micro-24k", "--set", "lr=nan"], "--set: lr=nan is not allowed; a finite number > 0"),
+    (["train", "micro-24k", "--set", "lr=nan"], "--set: lr='nan' is not allowed; a finite number > 0"),
     (["train", "micro-24k", "--set", "micro_batch_tokens=100"], "--set: micro_batch_tokens=100 is not allowed; a "
      "multiple of seq_len=128"),  # checked before the run's folder or MLflow run is made
     (["train", "micro-24k", "--set", "tokens=8192", "--set", "schedule.warmup_tokens=65536"],
@@ -198,7 +198,7 @@ def test_the_ladders_and_sweeps_are_found_from_any_directory(tmp_path):
                                        "  micro-24k: {d_model: 64, n_heads: 4, n_layers: 2}\n")  # name, two shapes
     out = windtunnel("models", "--models", str(ladders), cwd=tmp_path, results=results)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert f"{ladders / 'mine.yaml'}: models.micro-24k='micro-24k' is not allowed" in out.stderr
+    assert f"{ladders / 'mine.yaml'}:3: models.micro-24k='micro-24k' is not allowed" in out.stderr
     assert "copy.yaml does not define otherwise" in out.stderr
     assert not (tmp_path / "results").exists()  # results go to $WINDTUNNEL_RESULTS, nothing beside the cwd
 

@@ -1,10 +1,11 @@
 """Specs: ladders load and validate, overrides, run identity, and one-line errors naming file and key."""
 
 import dataclasses
+import re
 
 import pytest
 
-from windtunnel.config import TrainSpec, apply_overrides, get_model, load_ladder, load_models, spec_hash
+from windtunnel.config import TrainSpec, apply_overrides, check_run, get_model, load_ladder, load_models, spec_hash
 from windtunnel.errors import SpecError, WindtunnelError
 
 
@@ -57,7 +58,7 @@ def test_a_name_means_one_shape_across_files(tmp_path):
     write(tmp_path, GOOD, "two.yaml")  # a copy of the same shape is the same model
     assert list(load_models(tmp_path)) == ["a"]
     write(tmp_path, GOOD.replace("d_model: 32", "d_model: 48").replace("n_heads: 2", "n_heads: 3"), "two.yaml")
-    with pytest.raises(SpecError, match=f"two.yaml: models.a='a' is not allowed; a name {tmp_path}/one.yaml does "
+    with pytest.raises(SpecError, match=f"two.yaml:3: models.a='a' is not allowed; a name {tmp_path}/one.yaml does "
                                         "not define otherwise"):
         load_models(tmp_path)
 
@@ -127,7 +128,7 @@ def test_override_files_merge_nested_specs_and_replace_schedules(tmp_path):
     ("diverge_ratio=1", "diverge_ratio", "> 1"),
     ("seed=-1", "seed", "an integer ≥ 0"),
     ("checkpoint_steps=[10, 0]", "checkpoint_steps", "a list, each an integer ≥ 1"),
-    ("schedule.warmup_tokens=-1", "schedule.warmup_tokens", ">= 0"),
+    ("schedule.warmup_tokens=-1", "schedule.warmup_tokens", "≥ 0"),
     ("schedule.decay_fraction=0", "schedule.decay_fraction", "(0, 1]"),
     ("data.valid_percent=100", "data.valid_percent", "[1, 99]"),
     ("data.eval_tokens=0", "data.eval_tokens", "an integer ≥ 1"),
@@ -190,3 +191,47 @@ def test_the_ladders_come_with_the_package_or_from_a_folder_given(tmp_path, monk
     monkeypatch.setenv("WINDTUNNEL_MODELS", str(tmp_path / "nope"))
     with pytest.raises(WindtunnelError, match="nope: no such folder \\(--models or \\$WINDTUNNEL_MODELS\\)"):
         load_models()
+
+
+def test_one_number_syntax_wherever_an_integer_is_due():
+    base = TrainSpec(model=get_model("micro-24k"))
+    spec = apply_overrides(base, ["tokens=2.5e6", "schedule.warmup_tokens=1e5", "seq_len=2.56e2", "seed=1_000"])
+    assert (spec.tokens, spec.schedule.warmup_tokens, spec.seq_len, spec.seed) == (2_500_000, 100_000, 256, 1000)
+    assert all(type(v) is int for v in (spec.tokens, spec.schedule.warmup_tokens, spec.seq_len, spec.seed))
+    for inexact in ("tokens=2.5", "schedule.warmup_tokens=1.5e0", "seq_len=true"):
+        with pytest.raises(SpecError, match="an integer"):
+            apply_overrides(base, [inexact])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("learning_rate=0.01", "did you mean 'lr'?"),           # another tool's name for it
+    ("batch_size=8", "did you mean 'batch_tokens'?"),
+    ("schedul.kind=wsd", "did you mean 'schedule'?"),
+    ("model.d_modl=64", "did you mean 'd_model'?"),         # the full dotted key, the nested spec's keys
+    ("schedule.kind=cosin", "did you mean 'cosine'? one of 'constant', 'cosine', 'cosine_loop', 'wsd'"),
+    ("seq_len=1e2", "seq_len=100 is not allowed; a divisor of batch_tokens=4096 (the default"),  # not batch_tokens
+])
+def test_messages_name_the_key_given_and_the_closest_one(override, words):
+    with pytest.raises(SpecError) as err:
+        check_run(apply_overrides(TrainSpec(model=get_model("micro-24k")), [override]), file="--set")
+    assert words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("override", ["compile=1", "lr=[1]", "data=3", "checkpoint_steps=x", "model.tokenizer=5",
+                                      "model.paper_run={tokens: 1}", "decay_data=7", "batch_warmup=[[0, x]]",
+                                      "model.n_kv_heads=[2]", "device=[cpu]"])
+def test_no_python_type_names_in_messages(override):
+    with pytest.raises(SpecError) as err:
+        apply_overrides(TrainSpec(model=get_model("micro-24k")), [override])
+    message = str(err.value)
+    assert not re.search(r"\b(type|int|float|str|dict|tuple|None ?\||NoneType|Input should)\b", message), message
+
+
+def test_errors_in_yaml_files_give_the_line(tmp_path):
+    path = write(tmp_path, "defaults: {d_head: 16, vocab_size: 256}\nmodels:\n  micro-1.3m:\n    d_model: 32\n"
+                           "    n_heads: 2\n    n_layers: 0\n")
+    with pytest.raises(SpecError, match=rf"^{path}:6: models.micro-1.3m.n_layers=0 is not allowed; an integer ≥ 1$"):
+        load_ladder(path)   # a name with a dot is still one key
+    broken = write(tmp_path, "models:\n  a: {d_model: 32,\n  b: [\n", "broken.yaml")
+    with pytest.raises(WindtunnelError, match=rf"^{broken}:\d+:\d+: not valid YAML \("):
+        load_ladder(broken)

@@ -3,10 +3,12 @@
 import dataclasses
 import math
 import pickle
+import typing
 
 import pytest
 import yaml
 
+from windtunnel.checks import build
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.schedules import (DECAY_SHAPES, SCHEDULES, ScheduleSpec, constant, cosine, cosine_loop,
                                   make_schedule, wsd)
@@ -159,25 +161,30 @@ def test_make_schedule_rejects_impossible_specs(spec, key):
     assert err.value.key == key and "100000 tokens" in str(err.value)
 
 
-def test_from_dict_reads_yaml():
+def schedule(d, file="sweeps/s.yaml"):
+    return build(ScheduleSpec, d, file=file, prefix="schedule.")
+
+
+def test_a_schedule_reads_yaml_in_one_number_syntax():
     d = yaml.safe_load("kind: wsd\nwarmup_tokens: 1_000\ndecay_shape: sqrt\nfinal_ratio: 0.1\n")
-    spec = ScheduleSpec.from_dict(d, file="models/x.yaml")
-    assert spec == ScheduleSpec(kind="wsd", warmup_tokens=1000, decay_shape="sqrt", final_ratio=0.1)
-    assert ScheduleSpec.from_dict({}, file="x.yaml") == ScheduleSpec()
+    assert schedule(d) == ScheduleSpec(kind="wsd", warmup_tokens=1000, decay_shape="sqrt", final_ratio=0.1)
+    assert schedule({}) == ScheduleSpec()
+    for given in (1e6, "1e6", "1_000_000", 1_000_000.0):  # YAML reads 1e6 as text, 1.0e6 as a float: all one integer
+        assert schedule({"warmup_tokens": given}).warmup_tokens == 1_000_000
 
 
 @pytest.mark.parametrize("d, key, text", [
     ({"decay_shap": "exp"}, "schedule.decay_shap", "did you mean 'decay_shape'"),
-    ({"kind": "cosin"}, "schedule.kind", "constant | cosine | cosine_loop | wsd"),
-    ({"kind": ["wsd"]}, "schedule.kind", "constant | cosine"),
-    ({"warmup_tokens": 1e6}, "schedule.warmup_tokens", "not 1e6"),
+    ({"kind": "cosin"}, "schedule.kind", "did you mean 'cosine'? one of 'constant', 'cosine', 'cosine_loop', 'wsd'"),
+    ({"kind": ["wsd"]}, "schedule.kind", "one of 'constant', 'cosine'"),
+    ({"warmup_tokens": 1.5e3 + 0.5}, "schedule.warmup_tokens", "an integer ≥ 0 (tokens)"),
     ({"warmup_tokens": True}, "schedule.warmup_tokens", "integer"),
-    ({"warmup_tokens": -1}, "schedule.warmup_tokens", ">= 0"),
-    ({"period_tokens": 0, "kind": "cosine"}, "schedule.period_tokens", ">= 1"),
+    ({"warmup_tokens": -1}, "schedule.warmup_tokens", "≥ 0"),
+    ({"period_tokens": 0, "kind": "cosine"}, "schedule.period_tokens", "≥ 1"),
     ({"decay_fraction": 0}, "schedule.decay_fraction", "(0, 1]"),
     ({"decay_fraction": "10%"}, "schedule.decay_fraction", "(0, 1]"),
     ({"final_ratio": 2}, "schedule.final_ratio", "[0, 1]"),
-    ({"decay_shape": "step"}, "schedule.decay_shape", "exp | linear | cosine | sqrt"),
+    ({"decay_shape": "step"}, "schedule.decay_shape", "one of 'exp', 'linear', 'cosine', 'sqrt'"),
     ({"decay_shape": "linear", "half_life_tokens": 10}, "schedule.half_life_tokens", "only decay_shape 'exp'"),
     ({"kind": "cosine", "decay_shape": "linear"}, "schedule.decay_shape", "kind 'cosine' does not use it"),
     ({"kind": "cosine", "decay_fraction": 0.2}, "schedule.decay_fraction", "kind 'cosine' does not use it"),
@@ -185,20 +192,26 @@ def test_from_dict_reads_yaml():
     ({"kind": "wsd", "period_tokens": 10}, "schedule.period_tokens", "kind 'wsd' does not use it"),
     ({"decay_start_tokens": 10, "decay_fraction": 0.2}, "schedule.decay_fraction", "leave it out"),
 ])
-def test_from_dict_errors_name_file_key_and_fix(d, key, text):
+def test_schedule_errors_name_file_key_and_fix(d, key, text):
     with pytest.raises(SpecError) as err:
-        ScheduleSpec.from_dict(d, file="sweeps/s.yaml")
+        schedule(d)
     assert (err.value.file, err.value.key) == ("sweeps/s.yaml", key)
     assert str(err.value).startswith(f"sweeps/s.yaml: {key}=") and text in str(err.value)
 
 
-def test_from_dict_rejects_non_mapping():
+def test_a_schedule_is_a_mapping():
     with pytest.raises(SpecError, match=r"x.yaml: schedule='wsd' is not allowed"):
-        ScheduleSpec.from_dict("wsd", file="x.yaml")
+        schedule("wsd", file="x.yaml")
 
 
 def test_spec_is_frozen_and_keyword_only():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ScheduleSpec().kind = "cosine"
-    with pytest.raises(TypeError):
+    with pytest.raises(SpecError):
         ScheduleSpec("cosine")
+
+
+def test_the_spec_offers_every_schedule_and_shape():
+    hints = typing.get_type_hints(ScheduleSpec)
+    assert set(typing.get_args(hints["kind"])) == set(SCHEDULES)
+    assert set(typing.get_args(hints["decay_shape"])) == set(DECAY_SHAPES)

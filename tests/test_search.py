@@ -66,18 +66,18 @@ BAD = [  # (replace this, with that) in SEARCH → expected key and words of the
     ("model.scale_emb:", "model.d_model:", "space.model.d_model", "searchable keys"),
     ("300, log: true}", "300, lg: true}", "space.lr.lg", "known keys: name, low, high, log"),
     ("seed: 3", "sed: 3", "sed", "known keys: name, description"),
-    ("objective", "objective", "objective", "one of bpb, loss"),  # see below: objective added
+    ("objective", "objective", "objective", "one of 'bpb', 'loss'"),  # see below: objective added
     ("model: micro-24k", "model: micro-99k", "scales.micro.model", "known models: "),
-    ("asha: {grace_evals: 1,", "asha: {grace_evals: 0,", "asha.grace_evals", "an integer >= 1"),
+    ("asha: {grace_evals: 1,", "asha: {grace_evals: 0,", "asha.grace_evals", "an integer ≥ 1"),
     ("lr: {low: 0.003, high: 300, log: true}", "schedule.warmup_tokens: {low: 4096, high: 409600}",
      "space.schedule.warmup_tokens.high", "at most the run's tokens"),
     ("high: 300,", "high: .inf,", "space.lr.high", "a finite number"),
     ("low: 0.003,", "low: .nan,", "space.lr.low", "a finite number"),
     ("seed: 3", "seed: -1", "seed", "an integer in [0, 4294967296)"),
-    ("startup_trials: 4", "startup_trials: -2", "startup_trials", "an integer >= 0"),
-    ("trials: 2,", "trials: 0,", "scales.micro.trials", "an integer >= 1"),
-    ("concurrency: 1}", "concurrency: 0}", "scales.micro.concurrency", "an integer >= 1"),
-    ("tokens: 20480,", "tokens: 0,", "scales.micro.tokens", "an integer >= 1"),
+    ("startup_trials: 4", "startup_trials: -2", "startup_trials", "an integer ≥ 0"),
+    ("trials: 2,", "trials: 0,", "scales.micro.trials", "an integer ≥ 1"),
+    ("concurrency: 1}", "concurrency: 0}", "scales.micro.concurrency", "an integer ≥ 1"),
+    ("tokens: 20480,", "tokens: 0,", "scales.micro.tokens", "an integer ≥ 1"),
     ("tokens: 20480,", "tokens_per_param: -5,", "scales.micro.tokens_per_param", "a finite number > 0"),
     ("tokens: 20480,", "tokens_per_param: .nan,", "scales.micro.tokens_per_param", "a finite number > 0"),
     ("reduction_factor: 2}", "reduction_factor: 1}", "asha.reduction_factor", "a finite number > 1"),
@@ -97,7 +97,7 @@ def test_bad_search_files_raise_spec_error_naming_file_key_and_allowed(tmp_path,
 
 @pytest.mark.parametrize("trials", [0, -3])
 def test_a_trial_count_below_one_is_refused_before_anything_runs(tmp_path, trials):
-    with pytest.raises(SpecError, match=r"--trials=%d is not allowed; an integer >= 1" % trials):
+    with pytest.raises(SpecError, match=r"--trials=%d is not allowed; an integer ≥ 1" % trials):
         run_search(load_search(write(tmp_path, "refused")), trials=trials, progress=False)
     assert not (results_dir() / "search" / "refused-micro").exists()
 

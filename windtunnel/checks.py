@@ -1,86 +1,221 @@
-"""Allowed ranges of numeric inputs: spec fields, sweep scales, command-line options and CSV columns.
+"""One validation layer for every input — spec files, `--set` overrides, command-line numbers — on pydantic v2.
 
-A `Range` says what a number may be ("an integer ≥ 1", "a number in (0, 1]") and checks it; NaN, infinities
-and bools are never numbers here. Specs list their fields' ranges in a dict and call `check_fields` from
-`__post_init__`, so a spec that exists holds only allowed numbers; the error names the field, the value and
-the range, and `config.build` adds the file.
+A spec is a frozen pydantic dataclass (`@spec`): unknown keys are refused, numbers are `number(...)` fields,
+choices are `Literal`s, and a check between fields raises `refuse(key, value, allowed)`. Every failure becomes one
+`SpecError` line naming the file, the full dotted key, the value and what is allowed ("did you mean" for keys), in
+words, never Python type names. One number syntax everywhere: 1e6, 1_000_000 and "1e6" are the same integer where
+an integer is due (when exact); NaN, infinities and true/false are never numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
-from dataclasses import dataclass
+import re
+import typing
+from typing import Annotated
 
-from windtunnel.errors import SpecError
+from pydantic import BeforeValidator, ConfigDict, StrictBool, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticCustomError
 
-__all__ = ["Range", "check_fields", "POSITIVE", "POSITIVE_INT", "NON_NEGATIVE", "NON_NEGATIVE_INT", "FRACTION",
-           "PORT", "option"]
+from windtunnel.errors import SpecError, did_you_mean
 
+__all__ = ["spec", "number", "refuse", "build", "read", "option", "problem", "json_schema", "Flag", "POSITIVE",
+           "POSITIVE_INT", "NON_NEGATIVE", "NON_NEGATIVE_INT", "FRACTION", "PORT"]
 
-@dataclass(frozen=True)
-class Range:
-    """Finite numbers from `low` to `high` (None: unbounded; `*_open`: the bound itself excluded)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-    unit: str = ""
-    """what the number counts (tokens, steps, FLOPs), said in the error"""
-
-    def ok(self, value) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        if self.integer and not isinstance(value, int):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        unit = f" ({self.unit})" if self.unit else ""
-        if self.low is not None and self.high is not None:
-            return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                    f"{')' if self.high_open else ']'}{unit}")
-        if self.low is not None:
-            return f"{kind} {'>' if self.low_open else '≥'} {self.low:g}{unit}"
-        if self.high is not None:
-            return f"{kind} {'<' if self.high_open else '≤'} {self.high:g}{unit}"
-        return kind + unit
+Flag = StrictBool  # true or false, never 1 or "yes"
 
 
-POSITIVE = Range(low=0, low_open=True)
-POSITIVE_INT = Range(low=1, integer=True)
-NON_NEGATIVE = Range(low=0)
-NON_NEGATIVE_INT = Range(low=0, integer=True)
-FRACTION = Range(low=0, high=1, low_open=True)  # (0, 1]
-PORT = Range(low=1, high=65535, integer=True)
+def _range_text(low, high, low_open, high_open, integer, unit) -> str:
+    kind, unit = ("an integer" if integer else "a finite number"), (f" ({unit})" if unit else "")
+    low, high = (f"{x:g}" if isinstance(x, float) else x for x in (low, high))
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}{unit}"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '≥'} {low}{unit}"
+    if high is not None:
+        return f"{kind} {'<' if high_open else '≤'} {high}{unit}"
+    return kind + unit
 
 
-def check_fields(obj, ranges: dict[str, Range]) -> None:
-    """Raise SpecError(class name, field, value, range) for the first field outside its range. None (an optional
-    field left unset) passes; a tuple is checked element by element."""
-    for name, allowed in ranges.items():
-        value = getattr(obj, name)
-        values = value if isinstance(value, (tuple, list)) else (value,)
-        if value is not None and not all(allowed.ok(v) for v in values):
-            what = f"a list, each {allowed}" if isinstance(value, (tuple, list)) else str(allowed)
-            raise SpecError(type(obj).__name__, name, value, what)
-
-
-def option(allowed: Range):
-    """An argparse `type=` that reads a number and refuses it, in one line, unless it is in `allowed`."""
-    def parse(text: str):
-        try:
-            value = int(text) if allowed.integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; {allowed}") from None
-        if not allowed.ok(value):
-            raise argparse.ArgumentTypeError(f"{text} is not allowed; {allowed}")
+def _read_number(value):
+    """A number from YAML, a command line or Python: ints and floats as they are, text such as "1e6" or "1_000"
+    parsed; None for anything else (true/false included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
         return value
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    return None
 
-    parse.__name__ = str(allowed)  # argparse names the type in some messages
+
+def number(*, low=None, high=None, low_open=False, high_open=False, integer=False, unit="", keep_int=False):
+    """The type of a numeric field: finite, within [low, high] (a bound None: open-ended; *_open: excluded), whole
+    where `integer` (an exact 1e6 is the integer 1000000). Floats come out as floats, except that `keep_int` keeps
+    a whole number given as one (a sweep coordinate logged as written)."""
+    allowed = _range_text(low, high, low_open, high_open, integer, unit)
+
+    def check(value):
+        x = _read_number(value)
+        ok = x is not None and math.isfinite(x) and (not integer or float(x).is_integer())
+        ok = ok and (low is None or (x > low if low_open else x >= low))
+        ok = ok and (high is None or (x < high if high_open else x <= high))
+        if not ok:
+            raise PydanticCustomError("number", "{allowed}", {"allowed": allowed})
+        return int(x) if integer else x if keep_int and isinstance(x, int) else float(x)
+
+    schema = {"type": "integer" if integer else "number", "description": allowed}
+    if low is not None:
+        schema["exclusiveMinimum" if low_open else "minimum"] = low
+    if high is not None:
+        schema["exclusiveMaximum" if high_open else "maximum"] = high
+    return Annotated[int if integer else (int | float) if keep_int else float, BeforeValidator(check),
+                     WithJsonSchema(schema)]
+
+
+POSITIVE = number(low=0, low_open=True)
+POSITIVE_INT = number(low=1, integer=True)
+NON_NEGATIVE = number(low=0)
+NON_NEGATIVE_INT = number(low=0, integer=True)
+FRACTION = number(low=0, high=1, low_open=True)  # (0, 1]
+PORT = number(low=1, high=65535, integer=True)
+
+
+def refuse(key: str, value, allowed: str) -> PydanticCustomError:
+    """The error a check between fields raises (in __post_init__): `key` relative to the spec being checked."""
+    return PydanticCustomError("refused", "{allowed}", {"key": key, "value": value, "allowed": allowed})
+
+
+def spec(cls):
+    """A frozen, keyword-only pydantic dataclass that refuses unknown keys; built in Python with a bad value it
+    raises the SpecError a file would (named after the class)."""
+    cls = pydantic_dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid", use_attribute_docstrings=True))(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as err:
+            raise _spec_error(err, cls, kwargs, file=cls.__name__) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+@functools.cache
+def _adapter(kind) -> TypeAdapter:
+    return TypeAdapter(kind)
+
+
+def build(cls, mapping, *, file, prefix: str = ""):
+    """`cls` (a @spec class) from a mapping read from `file`; `prefix` is where the mapping sits in the file."""
+    if not isinstance(mapping, dict):
+        raise SpecError(file, prefix.rstrip(".") or "<top>", mapping, "a mapping of keys to values")
+    try:
+        return _adapter(cls).validate_python(mapping)
+    except ValidationError as err:
+        raise _spec_error(err, cls, mapping, file=file, prefix=prefix) from None
+
+
+def read(kind, value):
+    """`value` as a `kind` (a number(...) type), or None when it is not one."""
+    try:
+        return _adapter(kind).validate_python(value)
+    except ValidationError:
+        return None
+
+
+def problem(kind, value) -> str | None:
+    """What is allowed, when `value` is not a `kind` (a number(...) type); None when it is."""
+    try:
+        _adapter(kind).validate_python(value)
+    except ValidationError as err:
+        return _allowed(err.errors(include_url=False)[0])
+    return None
+
+
+def option(kind):
+    """An argparse `type=` that reads a `kind` (a number(...) type) and refuses anything else in one line."""
+    def parse(text: str):
+        allowed = problem(kind, text)
+        if allowed:
+            shown = text if _read_number(text) is not None else repr(text)
+            raise argparse.ArgumentTypeError(f"{shown} is not allowed; {allowed}")
+        return _adapter(kind).validate_python(text)
+
+    parse.__name__ = "number"  # argparse names the type in some messages
     return parse
+
+
+def json_schema(kind) -> dict:
+    """The JSON Schema of a spec class or type, as editors read it."""
+    return _adapter(kind).json_schema()
+
+
+# ---------------------------------------------------------------- one line per error
+
+_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a text", "dict": "a mapping",
+          "dataclass": "a mapping of keys to values", "tuple": "a list", "list": "a list", "missing": "a value"}
+
+
+def _allowed(error: dict) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in ("number", "refused"):
+        return ctx["allowed"]
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", ctx["expected"])
+        return did_you_mean(error["input"], choices) + "one of " + ", ".join(map(repr, choices))
+    return _WORDS.get(kind.split("_")[0], error["msg"])
+
+
+def _known_keys(cls, parts: list[str]) -> list[str]:
+    """The field names of the spec at dotted path `parts` below spec class `cls` (through Optional, tuple and
+    dict types); [] where there is none."""
+    kind = cls
+    for part in [*parts, None]:
+        while not dataclasses.is_dataclass(kind) and typing.get_args(kind):
+            kind = [a for a in typing.get_args(kind) if a is not type(None)][-1]
+        if not dataclasses.is_dataclass(kind):
+            return []
+        if part is None:
+            return [f.name for f in dataclasses.fields(kind)]
+        kind = typing.get_type_hints(kind).get(part)
+
+
+def _spec_error(err: ValidationError, cls, raw, *, file, prefix: str = "") -> SpecError:
+    """The first of pydantic's errors as a SpecError: the dotted key from the file's top, the value, what is
+    allowed."""
+    errors = err.errors(include_url=False)  # a misspelt key first: it explains the key then missing
+    error = min(errors, key=lambda e: e["type"] not in ("unexpected_keyword_argument", "extra_forbidden"))
+    loc = list(error["loc"])
+    value, allowed = error.get("input"), _allowed(error)
+    if any(isinstance(p, int) for p in loc):  # an element of a list: name the list and show it whole
+        loc = loc[:next(i for i, p in enumerate(loc) if isinstance(p, int))]
+        allowed, value = f"a list, each {allowed}", _at(raw, loc, value)
+    parts = [str(p) for p in loc]
+    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = _known_keys(cls, parts[:-1])
+        allowed = did_you_mean(parts[-1], known) + "known keys: " + ", ".join(known)
+    elif error["type"] in ("missing", "missing_keyword_argument"):
+        value, allowed = None, f"{prefix}{'.'.join(parts)} is required"
+    elif error["type"] == "refused":
+        parts, value = parts + [error["ctx"]["key"]], error["ctx"]["value"]
+    return SpecError(file, prefix + ".".join(parts), value, allowed)
+
+
+def _at(raw, loc: list, default):
+    for part in loc:
+        if not isinstance(raw, dict) or part not in raw:
+            return default
+        raw = raw[part]
+    return raw

@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, Range, option
+from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE, POSITIVE_INT, option
 from windtunnel.counts import DEFAULT_FLOPS, H100_FLOPS
 from windtunnel.errors import WindtunnelError, one_line
 
@@ -70,6 +70,19 @@ def cmd_peak(args) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"this machine: fp32 matmul peak {peak_flops('cpu', 'fp32') / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} "
           f"threads ({cores} cores); compare wall times only at a like peak (here: ~125 to ~340 GFLOP/s)")
+
+
+def cmd_schema(args) -> None:
+    from windtunnel.schema import schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, schema in schemas().items():
+        path = out / f"{kind}.schema.json"
+        path.write_text(json.dumps(schema, indent=1, ensure_ascii=False) + "\n")
+        print(path)
+    print(f"point your editor's YAML support at them, e.g. a first line '# yaml-language-server: $schema="
+          f"{(out / 'sweep.schema.json').resolve()}' in a sweep file")
 
 
 def cmd_train(args) -> None:
@@ -635,6 +648,9 @@ def parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
     pk = sub.add_parser("peak", help="this machine's measured fp32 matmul peak (state it with any wall time)")
     pk.set_defaults(func=cmd_peak)
+    sc = sub.add_parser("schema", help="write the JSON Schemas of sweep, search, ladder and plan files, for editors")
+    sc.add_argument("--out", default="results/schema", help="folder of the schema files (KIND.schema.json)")
+    sc.set_defaults(func=cmd_schema)
     tr = sub.add_parser("train", help="train one model (resumes if interrupted)")
     tr.add_argument("model", help="a model name from `windtunnel models`")
     tr.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides (a plan, best.yaml), before --set")
@@ -668,7 +684,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--tokens", type=float, help="a token budget (default: compute-optimal for the model's N)")
     pl.add_argument("--compute", type=float, help="a FLOPs budget in the scaling fit's FLOP count (full: the trainer's; "
                     "6nd: 6·N·D): D = C / the target's FLOPs a token")
-    pl.add_argument("--mfu", type=option(Range(low=0, high=1, low_open=True)), default=0.4, help="MFU the GPU-hours are costed at")
+    pl.add_argument("--mfu", type=option(FRACTION), default=0.4, help="MFU the GPU-hours are costed at")
     pl.add_argument("--gpu-flops", type=option(POSITIVE), default=H100_FLOPS["bf16"],
                     help="peak FLOP/s of one GPU (H100 bf16 dense)")
     pl.add_argument("--max-loss-interval", type=option(POSITIVE), default=0.15,

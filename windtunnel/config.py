@@ -1,8 +1,8 @@
-"""Specs: frozen dataclasses for model shapes, data and training, loaded from YAML with clear errors.
+"""Specs: model shapes, data and training as frozen pydantic dataclasses (windtunnel.checks), loaded from YAML.
 
 A model ladder is a YAML file in `models/` with a `defaults:` mapping and a `models:` mapping of
-name → shape fields. Every bad key, type or shape is rejected with a `SpecError` that names the file,
-the key, the value and what is allowed, before anything is computed.
+name → shape fields. Every bad key, type or shape is rejected with a `SpecError` that names the file (and line),
+the full dotted key, the value and what is allowed, before anything is computed.
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
-from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Range, check_fields
+from windtunnel.checks import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Flag, build, number, read,
+                               refuse, spec)
 from windtunnel.errors import SpecError, WindtunnelError, did_you_mean
 from windtunnel.paths import packaged
 from windtunnel.schedules import ScheduleSpec, batch_steps, make_schedule
@@ -33,62 +32,64 @@ __all__ = [
 MODELS_ENV = "WINDTUNNEL_MODELS"  # a folder of ladder files added to the packaged ones (`--models DIR` sets it)
 
 
-@dataclass(frozen=True, kw_only=True)
+_TOKENS = number(low=1, integer=True, unit="tokens")
+_STEPS = number(low=1, integer=True, unit="steps")
+_SHAPE = number(low=1, integer=True)
+_UNIT = number(low=0, high=1, high_open=True)  # [0, 1)
+
+
+@spec
 class PaperRun:
     """What the paper reports about how a full model was trained (docs/method.md §3); used by `plan` to compare."""
 
-    tokens: float
+    tokens: number(low=0, low_open=True, unit="tokens")
     """training tokens of the published run"""
-    batch_tokens: tuple[int, ...]
+    batch_tokens: tuple[_TOKENS, ...]
     """batch size in tokens; several values = the batch-size warmup (1.2B: 2M → 4M)"""
-    lr: float
+    lr: POSITIVE
     """maximum learning rate"""
 
-    def __post_init__(self):
-        check_fields(self, {"tokens": Range(low=0, low_open=True, unit="tokens"),
-                            "batch_tokens": Range(low=1, integer=True, unit="tokens"), "lr": POSITIVE})
 
-
-@dataclass(frozen=True, kw_only=True)
+@spec
 class ModelSpec:
     """One MiniCPM-style decoder shape and its parametrization (docs/method.md §3, Table 7 and Table 8)."""
 
     name: str
     """the ladder name, e.g. "9M" or "minicpm-1.2b" """
-    d_model: int
+    d_model: _SHAPE
     """residual-stream width"""
-    n_layers: int
+    n_layers: _SHAPE
     """number of transformer blocks"""
-    n_heads: int
+    n_heads: _SHAPE
     """query heads"""
-    n_kv_heads: int | None = None
+    n_kv_heads: _SHAPE | None = None
     """key/value heads for grouped-query attention; None = n_heads (plain multi-head attention)"""
-    d_head: int = 64
+    d_head: _SHAPE = 64
     """width of one attention head; d_model must equal n_heads · d_head"""
-    d_ff: int | None = None
+    d_ff: _SHAPE | None = None
     """SwiGLU hidden width; None = 2.5 · d_model (the paper's shape rule)"""
-    vocab_size: int = 32_768
+    vocab_size: _SHAPE = 32_768
     """tokenizer vocabulary; the LM head is the tied embedding"""
     parametrization: Literal["mup", "sp"] = "mup"
     """"mup" applies every operation of Table 7; "sp" (standard parametrization, for comparison) is the same model
     at the base width and drops only the width rules: logits × 1/m and hidden LR / m"""
-    d_base: int = 256
+    d_base: _SHAPE = 256
     """µP base width: width multiplier m = d_model / d_base"""
-    scale_emb: float = 12.0
+    scale_emb: POSITIVE = 12.0
     """µP: embedding output multiplier (best on the 9M model: 12)"""
-    scale_depth: float = 1.4
+    scale_depth: POSITIVE = 1.4
     """µP: each residual branch × scale_depth / sqrt(n_layers)"""
-    init_std: float = 0.1
+    init_std: POSITIVE = 0.1
     """µP: init std of every 2-D weight is init_std / sqrt(m)"""
-    rope_theta: float = 10_000.0
+    rope_theta: POSITIVE = 10_000.0
     """RoPE base frequency"""
-    norm_eps: float = 1e-5
+    norm_eps: POSITIVE = 1e-5
     """RMSNorm epsilon"""
-    paper_n: float | None = None
+    paper_n: POSITIVE | None = None
     """the paper's non-embedding N in billions (Table 8's N(B) column), for checking the counts"""
     paper_run: PaperRun | None = None
     """the published training facts of a full-size model"""
-    smear_keys: bool = False
+    smear_keys: Flag = False
     """each attention key a learned per-head mix of its own and the previous position's key (Olsson et al. 2022,
     "smeared keys"): copying from context is learned at once instead of at a random step. A deviation from MiniCPM
     for the CPU ladders (the micro family), where that random step would fall inside the measured window"""
@@ -100,10 +101,16 @@ class ModelSpec:
     def __post_init__(self):
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        if self.d_ff is None and isinstance(self.d_model, int):
+        if self.d_ff is None:
             object.__setattr__(self, "d_ff", int(2.5 * self.d_model))
-        check_fields(self, MODEL_RANGES)
-        _check_shape(self)
+        if self.d_model % self.d_head:
+            raise refuse("d_model", self.d_model, f"a multiple of d_head={self.d_head}")
+        if self.n_heads * self.d_head != self.d_model:
+            raise refuse("n_heads", self.n_heads, f"d_model / d_head = {self.d_model // self.d_head}")
+        if self.n_heads % self.n_kv_heads:
+            raise refuse("n_kv_heads", self.n_kv_heads, f"a divisor of n_heads={self.n_heads}")
+        if self.d_head % 2:
+            raise refuse("d_head", self.d_head, "an even number (RoPE rotates pairs)")
 
     @property
     def width_mult(self) -> float:
@@ -111,7 +118,7 @@ class ModelSpec:
         return self.d_model / self.d_base if self.parametrization == "mup" else 1.0
 
 
-@dataclass(frozen=True, kw_only=True)
+@spec
 class DataSpec:
     """Which text a run trains and evaluates on (docs/method.md §7)."""
 
@@ -120,124 +127,115 @@ class DataSpec:
     folder, or "hf:NAME" """
     text_key: str = "text"
     """field holding the text in .jsonl, .parquet and Hugging Face rows"""
-    valid_percent: int = 5
+    valid_percent: number(low=1, high=99, integer=True, unit="percent") = 5
     """percent of documents held out for evaluation, chosen by a hash of the document id"""
-    tokenizer_sample_bytes: int = 4_000_000
+    tokenizer_sample_bytes: number(low=1, integer=True, unit="bytes") = 4_000_000
     """bytes of training text sampled to train the tokenizer"""
-    eval_tokens: int = 32_768
+    eval_tokens: _TOKENS = 32_768
     """tokens of each held-out set scored at every evaluation"""
     tokenizer: str | None = None
     """a pretrained tokenizer instead of training one: a sentencepiece .model file or a Hugging Face tokenizer.json
     (read by the `tokenizers` package); model.vocab_size must hold its vocabulary"""
 
-    def __post_init__(self):
-        check_fields(self, DATA_RANGES)
+
+def _batch_stages(value):
+    """[[from_tokens, batch_tokens], ...] (or a plan's [{from_tokens, batch_tokens}]): whole numbers, the first
+    stage from 0, from_tokens rising, batches > 0."""
+    pairs = []
+    for pair in value if isinstance(value, (list, tuple)) else [None]:
+        if isinstance(pair, dict) and set(pair) == {"from_tokens", "batch_tokens"}:
+            pair = (pair["from_tokens"], pair["batch_tokens"])
+        pairs.append(tuple(read(NON_NEGATIVE_INT, v) for v in pair) if isinstance(pair, (list, tuple)) and len(pair) == 2
+                     else (None,))
+    if (any(None in p for p in pairs) or (pairs and pairs[0][0] != 0) or any(b <= 0 for _, b in pairs)
+            or any(a[0] >= b[0] for a, b in zip(pairs, pairs[1:]))):
+        raise PydanticCustomError("number", "{allowed}", {"allowed": "a list of [from_tokens, batch_tokens] pairs, "
+                                  "the first from 0, from_tokens rising, batch_tokens > 0"})
+    return tuple(pairs)
 
 
-@dataclass(frozen=True, kw_only=True)
+def _mixture(value):
+    """{corpus: weight} (or [[corpus, weight], ...]) as sorted pairs: names unique, weights finite and > 0."""
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    out = {}
+    for pair in pairs if isinstance(pairs, (list, tuple)) else [None]:
+        weight = read(POSITIVE, pair[1]) if isinstance(pair, (list, tuple)) and len(pair) == 2 else None
+        if weight is None or not isinstance(pair[0], str) or pair[0] in out:
+            raise PydanticCustomError("number", "{allowed}", {"allowed": "a mapping of corpus names to weights > 0, "
+                                      "e.g. {python: 0.7, python-docstrings: 0.3}"})
+        out[pair[0]] = weight
+    return tuple(sorted(out.items()))
+
+
+@spec
 class TrainSpec:
     """One training segment. Fields above `device` change the run's numbers and so its id (`spec_hash`)."""
 
     model: ModelSpec
     """the shape being trained"""
-    tokens: int | None = None
+    tokens: _TOKENS | None = None
     """training tokens; None = 20 tokens per non-embedding parameter (Chinchilla's ratio)"""
-    batch_tokens: int = 4096
+    batch_tokens: _TOKENS = 4096
     """tokens per optimizer step (batch size in tokens, as in the paper's §3.2)"""
-    micro_batch_tokens: int | None = None
+    micro_batch_tokens: _TOKENS | None = None
     """tokens per forward/backward pass of one worker; None = batch_tokens / workers (no gradient accumulation)"""
-    batch_warmup: tuple[tuple[int, int], ...] = ()
+    batch_warmup: Annotated[tuple[tuple[int, int], ...], BeforeValidator(_batch_stages)] = ()
     """batch-size warm-up as [from_tokens, batch_tokens] stages, e.g. [[0, 2097152], [4e10, 4194304]] (the paper's
     1.2B run: 2M → 4M tokens); the last stage's batch must be batch_tokens. Only the gradient accumulation changes
     (nothing recompiles), and the LR schedule then follows the tokens seen rather than the steps"""
-    seq_len: int = 128
+    seq_len: _TOKENS = 128
     """context length in tokens"""
-    lr: float = 0.01
+    lr: POSITIVE = 0.01
     """base (maximum) learning rate; under µP hidden 2-D weights use lr / m"""
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    schedule: ScheduleSpec = dataclasses.field(default_factory=ScheduleSpec)
     """learning-rate schedule (kind, warmup and decay in tokens)"""
-    weight_decay: float = 0.1
+    weight_decay: NON_NEGATIVE = 0.1
     """AdamW weight decay on 2-D weights"""
-    independent_wd: bool = False
+    independent_wd: Flag = False
     """decay multiplied by the schedule but not by the max LR (weight_decay is then per step at peak)"""
-    beta1: float = 0.9
+    beta1: _UNIT = 0.9
     """AdamW β1"""
-    beta2: float = 0.95
+    beta2: _UNIT = 0.95
     """AdamW β2"""
-    eps: float = 1e-8
+    eps: POSITIVE = 1e-8
     """AdamW ε"""
-    grad_clip: float = 1.0
+    grad_clip: NON_NEGATIVE = 1.0
     """clip the global gradient norm to this; 0 disables"""
-    seed: int = 0
+    seed: NON_NEGATIVE_INT = 0
     """seed of the initialisation and of the data order"""
-    eval_every: int = 100
+    eval_every: _STEPS = 100
     """steps between evaluations on every held-out set (the last step is always evaluated)"""
-    diverge_ratio: float = 2.5
+    diverge_ratio: number(low=1, low_open=True) = 2.5
     """a smoothed train loss above this × its minimum so far ends the run as diverged"""
-    data: DataSpec = field(default_factory=DataSpec)
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
     """corpus and tokenizer"""
-    decay_data: tuple[tuple[str, float], ...] = ()
+    decay_data: Annotated[tuple[tuple[str, float], ...], BeforeValidator(_mixture)] = ()
     """the WSD decay stage's data mixture as {corpus: weight} (paper §6: high-quality data in the decay): from the
     decay start each training window comes from a corpus drawn by weight. Corpora: the run's own (data.corpus),
     "python-docstrings" (the docstrings and comments of the embedded corpus's training files), or any other
     data.corpus value (its training split), all in the run's tokenizer. Empty: the run's data throughout"""
-    checkpoint_every: int = 250
+    checkpoint_every: _STEPS = 250
     """steps between resumable checkpoints (only the newest periodic one is kept)"""
-    checkpoint_steps: tuple[int, ...] = ()
+    checkpoint_steps: tuple[_STEPS, ...] = ()
     """steps whose checkpoints are always kept (decay branches fork from them)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """where to train; not part of the run's identity"""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """with several workers (`windtunnel launch`): replicate the model (DistributedDataParallel) or shard its
     parameters, gradients and optimizer state (FSDP2, per block); not part of the run's identity"""
-    keep_checkpoints: int = 1
+    keep_checkpoints: POSITIVE_INT = 1
     """how many of the newest periodic checkpoints to keep (kept steps and the decay start stay besides); not part of
     the run's identity"""
-    activation_checkpointing: bool = False
+    activation_checkpointing: Flag = False
     """keep only each block's input for the backward pass and recompute the block's activations there (~1/3 more
     compute, the same numbers); not part of the run's identity"""
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     """"auto" = bf16 autocast on CUDA, fp32 on CPU"""
-    compile: bool | None = None
+    compile: Flag | None = None
     """torch.compile model + loss; None = auto: on CUDA, and on CPU for runs with ≥ 5M tokens left to train
     (compiled micro shapes train 1.2–1.5× faster, but a cold compile costs 9–18 s: bench/train_throughput.py)"""
-    peak_flops: float | None = None
+    peak_flops: number(low=0, low_open=True, unit="FLOP/s") | None = None
     """declared peak FLOP/s for MFU; None = a table for known GPUs, a measured fp32 matmul peak on CPU"""
-
-    def __post_init__(self):
-        check_fields(self, TRAIN_RANGES)
-
-
-# ---------------------------------------------------------------- allowed numbers (checked when a spec is made)
-
-_SHAPE = Range(low=1, integer=True)
-MODEL_RANGES = {**{name: _SHAPE for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff",
-                                             "vocab_size", "d_base")},
-                "scale_emb": POSITIVE, "scale_depth": POSITIVE, "init_std": POSITIVE, "rope_theta": POSITIVE,
-                "norm_eps": POSITIVE, "paper_n": POSITIVE}
-DATA_RANGES = {"valid_percent": Range(low=1, high=99, integer=True, unit="percent"),
-               "tokenizer_sample_bytes": Range(low=1, integer=True, unit="bytes"),
-               "eval_tokens": Range(low=1, integer=True, unit="tokens")}
-_TOKENS = Range(low=1, integer=True, unit="tokens")
-_STEPS = Range(low=1, integer=True, unit="steps")
-TRAIN_RANGES = {"tokens": _TOKENS, "batch_tokens": _TOKENS, "micro_batch_tokens": _TOKENS, "seq_len": _TOKENS,
-                "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "beta1": Range(low=0, high=1, high_open=True),
-                "beta2": Range(low=0, high=1, high_open=True), "eps": POSITIVE, "grad_clip": NON_NEGATIVE,
-                "seed": NON_NEGATIVE_INT, "eval_every": _STEPS, "diverge_ratio": Range(low=1, low_open=True),
-                "checkpoint_every": _STEPS, "checkpoint_steps": _STEPS, "keep_checkpoints": POSITIVE_INT,
-                "peak_flops": Range(low=0, low_open=True, unit="FLOP/s")}
-
-
-def _check_shape(spec: ModelSpec) -> None:
-    """Shapes that cannot be built: heads that do not tile d_model, kv heads that do not divide them, odd heads."""
-    if spec.d_model % spec.d_head:
-        raise SpecError("ModelSpec", "d_model", spec.d_model, f"a multiple of d_head={spec.d_head}")
-    if spec.n_heads * spec.d_head != spec.d_model:
-        raise SpecError("ModelSpec", "n_heads", spec.n_heads, f"d_model / d_head = {spec.d_model // spec.d_head}")
-    if spec.n_heads % spec.n_kv_heads:
-        raise SpecError("ModelSpec", "n_kv_heads", spec.n_kv_heads, f"a divisor of n_heads={spec.n_heads}")
-    if spec.d_head % 2:
-        raise SpecError("ModelSpec", "d_head", spec.d_head, "an even number (RoPE rotates pairs)")
 
 
 def check_run(spec: TrainSpec, *, file) -> TrainSpec:
@@ -248,6 +246,10 @@ def check_run(spec: TrainSpec, *, file) -> TrainSpec:
     if micro is not None and micro % seq:
         raise SpecError(file, "micro_batch_tokens", micro, f"a multiple of seq_len={seq}")
     unit, name = (micro, "micro_batch_tokens") if micro else (seq, "seq_len")
+    default = TrainSpec.__dataclass_fields__["batch_tokens"].default
+    if spec.batch_tokens % unit and spec.batch_tokens == default and name == "seq_len":  # the user's seq_len is to blame
+        raise SpecError(file, "seq_len", seq, f"a divisor of batch_tokens={default} (the default; or set batch_tokens "
+                        "to a multiple of seq_len)")
     for key, batch in [("batch_tokens", spec.batch_tokens)] + [("batch_warmup", b) for _, b in spec.batch_warmup]:
         if batch % unit:
             raise SpecError(file, key, batch, f"a multiple of {name}={unit}")
@@ -285,125 +287,6 @@ def ladder_folders() -> list[Path]:
     return [packaged("ladders"), *filter(None, [models_dir()])]
 
 
-# ---------------------------------------------------------------- building from mappings
-
-
-def _type_ok(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is typing.Any:
-        return True
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is tuple:
-        return isinstance(value, (list, tuple)) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _describe(hint) -> str:
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    name = getattr(hint, "__name__", None)
-    return f"a value of type {name or hint}"
-
-
-def _coerce(value, hint):
-    """YAML reads 1e6 as a string and 2e+6 as a float: accept both where an int or float is wanted."""
-    wants = set(typing.get_args(hint)) | {hint}
-    if isinstance(value, str) and wants & {int, float}:
-        try:
-            value = float(value.replace("_", ""))
-        except ValueError:
-            return value
-    if isinstance(value, float) and int in wants and float not in wants and value.is_integer():
-        return int(value)
-    return value
-
-
-def build(cls, mapping: dict, *, file, prefix: str = ""):
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types with a SpecError."""
-    if not isinstance(mapping, dict):
-        raise SpecError(file, prefix.rstrip(".") or "<top>", mapping, "a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in mapping.items():
-        if key not in names:
-            raise SpecError(file, prefix + str(key), value, "known keys: " + ", ".join(names))
-        hint = hints[key]
-        value = _coerce(value, hint)
-        if dataclasses.is_dataclass(hint) and isinstance(value, hint):
-            pass  # already built and checked
-        elif hasattr(hint, "from_dict"):  # a spec that validates itself (ScheduleSpec)
-            value = hint.from_dict(value, file=file)
-        elif dataclasses.is_dataclass(hint):
-            value = build(hint, value, file=file, prefix=f"{prefix}{key}.")
-        elif key == "batch_warmup" and cls is TrainSpec:
-            value = _batch_stages(value, file=file, key=prefix + key)
-        elif key == "decay_data" and cls is TrainSpec:
-            value = _mixture(value, file=file, key=prefix + key)
-        elif hint == (PaperRun | None) and value is not None:
-            value = build(PaperRun, value, file=file, prefix=f"{prefix}{key}.")
-        elif not _type_ok(value, hint):
-            raise SpecError(file, prefix + key, value, _describe(hint))
-        if isinstance(value, list):
-            value = tuple(value)
-        if hint is float and isinstance(value, int):
-            value = float(value)
-        kwargs[key] = value
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise SpecError(file, prefix + missing[0], None, f"{prefix}{missing[0]} is required")
-    try:
-        return cls(**kwargs)  # __post_init__ checks each number's range (and a shape's fit)
-    except SpecError as err:
-        raise SpecError(file, prefix + err.key, err.value, err.allowed) from None
-
-
-def _batch_stages(value, *, file, key: str) -> tuple[tuple[int, int], ...]:
-    """[[from_tokens, batch_tokens], ...]: whole numbers, the first stage from 0, from_tokens rising, batches > 0."""
-    allowed = "a list of [from_tokens, batch_tokens] pairs, the first from 0, from_tokens rising, batch_tokens > 0"
-    if not isinstance(value, (list, tuple)):
-        raise SpecError(file, key, value, allowed)
-    stages = []
-    for pair in value:
-        if isinstance(pair, dict) and set(pair) == {"from_tokens", "batch_tokens"}:  # a plan's batch_warmup
-            pair = (pair["from_tokens"], pair["batch_tokens"])
-        pair = [_coerce(v, int) for v in pair] if isinstance(pair, (list, tuple)) and len(pair) == 2 else None
-        if pair is None or not all(_type_ok(v, int) for v in pair):
-            raise SpecError(file, key, value, allowed)
-        stages.append(tuple(pair))
-    if stages and (stages[0][0] != 0 or any(b <= 0 for _, b in stages)
-                   or any(a[0] >= b[0] for a, b in zip(stages, stages[1:]))):
-        raise SpecError(file, key, value, allowed)
-    return tuple(stages)
-
-
-def _mixture(value, *, file, key: str) -> tuple[tuple[str, float], ...]:
-    """{corpus: weight} (or [[corpus, weight], ...]) as sorted pairs: names unique, weights finite and > 0."""
-    allowed = "a mapping of corpus names to weights > 0, e.g. {python: 0.7, python-docstrings: 0.3}"
-    pairs = list(value.items()) if isinstance(value, dict) else value
-    if not isinstance(pairs, (list, tuple)):
-        raise SpecError(file, key, value, allowed)
-    out = {}
-    for pair in pairs:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)):
-            raise SpecError(file, key, value, allowed)
-        weight = _coerce(pair[1], float)
-        if not _type_ok(weight, float) or not math.isfinite(weight) or weight <= 0 or pair[0] in out:
-            raise SpecError(file, key, value, allowed)
-        out[pair[0]] = float(weight)
-    return tuple(sorted(out.items()))
-
-
 # ---------------------------------------------------------------- ladders
 
 
@@ -415,7 +298,9 @@ def read_yaml(path, *, what: str = "file"):
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise WindtunnelError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
 
 
 def load_ladder(path: Path) -> dict[str, ModelSpec]:
@@ -481,18 +366,18 @@ def apply_overrides(spec, overrides: list[str] | dict, *, source: str = "--set")
     `model.d_model=64`), or a YAML mapping, whose nested mappings merge key by key except `schedule`,
     which is replaced whole (a schedule's fields only make sense together), and `decay_data`, a mixture."""
     raw = dataclasses.asdict(spec)
-    raw["schedule"] = _non_default(spec.schedule)  # ScheduleSpec refuses keys its kind does not use
     pairs = _pairs(overrides) if isinstance(overrides, dict) else [_parse(item, source) for item in overrides]
     for key, value in pairs:
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise SpecError(source, key, value, f"{part!r} is not a nested spec")
+                nested = [k for k, v in node.items() if isinstance(v, dict)]
+                raise SpecError(source, key, value, f"{did_you_mean(part, nested)}{part!r} is not a nested spec; "
+                                f"nested specs: {', '.join(nested)}")
             node = node[part]
         node[leaf] = value
-    model = build(ModelSpec, raw.pop("model"), file=source, prefix="model.")
-    return build(type(spec), {**raw, "model": model}, file=source)
+    return build(type(spec), raw, file=source)
 
 
 def _parse(item: str, source) -> tuple[str, object]:
@@ -530,12 +415,6 @@ def merge_overrides(first: dict, then: dict) -> dict:
         nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "schedule"
         out[key] = merge_overrides(out[key], value) if nested else value
     return out
-
-
-def _non_default(obj) -> dict:
-    """The fields of a dataclass that differ from their defaults."""
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-            if f.default is dataclasses.MISSING or getattr(obj, f.name) != f.default}
 
 
 LATER_FIELDS = ("batch_warmup", "decay_data", "model.smear_keys")  # fields added after runs were stored

@@ -37,114 +37,102 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Range, check_fields
-from windtunnel.config import (TrainSpec, apply_overrides, build, check_run, get_model, ladders, load_overrides,
-                               read_yaml)
+from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, Flag, build, number, refuse, spec
+from windtunnel.config import TrainSpec, apply_overrides, check_run, get_model, ladders, load_overrides, read_yaml
 from windtunnel.counts import DEFAULT_FLOPS
 from windtunnel.errors import SpecError, WindtunnelError, did_you_mean
 from windtunnel.paths import packaged
 from windtunnel.runs import Run, make_run
-from windtunnel.schedules import DECAY_SHAPES
 
 __all__ = ["BranchSpec", "ResourceSpec", "ScaleSpec", "SweepSpec", "find_sweep", "packaged_sweeps", "load_sweep",
            "expand", "summarize"]
-_TOKENS = Range(low=1, integer=True, unit="tokens")
+_TOKENS = number(low=1, integer=True, unit="tokens")
+_PER_PARAM = number(low=0, low_open=True, keep_int=True)  # a run's coordinate: 20 stays 20 in its name and params
 
 
-@dataclass(frozen=True, kw_only=True)
+@spec
 class BranchSpec:
     """WSD decay branches forked from the stable run's checkpoints (paper §4.3, §5)."""
 
-    at_tokens_per_param: tuple[float, ...] = ()
+    at_tokens_per_param: tuple[_PER_PARAM, ...] = ()
     """branch points, in tokens per non-embedding parameter (10 = 10N tokens into the stable run)"""
-    at_tokens: tuple[int, ...] = ()
+    at_tokens: tuple[_TOKENS, ...] = ()
     """branch points in tokens, the same for every size (so D does not move with N); instead of at_tokens_per_param"""
-    min_steps: int = 0
+    min_steps: NON_NEGATIVE_INT = 0
     """the fewest optimizer steps a branch point may have (shorter runs are dominated by warmup and noise)"""
-    decay_fractions: tuple[float, ...] = (0.1,)
+    decay_fractions: tuple[FRACTION, ...] = (0.1,)
     """each decay lasts this fraction of its branch point's tokens (0.1: ~10%, which reaches the cosine optimum)"""
-    decay_shapes: tuple[str, ...] = ("exp",)
+    decay_shapes: tuple[Literal["exp", "linear", "cosine", "sqrt"], ...] = ("exp",)
     """decay shapes of windtunnel.schedules.DECAY_SHAPES"""
-    decay_data: tuple[dict, ...] = ({},)
+    decay_data: tuple[dict[str, float], ...] = ({},)
     """decay-stage data mixtures, each branch once per mixture ({} = the run's own data; {python: 0.7,
     python-docstrings: 0.3} mixes in prose, paper §6; see TrainSpec.decay_data)"""
 
-    def __post_init__(self):
-        check_fields(self, {"at_tokens_per_param": POSITIVE, "at_tokens": _TOKENS, "min_steps": NON_NEGATIVE_INT,
-                            "decay_fractions": FRACTION})
-        for shape in self.decay_shapes:
-            if shape not in DECAY_SHAPES:
-                raise SpecError("BranchSpec", "decay_shapes", shape, "shapes of " + ", ".join(DECAY_SHAPES))
-        if not all(isinstance(mixture, dict) for mixture in self.decay_data):
-            raise SpecError("BranchSpec", "decay_data", list(self.decay_data),
-                            "a list of {corpus: weight} mappings ({} = the run's own data)")
 
-
-@dataclass(frozen=True, kw_only=True)
+@spec
 class ResourceSpec:
     """What Ray reserves for each run of a scale: where a run trains, never what it computes (not in its id)."""
 
-    cpus: float = 1
+    cpus: number(low=0, low_open=True, unit="CPU cores") = 1
     """CPU cores per run, > 0; the run's torch threads are its whole cores (at least 1)"""
-    gpus: float = 0
+    gpus: NON_NEGATIVE = 0
     """GPUs per run: 0, a fraction below 1 so tiny models share a GPU (0.25: four runs per GPU), or a whole number"""
 
     def __post_init__(self):
-        check_fields(self, {"cpus": Range(low=0, low_open=True, unit="CPU cores"), "gpus": NON_NEGATIVE})
         if self.gpus > 1 and self.gpus != int(self.gpus):  # Ray shares a GPU only in fractions of one
-            raise SpecError("ResourceSpec", "gpus", self.gpus, "0, a fraction of one GPU below 1 (0.25), or a whole "
-                            "number of GPUs")
+            raise refuse("gpus", self.gpus, "0, a fraction of one GPU below 1 (0.25), or a whole number of GPUs")
 
 
-@dataclass(frozen=True, kw_only=True)
+@spec
 class ScaleSpec:
     """One scale's section of a sweep."""
 
     models: tuple[str, ...]
     """model names from models/*.yaml"""
-    tokens_per_param: float | None = None
+    tokens_per_param: number(low=0, low_open=True) | None = None
     """each run's training tokens in units of N; the stable run's length when branching"""
-    tokens: int | None = None
+    tokens: _TOKENS | None = None
     """each run's training tokens, when not given per parameter"""
-    set: dict = field(default_factory=dict)
+    set: dict = dataclasses.field(default_factory=dict)
     """TrainSpec overrides for this scale (applied after the sweep's `base`)"""
-    grid: dict = field(default_factory=dict)
+    grid: dict[str, list] = dataclasses.field(default_factory=dict)
     """dotted TrainSpec key → list of values; every combination becomes a run"""
     runs: tuple[dict, ...] = ()
     """extra runs per model, each a mapping of overrides"""
     branches: BranchSpec | None = None
     """decay branches forked from each stable run"""
-    per_model: dict = field(default_factory=dict)
+    per_model: dict[str, dict] = dataclasses.field(default_factory=dict)
     """model name → overrides for that model only (its tuned LR and batch size), after `set`"""
-    seeds: tuple[int, ...] = ()
+    seeds: tuple[NON_NEGATIVE_INT, ...] = ()
     """run every variant once per seed (each seed its own stable run); empty = the spec's seed only"""
     resources: ResourceSpec | None = None
     """Ray resources per run; None: a GPU each on a GPU cluster, else 1 CPU (2 above 2M parameters)"""
-    needs_target: bool = False
+    needs_target: Flag = False
     """the ladder trains in a target's family (docs/method.md §4): run it as `--scale NAME@TARGET`, which gives every
     model the target's vocabulary and tokenizer (models/*.yaml: the target's `tokenizer`)"""
     target: str | None = None
     """the target whose family this run of the scale is in: the TARGET of `--scale NAME@TARGET`"""
 
     def __post_init__(self):
-        check_fields(self, {"tokens_per_param": POSITIVE, "tokens": _TOKENS, "seeds": NON_NEGATIVE_INT})
         if len(set(self.seeds)) != len(self.seeds):
-            raise SpecError("ScaleSpec", "seeds", list(self.seeds), "distinct seeds")
+            raise refuse("seeds", list(self.seeds), "distinct seeds")
 
 
-@dataclass(frozen=True, kw_only=True)
+@spec
 class SweepSpec:
+    """A sweep file (sweeps/*.yaml)."""
+
     name: str
     """the sweep's name: its MLflow parent run and experiment"""
     description: str = ""
     """what the sweep studies (shown in --dry-run and MLflow)"""
-    base: dict = field(default_factory=dict)
-    """TrainSpec overrides for every run at every scale"""
-    scales: dict = field(default_factory=dict)
-    """scale name → ScaleSpec"""
+    base: dict | str = dataclasses.field(default_factory=dict)
+    """TrainSpec overrides for every run at every scale, or an override file (results/search/best.yaml)"""
+    scales: dict[str, ScaleSpec] = dataclasses.field(default_factory=dict)
+    """scale name → its section"""
 
 
 # ---------------------------------------------------------------- loading
@@ -178,29 +166,23 @@ def load_sweep(path: Path, *, scale: str) -> tuple[SweepSpec, ScaleSpec]:
     raw = read_yaml(path, what="sweep file")
     if isinstance(raw, dict) and isinstance(raw.get("base"), str):  # `base: results/search/best.yaml`
         raw = {**raw, "base": load_overrides(raw["base"])}  # a path relative to the working directory
+    for name, section in (raw.get("scales") or {}).items() if isinstance(raw, dict) else ():
+        if isinstance(section, dict) and "target" in section:
+            raise SpecError(path, f"scales.{name}.target", section["target"], "no target key: give --scale "
+                            f"{name}@TARGET (with needs_target: true in the section)")
     sweep = build(SweepSpec, raw, file=path)
     if scale not in sweep.scales:
         raise SpecError(path, "scales", scale, did_you_mean(scale, sweep.scales) + "scales defined here: "
                         + ", ".join(sweep.scales))
-    section = dict(sweep.scales[scale])
-    if "target" in section:
-        raise SpecError(path, f"scales.{scale}.target", section["target"], "no target key: give --scale "
-                        f"{scale}@TARGET (with needs_target: true in the section)")
-    if target:
-        section["target"] = target
-    if isinstance(section.get("branches"), dict):
-        section["branches"] = build(BranchSpec, section["branches"], file=path, prefix=f"scales.{scale}.branches.")
-    if isinstance(section.get("resources"), dict):
-        section["resources"] = build(ResourceSpec, section["resources"], file=path, prefix=f"scales.{scale}.resources.")
-    spec = build(ScaleSpec, section, file=path, prefix=f"scales.{scale}.")
-    if spec.needs_target and not target:
+    section = dataclasses.replace(sweep.scales[scale], target=target or None)
+    if section.needs_target and not target:
         raise SpecError(path, f"scales.{scale}", scale, f"{scale}@TARGET: this ladder trains in a target's family "
                         f"(its vocabulary and tokenizer), e.g. --scale {scale}@minicpm-1.2b (make: SCALE={scale} "
                         "TARGET=minicpm-1.2b)")
-    if target and not spec.needs_target:
+    if target and not section.needs_target:
         raise SpecError(path, f"scales.{scale}", f"{scale}@{target}", f"{scale} alone: its ladder is its own family "
                         "(scales marked needs_target: true take @TARGET)")
-    return sweep, spec
+    return sweep, section
 
 
 FAMILY_BASE = ("d_head", "d_base", "scale_emb", "scale_depth", "init_std", "parametrization", "smear_keys")

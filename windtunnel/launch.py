@@ -32,9 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
-from windtunnel.checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, Range
+from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, number, problem
 from windtunnel.errors import WindtunnelError
 from windtunnel.paths import results_dir, write_atomic
 
@@ -46,15 +45,16 @@ GPU_MEMORY = 80e9  # bytes per GPU assumed by a dry run (an 80 GB A100/H100) unl
 
 
 def load_plan(path: str | Path) -> dict:
+    """A plan file as written by `windtunnel plan`, checked against PlanFile (one line naming key and allowed)."""
+    from windtunnel.checks import build
+    from windtunnel.config import read_yaml
+    from windtunnel.plan import PlanFile
+
     path = Path(path)
     if not path.is_file():
         raise WindtunnelError(f"{path}: no such plan (make plan TARGET=... writes results/plans/TARGET.yaml)")
-    try:
-        plan = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise WindtunnelError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(plan, dict) or not isinstance(plan.get("train"), dict) or "target" not in plan:
-        raise WindtunnelError(f"{path}: not a windtunnel plan (no 'target' and 'train:' section)")
+    plan = read_yaml(path, what="plan")
+    build(PlanFile, plan, file=path)
     return plan
 
 
@@ -115,15 +115,16 @@ def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, d
     return out
 
 
-LAUNCH_RANGES = {"workers": POSITIVE_INT, "gpus_per_worker": NON_NEGATIVE, "device_memory": Range(low=0, low_open=True,
-                 unit="bytes"), "mfu": Range(low=0, high=1, low_open=True), "max_failures": NON_NEGATIVE_INT}
+LAUNCH_NUMBERS = {"workers": POSITIVE_INT, "gpus_per_worker": NON_NEGATIVE, "device_memory": number(
+    low=0, low_open=True, unit="bytes"), "mfu": FRACTION, "max_failures": NON_NEGATIVE_INT}
 
 
 def _check_numbers(**values) -> None:
-    """One line naming the option, its value and what is allowed, for the first number out of LAUNCH_RANGES."""
+    """One line naming the option, its value and what is allowed, for the first number not of LAUNCH_NUMBERS."""
     for name, value in values.items():
-        if value is not None and not LAUNCH_RANGES[name].ok(value):
-            raise WindtunnelError(f"launch: --{name.replace('_', '-')} {value} is not allowed; {LAUNCH_RANGES[name]}")
+        allowed = None if value is None else problem(LAUNCH_NUMBERS[name], value)
+        if allowed:
+            raise WindtunnelError(f"launch: --{name.replace('_', '-')} {value} is not allowed; {allowed}")
 
 
 def layout(spec, *, workers: int, gpus_per_worker: float, device_memory: float | None = None,

@@ -21,13 +21,15 @@ The `train:` section is a TrainSpec override mapping: `windtunnel launch PLAN.ya
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
-from dataclasses import dataclass
+import typing
 from pathlib import Path
+from typing import Literal
 
-from windtunnel.checks import FRACTION, POSITIVE, Range, check_fields
+from windtunnel.checks import FRACTION, POSITIVE, number, spec
 from windtunnel.config import ModelSpec
 from windtunnel.counts import H100_FLOPS
 from windtunnel.errors import WindtunnelError
@@ -42,37 +44,32 @@ FAMILY = ("d_head", "vocab_size", "smear_keys")
 N_KIND_LABEL = {"total": "N_total (with the tied embedding)", "non_embedding": "non-embedding N"}
 
 
-@dataclass(frozen=True, kw_only=True)
+_RATIO = number(low=1)  # a high/low ratio of an interval: 1 would accept only an exact value
+
+
+@spec
 class PlanLimits:
     """How uncertain a fitted quantity may be before the plan refuses to use it, and the hardware it is costed on."""
 
-    max_loss_rel_interval: float = 0.15
+    max_loss_rel_interval: POSITIVE = 0.15
     """largest half-width of the predicted loss's 95% interval, relative to the loss"""
-    max_tokens_ratio: float = 4.0
+    max_tokens_ratio: _RATIO = 4.0
     """largest high/low ratio of the compute-optimal token budget's 95% interval"""
-    max_batch_ratio: float = 4.0
+    max_batch_ratio: _RATIO = 4.0
     """high/low ratio of the batch size's 95% interval beyond which the plan notes the batch's risk in loss"""
-    max_lr_ratio: float = 4.0
+    max_lr_ratio: _RATIO = 4.0
     """largest high/low ratio of an LR optimum's 95% interval"""
-    mfu: float = 0.4
+    mfu: FRACTION = 0.4
     """model FLOPs utilisation the GPU-hours are costed at"""
-    gpu_flops: float = H100_FLOPS["bf16"]
+    gpu_flops: number(low=0, low_open=True, unit="FLOP/s") = H100_FLOPS["bf16"]
     """peak FLOP/s of one GPU (H100 SXM dense bf16)"""
-    seq_len: int = 4096
+    seq_len: number(low=1, integer=True, unit="tokens") = 4096
     """context length when no fit says at which length the ladder ran (MiniCPM: 4096)"""
-    decay_fraction: float = 0.1
+    decay_fraction: FRACTION = 0.1
     """WSD: decay over this fraction of the stable stage's tokens, as the ladder's branches (~10% reaches the
     cosine optimum, §4.3)"""
-    warmup_fraction: float = 0.01
+    warmup_fraction: number(low=0, high=1, high_open=True) = 0.01
     """share of the tokens spent warming the LR up"""
-
-    def __post_init__(self):
-        ratio = Range(low=1)  # a high/low ratio of an interval: 1 would accept only an exact value
-        check_fields(self, {"max_loss_rel_interval": POSITIVE, "max_tokens_ratio": ratio, "max_batch_ratio": ratio,
-                            "max_lr_ratio": ratio, "mfu": FRACTION,
-                            "gpu_flops": Range(low=0, low_open=True, unit="FLOP/s"),
-                            "seq_len": Range(low=1, integer=True, unit="tokens"), "decay_fraction": FRACTION,
-                            "warmup_fraction": Range(low=0, high=1, high_open=True)})
 
 
 def check_budget(tokens: float | None, compute: float | None) -> None:
@@ -425,6 +422,38 @@ def plan_from_fits(target: str, *, tokens: float | None = None, compute: float |
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, render_yaml(plan))
     return plan, path
+
+
+@spec
+class PlanFile:
+    """A plan file (results/plans/TARGET.yaml, written by `windtunnel plan`): `target`, `train`, `schedule_rule` and
+    `predicted_loss` are what `windtunnel launch` reads; the rest records how the plan was made, for people."""
+
+    target: str
+    """the planned model (a name of models/*.yaml)"""
+    train: dict
+    """the run's TrainSpec overrides (tokens, batch_tokens, lr, schedule, ...); `launch --set` fills what it left out"""
+    schedule_rule: dict[str, float] | None = None
+    """how `launch --set tokens=T` makes the WSD schedule of a plan without tokens: warmup_fraction, decay_fraction"""
+    predicted_loss: dict | None = None
+    """the scaling law's prediction: value, interval95 and how they were made; None: nothing to compare with"""
+    predicted_curve: dict | None = None
+    """the predicted loss at every evaluation of the planned schedule (tokens, loss, low, high)"""
+    status: Literal["complete", "incomplete"] = "incomplete"
+    """complete when every value of WHAT_KEYS and the prediction were planned"""
+    gaps: list[str] = dataclasses.field(default_factory=list)
+    """what the plan could not decide, and why"""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """risks and departures worth reading before a launch"""
+    n_params: int | None = None
+    n_kind: str | None = None
+    made: typing.Any = None
+    tokenizer_sha256: str | None = None
+    tokens_basis: typing.Any = None
+    hyperparameters: dict | None = None
+    cost: dict | None = None
+    paper: dict | None = None
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 WHAT_KEYS = ("tokens", "batch_tokens", "lr")   # what a plan decides for its run; `launch --set` fills what it left out

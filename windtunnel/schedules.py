@@ -8,12 +8,12 @@ Shared conventions:
 `ScheduleSpec` is the YAML `schedule:` section (in tokens); `make_schedule` turns it into steps.
 """
 
-import difflib
+import dataclasses
 import functools
 import math
-from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Callable, Literal
 
+from windtunnel.checks import FRACTION, number, refuse, spec
 from windtunnel.errors import SpecError, WindtunnelError
 
 __all__ = ["constant", "cosine", "cosine_loop", "wsd", "SCHEDULES", "DECAY_SHAPES", "EXP_HALF_LIVES",
@@ -113,82 +113,47 @@ def wsd(step: int, *, lr: float, warmup: int, decay_start: int, decay_steps: int
 SCHEDULES: dict[str, Callable[..., float]] = {  # YAML `kind:` → function (levanter-style registry)
     "constant": constant, "cosine": cosine, "cosine_loop": cosine_loop, "wsd": wsd}
 
-_TOKEN_MIN = {"warmup_tokens": 0, "period_tokens": 1, "decay_start_tokens": 0, "half_life_tokens": 1}
 _COSINE = {"period_tokens", "final_ratio"}
-_KIND_KEYS = {  # the keys each kind uses beyond kind and warmup_tokens; giving any other one is an error
+_KIND_KEYS = {  # the keys each kind uses beyond kind and warmup_tokens; another one away from its default is refused
     "constant": set(), "cosine": _COSINE, "cosine_loop": _COSINE,
     "wsd": {"decay_start_tokens", "decay_fraction", "decay_shape", "half_life_tokens", "final_ratio"}}
+_TOKENS = number(low=0, integer=True, unit="tokens")
+_SOME_TOKENS = number(low=1, integer=True, unit="tokens")
 
 
-@dataclass(frozen=True, kw_only=True)
+@spec
 class ScheduleSpec:
     """The `schedule:` section of a run spec, in tokens so it does not depend on the batch size."""
 
-    kind: str = "wsd"
-    # which schedule: "constant" | "cosine" | "cosine_loop" | "wsd" (a key of SCHEDULES)
-    warmup_tokens: int = 0
-    # tokens of linear warmup from 0 to the max LR η
-    period_tokens: int | None = None
-    # cosine, cosine_loop: T in tokens, where the cosine reaches final_ratio·η; None = the run's total tokens (T = S)
-    decay_start_tokens: int | None = None
-    # wsd: T in tokens, end of the stable stage; the decay then lasts until the run ends (decay_fraction unused).
-    # None = start the decay decay_fraction of the run's tokens before its end
-    decay_fraction: float = 0.1
-    # wsd without decay_start_tokens: fraction of the run's tokens spent decaying, in (0, 1];
-    # 10% reaches the cosine optimum, 2.5% falls short (§4.3, docs/method.md §3)
-    decay_shape: str = "exp"
-    # wsd: "exp" | "linear" | "cosine" | "sqrt" (a key of DECAY_SHAPES)
-    half_life_tokens: int | None = None
-    # wsd with decay_shape "exp": half-life of the decay in tokens; None = decay length / EXP_HALF_LIVES
-    final_ratio: float | None = None
-    # the LR at the end, as a fraction of η, in [0, 1]; None = the function's default (cosine 0.1, wsd 0.0)
+    kind: Literal["constant", "cosine", "cosine_loop", "wsd"] = "wsd"
+    """which schedule (a key of SCHEDULES)"""
+    warmup_tokens: _TOKENS = 0
+    """tokens of linear warmup from 0 to the max LR η"""
+    period_tokens: _SOME_TOKENS | None = None
+    """cosine, cosine_loop: T in tokens, where the cosine reaches final_ratio·η; None = the run's total tokens (T = S)"""
+    decay_start_tokens: _TOKENS | None = None
+    """wsd: T in tokens, end of the stable stage; the decay then lasts until the run ends (decay_fraction unused).
+    None = start the decay decay_fraction of the run's tokens before its end"""
+    decay_fraction: FRACTION = 0.1
+    """wsd without decay_start_tokens: fraction of the run's tokens spent decaying, in (0, 1]; 10% reaches the
+    cosine optimum, 2.5% falls short (§4.3, docs/method.md §3)"""
+    decay_shape: Literal["exp", "linear", "cosine", "sqrt"] = "exp"
+    """wsd: the decay's shape (a key of DECAY_SHAPES)"""
+    half_life_tokens: _SOME_TOKENS | None = None
+    """wsd with decay_shape "exp": half-life of the decay in tokens; None = decay length / EXP_HALF_LIVES"""
+    final_ratio: number(low=0, high=1) | None = None
+    """the LR at the end, as a fraction of η, in [0, 1]; None = the function's default (cosine 0.1, wsd 0.0)"""
 
     def __post_init__(self):
-        def bad(key, allowed):
-            raise SpecError("ScheduleSpec", f"schedule.{key}", getattr(self, key), allowed)
-
-        def is_number(value, low, high):  # bools are ints in Python: refuse them
-            return type(value) in (int, float) and low <= value <= high
-
-        if not isinstance(self.kind, str) or self.kind not in SCHEDULES:
-            bad("kind", " | ".join(SCHEDULES))
-        for key, low in _TOKEN_MIN.items():
-            value = getattr(self, key)
-            if (value is not None or key == "warmup_tokens") and (type(value) is not int or value < low):
-                bad(key, f"an integer number of tokens >= {low} (write 1_000_000, not 1e6)")
-        if not is_number(self.decay_fraction, 0, 1) or self.decay_fraction == 0:
-            bad("decay_fraction", "a number in (0, 1]")
-        if self.final_ratio is not None and not is_number(self.final_ratio, 0, 1):
-            bad("final_ratio", "None or a number in [0, 1]")
-        if not isinstance(self.decay_shape, str) or self.decay_shape not in DECAY_SHAPES:
-            bad("decay_shape", " | ".join(DECAY_SHAPES))
-        for key in ("period_tokens", "decay_start_tokens", "half_life_tokens", "final_ratio"):
-            if getattr(self, key) is not None and key not in _KIND_KEYS[self.kind]:
-                bad(key, f"leave it out: kind {self.kind!r} does not use it")
+        for f in dataclasses.fields(self):  # e.g. decay_shape on a cosine: a value the schedule would ignore
+            if f.name not in _KIND_KEYS[self.kind] | {"kind", "warmup_tokens"} and getattr(self, f.name) != f.default:
+                raise refuse(f.name, getattr(self, f.name), f"leave it out: kind {self.kind!r} does not use it")
+        if self.decay_start_tokens is not None and self.decay_fraction != 0.1:
+            raise refuse("decay_fraction", self.decay_fraction, "leave it out when decay_start_tokens is set (the "
+                         "decay then lasts until the run ends)")
         if self.half_life_tokens is not None and self.decay_shape != "exp":
-            bad("half_life_tokens", "leave it out: only decay_shape 'exp' has a half-life")
-
-    @classmethod
-    def from_dict(cls, d, *, file) -> "ScheduleSpec":
-        """Builds the spec from a parsed YAML mapping; bad keys, kinds, types or values raise SpecError(file, ...)."""
-        names = [f.name for f in fields(cls)]
-        if not isinstance(d, dict):
-            raise SpecError(file, "schedule", d, f"a mapping with keys {', '.join(names)}")
-        for key in d:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise SpecError(file, f"schedule.{key}", d[key], f"{hint}keys: {', '.join(names)}")
-        try:
-            spec = cls(**d)
-        except SpecError as e:
-            raise SpecError(file, e.key, e.value, e.allowed) from None
-        for key in sorted(d.keys() - {"kind", "warmup_tokens"} - _KIND_KEYS[spec.kind]):  # e.g. decay_shape on cosine
-            raise SpecError(file, f"schedule.{key}", d[key], f"leave it out: kind {spec.kind!r} does not use it")
-        if "decay_start_tokens" in d and "decay_fraction" in d:
-            raise SpecError(file, "schedule.decay_fraction", d["decay_fraction"],
-                            "leave it out when decay_start_tokens is set (the decay then lasts until the run ends)")
-        return spec
+            raise refuse("half_life_tokens", self.half_life_tokens, "leave it out: only decay_shape 'exp' has a "
+                         "half-life")
 
 
 def make_schedule(spec: ScheduleSpec, *, lr: float, total_steps: int, batch_tokens: int) -> Callable[[int], float]:

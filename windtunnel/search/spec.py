@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from windtunnel.config import TrainSpec, apply_overrides, build, get_model, read_yaml, spec_hash
+from windtunnel.checks import NON_NEGATIVE_INT, POSITIVE_INT, Flag, build, number, refuse, spec
+from windtunnel.config import TrainSpec, apply_overrides, get_model, read_yaml, spec_hash
 from windtunnel.errors import SpecError
 
 __all__ = ["ParamRange", "AshaSpec", "SearchSpec", "SEARCHABLE", "OBJECTIVES", "load_search", "trial_spec",
@@ -30,18 +31,29 @@ SIGNIFICANT = 4  # suggested values are rounded to 4 significant digits: readabl
 SEEDS = 2**32  # TPE's numpy RandomState takes seeds in [0, 2**32)
 
 
-@dataclass(frozen=True, kw_only=True)
+_END = number()  # a finite number
+
+
+@spec
 class ParamRange:
     """One dimension of the search space."""
 
     name: str
     """a dotted TrainSpec key of SEARCHABLE, e.g. "lr" or "model.scale_emb" """
-    low: float
+    low: _END
     """lowest value (inclusive)"""
-    high: float
+    high: _END
     """highest value (inclusive)"""
-    log: bool = False
+    log: Flag = False
     """sample log-uniformly (needs low > 0)"""
+
+    def __post_init__(self):
+        if self.integer and not all(float(v).is_integer() for v in (self.low, self.high)):
+            raise refuse("low", (self.low, self.high), "whole numbers: this key counts tokens")
+        if not self.low < self.high:
+            raise refuse("low", self.low, f"less than high={self.high}")
+        if self.log and self.low <= 0:
+            raise refuse("low", self.low, "> 0 on a log scale (or log: false)")
 
     @property
     def integer(self) -> bool:
@@ -49,19 +61,19 @@ class ParamRange:
         return SEARCHABLE[self.name] is int
 
 
-@dataclass(frozen=True, kw_only=True)
+@spec
 class AshaSpec:
     """ASHA early stopping (Li et al. 2020) on the objective reported at each evaluation."""
 
-    enabled: bool = True
+    enabled: Flag = True
     """False: every trial trains to the end"""
-    grace_evals: int = 2
+    grace_evals: POSITIVE_INT = 2
     """evaluations every trial gets before it can be stopped"""
-    reduction_factor: float = 3.0
+    reduction_factor: number(low=1, low_open=True) = 3.0
     """at each rung only the best 1/reduction_factor of the trials go on"""
 
 
-@dataclass(frozen=True, kw_only=True)
+@spec
 class SearchSpec:
     """A search at one scale, validated: everything `run_search` needs."""
 
@@ -87,7 +99,7 @@ class SearchSpec:
     """seed of the TPE sampler"""
     startup_trials: int = 10
     """random trials before TPE models the results"""
-    asha: AshaSpec = field(default_factory=AshaSpec)
+    asha: AshaSpec = dataclasses.field(default_factory=AshaSpec)
     """early stopping"""
 
     @property
@@ -100,89 +112,73 @@ class SearchSpec:
                 "startup_trials": self.startup_trials, "space": [dataclasses.asdict(p) for p in self.space]}
 
 
-@dataclass(frozen=True, kw_only=True)
-class _ScaleSection:
+@spec
+class SearchScale:
+    """One scale's section of a search file."""
+
     model: str
     """the model searched"""
-    tokens_per_param: float | None = None
+    tokens_per_param: number(low=0, low_open=True) | None = None
     """training tokens in units of N (the paper: 10)"""
-    tokens: int | None = None
+    tokens: number(low=1, integer=True, unit="tokens") | None = None
     """training tokens, when not given per parameter"""
-    trials: int = 32
+    trials: POSITIVE_INT = 32
     """trials in all"""
-    concurrency: int = 2
+    concurrency: POSITIVE_INT = 2
     """trials at once"""
-    set: dict = field(default_factory=dict)
+    set: dict = dataclasses.field(default_factory=dict)
     """TrainSpec overrides of this scale"""
 
+    def __post_init__(self):
+        if (self.tokens is None) == (self.tokens_per_param is None):
+            raise refuse("tokens_per_param", self.tokens_per_param, "exactly one of tokens_per_param and tokens")
 
-@dataclass(frozen=True, kw_only=True)
-class _SearchFile:
+
+@spec
+class SearchFile:
+    """A search file (sweeps/mup_search.yaml)."""
+
     name: str
+    """the search's name"""
     description: str = ""
-    objective: str = "bpb"
-    seed: int = 0
-    startup_trials: int = 10
-    space: dict = field(default_factory=dict)
-    asha: dict = field(default_factory=dict)
-    base: dict = field(default_factory=dict)
-    scales: dict = field(default_factory=dict)
+    """what the search is for"""
+    objective: Literal[tuple(OBJECTIVES)] = "bpb"
+    """what is minimised (OBJECTIVES)"""
+    seed: number(low=0, high=SEEDS, high_open=True, integer=True) = 0
+    """seed of the TPE sampler"""
+    startup_trials: NON_NEGATIVE_INT = 10
+    """random trials before TPE models the results"""
+    space: dict[str, dict] = dataclasses.field(default_factory=dict)
+    """searched key (SEARCHABLE) → {low, high, log}"""
+    asha: AshaSpec = dataclasses.field(default_factory=AshaSpec)
+    """early stopping"""
+    base: dict = dataclasses.field(default_factory=dict)
+    """TrainSpec overrides of every scale"""
+    scales: dict[str, SearchScale] = dataclasses.field(default_factory=dict)
+    """scale name → its section"""
 
 
 def load_search(path, *, scale: str = "micro") -> SearchSpec:
     """The search file at `scale`, validated: every bad key or value raises SpecError before anything runs."""
     path = Path(path)
-    top = build(_SearchFile, _read(path), file=path)
-    _check_top(path, top)
+    top = build(SearchFile, read_yaml(path, what="search file"), file=path)
     if scale not in top.scales:
         raise SpecError(path, "scales", scale, "scales defined here: " + ", ".join(map(str, top.scales)))
     key = f"scales.{scale}"
-    section = build(_ScaleSection, top.scales[scale] or {}, file=path, prefix=f"{key}.")
-    _check_section(path, key, section)
+    section = top.scales[scale]
     template = _template(path, key, top, section)
-    asha = _asha(path, top.asha, template)
-    space = tuple(_param(path, name, value, template) for name, value in (top.space or {}).items())
+    if top.asha.enabled and top.asha.grace_evals > max_evals(template):
+        raise SpecError(path, "asha.grace_evals", top.asha.grace_evals,
+                        f"at most the {max_evals(template)} evaluations of a trial (eval_every, tokens)")
+    space = tuple(_param(path, name, value, template) for name, value in top.space.items())
     if not space:
         raise SpecError(path, "space", top.space, "at least one dimension, e.g. lr: {low: 0.001, high: 0.1, log: true}")
     return SearchSpec(name=str(top.name), scale=scale, file=str(path), description=top.description, template=template,
                       space=space, objective=top.objective, trials=section.trials, concurrency=section.concurrency,
-                      seed=top.seed, startup_trials=top.startup_trials, asha=asha)
+                      seed=top.seed, startup_trials=top.startup_trials, asha=top.asha)
 
 
-def _read(path: Path) -> dict:
-    raw = read_yaml(path, what="search file")
-    if not isinstance(raw, dict):
-        raise SpecError(path, "<top>", raw, "a mapping with keys name, space, scales, ...")
-    return raw
-
-
-def _at_least(path, key: str, value, minimum, *, what: str = "an integer") -> None:
-    if not value >= minimum:  # NaN fails too
-        raise SpecError(path, key, value, f"{what} >= {minimum}")
-
-
-def _check_top(path: Path, top: _SearchFile) -> None:
-    if top.objective not in OBJECTIVES:
-        raise SpecError(path, "objective", top.objective, "one of " + ", ".join(OBJECTIVES))
-    if not 0 <= top.seed < SEEDS:
-        raise SpecError(path, "seed", top.seed, f"an integer in [0, {SEEDS})")
-    _at_least(path, "startup_trials", top.startup_trials, 0)
-
-
-def _check_section(path: Path, key: str, section: _ScaleSection) -> None:
-    """Trial counts, concurrency and the token budget: exactly one of tokens_per_param > 0 and tokens >= 1."""
-    _at_least(path, f"{key}.trials", section.trials, 1)
-    _at_least(path, f"{key}.concurrency", section.concurrency, 1)
-    if (section.tokens is None) == (section.tokens_per_param is None):
-        raise SpecError(path, f"{key}.tokens_per_param", section.tokens_per_param,
-                        "exactly one of tokens_per_param and tokens")
-    if section.tokens is not None:
-        _at_least(path, f"{key}.tokens", section.tokens, 1)
-    elif not (math.isfinite(section.tokens_per_param) and section.tokens_per_param > 0):
-        raise SpecError(path, f"{key}.tokens_per_param", section.tokens_per_param, "a finite number > 0")
-
-
-def _template(path: Path, key: str, top: _SearchFile, section: _ScaleSection) -> TrainSpec:
+def _template(path: Path, key: str, top: SearchFile, section: SearchScale) -> TrainSpec:
     """Every trial's spec: the model, base and scale overrides, tokens rounded to whole steps."""
     from windtunnel.counts import n_params
 
@@ -197,18 +193,6 @@ def _template(path: Path, key: str, top: _SearchFile, section: _ScaleSection) ->
     return apply_overrides(template, {"tokens": steps * template.batch_tokens}, source=str(path))
 
 
-def _asha(path: Path, raw: dict, template: TrainSpec) -> AshaSpec:
-    """ASHA's settings: 1 <= grace_evals <= a trial's evaluations, reduction_factor > 1."""
-    asha = build(AshaSpec, raw or {}, file=path, prefix="asha.")
-    _at_least(path, "asha.grace_evals", asha.grace_evals, 1)
-    if asha.enabled and asha.grace_evals > max_evals(template):
-        raise SpecError(path, "asha.grace_evals", asha.grace_evals,
-                        f"at most the {max_evals(template)} evaluations of a trial (eval_every, tokens)")
-    if not (math.isfinite(asha.reduction_factor) and asha.reduction_factor > 1):
-        raise SpecError(path, "asha.reduction_factor", asha.reduction_factor, "a finite number > 1")
-    return asha
-
-
 def _param(path: Path, name, value, template: TrainSpec) -> ParamRange:
     """One dimension, checked: a searchable key, finite ends, low < high, low > 0 on a log scale, both ends valid."""
     key = f"space.{name}"
@@ -216,15 +200,6 @@ def _param(path: Path, name, value, template: TrainSpec) -> ParamRange:
         raise SpecError(path, key, value, "searchable keys: " + ", ".join(SEARCHABLE))
     param = build(ParamRange, {**value, "name": name} if isinstance(value, dict) else value, file=path,
                   prefix=f"{key}.")
-    for end in ("low", "high"):
-        if not math.isfinite(getattr(param, end)):
-            raise SpecError(path, f"{key}.{end}", getattr(param, end), "a finite number")
-    if param.integer and not all(float(v).is_integer() for v in (param.low, param.high)):
-        raise SpecError(path, f"{key}.low", (param.low, param.high), "whole numbers: this key counts tokens")
-    if not param.low < param.high:
-        raise SpecError(path, f"{key}.low", param.low, f"less than high={param.high}")
-    if param.log and param.low <= 0:
-        raise SpecError(path, f"{key}.low", param.low, "> 0 on a log scale (or log: false)")
     for end in ("low", "high"):  # each end must build a trainable spec (types, schedule fits the run, ...)
         try:
             _check_trainable(trial_spec(template, {name: getattr(param, end)}))

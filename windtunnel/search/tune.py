@@ -16,6 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
+from windtunnel.checks import POSITIVE_INT, problem
 from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.paths import results_dir, write_atomic
 from windtunnel.search.outputs import STUDY_FILE, SearchResult, TrialOutcome, finish, log_parent, outcome
@@ -39,8 +40,8 @@ def run_search(spec: SearchSpec, *, file=None, scale: str | None = None, trials:
     scale = scale or spec.scale
     file = file or spec.file
     trials = spec.trials if trials is None else trials  # --trials 0 is refused, not the file's count
-    if not (isinstance(trials, int) and trials >= 1):
-        raise SpecError(file, "--trials", trials, "an integer >= 1")
+    if problem(POSITIVE_INT, trials):
+        raise SpecError(file, "--trials", trials, problem(POSITIVE_INT, trials))
     folder = results_dir() / "search" / f"{spec.name}-{scale}"
     _claim(folder, spec)
     prepare(spec.template.data, vocab_size=spec.template.model.vocab_size, progress=progress)  # once, not per trial
