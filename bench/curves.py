@@ -24,23 +24,17 @@ import numpy as np
 import pandas as pd
 
 from windtunnel.curve import FORMS, Curve, fit_curves
-from windtunnel.studies.curves import eval_history, schedule_label, step_history, stored_curves
+from windtunnel.studies.curves import eval_history, fit_rows, schedule_label, step_history, stored_curves
 from windtunnel.studies.points import NoRuns, final_points
 
 GOALS = {"median_abs_error": 0.01, "final_error": 0.015}
 OUT = Path(__file__).parent / "results"
 
 
-def _fitted(frame: pd.DataFrame) -> pd.Series:
-    """The runs a fit may see: stable (constant LR) runs and WSD-10% exp branches on the run's own data."""
-    ten = (frame["stage"] == "decay") & (frame["decay_fraction"] == 0.1) & (frame["decay_shape"] == "exp")
-    return (frame["stage"] == "stable") | (ten & (frame["decay_data"] == ""))
-
-
 def fit_and_held_out(scale: str, *, ladder_only: bool):
     """(the curves to fit, [(schedule, model, held-out whole curve)])."""
     ladder, _ = final_points("scaling_law", scale=scale, current=False)
-    ladder = ladder[_fitted(ladder)]
+    ladder = ladder[fit_rows(ladder)]
     fit = list(stored_curves(ladder, whole=False).values())
     held = []
     try:
@@ -49,7 +43,7 @@ def fit_and_held_out(scale: str, *, ladder_only: bool):
         print(f"the wsd sweep has not run at scale {scale!r}: no held-out schedules from it")
         wsd = None
     if wsd is not None:
-        seen = _fitted(wsd)
+        seen = fit_rows(wsd)
         if not ladder_only:
             fit += list(stored_curves(wsd[seen], whole=False).values())
         curves = stored_curves(wsd, whole=True)  # a branch's whole curve: its stable run's prefix too

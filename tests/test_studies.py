@@ -503,7 +503,7 @@ def test_the_registry_drives_the_cli_the_plan_and_the_report(tmp_path, monkeypat
     from windtunnel.report import write_report
 
     assert {law.study for law in studies.LAWS.values()} <= set(studies.STUDIES)
-    assert set(studies.planned()) == {"scaling", "batch", "lr"} <= set(inspect.signature(make_plan).parameters)
+    assert set(studies.planned()) == {"scaling", "batch", "lr", "curve"} <= set(inspect.signature(make_plan).parameters)
     assert studies.get("scaling-law") is studies.STUDIES["scaling_law"]
     monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path))
     page = write_report().read_text()

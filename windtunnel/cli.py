@@ -440,6 +440,13 @@ def _print_plan(plan: dict, path) -> None:
         sched = train["schedule"]
         print(f"  schedule      WSD, warmup {sched['warmup_tokens']:.3g} tokens, exp decay from {sched['decay_start_tokens']:.4g} "
               f"tokens to the end (as the ladder's branches)")
+    curve, decay = plan.get("predicted_curve"), plan.get("decay_choice")
+    if curve:
+        print(f"  loss curve    {len(curve['tokens'])} points, {curve['law']} law: final {curve['loss'][-1]:.4f}, 95% band "
+              f"[{curve['low'][-1]:.4f}, {curve['high'][-1]:.4f}] (windtunnel monitor compares a run with it)")
+    if decay:
+        print(f"  best decay    {decay['fraction']:g} of the stable stage, {decay['shape']}: predicted final "
+              f"{decay['final']:.4f}, {decay['gain']:.2%} below the plan's own decay ({decay['plan']:.4f})")
     if cost:
         steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
         print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}); {cost['trained_flops']:.4g} "

@@ -86,8 +86,10 @@ def check_budget(tokens: float | None, compute: float | None) -> None:
 
 
 def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr: dict | None,
-              tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
-    """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
+              curve: dict | None = None, tokens: float | None = None, compute: float | None = None,
+              limits: PlanLimits = PlanLimits()) -> dict:
+    """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr`, `curve` are the studies' fit.json contents or
+    None."""
     from windtunnel.counts import counted_flops_per_token, flops_per_token, gpu_hours, n_params
     from windtunnel.fit import PerToken, ScalingLawFit
     from windtunnel.predict import LadderFit
@@ -150,6 +152,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         if ladder_lrs and all(abs(math.log(max_lr / x)) > math.log(1.25) for x in ladder_lrs):
             notes.append(f"the LR study's optimum {max_lr:.3g} differs from the LR the scaling ladder trained at "
                          f"({', '.join(f'{x:.3g}' for x in ladder_lrs)}); the predicted loss assumes the ladder's")
+    predicted_curve, decay = _curve(curve, model, train, limits, notes)
     cost = None
     if "tokens" in train:
         trained = flops_per_token(model, seq_len=seq_len) * train["tokens"]  # what the GPUs compute
@@ -169,6 +172,8 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         "schedule_rule": schedule,   # how `launch --set tokens=T` makes the schedule of a plan without tokens
         "tokens_basis": basis,
         "predicted_loss": loss,
+        "predicted_curve": predicted_curve,
+        "decay_choice": decay,
         "hyperparameters": {"batch": batch_hp, "lr": lr_hp},
         "cost": cost,
         "paper": None if model.paper_run is None else {"tokens": model.paper_run.tokens,
@@ -177,13 +182,56 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     }
 
 
-def wsd_schedule(tokens: int, batch_tokens: int, *, warmup_fraction: float, decay_fraction: float) -> dict:
-    """The plan's WSD schedule for `tokens`: warm-up a fraction of the run, an exponential decay `decay_fraction` of
-    the stable stage (as the ladder's branches), at a whole step."""
+def wsd_schedule(tokens: int, batch_tokens: int, *, warmup_fraction: float, decay_fraction: float,
+                 shape: str = "exp") -> dict:
+    """The plan's WSD schedule for `tokens`: warm-up a fraction of the run, a decay (exponential: as the ladder's
+    branches) over `decay_fraction` of the stable stage, at a whole step."""
     steps = max(1, round(tokens / batch_tokens))
     stable = round(steps / (1 + decay_fraction))
     return {"kind": "wsd", "warmup_tokens": int(warmup_fraction * tokens),
-            "decay_start_tokens": int(stable * batch_tokens), "decay_shape": "exp"}
+            "decay_start_tokens": int(stable * batch_tokens), "decay_shape": shape}
+
+
+CURVE_POINTS = 100  # evaluation points of the predicted curve (and its last step)
+DECAYS = (0.025, 0.05, 0.1, 0.2)  # decay fractions of the stable stage the plan weighs: the wsd sweep's
+
+
+def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits,
+           notes: list) -> tuple[dict | None, dict | None]:
+    """4) the loss at CURVE_POINTS evaluations of the planned schedule with its 95% band (the curve law of
+    results/loss_curve/fit.json: what `windtunnel monitor` compares a run with), and the WSD decay — fraction and
+    shape — whose predicted final loss is least, against the plan's own. A plan without them is still complete."""
+    if curve is None:  # no loss-curve fit (windtunnel fit loss_curve): predicted_curve is null, said by nothing else
+        return None, None
+    if not all(k in train for k in ("tokens", "batch_tokens", "lr")) or "batch_warmup" in train:
+        notes.append("predicted curve: needs the plan's tokens, batch and LR, and a batch without a warm-up")
+        return None, None
+    from windtunnel.counts import n_params
+    from windtunnel.curve import CurveFit, schedule_curve
+    from windtunnel.schedules import DECAY_SHAPES, ScheduleSpec, make_schedule
+
+    law, n, batch = CurveFit.from_dict(curve["law"]), n_params(model, embedding=True), train["batch_tokens"]
+    steps = train["tokens"] // batch
+
+    def planned(schedule: dict, every: int):
+        lr_at = make_schedule(ScheduleSpec(**schedule), lr=train["lr"], total_steps=steps, batch_tokens=batch)
+        return schedule_curve(lr_at, n=n, total_steps=steps, batch_tokens=batch, every=every)
+
+    run = planned(train["schedule"], max(1, steps // CURVE_POINTS))
+    loss, low, high = law.predict(run)
+    out = {"tokens": run.tokens.tolist(), "lr": run.lr[run.steps - 1].tolist(), "loss": loss.tolist(),
+           "low": low.tolist(), "high": high.tolist(), "law": law.form, "n_over_ladder": n / law.n_range[1],
+           "band": "95%: the law's bootstrap over stable runs + a new run's offset + one evaluation's scatter; "
+                   "not a wrong form for an unseen schedule or beyond the ladder's N"}
+    finals = {(f, shape): float(law.predict(planned(wsd_schedule(train["tokens"], batch, shape=shape, decay_fraction=f,
+                                                                 warmup_fraction=limits.warmup_fraction), steps))[0][-1])
+              for f in DECAYS for shape in DECAY_SHAPES}
+    best, own = min(finals, key=finals.get), float(loss[-1])  # the plan's own decay
+    decay = {"fraction": best[0], "shape": best[1], "final": finals[best], "plan": own, "gain": 1 - finals[best] / own,
+             "by_decay": {f"{f:g} {shape}": v for (f, shape), v in finals.items()},
+             "note": f"predicted final loss of each decay over a fraction of the stable stage; the plan's schedule "
+                     f"keeps {limits.decay_fraction:g} exp, the decay the scaling law's predicted loss is for"}
+    return out, decay
 
 
 def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list, tokenizer: str | None) -> bool:

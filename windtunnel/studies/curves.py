@@ -1,4 +1,6 @@
-"""Stored runs → whole loss curves with the LR schedule they trained under (windtunnel.curve.Curve; issue 23).
+"""Stored runs → whole loss curves with the LR schedule they trained under (windtunnel.curve.Curve), and the study
+that fits the loss-curve law on them (`windtunnel fit loss_curve`: results/loss_curve/fit.json, which the plan
+reads for its predicted curve; issue 23).
 
 A run's held-out loss comes from points.loss_curves (the mean held-out bits per byte at each evaluation); its LR and
 tokens from the trainer's per-step metrics `lr` and `tokens` (what the run trained under, a batch warm-up included).
@@ -6,6 +8,9 @@ A decay branch stores only its own steps: its whole curve is its stable run's up
 
     frame, _ = final_points("wsd", scale="micro")
     curves = stored_curves(frame, whole=True)          # {MLflow run id: Curve}
+
+The law is fitted on constant-LR stable runs and their WSD-10% exp branches only (fit_rows): the scaling-law
+ladder's, and the wsd sweep's when it ran at the scale. Every other schedule is left for bench/curves.py to predict.
 """
 
 from __future__ import annotations
@@ -13,11 +18,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from windtunnel.curve import Curve
+from windtunnel.curve import Curve, fit_curves
 from windtunnel.errors import WindtunnelError
-from windtunnel.studies.points import loss_curves
+from windtunnel.studies.points import NoRuns, final_points, loss_curves
+from windtunnel.studies.study import Fitted, Options
 
-__all__ = ["step_history", "eval_history", "stored_curves", "schedule_label"]
+__all__ = ["NoCurve", "step_history", "eval_history", "stored_curves", "schedule_label", "fit_rows", "curve_points",
+           "loss_curve", "describe_loss_curve", "FORM", "BOOTSTRAP"]
+
+FORM = "lra"
+"""the form the plan predicts with: the candidate of windtunnel.curve.FORMS that erred less on the held-out
+schedules of bench/curves.py (LOG.md)"""
+BOOTSTRAP = 40  # refits behind the band (each a least-squares fit from the full one: ~0.1–1 s on the micro ladder)
+
+
+class NoCurve(NoRuns):
+    """A stored run without the per-step LR and tokens a whole curve needs (a study on such runs is skipped)."""
 
 
 def step_history(run_id: str) -> pd.DataFrame:
@@ -28,7 +44,7 @@ def step_history(run_id: str) -> pd.DataFrame:
     tokens = metric_history(run_id, "tokens").drop_duplicates("step", keep="last").set_index("step")["value"]
     both = pd.DataFrame({"tokens": tokens, "lr": lr}).dropna()
     if both.empty:
-        raise WindtunnelError(f"MLflow run {run_id}: no per-step 'lr' and 'tokens' metrics (not a windtunnel run?)")
+        raise NoCurve(f"MLflow run {run_id}: no per-step 'lr' and 'tokens' metrics (not a windtunnel run?)")
     return both.rename_axis("step").reset_index()
 
 
@@ -48,7 +64,7 @@ def _curve(steps: pd.DataFrame, evals: pd.DataFrame, *, n: float, group: str) ->
     """A Curve from per-step and per-evaluation histories that cover updates 1..S without a gap."""
     steps = steps.sort_values("step")
     if not np.array_equal(steps["step"].to_numpy(), np.arange(1, len(steps) + 1)):
-        raise WindtunnelError(f"run {group}: its per-step metrics skip updates; cannot rebuild its LR schedule")
+        raise NoCurve(f"run {group}: its per-step metrics skip updates; cannot rebuild its LR schedule")
     evals = evals[evals["step"] <= len(steps)].sort_values("step")
     batch = np.diff(np.r_[0.0, steps["tokens"].to_numpy()])
     return Curve(n=n, lr=steps["lr"].to_numpy(), batch=batch, steps=evals["step"].to_numpy(),
@@ -89,3 +105,39 @@ def schedule_label(row) -> str:
         period = row.D if np.isnan(row.period_tokens) else row.period_tokens
         return f"{row.schedule} T=S" if abs(period - row.D) <= 0.01 * row.D else f"{row.schedule} T={period / row.D:.2g}S"
     return str(row.schedule)
+
+
+def fit_rows(frame: pd.DataFrame) -> pd.Series:
+    """The runs the law is fitted on: stable (constant-LR) runs and WSD-10% exp branches on the run's own data."""
+    ten = (frame["stage"] == "decay") & (frame["decay_fraction"] == 0.1) & (frame["decay_shape"] == "exp")
+    return (frame["stage"] == "stable") | (ten & (frame["decay_data"] == ""))
+
+
+def curve_points(sweep: str, o: Options) -> tuple[pd.DataFrame, dict[str, int]]:
+    """fit_rows of `sweep` (the scaling-law ladder) and of the wsd sweep when it ran at the same scale."""
+    frame, excluded = final_points(sweep, scale=o.scale, current=o.current)
+    parts = [frame[fit_rows(frame)]]
+    try:
+        wsd, _ = final_points("wsd", scale=o.scale, current=o.current)
+        parts.append(wsd[fit_rows(wsd)])
+    except NoRuns:
+        pass
+    return pd.concat(parts, ignore_index=True), excluded
+
+
+def loss_curve(frame: pd.DataFrame, o: Options) -> Fitted:
+    """The curve law FORM fitted on the rows' curves (a stable run and its branches resampled together)."""
+    curves = stored_curves(frame, whole=False)
+    fit = fit_curves(list(curves.values()), form=FORM, bootstrap=min(o.bootstrap, BOOTSTRAP))
+    return Fitted({"law": fit.to_dict(), "runs": len(frame), "stable_runs": fit.groups,
+                   "models": sorted(set(frame["model"]))})
+
+
+def describe_loss_curve(result: dict) -> list[str]:
+    """The law, its parameters and the spread of its runs."""
+    law = result["law"]
+    return [f"form {law['form']} on {result['runs']} runs ({result['stable_runs']} stable runs: "
+            f"{', '.join(result['models'])}); N {law['n_range'][0]:,.0f}…{law['n_range'][1]:,.0f}",
+            "  " + ", ".join(f"{k} {v:.4g}" for k, v in law["theta"].items()),
+            f"  a run's own offset sd {law['sd_run']:.2%}, one evaluation's sd {law['sd_point']:.2%}, "
+            f"{len(law['boot'])} bootstrap refits"]
