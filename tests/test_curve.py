@@ -132,3 +132,36 @@ def test_bad_curves_are_refused_in_one_line():
         Curve(n=1e4, lr=lr, batch=batch, steps=np.array([5, 10]), loss=np.array([2.0, np.nan]))
     with pytest.raises(CurveError, match="form='power' is not allowed; allowed: lra | mpl"):
         fit_curves([], form="power")
+
+
+def test_a_stored_branch_reads_back_whole_with_its_stable_runs_prefix(tmp_path, monkeypatch):
+    """studies.curves: a decay branch's LR history is its stable run's up to the fork, then its own; its whole curve
+    adds the stable run's evaluations before the fork (a fit's curve does not: the stable run holds them once)."""
+    from windtunnel.studies.curves import stored_curves
+    from windtunnel.studies.points import final_points
+    from windtunnel.tracking import RunLogger
+
+    monkeypatch.setenv("WINDTUNNEL_RESULTS", str(tmp_path / "results"))
+    base = {"N": 20_000, "model.name": "m", "model.d_model": 16, "model.vocab_size": 1024, "batch_tokens": 100}
+
+    def log(name, params, steps, lr, tags):
+        run = RunLogger(experiment="scaling_law", run_name=name, params={**base, **params},
+                        tags={"scale": "micro", "windtunnel.run": name, **tags})
+        for s in steps:
+            evaluated = s % 10 == 0 or s == steps[-1]  # as the trainer: every eval_every steps and the last
+            run.log({"lr": lr(s), "tokens": 100 * s, **({"eval/a/bpb": 3 - s / 100, "eval/b/bpb": 3 - s / 50}
+                                                        if evaluated else {})}, s)
+        run.finish("FINISHED", tag_status="finished")
+
+    log("stable", {"coord.stage": "stable"}, range(1, 61), lambda s: 0.01, {"parent": ""})
+    log("branch", {"coord.stage": "decay", "fork_step": 40, "coord.decay_fraction": 0.1}, range(41, 45),
+        lambda s: 0.01 * (45 - s) / 5, {"parent": "stable"})
+    frame, _ = final_points("scaling_law", scale="micro", current=False)
+    ids = dict(zip(frame["name"], frame["run_id"]))
+    fit, whole = stored_curves(frame, whole=False), stored_curves(frame, whole=True)
+    branch = whole[ids["branch"]]
+    np.testing.assert_allclose(branch.lr, [0.01] * 40 + [0.008, 0.006, 0.004, 0.002])
+    assert branch.batch.tolist() == [100.0] * 44 and branch.n == 20_000 + 16 * 1024  # N_total
+    assert branch.steps.tolist() == [10, 20, 30, 40, 44] and fit[ids["branch"]].steps.tolist() == [44]
+    np.testing.assert_allclose(branch.loss[:4], 3 - np.array([10, 20, 30, 40]) * 0.015)  # the mean over the sets
+    assert branch.group == fit[ids["stable"]].group == "stable"
