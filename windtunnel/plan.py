@@ -198,7 +198,7 @@ DECAYS = (0.025, 0.05, 0.1, 0.2)  # decay fractions of the stable stage the plan
 
 def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits,
            notes: list) -> tuple[dict | None, dict | None]:
-    """4) the loss at CURVE_POINTS evaluations of the planned schedule with its 95% band (the curve law of
+    """4) the loss at CURVE_POINTS evaluations of the planned schedule (those after the warm-up) with its 95% band (the curve law of
     results/loss_curve/fit.json: what `windtunnel monitor` compares a run with), and the WSD decay — fraction and
     shape — whose predicted final loss is least, against the plan's own. A plan without them is still complete."""
     if curve is None:  # no loss-curve fit (windtunnel fit loss_curve): predicted_curve is null, said by nothing else
@@ -219,8 +219,10 @@ def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits
 
     run = planned(train["schedule"], max(1, steps // CURVE_POINTS))
     loss, low, high = law.predict(run)
-    out = {"tokens": run.tokens.tolist(), "lr": run.lr[run.steps - 1].tolist(), "loss": loss.tolist(),
-           "low": low.tolist(), "high": high.tolist(), "law": law.form, "n_over_ladder": n / law.n_range[1],
+    after = run.tokens > run.warmup_tokens  # the law describes the run after its LR warm-up, not the warm-up
+    out = {"tokens": run.tokens[after].tolist(), "lr": run.lr[run.steps - 1][after].tolist(),
+           "loss": loss[after].tolist(), "low": low[after].tolist(), "high": high[after].tolist(), "law": law.form,
+           "n_over_ladder": n / law.n_range[1],
            "band": "95%: the law's bootstrap over stable runs + a new run's offset + one evaluation's scatter; "
                    "not a wrong form for an unseen schedule or beyond the ladder's N"}
     finals = {(f, shape): float(law.predict(planned(wsd_schedule(train["tokens"], batch, shape=shape, decay_fraction=f,

@@ -67,7 +67,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (  # the order of `windtunnel fi
           fit=decay.decay_dynamics, describe=decay.describe_decay_dynamics, figures=("decay_dynamics.png",)),
     Study(name="decay_data", title="Decays on other data — §6", sweep="decay_data", points=branches,
           fit=decay.decay_data, describe=decay.describe_decay_data),
-    Study(name="loss_curve", title="Loss curve under any LR schedule (Tissue et al. 2024)", sweep="scaling_law",
+    Study(name="loss_curve", title="Loss curve L(N, schedule, step) on held-out schedules", sweep="scaling_law",
           points=curves.curve_points, fit=curves.loss_curve, describe=curves.describe_loss_curve, plan="curve",
           figures=("held_out.png",)),
 )}
