@@ -9,42 +9,43 @@ from windtunnel.schedules import ScheduleSpec, make_schedule
 
 BATCH, LR, WARMUP = 4096, 0.02, 65536
 SCALE = _Scale(lr=LR, tokens=4e6, n=1e5)
-TRUTH = {"lra": np.array([np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(1.5), 0.1, np.log(0.03)]),
+TRUTH = {"lra": np.array([np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(1.5), 0.1, np.log(0.03), 0, 0]),
          "mpl": np.array([np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(0.06), 0.1, np.log(20.0),
-                          np.log(1.2), np.log(2.1)])}
+                          np.log(1.2), np.log(2.1), 0, 0])}
 SIZES = (2e4, 5e4, 1.4e5, 4e5)
 RUN_SD, POINT_SD = 0.003, 0.002  # a run's own offset and one evaluation's scatter (relative)
 
 
-def planned(n, tokens, spec, every=100) -> Curve:
+def planned(n, tokens, spec, every=100, lr=LR) -> Curve:
     steps = tokens // BATCH
-    return schedule_curve(make_schedule(spec, lr=LR, total_steps=steps, batch_tokens=BATCH), n=n, total_steps=steps,
+    return schedule_curve(make_schedule(spec, lr=lr, total_steps=steps, batch_tokens=BATCH), n=n, total_steps=steps,
                           batch_tokens=BATCH, every=every)
 
 
-def true_loss(curve, form):
+def true_loss(curve, form, theta=None):
     law = FORMS[form]
-    return law.predict(TRUTH[form], law.prepare([curve], SCALE))
+    return law.predict(TRUTH[form] if theta is None else theta, law.prepare([curve], SCALE))
 
 
-def observed(curve, form, rng, *, offset, group="", after=0):
+def observed(curve, form, rng, *, offset, group="", after=0, theta=None):
     keep = curve.steps > after
-    loss = true_loss(curve, form)[keep] * np.exp(offset + rng.normal(0, POINT_SD, keep.sum()))
+    loss = true_loss(curve, form, theta)[keep] * np.exp(offset + rng.normal(0, POINT_SD, keep.sum()))
     return Curve(n=curve.n, lr=curve.lr, batch=curve.batch, steps=curve.steps[keep], loss=loss, group=group)
 
 
-def ladder(form, seed=0):
-    """Two seeds per size: a constant-LR run and its WSD-10% branches at 1, 2, 4 and 8M tokens (their own steps)."""
+def ladder(form, seed=0, lrs=(LR, LR), theta=None):
+    """Two seeds per size (at the two peak LRs `lrs`): a constant-LR run and its WSD-10% branches at 1, 2, 4 and 8M
+    tokens (their own steps)."""
     rng, curves = np.random.default_rng(seed), []
     for n in SIZES:
-        for s in range(2):
+        for s, lr in enumerate(lrs):
             group, offset = f"{n:g}-{s}", rng.normal(0, RUN_SD)
-            curves.append(observed(planned(n, 8_192_000, ScheduleSpec(kind="constant", warmup_tokens=WARMUP)),
-                                   form, rng, offset=offset, group=group))
+            stable = planned(n, 8_192_000, ScheduleSpec(kind="constant", warmup_tokens=WARMUP), lr=lr)
+            curves.append(observed(stable, form, rng, offset=offset, group=group, theta=theta))
             for point in (1_024_000, 2_048_000, 4_096_000, 8_192_000):
                 branch = planned(n, int(point * 1.1) // BATCH * BATCH,
-                                 ScheduleSpec(kind="wsd", warmup_tokens=WARMUP, decay_start_tokens=point))
-                curves.append(observed(branch, form, rng, offset=offset, group=group, after=point // BATCH))
+                                 ScheduleSpec(kind="wsd", warmup_tokens=WARMUP, decay_start_tokens=point), lr=lr)
+                curves.append(observed(branch, form, rng, offset=offset, group=group, after=point // BATCH, theta=theta))
     return curves
 
 
@@ -82,7 +83,7 @@ def test_lra_recovers_the_simulated_law(lra_fit):
         assert fitted[names.index(name)] == pytest.approx(truth[names.index(name)], abs=0.03), name
     assert np.exp(fitted[names.index("log_alpha")]) == pytest.approx(0.5, rel=0.1)
     tau_tokens = np.exp(fitted[names.index("log_tau")]) * lra_fit.scale["tokens"]
-    assert tau_tokens == pytest.approx(np.exp(truth[-1]) * SCALE.tokens, rel=0.3)
+    assert tau_tokens == pytest.approx(np.exp(truth[names.index("log_tau")]) * SCALE.tokens, rel=0.3)
 
 
 @pytest.mark.parametrize("n", [5e4, 1.2e6])  # inside the ladder, and 3× beyond its largest size
@@ -107,6 +108,18 @@ def test_band_covers_new_runs(lra_fit):
         half.append(np.median(high / loss - 1))
     assert 0.85 <= np.concatenate(inside).mean() <= 0.995  # a 95% band: neither too narrow nor never missed
     assert np.median(half) < 1.96 * np.hypot(RUN_SD, POINT_SD) * 1.5  # and not needlessly wide
+
+
+def test_two_peak_lrs_place_the_lr_exponents_and_a_third_lr_is_predicted():
+    """A ladder at peak LRs 0.01 and 0.02 identifies how A and the annealing scale move with the peak LR; a cosine
+    run at 0.014 is then predicted within the goals (with one LR the exponents stay 0)."""
+    theta = TRUTH["lra"].copy()
+    theta[8:] = -0.3, 0.8   # A_lr, C_lr
+    fit = fit_curves(ladder("lra", lrs=(0.01, 0.02), theta=theta), form="lra")
+    assert fit.theta["A_lr"] == pytest.approx(-0.3, abs=0.1) and fit.theta["C_lr"] == pytest.approx(0.8, abs=0.3)
+    curve = planned(1e5, 4_800_000, HELD_OUT["cosine"], lr=0.014)
+    loss, _, _ = fit.predict(curve)
+    assert np.median(np.abs(loss / true_loss(curve, "lra", theta) - 1)) < 0.01
 
 
 def test_mpl_predicts_its_own_held_out_schedules():

@@ -8,11 +8,16 @@ Two candidate forms (bench/curves.py chooses between them on schedules the fit n
 - "mpl", the multi-power law of Luo et al. 2025 ("A Multi-Power Law for Loss Curve Prediction Across Learning Rate
   Schedules"): L = L0 + A·S1^−α − B·Σ_k (η_{k−1} − η_k)·G(η_k^−γ·S_k(s)), G(x) = 1 − (C·x + 1)^−β,
   S_k(s) = Σ_{k ≤ i ≤ s} η_i·B_i the area from the k-th step's drop to s.
-Areas are counted in LR × tokens (B_i: the tokens of step i), so runs of different batch sizes share one law; LR is
-measured in units of the ladder's largest LR and tokens in units of its median run, which keeps every parameter
+Areas are counted in relative LR × tokens (η_i: the LR over the run's peak LR; B_i: the tokens of step i), so runs of
+different batch sizes share one law, and tokens in units of the ladder's median run, which keeps every parameter
 near 1. Changes of the LR during the warm-up are not annealing (both papers start the sums after it).
 Sizes: L0, A and the annealing scale (C of "lra", B of "mpl") are each a power law in N, k·(N/N_ref)^e (N_ref: the
 ladder's geometric mean), so a size outside the ladder is predicted.
+Peak LR: A and the annealing scale are also each a power law in the peak LR over the ladder's, (η_peak/η_ref)^κ. In
+absolute LR × tokens the papers' laws tie κ to the schedule's exponents (A·(η_peak·S1)^−α: κ = −α), which makes a
+run at half the LR look like one with half the tokens: on the micro LR sweep (µP, 2M tokens) that predicted +7–14%
+at LR 0.01 from runs at 0.02, where the loss was +1.4%. A free κ is identified only when the fit holds two peak LRs;
+with one it stays 0 (another LR is predicted as the fitted one).
 
 The 95% band (predict) is relative, Student-t with one degree of freedom less than the fitted runs, and covers three
 things: the law's uncertainty (its refits on runs resampled whole: a stable run and its decay branches together),
@@ -98,7 +103,7 @@ def schedule_curve(lr_at, *, n: float, total_steps: int, batch_tokens: int, ever
 
 @dataclass(frozen=True)
 class _Scale:
-    """The units the areas are counted in, fixed by the fitted ladder: LR / lr, tokens / tokens, N / n."""
+    """The units fixed by the fitted ladder: peak LR / lr, tokens / tokens, N / n."""
 
     lr: float
     tokens: float
@@ -112,8 +117,9 @@ class _Scale:
 
 
 def _areas(curve: Curve, scale: _Scale) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """η and B of every step in the scale's units, the cumulative forward area, and the warm-up's last index."""
-    eta, b = curve.lr / scale.lr, curve.batch / scale.tokens
+    """η over the run's peak and B in the scale's tokens of every step, the cumulative forward area, and the warm-up's
+    last index."""
+    eta, b = curve.lr / curve.lr.max(), curve.batch / scale.tokens
     return eta, b, np.cumsum(eta * b), warmup_end(curve.lr)
 
 
@@ -132,23 +138,23 @@ def _power(theta, i: int, x: np.ndarray) -> np.ndarray:
 class _LRA:
     """Tissue et al. 2024: L0(N) + A(N)·S1^−α − C(N)·S2(τ)."""
 
-    names = ("log_L0", "L0_exp", "log_A", "A_exp", "log_alpha", "log_C", "C_exp", "log_tau")
-    lower = (-5, -2, -10, -3, np.log(0.02), -15, -3, np.log(1e-5))
-    upper = (5, 2, 10, 3, np.log(3.0), 10, 3, np.log(10.0))
+    names = ("log_L0", "L0_exp", "log_A", "A_exp", "log_alpha", "log_C", "C_exp", "log_tau", "A_lr", "C_lr")
+    lower = (-5, -2, -10, -3, np.log(0.02), -15, -3, np.log(1e-5), -3, -3)
+    upper = (5, 2, 10, 3, np.log(3.0), 10, 3, np.log(10.0), 3, 3)
 
     def prepare(self, curves: list[Curve], scale: _Scale) -> dict:
         parts = []
         for c in curves:
             eta, b, s1, warm = _areas(c, scale)
             parts.append({"x": np.full(c.steps.size, c.n / scale.n), "s1": s1[c.steps - 1], "d": _drops(eta, warm),
-                          "b": b, "at": c.steps - 1})
-        return {"parts": parts, "x": np.concatenate([p["x"] for p in parts]),
-                "s1": np.concatenate([p["s1"] for p in parts])}
+                          "b": b, "at": c.steps - 1, "peak": np.full(c.steps.size, c.lr.max() / scale.lr)})
+        return {"parts": parts, **{k: np.concatenate([p[k] for p in parts]) for k in ("x", "s1", "peak")}}
 
     def predict(self, theta, data) -> np.ndarray:
-        x, tau = data["x"], np.exp(theta[7])
+        x, tau, peak = data["x"], np.exp(theta[7]), data["peak"]
         s2 = np.concatenate([self._s2(p, tau) for p in data["parts"]])
-        return _power(theta, 0, x) + _power(theta, 2, x) * data["s1"] ** -np.exp(theta[4]) - _power(theta, 5, x) * s2
+        return (_power(theta, 0, x) + _power(theta, 2, x) * peak ** theta[8] * data["s1"] ** -np.exp(theta[4])
+                - _power(theta, 5, x) * peak ** theta[9] * s2)
 
     @staticmethod
     def _s2(part, tau: float) -> np.ndarray:
@@ -167,19 +173,20 @@ class _LRA:
 
     def start(self, data, loss) -> list[np.ndarray]:
         low = np.log(0.8 * loss.min())
-        return [np.array([low, -0.05, np.log(0.3 * loss.mean()), -0.1, np.log(a), np.log(c), 0.0, np.log(t)])
+        return [np.array([low, -0.05, np.log(0.3 * loss.mean()), -0.1, np.log(a), np.log(c), 0.0, np.log(t), 0.0, 0.0])
                 for a in (0.3, 0.6) for c, t in ((0.5, 0.05), (2.0, 0.01))]
 
 
 class _MPL:
     """Luo et al. 2025: L0(N) + A(N)·S1^−α − B(N)·Σ_k (η_{k−1} − η_k)·(1 − (C·η_k^−γ·S_k(s) + 1)^−β)."""
 
-    names = ("log_L0", "L0_exp", "log_A", "A_exp", "log_alpha", "log_B", "B_exp", "log_C", "log_beta", "log_gamma")
-    lower = (-5, -2, -10, -3, np.log(0.02), -10, -3, -10, np.log(0.01), np.log(0.01))
-    upper = (5, 2, 10, 3, np.log(3.0), 10, 3, 15, np.log(5.0), np.log(3.0))
+    names = ("log_L0", "L0_exp", "log_A", "A_exp", "log_alpha", "log_B", "B_exp", "log_C", "log_beta", "log_gamma",
+             "A_lr", "B_lr")
+    lower = (-5, -2, -10, -3, np.log(0.02), -10, -3, -10, np.log(0.01), np.log(0.01), -3, -3)
+    upper = (5, 2, 10, 3, np.log(3.0), 10, 3, 15, np.log(5.0), np.log(3.0), 3, 3)
 
     def prepare(self, curves: list[Curve], scale: _Scale) -> dict:
-        xs, s1s, rows, ds, etas, areas = [], [], [], [], [], []
+        xs, s1s, peaks, rows, ds, etas, areas = [], [], [], [], [], [], []
         offset = 0
         for c in curves:
             eta, b, s1, warm = _areas(c, scale)
@@ -192,23 +199,25 @@ class _MPL:
                 etas.append(np.maximum(eta[before], 1e-6))  # a decay to 0: η^−γ stays finite
                 areas.append(s1[s - 1] - np.r_[0.0, s1][before])
             xs.append(np.full(c.steps.size, c.n / scale.n))
+            peaks.append(np.full(c.steps.size, c.lr.max() / scale.lr))
             s1s.append(s1[c.steps - 1])
             offset += c.steps.size
         cat = np.concatenate
-        return {"x": cat(xs), "s1": cat(s1s), "rows": cat(rows).astype(int), "d": cat(ds), "eta": cat(etas),
+        return {"x": cat(xs), "s1": cat(s1s), "peak": cat(peaks), "rows": cat(rows).astype(int), "d": cat(ds), "eta": cat(etas),
                 "area": cat(areas), "n": offset}
 
     def predict(self, theta, data) -> np.ndarray:
-        x = data["x"]
+        x, peak = data["x"], data["peak"]
         c, beta, gamma = np.exp(theta[7]), np.exp(theta[8]), np.exp(theta[9])
         g = 1.0 - (c * data["eta"] ** -gamma * data["area"] + 1.0) ** -beta
         ld = np.bincount(data["rows"], weights=data["d"] * g, minlength=data["n"])
-        return _power(theta, 0, x) + _power(theta, 2, x) * data["s1"] ** -np.exp(theta[4]) - _power(theta, 5, x) * ld
+        return (_power(theta, 0, x) + _power(theta, 2, x) * peak ** theta[10] * data["s1"] ** -np.exp(theta[4])
+                - _power(theta, 5, x) * peak ** theta[11] * ld)
 
     def start(self, data, loss) -> list[np.ndarray]:
         low = np.log(0.8 * loss.min())
         return [np.array([low, -0.05, np.log(0.3 * loss.mean()), -0.1, np.log(a), np.log(0.3), 0.0, np.log(c),
-                          np.log(0.5), np.log(0.5)]) for a in (0.3, 0.6) for c in (1.0, 30.0)]
+                          np.log(0.5), np.log(0.5), 0.0, 0.0]) for a in (0.3, 0.6) for c in (1.0, 30.0)]
 
 
 FORMS = {"lra": _LRA(), "mpl": _MPL()}
@@ -268,19 +277,28 @@ def _fitted_points(curves: list[Curve]) -> list[Curve]:
 
 
 def _solve(form, data, loss: np.ndarray, starts: list[np.ndarray]) -> np.ndarray:
-    """The least-squares parameters on log residuals (Huber beyond HUBER), best of `starts`."""
-    lower, upper = np.array(form.lower, float), np.array(form.upper, float)
+    """The least-squares parameters on log residuals (Huber beyond HUBER), best of `starts`; the peak-LR exponents
+    stay at their start when every curve has one peak LR (nothing identifies them)."""
+    free = np.ones(len(form.names), bool)
+    if np.ptp(data["peak"]) < 1e-9:
+        free[[form.names.index(k) for k in form.names if k.endswith("_lr")]] = False
+    lower, upper = np.array(form.lower, float)[free], np.array(form.upper, float)[free]
 
-    def residuals(theta):
-        return np.log(np.maximum(form.predict(theta, data), 1e-9)) - np.log(loss)
+    def full(x, theta0):
+        theta = theta0.copy()
+        theta[free] = x
+        return theta
 
-    best = None
+    best, best_theta = None, None
     for theta0 in starts:
-        res = optimize.least_squares(residuals, np.clip(theta0, lower + 1e-9, upper - 1e-9), bounds=(lower, upper),
-                                     loss="huber", f_scale=HUBER, x_scale="jac", max_nfev=400)
+        def residuals(x, theta0=theta0):
+            return np.log(np.maximum(form.predict(full(x, theta0), data), 1e-9)) - np.log(loss)
+
+        res = optimize.least_squares(residuals, np.clip(theta0[free], lower + 1e-9, upper - 1e-9),
+                                     bounds=(lower, upper), loss="huber", f_scale=HUBER, x_scale="jac", max_nfev=400)
         if best is None or res.cost < best.cost:
-            best = res
-    return best.x
+            best, best_theta = res, full(res.x, theta0)
+    return best_theta
 
 
 def fit_curves(curves: list[Curve], *, form: str = "lra", bootstrap: int = 0, seed: int = 0) -> CurveFit:
