@@ -19,11 +19,14 @@ run at half the LR look like one with half the tokens: on the micro LR sweep (µ
 at LR 0.01 from runs at 0.02, where the loss was +1.4%. A free κ is identified only when the fit holds two peak LRs;
 with one it stays 0 (another LR is predicted as the fitted one).
 
-The 95% band (predict) is relative, Student-t with one degree of freedom less than the fitted runs, and covers three
+The 95% band (predict) is relative, Student-t with one degree of freedom less than the fitted runs, and covers four
 things: the law's uncertainty (its refits on runs resampled whole: a stable run and its decay branches together),
-a new run's own offset (the spread of the fitted runs' mean residuals: seeds and data order) and the scatter of one
-evaluation about its run's offset. It does not cover a form wrong for a schedule unlike the fitted ones, nor a law
-wrong beyond the ladder's N: those are what the held-out schedules and sizes of bench/curves.py measure.
+a new run's own offset (the spread of the fitted runs' mean residuals: seeds and data order), the scatter of one
+evaluation about its run's offset and, beyond the ladder, a misspecification term of predict.MISSPEC_FLOOR (~1%) per
+e-fold beyond the fitted N or tokens (what the scaling law's intervals take from public ladders; on the micro ladder
+the curve law fitted on micro-24k…142k erred +1.7% and +2.7% at the end of micro-221k's two stable runs, 0.4 e-folds
+beyond). It does not cover a form wrong for a schedule unlike the fitted ones: the held-out schedules of
+bench/curves.py measure that.
 
 Only numpy and scipy; bad input raises CurveError naming what is wrong.
 """
@@ -36,6 +39,7 @@ import numpy as np
 from scipy import optimize, signal, stats
 
 from windtunnel.errors import WindtunnelError
+from windtunnel.predict import MISSPEC_FLOOR
 
 __all__ = ["Curve", "CurveFit", "CurveError", "FORMS", "fit_curves", "schedule_curve", "warmup_end"]
 
@@ -237,6 +241,7 @@ class CurveFit:
     sd_point: float             # sd of one evaluation's log residual about its run's mean
     groups: int                 # runs resampled whole (the band's degrees of freedom + 1)
     n_range: tuple              # smallest and largest N fitted
+    tokens_max: float           # the longest fitted run's tokens
     boot: list = field(default_factory=list)   # the bootstrap's parameter vectors
 
     def predict(self, curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,20 +253,26 @@ class CurveFit:
             raise CurveError(f"curve law {self.form}: non-positive or infinite loss predicted for N = {curve.n:,.0f}")
         draws = [np.log(np.maximum(form.predict(np.array(t), data), 1e-9)) for t in self.boot]
         sd_law = np.std(draws, axis=0) if len(draws) > 1 else np.zeros_like(loss)
-        sd = np.sqrt(sd_law ** 2 + self.sd_run ** 2 + self.sd_point ** 2)
+        sd = np.sqrt(sd_law ** 2 + self.sd_run ** 2 + self.sd_point ** 2 + (MISSPEC_FLOOR * self.beyond(curve)) ** 2)
         z = stats.t.ppf(0.5 + LEVEL / 2, df=max(self.groups - 1, 1))
         return loss, loss * np.exp(-z * sd), loss * np.exp(z * sd)
+
+    def beyond(self, curve: Curve) -> np.ndarray:
+        """E-folds beyond the fitted ladder at each evaluation: in N or in tokens, whichever is further (0 inside)."""
+        n = max(0.0, np.log(curve.n / self.n_range[1]), np.log(self.n_range[0] / curve.n))
+        return np.maximum(n, np.log(np.maximum(curve.tokens / self.tokens_max, 1.0)))
 
     def to_dict(self) -> dict:
         return {"form": self.form, "theta": {k: float(v) for k, v in self.theta.items()}, "scale": dict(self.scale),
                 "sd_run": self.sd_run, "sd_point": self.sd_point, "groups": self.groups,
-                "n_range": [float(v) for v in self.n_range], "boot": [[float(v) for v in t] for t in self.boot]}
+                "n_range": [float(v) for v in self.n_range], "tokens_max": self.tokens_max,
+                "boot": [[float(v) for v in t] for t in self.boot]}
 
     @classmethod
     def from_dict(cls, d: dict) -> CurveFit:
         return cls(form=d["form"], theta=dict(d["theta"]), scale=dict(d["scale"]), sd_run=float(d["sd_run"]),
                    sd_point=float(d["sd_point"]), groups=int(d["groups"]), n_range=tuple(d["n_range"]),
-                   boot=[list(t) for t in d.get("boot", [])])
+                   tokens_max=float(d["tokens_max"]), boot=[list(t) for t in d.get("boot", [])])
 
 
 def _fitted_points(curves: list[Curve]) -> list[Curve]:
@@ -318,7 +329,7 @@ def fit_curves(curves: list[Curve], *, form: str = "lra", bootstrap: int = 0, se
     boot = _bootstrap(law, curves, groups, scale, theta, bootstrap, seed)
     return CurveFit(form=form, theta=dict(zip(law.names, map(float, theta))), scale=vars(scale), sd_run=sd_run,
                     sd_point=sd_point, groups=len(groups), n_range=(min(c.n for c in curves), max(c.n for c in curves)),
-                    boot=[list(map(float, t)) for t in boot])
+                    tokens_max=max(float(c.tokens[-1]) for c in curves), boot=[list(map(float, t)) for t in boot])
 
 
 def _spread(resid: np.ndarray, curves: list[Curve]) -> tuple[float, float]:
