@@ -279,7 +279,8 @@ def test_the_plan_writes_its_predicted_curve_and_weighs_the_decay(tmp_path):
 
     from windtunnel import monitor
     from windtunnel.curve import FORMS, CurveFit
-    from windtunnel.plan import CURVE_POINTS, PlanLimits, _curve, wsd_schedule
+    from windtunnel.plan import CURVE_POINTS, PlanLimits, _curve, planned_steps, wsd_schedule
+    from windtunnel.schedules import ScheduleSpec, make_schedule
 
     theta = [np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(1.5), 0.1, np.log(0.03), 0.0, 0.0]
     law = CurveFit(form="lra", theta=dict(zip(FORMS["lra"].names, theta)), scale={"lr": 0.02, "tokens": 4e6, "n": 1e5},
@@ -298,7 +299,12 @@ def test_the_plan_writes_its_predicted_curve_and_weighs_the_decay(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump({"predicted_curve": curve}))
     assert monitor.plan_curve(path)["tokens"].iloc[-1] == tokens
+    warm = {**train, "batch_warmup": [[0, 2048], [tokens // 2, batch]]}   # as the trainer steps a batch warm-up
+    lr, batches = planned_steps(warm)
+    assert batches.sum() == tokens and batches[0] == 2048 and batches[-1] == batch and lr.size == 1000 + 500
+    assert planned_steps(train)[0].tolist() == [make_schedule(ScheduleSpec(**train["schedule"]), lr=0.02,
+                                                              total_steps=1000, batch_tokens=batch)(s) for s in range(1000)]
     assert _curve(None, target(), train, PlanLimits(), notes) == (None, None) and notes == []
     del train["lr"]
     assert _curve({"law": law.to_dict()}, target(), train, PlanLimits(), notes) == (None, None)
-    assert notes == ["predicted curve: needs the plan's tokens, batch and LR, and a batch without a warm-up"]
+    assert notes == ["predicted curve: needs the plan's tokens, batch and LR"]

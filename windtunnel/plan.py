@@ -198,35 +198,39 @@ DECAYS = (0.025, 0.05, 0.1, 0.2)  # decay fractions of the stable stage the plan
 
 def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits,
            notes: list) -> tuple[dict | None, dict | None]:
-    """4) the loss at CURVE_POINTS evaluations of the planned schedule (those after the warm-up) with its 95% band (the curve law of
-    results/loss_curve/fit.json: what `windtunnel monitor` compares a run with), and the WSD decay — fraction and
-    shape — whose predicted final loss is least, against the plan's own. A plan without them is still complete."""
+    """4) the loss at CURVE_POINTS evaluations of the planned schedule (those after the warm-up) with its 95% band
+    (the curve law of results/loss_curve/fit.json: what `windtunnel monitor` compares a run with), and the WSD decay —
+    fraction and shape — whose predicted final loss is least, against the plan's own. A plan without them is still
+    complete."""
     if curve is None:  # no loss-curve fit (windtunnel fit loss_curve): predicted_curve is null, said by nothing else
         return None, None
-    if not all(k in train for k in ("tokens", "batch_tokens", "lr")) or "batch_warmup" in train:
-        notes.append("predicted curve: needs the plan's tokens, batch and LR, and a batch without a warm-up")
+    if not all(k in train for k in ("tokens", "batch_tokens", "lr")):
+        notes.append("predicted curve: needs the plan's tokens, batch and LR")
         return None, None
+    import numpy as np
+
     from windtunnel.counts import n_params
-    from windtunnel.curve import CurveFit, schedule_curve
-    from windtunnel.schedules import DECAY_SHAPES, ScheduleSpec, make_schedule
+    from windtunnel.curve import Curve, CurveFit
+    from windtunnel.schedules import DECAY_SHAPES
 
-    law, n, batch = CurveFit.from_dict(curve["law"]), n_params(model, embedding=True), train["batch_tokens"]
-    steps = train["tokens"] // batch
+    law, n = CurveFit.from_dict(curve["law"]), n_params(model, embedding=True)
 
-    def planned(schedule: dict, every: int):
-        lr_at = make_schedule(ScheduleSpec(**schedule), lr=train["lr"], total_steps=steps, batch_tokens=batch)
-        return schedule_curve(lr_at, n=n, total_steps=steps, batch_tokens=batch, every=every)
+    def planned(schedule: dict, points: int) -> Curve:
+        lr, batch = planned_steps({**train, "schedule": schedule})
+        steps = np.unique(np.r_[np.linspace(0, lr.size, points + 1)[1:].round().astype(int), lr.size])
+        return Curve(n=n, lr=lr, batch=batch, steps=steps[steps > 0])
 
-    run = planned(train["schedule"], max(1, steps // CURVE_POINTS))
+    run = planned(train["schedule"], CURVE_POINTS)
     loss, low, high = law.predict(run)
     after = run.tokens > run.warmup_tokens  # the law describes the run after its LR warm-up, not the warm-up
     out = {"tokens": run.tokens[after].tolist(), "lr": run.lr[run.steps - 1][after].tolist(),
            "loss": loss[after].tolist(), "low": low[after].tolist(), "high": high[after].tolist(), "law": law.form,
            "n_over_ladder": n / law.n_range[1],
-           "band": "95%: the law's bootstrap over stable runs + a new run's offset + one evaluation's scatter; "
-                   "not a wrong form for an unseen schedule or beyond the ladder's N"}
-    finals = {(f, shape): float(law.predict(planned(wsd_schedule(train["tokens"], batch, shape=shape, decay_fraction=f,
-                                                                 warmup_fraction=limits.warmup_fraction), steps))[0][-1])
+           "band": "95%: the law's bootstrap over stable runs + a new run's offset + one evaluation's scatter + ~1% per "
+                   "e-fold beyond the ladder's N or tokens; not a wrong form for a schedule unlike the fitted ones"}
+    finals = {(f, shape): float(law.predict(planned(wsd_schedule(train["tokens"], train["batch_tokens"], shape=shape,
+                                                                 decay_fraction=f,
+                                                                 warmup_fraction=limits.warmup_fraction), 1))[0][-1])
               for f in DECAYS for shape in DECAY_SHAPES}
     best, own = min(finals, key=finals.get), float(loss[-1])  # the plan's own decay
     decay = {"fraction": best[0], "shape": best[1], "final": finals[best], "plan": own, "gain": 1 - finals[best] / own,
@@ -234,6 +238,29 @@ def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits
              "note": f"predicted final loss of each decay over a fraction of the stable stage; the plan's schedule "
                      f"keeps {limits.decay_fraction:g} exp, the decay the scaling law's predicted loss is for"}
     return out, decay
+
+
+def planned_steps(train: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The LR and the batch (tokens) of every optimizer step of a plan's `train:` section, as windtunnel.train steps
+    them: without a batch warm-up the schedule is in steps of batch_tokens; with one, each step takes the batch of
+    its stage and the LR at the tokens seen before it."""
+    import numpy as np
+
+    from windtunnel.schedules import ScheduleSpec, batch_stage, batch_steps, make_schedule
+
+    spec, tokens, batch = ScheduleSpec(**train["schedule"]), train["tokens"], train["batch_tokens"]
+    stages = tuple(map(tuple, train.get("batch_warmup", ())))
+    if not stages:
+        steps = batch_steps(tokens, batch, ())
+        lr_at = make_schedule(spec, lr=train["lr"], total_steps=steps, batch_tokens=batch)
+        return np.array([lr_at(s) for s in range(steps)]), np.full(steps, float(batch))
+    lr_at_tokens = make_schedule(spec, lr=train["lr"], total_steps=tokens, batch_tokens=1)
+    lrs, batches, seen = [], [], 0
+    while seen < tokens:
+        lrs.append(lr_at_tokens(min(seen, tokens - 1)))
+        batches.append(batch_stage(seen, batch, stages))
+        seen += batches[-1]
+    return np.array(lrs), np.array(batches, float)
 
 
 def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list, tokenizer: str | None) -> bool:
