@@ -248,7 +248,7 @@ class CurveFit:
         """The loss at `curve`'s evaluated steps and its 95% band (see the module's docstring for what it covers)."""
         form, scale = FORMS[self.form], _Scale(**self.scale)
         data = form.prepare([curve], scale)
-        loss = form.predict(np.array(list(self.theta.values())), data)
+        loss = form.predict(np.array([self.theta[k] for k in form.names]), data)
         if np.any(loss <= 0) or not np.all(np.isfinite(loss)):
             raise CurveError(f"curve law {self.form}: non-positive or infinite loss predicted for N = {curve.n:,.0f}")
         draws = [np.log(np.maximum(form.predict(np.array(t), data), 1e-9)) for t in self.boot]
