@@ -284,13 +284,15 @@ def test_the_plan_writes_its_predicted_curve_and_weighs_the_decay(tmp_path):
 
     theta = [np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(1.5), 0.1, np.log(0.03), 0.0, 0.0]
     law = CurveFit(form="lra", theta=dict(zip(FORMS["lra"].names, theta)), scale={"lr": 0.02, "tokens": 4e6, "n": 1e5},
-                   sd_run=0.003, sd_point=0.002, groups=8, n_range=(2e4, 4e5), tokens_max=8e6)
+                   sd_run=0.003, sd_point=0.002, groups=8, n_range=(2e4, 4e5),
+                   tokens_range=(4e5, 8e6))
     tokens, batch = 4096 * 1000, 4096
     train = {"tokens": tokens, "batch_tokens": batch, "lr": 0.02,
              "schedule": wsd_schedule(tokens, batch, warmup_fraction=0.01, decay_fraction=0.1)}
     notes = []
     curve, decay = _curve({"law": law.to_dict()}, target(), train, PlanLimits(), notes)
-    assert len(curve["tokens"]) == CURVE_POINTS and curve["tokens"][-1] == tokens and notes == []
+    assert len(curve["tokens"]) == CURVE_POINTS - 9 and curve["tokens"][-1] == tokens and notes == []  # 40,960 apart
+    assert curve["tokens"][0] >= 4e5   # nothing before the law's first fitted evaluation
     assert all(lo < x < hi for lo, x, hi in zip(curve["low"], curve["loss"], curve["high"]))
     assert curve["lr"][0] == pytest.approx(0.02) and curve["lr"][-1] < 0.002  # the decay's end
     assert decay["plan"] == curve["loss"][-1] and len(decay["by_decay"]) == 16

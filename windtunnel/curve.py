@@ -241,7 +241,7 @@ class CurveFit:
     sd_point: float             # sd of one evaluation's log residual about its run's mean
     groups: int                 # runs resampled whole (the band's degrees of freedom + 1)
     n_range: tuple              # smallest and largest N fitted
-    tokens_max: float           # the longest fitted run's tokens
+    tokens_range: tuple         # the fitted evaluations' fewest and most tokens: before the first, the law is not fitted
     boot: list = field(default_factory=list)   # the bootstrap's parameter vectors
 
     def predict(self, curve: Curve) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -260,19 +260,19 @@ class CurveFit:
     def beyond(self, curve: Curve) -> np.ndarray:
         """E-folds beyond the fitted ladder at each evaluation: in N or in tokens, whichever is further (0 inside)."""
         n = max(0.0, np.log(curve.n / self.n_range[1]), np.log(self.n_range[0] / curve.n))
-        return np.maximum(n, np.log(np.maximum(curve.tokens / self.tokens_max, 1.0)))
+        return np.maximum(n, np.log(np.maximum(curve.tokens / self.tokens_range[1], 1.0)))
 
     def to_dict(self) -> dict:
         return {"form": self.form, "theta": {k: float(v) for k, v in self.theta.items()}, "scale": dict(self.scale),
                 "sd_run": self.sd_run, "sd_point": self.sd_point, "groups": self.groups,
-                "n_range": [float(v) for v in self.n_range], "tokens_max": self.tokens_max,
+                "n_range": [float(v) for v in self.n_range], "tokens_range": [float(v) for v in self.tokens_range],
                 "boot": [[float(v) for v in t] for t in self.boot]}
 
     @classmethod
     def from_dict(cls, d: dict) -> CurveFit:
         return cls(form=d["form"], theta=dict(d["theta"]), scale=dict(d["scale"]), sd_run=float(d["sd_run"]),
                    sd_point=float(d["sd_point"]), groups=int(d["groups"]), n_range=tuple(d["n_range"]),
-                   tokens_max=float(d["tokens_max"]), boot=[list(t) for t in d.get("boot", [])])
+                   tokens_range=tuple(d["tokens_range"]), boot=[list(t) for t in d.get("boot", [])])
 
 
 def _fitted_points(curves: list[Curve]) -> list[Curve]:
@@ -329,7 +329,8 @@ def fit_curves(curves: list[Curve], *, form: str = "lra", bootstrap: int = 0, se
     boot = _bootstrap(law, curves, groups, scale, theta, bootstrap, seed)
     return CurveFit(form=form, theta=dict(zip(law.names, map(float, theta))), scale=vars(scale), sd_run=sd_run,
                     sd_point=sd_point, groups=len(groups), n_range=(min(c.n for c in curves), max(c.n for c in curves)),
-                    tokens_max=max(float(c.tokens[-1]) for c in curves), boot=[list(map(float, t)) for t in boot])
+                    tokens_range=(min(float(c.tokens[0]) for c in curves), max(float(c.tokens[-1]) for c in curves)),
+                    boot=[list(map(float, t)) for t in boot])
 
 
 def _spread(resid: np.ndarray, curves: list[Curve]) -> tuple[float, float]:

@@ -162,13 +162,16 @@ def _validate_curve() -> tuple[str, str, Curve] | None:
 
 
 def held_out_errors(fit, curve: Curve) -> tuple[dict, dict]:
-    """The held-out curve's errors after warm-up (relative), the share of its evaluations inside the band, and the
-    figure's panel (tokens, actual, loss, low, high after warm-up)."""
+    """The held-out curve's errors after warm-up (relative; also over the evaluations the law covers, from its fitted
+    runs' first evaluation on), the share of its evaluations inside the band, and the figure's panel (tokens, actual,
+    loss, low, high after warm-up)."""
     loss, low, high = fit.predict(curve)
     after = curve.tokens > curve.warmup_tokens
     rel = loss[after] / curve.loss[after] - 1
+    covered = curve.tokens[after] >= fit.tokens_range[0]
     inside = (curve.loss[after] >= low[after]) & (curve.loss[after] <= high[after])
     errors = {"median_abs_error": float(np.median(np.abs(rel))), "final_error": float(rel[-1]),
+              "median_abs_error_covered": float(np.median(np.abs(rel[covered]))) if covered.any() else None,
               "inside_band": float(inside.mean())}
     panel = {"tokens": curve.tokens[after], "actual": curve.loss[after], "loss": loss[after], "low": low[after],
              "high": high[after]}
