@@ -122,6 +122,13 @@ def test_two_peak_lrs_place_the_lr_exponents_and_a_third_lr_is_predicted():
     assert np.median(np.abs(loss / true_loss(curve, "lra", theta) - 1)) < 0.01
 
 
+def test_the_decay_backtest_sees_a_wrong_form(lra_fit):
+    """Decays held out by length: a law of the right form predicts them within its runs' noise, the other form
+    does not (and its band then widens after the LR falls)."""
+    wrong = fit_curves(ladder("mpl", seed=1), form="lra")
+    assert lra_fit.sd_decay < 0.0015 < wrong.sd_decay
+
+
 def test_mpl_predicts_its_own_held_out_schedules():
     fit = fit_curves(ladder("mpl", seed=1), form="mpl")
     for spec in HELD_OUT.values():

@@ -284,7 +284,7 @@ def test_the_plan_writes_its_predicted_curve_and_weighs_the_decay(tmp_path):
 
     theta = [np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(1.5), 0.1, np.log(0.03), 0.0, 0.0]
     law = CurveFit(form="lra", theta=dict(zip(FORMS["lra"].names, theta)), scale={"lr": 0.02, "tokens": 4e6, "n": 1e5},
-                   sd_run=0.003, sd_point=0.002, groups=8, n_range=(2e4, 4e5),
+                   sd_run=0.003, sd_point=0.002, sd_decay=0.0, groups=8, n_range=(2e4, 4e5),
                    tokens_range=(4e5, 8e6))
     tokens, batch = 4096 * 1000, 4096
     train = {"tokens": tokens, "batch_tokens": batch, "lr": 0.02,

@@ -19,14 +19,15 @@ run at half the LR look like one with half the tokens: on the micro LR sweep (µ
 at LR 0.01 from runs at 0.02, where the loss was +1.4%. A free κ is identified only when the fit holds two peak LRs;
 with one it stays 0 (another LR is predicted as the fitted one).
 
-The 95% band (predict) is relative, Student-t with one degree of freedom less than the fitted runs, and covers four
+The 95% band (predict) is relative, Student-t with one degree of freedom less than the fitted runs, and covers five
 things: the law's uncertainty (its refits on runs resampled whole: a stable run and its decay branches together),
 a new run's own offset (the spread of the fitted runs' mean residuals: seeds and data order), the scatter of one
-evaluation about its run's offset and, beyond the ladder, a misspecification term of predict.MISSPEC_FLOOR (~1%) per
-e-fold beyond the fitted N or tokens (what the scaling law's intervals take from public ladders; on the micro ladder
-the curve law fitted on micro-24k…142k erred +1.7% and +2.7% at the end of micro-221k's two stable runs, 0.4 e-folds
-beyond). It does not cover a form wrong for a schedule unlike the fitted ones: the held-out schedules of
-bench/curves.py measure that.
+evaluation about its run's offset, after the LR has fallen the error of a decay the fit did not see (its decays
+held out by length in turn: _decay_backtest) and, beyond the ladder, a misspecification term of
+predict.MISSPEC_FLOOR (~1%) per e-fold beyond the fitted N or tokens (what the scaling law's intervals take from
+public ladders; on the micro ladder the curve law fitted on micro-24k…142k erred +1.7% and +2.7% at the end of
+micro-221k's two stable runs, 0.4 e-folds beyond). It does not cover a schedule shape, a peak LR or a batch schedule
+unlike every fitted one: the held-out curves of bench/curves.py measure those.
 
 Only numpy and scipy; bad input raises CurveError naming what is wrong.
 """
@@ -45,6 +46,7 @@ __all__ = ["Curve", "CurveFit", "CurveError", "FORMS", "fit_curves", "schedule_c
 
 LEVEL = 0.95          # the band's coverage
 HUBER = 0.01          # relative residual beyond which a point's weight falls (robust to a stray evaluation)
+DECAY_FOLDS = 4       # bins of decayed curves by length in the decay backtest
 
 
 class CurveError(WindtunnelError):
@@ -239,6 +241,7 @@ class CurveFit:
     scale: dict                 # the units: lr, tokens, n (see _Scale)
     sd_run: float               # sd of a run's mean log residual (a new run's own offset)
     sd_point: float             # sd of one evaluation's log residual about its run's mean
+    sd_decay: float             # sd of a decay unlike the fitted ones, beyond those two (_decay_backtest)
     groups: int                 # runs resampled whole (the band's degrees of freedom + 1)
     n_range: tuple              # smallest and largest N fitted
     tokens_range: tuple         # the fitted evaluations' fewest and most tokens: before the first, the law is not fitted
@@ -253,7 +256,9 @@ class CurveFit:
             raise CurveError(f"curve law {self.form}: non-positive or infinite loss predicted for N = {curve.n:,.0f}")
         draws = [np.log(np.maximum(form.predict(np.array(t), data), 1e-9)) for t in self.boot]
         sd_law = np.std(draws, axis=0) if len(draws) > 1 else np.zeros_like(loss)
-        sd = np.sqrt(sd_law ** 2 + self.sd_run ** 2 + self.sd_point ** 2 + (MISSPEC_FLOOR * self.beyond(curve)) ** 2)
+        decayed = curve.lr[curve.steps - 1] < curve.lr.max() * (1 - 1e-9)  # an evaluation after the LR fell
+        sd = np.sqrt(sd_law ** 2 + self.sd_run ** 2 + self.sd_point ** 2 + (self.sd_decay * decayed) ** 2
+                     + (MISSPEC_FLOOR * self.beyond(curve)) ** 2)
         z = stats.t.ppf(0.5 + LEVEL / 2, df=max(self.groups - 1, 1))
         return loss, loss * np.exp(-z * sd), loss * np.exp(z * sd)
 
@@ -264,14 +269,14 @@ class CurveFit:
 
     def to_dict(self) -> dict:
         return {"form": self.form, "theta": {k: float(v) for k, v in self.theta.items()}, "scale": dict(self.scale),
-                "sd_run": self.sd_run, "sd_point": self.sd_point, "groups": self.groups,
+                "sd_run": self.sd_run, "sd_point": self.sd_point, "sd_decay": self.sd_decay, "groups": self.groups,
                 "n_range": [float(v) for v in self.n_range], "tokens_range": [float(v) for v in self.tokens_range],
                 "boot": [[float(v) for v in t] for t in self.boot]}
 
     @classmethod
     def from_dict(cls, d: dict) -> CurveFit:
         return cls(form=d["form"], theta=dict(d["theta"]), scale=dict(d["scale"]), sd_run=float(d["sd_run"]),
-                   sd_point=float(d["sd_point"]), groups=int(d["groups"]), n_range=tuple(d["n_range"]),
+                   sd_point=float(d["sd_point"]), sd_decay=float(d["sd_decay"]), groups=int(d["groups"]), n_range=tuple(d["n_range"]),
                    tokens_range=tuple(d["tokens_range"]), boot=[list(t) for t in d.get("boot", [])])
 
 
@@ -326,11 +331,32 @@ def fit_curves(curves: list[Curve], *, form: str = "lra", bootstrap: int = 0, se
     theta = _solve(law, data, loss, law.start(data, loss))
     resid = np.log(law.predict(theta, data)) - np.log(loss)
     sd_run, sd_point = _spread(resid, curves)
+    sd_decay = _decay_backtest(law, curves, scale, theta, sd_run, sd_point)
     boot = _bootstrap(law, curves, groups, scale, theta, bootstrap, seed)
     return CurveFit(form=form, theta=dict(zip(law.names, map(float, theta))), scale=vars(scale), sd_run=sd_run,
-                    sd_point=sd_point, groups=len(groups), n_range=(min(c.n for c in curves), max(c.n for c in curves)),
+                    sd_point=sd_point, sd_decay=sd_decay, groups=len(groups), n_range=(min(c.n for c in curves), max(c.n for c in curves)),
                     tokens_range=(min(float(c.tokens[0]) for c in curves), max(float(c.tokens[-1]) for c in curves)),
                     boot=[list(map(float, t)) for t in boot])
+
+
+def _decay_backtest(law, curves: list[Curve], scale: _Scale, theta, sd_run: float, sd_point: float,
+                    folds: int = DECAY_FOLDS) -> float:
+    """The error of a decay the fit did not see, beyond a new run's offset and scatter: the decayed curves (their
+    LR ends below its peak) fall into `folds` bins by their tokens; each bin is refitted without and predicted, and
+    sd² = max(0, mean squared log error − sd_run² − sd_point²). 0 with fewer than two bins."""
+    decayed = np.array([c.lr[c.steps[-1] - 1] < c.lr.max() * (1 - 1e-9) for c in curves])
+    ends = np.array([np.log(c.tokens[-1]) for c in curves])
+    if decayed.sum() < 2 or np.ptp(ends[decayed]) == 0:
+        return 0.0
+    edges = np.quantile(ends[decayed], np.linspace(0, 1, folds + 1)[1:-1])
+    fold = np.where(decayed, np.searchsorted(edges, ends, side="right"), -1)
+    errors = []
+    for k in sorted(set(fold[decayed])):
+        kept = [c for c, f in zip(curves, fold) if f != k]
+        out = [c for c, f in zip(curves, fold) if f == k]
+        refit = _solve(law, law.prepare(kept, scale), np.concatenate([c.loss for c in kept]), [theta])
+        errors.append(np.log(law.predict(refit, law.prepare(out, scale))) - np.log(np.concatenate([c.loss for c in out])))
+    return float(np.sqrt(max(0.0, np.mean(np.concatenate(errors) ** 2) - sd_run ** 2 - sd_point ** 2)))
 
 
 def _spread(resid: np.ndarray, curves: list[Curve]) -> tuple[float, float]:

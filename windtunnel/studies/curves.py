@@ -202,8 +202,8 @@ def describe_loss_curve(result: dict) -> list[str]:
     lines = [f"form {law['form']} on {result['runs']} runs ({result['stable_runs']} stable runs: "
              f"{', '.join(result['models'])}); N {law['n_range'][0]:,.0f}…{law['n_range'][1]:,.0f}",
              "  " + ", ".join(f"{k} {v:.4g}" for k, v in law["theta"].items()),
-             f"  a run's own offset sd {law['sd_run']:.2%}, one evaluation's sd {law['sd_point']:.2%}, "
-             f"{len(law['boot'])} bootstrap refits"]
+             f"  a run's own offset sd {law['sd_run']:.2%}, one evaluation's sd {law['sd_point']:.2%}, an unseen "
+             f"decay's {law['sd_decay']:.2%}, {len(law['boot'])} bootstrap refits"]
     for r in result["held_out"]:
         met = r["median_abs_error"] <= GOALS["median_abs_error"] and abs(r["final_error"]) <= GOALS["final_error"]
         lines.append(f"  held out {r['model']:<11} {r['schedule']:<26} median |err| {r['median_abs_error']:.2%}, final "
