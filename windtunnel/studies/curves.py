@@ -101,14 +101,16 @@ def stored_curves(frame: pd.DataFrame, *, whole: bool) -> dict[str, Curve]:
 
 
 def schedule_label(row) -> str:
-    """A run's schedule in a few words: "constant", "wsd 10% exp", "cosine T=S", "cosine_loop T=0.25S"."""
+    """A run's schedule and length in a few words: "constant 4.26M", "wsd 0.1 exp 1.15M", "cosine T=S 1.17M",
+    "cosine_loop T=0.25S 4.68M" (tokens in millions)."""
+    tokens = f"{row.D / 1e6:.3g}M"
     if row.stage == "decay" or row.schedule == "wsd":
-        return f"wsd {row.decay_fraction:.3g} {row.decay_shape}" if not np.isnan(row.decay_fraction) \
-            else f"wsd {row.decay_shape}"
+        return f"wsd {row.decay_fraction:g} {row.decay_shape} {tokens}"
     if row.schedule in ("cosine", "cosine_loop"):
         period = row.D if np.isnan(row.period_tokens) else row.period_tokens
-        return f"{row.schedule} T=S" if abs(period - row.D) <= 0.01 * row.D else f"{row.schedule} T={period / row.D:.2g}S"
-    return str(row.schedule)
+        ratio = "S" if abs(period - row.D) <= 0.01 * row.D else f"{period / row.D:.2g}S"
+        return f"{row.schedule} T={ratio} {tokens}"
+    return f"{row.schedule} {tokens}"
 
 
 def fit_rows(frame: pd.DataFrame) -> pd.Series:
