@@ -398,7 +398,8 @@ def curve_bands(panels: list[dict], path: Path, *, most: int = 16) -> Path:
         ax.fill_between(p["tokens"], p["low"], p["high"], color="tab:blue", alpha=0.25, lw=0, label="predicted, 95% band")
         ax.plot(p["tokens"], p["loss"], "-", color="tab:blue", lw=1)
         ax.plot(p["tokens"], p["actual"], "k.", ms=3, label="actual")
-        ax.set_ylim(min(p["actual"]) * 0.98, np.percentile(p["actual"], 70) * 1.03)  # the annealed end, not the start
+        both = np.r_[p["actual"], p["loss"]]
+        ax.set_ylim(both.min() * 0.98, np.percentile(both, 75) * 1.02)  # the annealed end, not the steep start
         ax.set_title(p["title"], fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_formatter(_token_labels())
