@@ -1,13 +1,15 @@
 """The loss-curve law: a run's held-out loss at every step from its size N and its LR schedule, L(N, η(·), s).
 
-Two candidate forms (bench/curves.py chooses between them on schedules the fit never saw):
+Three candidate forms (bench/curves.py chooses among them on schedules the fit never saw):
 - "lra", the LR-annealing law of Tissue et al. 2024 ("Scaling Law with Learning Rate Annealing"):
   L = L0 + A·S1^−α − C·S2, S1 = Σ η_i·B_i the forward area, S2 = Σ m_i·B_i the annealing area with momentum,
   m_i = λ_i·m_{i−1} + (η_{i−1} − η_i), λ_i = exp(−B_i/τ): τ is the momentum's memory in tokens (fitted; the paper's
   λ = 0.999 per step is τ = 1000 steps);
 - "mpl", the multi-power law of Luo et al. 2025 ("A Multi-Power Law for Loss Curve Prediction Across Learning Rate
   Schedules"): L = L0 + A·S1^−α − B·Σ_k (η_{k−1} − η_k)·G(η_k^−γ·S_k(s)), G(x) = 1 − (C·x + 1)^−β,
-  S_k(s) = Σ_{k ≤ i ≤ s} η_i·B_i the area from the k-th step's drop to s.
+  S_k(s) = Σ_{k ≤ i ≤ s} η_i·B_i the area from the k-th step's drop to s;
+- "lra_nd", the LR-annealing law with Kaplan et al.'s N–D interaction in place of L0(N) + A(N)·S1^−α:
+  L = L0 + (P·(N/N_ref)^−p + Q·S1^−q)^r − C(N)·S2 (see _LRAKaplan).
 Areas are counted in relative LR × tokens (η_i: the LR over the run's peak LR; B_i: the tokens of step i), so runs of
 different batch sizes share one law, and tokens in units of the ladder's median run, which keeps every parameter
 near 1. Changes of the LR during the warm-up are not annealing (both papers start the sums after it).
@@ -183,6 +185,29 @@ class _LRA:
                 for a in (0.3, 0.6) for c, t in ((0.5, 0.05), (2.0, 0.01))]
 
 
+class _LRAKaplan(_LRA):
+    """Tissue et al.'s annealing with Kaplan et al.'s N–D interaction for the rest:
+    L0 + (P·(N/N_ref)^−p + Q·S1^−q)^r − C(N)·S2(τ). Early in a run the S1 term dominates, so sizes differ little; late,
+    the N term: the gap between sizes widens with tokens, which L0(N) + A(N)·S1^−α can only mimic with an A growing
+    with N that explodes when a larger size's early curve is extrapolated."""
+
+    names = ("log_L0", "log_P", "p", "log_Q", "log_q", "log_r", "log_C", "C_exp", "log_tau", "A_lr", "C_lr")
+    lower = (-5, -10, 0, -10, np.log(0.02), np.log(0.05), -15, -3, np.log(1e-5), -3, -3)
+    upper = (5, 10, 3, 10, np.log(3.0), np.log(3.0), 10, 3, np.log(10.0), 3, 3)
+
+    def predict(self, theta, data) -> np.ndarray:
+        x, tau, peak = data["x"], np.exp(theta[8]), data["peak"]
+        s2 = np.concatenate([self._s2(p, tau) for p in data["parts"]])
+        inner = (np.exp(theta[1]) * x ** -theta[2]
+                 + np.exp(theta[3]) * peak ** theta[9] * data["s1"] ** -np.exp(theta[4]))
+        return np.exp(theta[0]) + inner ** np.exp(theta[5]) - _power(theta, 6, x) * peak ** theta[10] * s2
+
+    def start(self, data, loss) -> list[np.ndarray]:
+        low = np.log(0.6 * loss.min())
+        return [np.array([low, np.log(0.3), 0.3, np.log(0.3), np.log(q), np.log(r), np.log(2.0), 0.0, np.log(0.01), 0.0,
+                          0.0]) for q in (0.3, 0.8) for r in (0.3, 1.0)]
+
+
 class _MPL:
     """Luo et al. 2025: L0(N) + A(N)·S1^−α − B(N)·Σ_k (η_{k−1} − η_k)·(1 − (C·η_k^−γ·S_k(s) + 1)^−β)."""
 
@@ -226,7 +251,7 @@ class _MPL:
                           np.log(0.5), np.log(0.5), 0.0, 0.0]) for a in (0.3, 0.6) for c in (1.0, 30.0)]
 
 
-FORMS = {"lra": _LRA(), "mpl": _MPL()}
+FORMS = {"lra": _LRA(), "lra_nd": _LRAKaplan(), "mpl": _MPL()}
 
 
 # ---------------------------------------------------------------- the fit
