@@ -139,6 +139,15 @@ def test_mpl_predicts_its_own_held_out_schedules():
         assert np.median(np.abs(loss / true_loss(curve, "mpl") - 1)) < 0.01
 
 
+def test_lra_nd_predicts_held_out_schedules_inside_the_ladder():
+    """The Kaplan-interaction form on a ladder drawn from the plain form: within its sizes, the goals hold."""
+    fit = fit_curves(ladder("lra"), form="lra_nd")
+    for spec in HELD_OUT.values():
+        curve = planned(1e5, 4_800_000, spec)
+        loss, _, _ = fit.predict(curve)
+        assert np.median(np.abs(loss / true_loss(curve, "lra") - 1)) < 0.01
+
+
 def test_a_fit_round_trips_through_its_dict(lra_fit):
     curve = planned(1e5, 2_048_000, HELD_OUT["cosine"])
     again = CurveFit.from_dict(lra_fit.to_dict())

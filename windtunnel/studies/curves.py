@@ -29,7 +29,7 @@ from windtunnel.studies.study import Fitted, Options
 __all__ = ["NoCurve", "step_history", "eval_history", "stored_curves", "schedule_label", "fit_rows", "curve_points",
            "held_out", "held_out_errors", "loss_curve", "describe_loss_curve", "FORM", "BOOTSTRAP", "GOALS"]
 
-FORM = "lra"
+FORM = "lra_nd"
 """the form the plan predicts with: the candidate of windtunnel.curve.FORMS that erred less on the held-out
 schedules of bench/curves.py (LOG.md)"""
 GOALS = {"median_abs_error": 0.01, "final_error": 0.015}  # a held-out curve's, relative (issue 23)
