@@ -33,7 +33,7 @@ FORM = "lra_nd"
 """the form the plan predicts with: the candidate of windtunnel.curve.FORMS that erred less on the held-out
 schedules of bench/curves.py (LOG.md)"""
 GOALS = {"median_abs_error": 0.01, "final_error": 0.015}  # a held-out curve's, relative (issue 23)
-BOOTSTRAP = 40  # refits behind the band (each a least-squares fit from the full one: ~0.1–1 s on the micro ladder)
+BOOTSTRAP = 40  # refits behind the band, each started from the full fit (lra_nd: ~1 min for all on the micro ladder)
 
 
 class NoCurve(NoRuns):
