@@ -132,8 +132,8 @@ def curve_points(sweep: str, o: Options) -> tuple[pd.DataFrame, dict[str, int]]:
 
 
 def held_out(o: Options) -> list[tuple[str, str, Curve]]:
-    """(schedule, model, whole curve) of every run the law never sees: the wsd sweep's runs outside fit_rows, and
-    the newest finished run of experiment `validate`; empty when neither has run."""
+    """(schedule, model, whole curve) of every run the law never sees: the newest finished run of experiment
+    `validate`, and the wsd sweep's runs outside fit_rows; empty when neither has run."""
     out = []
     try:
         wsd, _ = final_points("wsd", scale=o.scale, current=o.current)
@@ -144,7 +144,7 @@ def held_out(o: Options) -> list[tuple[str, str, Curve]]:
         curves = stored_curves(wsd[~fit_rows(wsd) | (wsd["stage"] == "stable")], whole=True)  # and their stable runs
         out += [(schedule_label(r), r.model, curves[r.run_id]) for r in unseen.itertuples()]
     target = _validate_curve()
-    return out + ([target] if target else [])
+    return ([target] if target else []) + out  # the size beyond the ladder first: the figures show 16 curves
 
 
 def _validate_curve() -> tuple[str, str, Curve] | None:
