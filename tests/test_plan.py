@@ -270,3 +270,43 @@ def test_the_lr_interval_spans_the_widths_and_its_ends_are_priced_from_the_curve
     np.testing.assert_allclose(np.log10(np.array(hp["interval95"]) / 0.01), [-half, half], atol=0.01)  # 4000 draws: ±0.004
     np.testing.assert_allclose(hp["cost_at_ends"], 0.1 * np.log10(np.array(hp["interval95"]) / 0.01) ** 2)
     assert "widened to the optima's range" in hp["basis"]
+
+
+def test_the_plan_writes_its_predicted_curve_and_weighs_the_decay(tmp_path):
+    """With a loss-curve law, the plan predicts the loss and its band at every evaluation of its schedule (what
+    `windtunnel monitor` reads) and the final loss of each decay fraction and shape against its own."""
+    import yaml
+
+    from windtunnel import monitor
+    from windtunnel.curve import FORMS, CurveFit
+    from windtunnel.plan import CURVE_POINTS, PlanLimits, _curve, planned_steps, wsd_schedule
+    from windtunnel.schedules import ScheduleSpec, make_schedule
+
+    theta = [np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(1.5), 0.1, np.log(0.03), 0.0, 0.0]
+    law = CurveFit(form="lra", theta=dict(zip(FORMS["lra"].names, theta)), scale={"lr": 0.02, "tokens": 4e6, "n": 1e5},
+                   sd_run=0.003, sd_point=0.002, sd_decay=0.0, groups=8, n_range=(2e4, 4e5),
+                   tokens_range=(4e5, 8e6))
+    tokens, batch = 4096 * 1000, 4096
+    train = {"tokens": tokens, "batch_tokens": batch, "lr": 0.02,
+             "schedule": wsd_schedule(tokens, batch, warmup_fraction=0.01, decay_fraction=0.1)}
+    notes = []
+    curve, decay = _curve({"law": law.to_dict()}, target(), train, PlanLimits(), notes)
+    assert len(curve["tokens"]) == CURVE_POINTS - 9 and curve["tokens"][-1] == tokens and notes == []  # 40,960 apart
+    assert curve["tokens"][0] >= 4e5   # nothing before the law's first fitted evaluation
+    assert all(lo < x < hi for lo, x, hi in zip(curve["low"], curve["loss"], curve["high"]))
+    assert curve["lr"][0] == pytest.approx(0.02) and curve["lr"][-1] < 0.002  # the decay's end
+    assert decay["plan"] == curve["loss"][-1] and len(decay["by_decay"]) == 16
+    assert decay["final"] == min(decay["by_decay"].values()) and decay["gain"] == 1 - decay["final"] / decay["plan"]
+    assert decay["by_decay"]["0.025 exp"] > decay["by_decay"]["0.1 exp"]  # a 2.5% decay anneals less (§4.3)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"predicted_curve": curve}))
+    assert monitor.plan_curve(path)["tokens"].iloc[-1] == tokens
+    warm = {**train, "batch_warmup": [[0, 2048], [tokens // 2, batch]]}   # as the trainer steps a batch warm-up
+    lr, batches = planned_steps(warm)
+    assert batches.sum() == tokens and batches[0] == 2048 and batches[-1] == batch and lr.size == 1000 + 500
+    assert planned_steps(train)[0].tolist() == [make_schedule(ScheduleSpec(**train["schedule"]), lr=0.02,
+                                                              total_steps=1000, batch_tokens=batch)(s) for s in range(1000)]
+    assert _curve(None, target(), train, PlanLimits(), notes) == (None, None) and notes == []
+    del train["lr"]
+    assert _curve({"law": law.to_dict()}, target(), train, PlanLimits(), notes) == (None, None)
+    assert notes == ["predicted curve: needs the plan's tokens, batch and LR"]

@@ -16,6 +16,7 @@
     windtunnel validate TARGET [--tokens T | --compute FLOPS]
     windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker 0|1] [--set key=value ...] [--no-prediction]
                       [--dry-run [--json]]   (a dry run prints the layout and the resolved spec, with its run id)
+    windtunnel monitor PLAN.yaml (--run MLFLOW_RUN_ID | --csv CURVE.csv) [--k 3] [--json]
     windtunnel report
     windtunnel check-mup [--model-base NAME] [--widths W ...] [--json]
     windtunnel ui [--port 5000]
@@ -452,6 +453,13 @@ def _print_plan(plan: dict, path) -> None:
         sched = train["schedule"]
         print(f"  schedule      WSD, warmup {sched['warmup_tokens']:.3g} tokens, exp decay from {sched['decay_start_tokens']:.4g} "
               f"tokens to the end (as the ladder's branches)")
+    curve, decay = plan.get("predicted_curve"), plan.get("decay_choice")
+    if curve:
+        print(f"  loss curve    {len(curve['tokens'])} points, {curve['law']} law: final {curve['loss'][-1]:.4f}, 95% band "
+              f"[{curve['low'][-1]:.4f}, {curve['high'][-1]:.4f}] (windtunnel monitor compares a run with it)")
+    if decay:
+        print(f"  best decay    {decay['fraction']:g} of the stable stage, {decay['shape']}: predicted final "
+              f"{decay['final']:.4f}, {decay['gain']:.2%} below the plan's own decay ({decay['plan']:.4f})")
     if cost:
         steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
         print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}); {cost['trained_flops']:.4g} "
@@ -494,6 +502,30 @@ def cmd_validate(args) -> None:
           f"{out['tokens']:,} tokens: predicted {out['predicted']:.4f} bits/byte, 95% [{out['low']:.4f}, {out['high']:.4f}]; "
           f"actual {out['actual']:.4f} ({out['rel_error']:+.2%}, {verdict} the interval)")
     print(f"written: {out['written']}  (MLflow experiment 'validate', run {out['mlflow_run']})")
+
+
+def cmd_monitor(args) -> int:
+    from windtunnel import monitor
+
+    plan = monitor.plan_curve(args.plan)
+    run = monitor.read_csv(args.csv) if args.csv else monitor.run_curve(args.run)
+    verdict = monitor.compare(plan, run, k=args.k)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(verdict)))
+        return 1 if verdict.left else 0
+    source = args.csv or f"MLflow run {args.run}"
+    print(f"{source} against {args.plan}: {verdict.compared} evaluations compared, {verdict.outside} outside the 95% "
+          f"band" + (f", {verdict.not_compared} beyond the plan's tokens (not compared)" if verdict.not_compared else ""))
+    if verdict.lr_departs:
+        lr = verdict.lr_departs
+        print(f"  its LR departs from the plan's at {lr['tokens']:,.0f} tokens: {lr['lr']:.4g} against {lr['planned']:.4g}")
+    left = verdict.left
+    if left is None:
+        print(f"  inside the band (never {verdict.k} evaluations in a row outside it)")
+        return 0
+    print(f"  LEFT THE BAND at {left['tokens']:,.0f} tokens ({verdict.k} evaluations in a row outside from there): "
+          f"{left['loss']:.4f} {left['side']} [{left['low']:.4f}, {left['high']:.4f}], predicted {left['predicted']:.4f}")
+    return 1
 
 
 def cmd_launch(args) -> None:
@@ -715,6 +747,17 @@ def parser() -> argparse.ArgumentParser:
     la.add_argument("--dry-run", action="store_true", help="print the layout, memory, hours and the resolved spec (YAML, with its run id); train nothing")
     la.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
     la.set_defaults(func=cmd_launch)
+    mo = sub.add_parser("monitor", help="compare a run with a plan's predicted loss curve and say where it left "
+                        "the curve's band, if it did (exit 1 when it did)")
+    mo.add_argument("plan", help="a plan file with a predicted_curve, e.g. results/plans/micro-1.3m.yaml")
+    given = mo.add_mutually_exclusive_group(required=True)
+    given.add_argument("--run", metavar="MLFLOW_RUN_ID", help="an MLflow run of this store (its held-out evaluations)")
+    given.add_argument("--csv", metavar="CURVE.csv", help="a run trained elsewhere: one row per evaluation, columns "
+                       "tokens, lr, loss (tokens rising)")
+    mo.add_argument("--k", type=option(POSITIVE_INT), default=3,
+                    help="evaluations in a row outside the band that count as leaving it")
+    mo.add_argument("--json", action="store_true", help="one JSON object")
+    mo.set_defaults(func=cmd_monitor)
     rp = sub.add_parser("report", help="one HTML page of every fit, figure and plan: results/report.html")
     rp.set_defaults(func=cmd_report)
     cm = sub.add_parser("check-mup", help="µP coordinate check: each layer's update size against width, µP and SP")

@@ -83,8 +83,10 @@ def check_budget(tokens: float | None, compute: float | None) -> None:
 
 
 def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr: dict | None,
-              tokens: float | None = None, compute: float | None = None, limits: PlanLimits = PlanLimits()) -> dict:
-    """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr` are the studies' fit.json contents or None."""
+              curve: dict | None = None, tokens: float | None = None, compute: float | None = None,
+              limits: PlanLimits = PlanLimits()) -> dict:
+    """The plan as a dict (see render_yaml); `scaling`, `batch`, `lr`, `curve` are the studies' fit.json contents or
+    None."""
     from windtunnel.counts import counted_flops_per_token, flops_per_token, gpu_hours, n_params
     from windtunnel.fit import PerToken, ScalingLawFit
     from windtunnel.predict import LadderFit
@@ -147,6 +149,7 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         if ladder_lrs and all(abs(math.log(max_lr / x)) > math.log(1.25) for x in ladder_lrs):
             notes.append(f"the LR study's optimum {max_lr:.3g} differs from the LR the scaling ladder trained at "
                          f"({', '.join(f'{x:.3g}' for x in ladder_lrs)}); the predicted loss assumes the ladder's")
+    predicted_curve, decay = _curve(curve, model, train, limits, notes)
     cost = None
     if "tokens" in train:
         trained = flops_per_token(model, seq_len=seq_len) * train["tokens"]  # what the GPUs compute
@@ -166,6 +169,8 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
         "schedule_rule": schedule,   # how `launch --set tokens=T` makes the schedule of a plan without tokens
         "tokens_basis": basis,
         "predicted_loss": loss,
+        "predicted_curve": predicted_curve,
+        "decay_choice": decay,
         "hyperparameters": {"batch": batch_hp, "lr": lr_hp},
         "cost": cost,
         "paper": None if model.paper_run is None else {"tokens": model.paper_run.tokens,
@@ -174,13 +179,87 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
     }
 
 
-def wsd_schedule(tokens: int, batch_tokens: int, *, warmup_fraction: float, decay_fraction: float) -> dict:
-    """The plan's WSD schedule for `tokens`: warm-up a fraction of the run, an exponential decay `decay_fraction` of
-    the stable stage (as the ladder's branches), at a whole step."""
+def wsd_schedule(tokens: int, batch_tokens: int, *, warmup_fraction: float, decay_fraction: float,
+                 shape: str = "exp") -> dict:
+    """The plan's WSD schedule for `tokens`: warm-up a fraction of the run, a decay (exponential: as the ladder's
+    branches) over `decay_fraction` of the stable stage, at a whole step."""
     steps = max(1, round(tokens / batch_tokens))
     stable = round(steps / (1 + decay_fraction))
     return {"kind": "wsd", "warmup_tokens": int(warmup_fraction * tokens),
-            "decay_start_tokens": int(stable * batch_tokens), "decay_shape": "exp"}
+            "decay_start_tokens": int(stable * batch_tokens), "decay_shape": shape}
+
+
+CURVE_POINTS = 100  # evaluation points of the predicted curve (and its last step)
+DECAYS = (0.025, 0.05, 0.1, 0.2)  # decay fractions of the stable stage the plan weighs: the wsd sweep's
+
+
+def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits,
+           notes: list) -> tuple[dict | None, dict | None]:
+    """4) the loss at CURVE_POINTS evaluations of the planned schedule (those the law covers) with its 95% band
+    (the curve law of results/loss_curve/fit.json: what `windtunnel monitor` compares a run with), and the WSD decay —
+    fraction and shape — whose predicted final loss is least, against the plan's own. A plan without them is still
+    complete."""
+    if curve is None:  # no loss-curve fit (windtunnel fit loss_curve): predicted_curve is null, said by nothing else
+        return None, None
+    if not all(k in train for k in ("tokens", "batch_tokens", "lr")):
+        notes.append("predicted curve: needs the plan's tokens, batch and LR")
+        return None, None
+    import numpy as np
+
+    from windtunnel.counts import n_params
+    from windtunnel.curve import Curve, CurveFit
+    from windtunnel.schedules import DECAY_SHAPES
+
+    law, n = CurveFit.from_dict(curve["law"]), n_params(model, embedding=True)
+
+    def planned(schedule: dict, points: int) -> Curve:
+        lr, batch = planned_steps({**train, "schedule": schedule})
+        steps = np.unique(np.r_[np.linspace(0, lr.size, points + 1)[1:].round().astype(int), lr.size])
+        return Curve(n=n, lr=lr, batch=batch, steps=steps[steps > 0])
+
+    run = planned(train["schedule"], CURVE_POINTS)
+    loss, low, high = law.predict(run)
+    # the law describes the run after its LR warm-up and from its fitted runs' first evaluation on (before that it is
+    # not fitted: micro-1.3m's loss at 256K tokens was predicted 56% too high from a ladder first evaluated at 614K)
+    after = (run.tokens > run.warmup_tokens) & (run.tokens >= law.tokens_range[0])
+    out = {"tokens": run.tokens[after].tolist(), "lr": run.lr[run.steps - 1][after].tolist(),
+           "loss": loss[after].tolist(), "low": low[after].tolist(), "high": high[after].tolist(), "law": law.form,
+           "n_over_ladder": n / law.n_range[1],
+           "band": "95%: the law's bootstrap over stable runs + a new run's offset + one evaluation's scatter + ~1% per "
+                   "e-fold beyond the ladder's N or tokens; not a wrong form for a schedule unlike the fitted ones"}
+    finals = {(f, shape): float(law.predict(planned(wsd_schedule(train["tokens"], train["batch_tokens"], shape=shape,
+                                                                 decay_fraction=f,
+                                                                 warmup_fraction=limits.warmup_fraction), 1))[0][-1])
+              for f in DECAYS for shape in DECAY_SHAPES}
+    best, own = min(finals, key=finals.get), float(loss[-1])  # the plan's own decay
+    decay = {"fraction": best[0], "shape": best[1], "final": finals[best], "plan": own, "gain": 1 - finals[best] / own,
+             "by_decay": {f"{f:g} {shape}": v for (f, shape), v in finals.items()},
+             "note": f"predicted final loss of each decay over a fraction of the stable stage; the plan's schedule "
+                     f"keeps {limits.decay_fraction:g} exp, the decay the scaling law's predicted loss is for"}
+    return out, decay
+
+
+def planned_steps(train: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The LR and the batch (tokens) of every optimizer step of a plan's `train:` section, as windtunnel.train steps
+    them: without a batch warm-up the schedule is in steps of batch_tokens; with one, each step takes the batch of
+    its stage and the LR at the tokens seen before it."""
+    import numpy as np
+
+    from windtunnel.schedules import ScheduleSpec, batch_stage, batch_steps, make_schedule
+
+    spec, tokens, batch = ScheduleSpec(**train["schedule"]), train["tokens"], train["batch_tokens"]
+    stages = tuple(map(tuple, train.get("batch_warmup", ())))
+    if not stages:
+        steps = batch_steps(tokens, batch, ())
+        lr_at = make_schedule(spec, lr=train["lr"], total_steps=steps, batch_tokens=batch)
+        return np.array([lr_at(s) for s in range(steps)]), np.full(steps, float(batch))
+    lr_at_tokens = make_schedule(spec, lr=train["lr"], total_steps=tokens, batch_tokens=1)
+    lrs, batches, seen = [], [], 0
+    while seen < tokens:
+        lrs.append(lr_at_tokens(min(seen, tokens - 1)))
+        batches.append(batch_stage(seen, batch, stages))
+        seen += batches[-1]
+    return np.array(lrs), np.array(batches, float)
 
 
 def _in_family(model: ModelSpec, fit: dict | None, name: str, gaps: list, tokenizer: str | None) -> bool:
@@ -438,7 +517,10 @@ class PlanFile:
     predicted_loss: dict | None = None
     """the scaling law's prediction: value, interval95 and how they were made; None: nothing to compare with"""
     predicted_curve: dict | None = None
-    """the predicted loss at every evaluation of the planned schedule (tokens, loss, low, high)"""
+    """the predicted loss at every evaluation of the planned schedule (tokens, lr, loss, low, high): what
+    `windtunnel monitor` compares a run with"""
+    decay_choice: dict | None = None
+    """the WSD decay (fraction and shape) of least predicted final loss at the budget, and its gain over 10% exp"""
     status: Literal["complete", "incomplete"] = "incomplete"
     """complete when every value of WHAT_KEYS and the prediction were planned"""
     gaps: list[str] = dataclasses.field(default_factory=list)

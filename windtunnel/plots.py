@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["batch_size_curves", "batch_size_law", "lr_transfer", "wsd_curves", "decay_fractions", "envelope",
-           "iso_loss", "loss_vs_tokens", "backtests", "copy_gap", "validation", "decay_dynamics", "coord_check"]
+           "iso_loss", "loss_vs_tokens", "backtests", "copy_gap", "validation", "decay_dynamics", "coord_check",
+           "curve_bands"]
 
 
 def _figure(ncols: int = 1, *, width: float = 5.2, height: float = 4.0):
@@ -382,4 +383,27 @@ def coord_check(check: dict, path: Path) -> Path:
         ax.set_xticks([], minor=True)
         ax.legend(title="layer (log-log slope)", fontsize=6, title_fontsize=7, framealpha=0.7)
     fig.suptitle("coordinate check: " + ("passed" if check["passed"] else "FAILED: " + check["reason"]), fontsize=9)
+    return _save(fig, path)
+
+
+def curve_bands(panels: list[dict], path: Path, *, most: int = 16) -> Path:
+    """Held-out loss curves against the curve law's prediction: per curve (at most `most`), its evaluations after
+    warm-up (dots) and the predicted loss with its 95% band. Each panel: title, tokens, actual, loss, low, high."""
+    shown, cols = panels[:most], 4
+    rows = -(-len(shown) // cols)
+    fig, _ = _figure(cols, width=4.2, height=3.2 * rows)
+    fig.clear()
+    for i, p in enumerate(shown):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.fill_between(p["tokens"], p["low"], p["high"], color="tab:blue", alpha=0.25, lw=0, label="predicted, 95% band")
+        ax.plot(p["tokens"], p["loss"], "-", color="tab:blue", lw=1)
+        ax.plot(p["tokens"], p["actual"], "k.", ms=3, label="actual")
+        both = np.r_[p["actual"], p["loss"]]
+        ax.set_ylim(both.min() * 0.98, np.percentile(both, 75) * 1.02)  # the annealed end, not the steep start
+        ax.set_title(p["title"], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_formatter(_token_labels())
+    fig.axes[0].legend(fontsize=7)
+    fig.supxlabel("tokens")
+    fig.supylabel("held-out loss (bits/byte)")
     return _save(fig, path)

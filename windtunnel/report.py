@@ -77,7 +77,25 @@ def _summary(study: str, data: dict) -> str:
         return _table([(k, data[k], data.get("intervals", {}).get(k)) for k in ("k", "gamma")]) + left_out
     if study == "lr":
         return _lr(data)
+    if study == "loss_curve":
+        return _loss_curve(data)
     return ""
+
+
+def _loss_curve(data: dict) -> str:
+    """Each held-out curve's errors: the median |predicted / actual − 1| after warm-up and the final one's."""
+    if not data.get("held_out"):
+        return "<p class='gap'>no held-out curve yet (the wsd sweep and `make validate` have not run)</p>"
+    goals, rows = data["goals"], []
+    for r in data["held_out"]:
+        met = r["median_abs_error"] <= goals["median_abs_error"] and abs(r["final_error"]) <= goals["final_error"]
+        rows.append(f"<tr><td>{html.escape(r['model'])}</td><td style='text-align:left'>{html.escape(r['schedule'])}"
+                    f"</td><td>{r['median_abs_error']:.2%}</td><td>{r['final_error']:+.2%}</td>"
+                    f"<td>{r['inside_band']:.0%}</td><td class='{'' if met else 'gap'}'>{'met' if met else 'missed'}</td></tr>")
+    return (f"<p>The {data['law']['form']} law, fitted on constant-LR and WSD-10% curves only, predicting whole curves it "
+            f"never saw (goals: median |error| ≤ {goals['median_abs_error']:.0%}, final ≤ {goals['final_error']:.1%}).</p>"
+            "<table><tr><th>model</th><th>schedule</th><th>median |error|</th><th>final error</th><th>inside the band"
+            "</th><th>goals</th></tr>" + "".join(rows) + "</table>")
 
 
 def _lr(data: dict) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from windtunnel.errors import WindtunnelError, did_you_mean
-from windtunnel.studies import decay, laws
+from windtunnel.studies import curves, decay, laws
 from windtunnel.studies.laws import (FORM_NAMES, N_KINDS, N_NAMES, describe_scaling_law, fit_batch_size_study,
                                      fit_envelope_study, fit_lr_study, fit_scaling_law_study, per_set_laws,
                                      with_compute)
@@ -67,6 +67,9 @@ STUDIES: dict[str, Study] = {s.name: s for s in (  # the order of `windtunnel fi
           fit=decay.decay_dynamics, describe=decay.describe_decay_dynamics, figures=("decay_dynamics.png",)),
     Study(name="decay_data", title="Decays on other data — §6", sweep="decay_data", points=branches,
           fit=decay.decay_data, describe=decay.describe_decay_data),
+    Study(name="loss_curve", title="Loss curve L(N, schedule, step) on held-out schedules", sweep="scaling_law",
+          points=curves.curve_points, fit=curves.loss_curve, describe=curves.describe_loss_curve, plan="curve",
+          figures=("held_out.png",)),
 )}
 
 

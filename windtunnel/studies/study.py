@@ -66,4 +66,4 @@ class Study:
     figures: tuple[str, ...] = ()
     """the files its fit draws beside fit.json (the paper's figure numbers), in the order they are drawn"""
     plan: str | None = None
-    """the keyword of plan.make_plan its fit.json feeds (scaling, batch, lr); None: the plan does not read it"""
+    """the keyword of plan.make_plan its fit.json feeds (scaling, batch, lr, curve); None: the plan does not read it"""
