@@ -18,7 +18,7 @@ def plan(tmp_path):
     path = tmp_path / "plan.yaml"
     curve = {"tokens": TOKENS.tolist(), "loss": PLANNED.tolist(), "low": (PLANNED * (1 - HALF)).tolist(),
              "high": (PLANNED * (1 + HALF)).tolist(), "lr": [0.01] * TOKENS.size}
-    path.write_text(yaml.safe_dump({"target": "micro-1.3m", "predicted_curve": curve}))
+    path.write_text(yaml.safe_dump({"target": "micro-1.3m", "train": {}, "predicted_curve": curve}))
     return path
 
 
@@ -81,7 +81,7 @@ def test_a_bad_csv_is_one_line_naming_file_and_column(plan, tmp_path, capsys, te
 
 def test_a_plan_without_a_curve_says_how_to_get_one(tmp_path, capsys):
     path = tmp_path / "old.yaml"
-    path.write_text("target: micro-1.3m\n")
+    path.write_text("target: micro-1.3m\ntrain: {}\n")
     code, _, err = monitor_cli(capsys, path, "--csv", write_csv(tmp_path / "c.csv", TOKENS, PLANNED))
     assert code == 2 and "predicted_curve is missing" in err and "windtunnel plan" in err
 

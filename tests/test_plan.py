@@ -299,7 +299,7 @@ def test_the_plan_writes_its_predicted_curve_and_weighs_the_decay(tmp_path):
     assert decay["final"] == min(decay["by_decay"].values()) and decay["gain"] == 1 - decay["final"] / decay["plan"]
     assert decay["by_decay"]["0.025 exp"] > decay["by_decay"]["0.1 exp"]  # a 2.5% decay anneals less (§4.3)
     path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump({"predicted_curve": curve}))
+    path.write_text(yaml.safe_dump({"target": "wide", "train": train, "predicted_curve": curve}))
     assert monitor.plan_curve(path)["tokens"].iloc[-1] == tokens
     warm = {**train, "batch_warmup": [[0, 2048], [tokens // 2, batch]]}   # as the trainer steps a batch warm-up
     lr, batches = planned_steps(warm)

@@ -41,13 +41,9 @@ class Verdict:
 
 def plan_curve(path) -> pd.DataFrame:
     """The plan's predicted curve as columns tokens, loss, low, high (and lr when it has one)."""
-    import yaml
+    from windtunnel.launch import load_plan
 
-    try:
-        plan = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise WindtunnelError(f"{path}: cannot read the plan ({str(err).splitlines()[0]})") from None
-    curve = plan.get("predicted_curve") if isinstance(plan, dict) else None
+    curve = load_plan(path).get("predicted_curve")
     if not isinstance(curve, dict) or any(k not in curve for k in CURVE_KEYS):
         raise WindtunnelError(f"{path}: predicted_curve is missing or lacks one of {', '.join(CURVE_KEYS)}; plan the "
                               "target again (`windtunnel plan TARGET`) once results/loss_curve/fit.json exists")
