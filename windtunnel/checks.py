@@ -21,9 +21,9 @@ from pydantic import BeforeValidator, ConfigDict, StrictBool, TypeAdapter, Valid
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
-from windtunnel.errors import SpecError, did_you_mean
+from windtunnel.errors import SpecError, WindtunnelError, did_you_mean
 
-__all__ = ["spec", "number", "refuse", "build", "read", "option", "problem", "json_schema", "Flag", "POSITIVE",
+__all__ = ["spec", "number", "refuse", "build", "read", "option", "problem", "json_schema", "read_csv", "csv_cells", "Flag", "POSITIVE",
            "POSITIVE_INT", "NON_NEGATIVE", "NON_NEGATIVE_INT", "FRACTION", "PORT"]
 
 Flag = StrictBool  # true or false, never 1 or "yes"
@@ -147,11 +147,11 @@ def problem(kind, value) -> str | None:
 def option(kind):
     """An argparse `type=` that reads a `kind` (a number(...) type) and refuses anything else in one line."""
     def parse(text: str):
-        allowed = problem(kind, text)
-        if allowed:
+        try:
+            return _adapter(kind).validate_python(text)
+        except ValidationError as err:
             shown = text if _read_number(text) is not None else repr(text)
-            raise argparse.ArgumentTypeError(f"{shown} is not allowed; {allowed}")
-        return _adapter(kind).validate_python(text)
+            raise argparse.ArgumentTypeError(f"{shown} is not allowed; {_allowed(err.errors()[0])}") from None
 
     parse.__name__ = "number"  # argparse names the type in some messages
     return parse
@@ -160,6 +160,37 @@ def option(kind):
 def json_schema(kind) -> dict:
     """The JSON Schema of a spec class or type, as editors read it."""
     return _adapter(kind).json_schema()
+
+
+# ---------------------------------------------------------------- CSV files (fit --csv, monitor --csv)
+
+
+def read_csv(path):
+    """A CSV file as a table indexed by each row's line in the file (the header is line 1), blank lines dropped; a
+    file pandas cannot read is one line naming it."""
+    import pandas as pd
+
+    try:
+        raw = pd.read_csv(path, skip_blank_lines=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise WindtunnelError(f"{path}: cannot read as CSV ({str(err).splitlines()[0]})") from None
+    raw.index += 2  # blank lines are kept for the numbering, then dropped
+    return raw.dropna(how="all")
+
+
+def csv_cells(column, ok, *, path, name: str, allowed: str):
+    """`column` (of read_csv) as floats when `ok(values)` holds in every row (`values`: the cells read as numbers, NaN
+    where one is not); else one line naming the file, the first bad cell's line and column, and what is allowed."""
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce")
+    good = ok(values)
+    if not good.all():
+        line, cell = good.idxmin(), column[good.idxmin()]
+        shown = repr(cell) if isinstance(cell, str) else "an empty cell (or NaN)" if cell != cell else f"{cell:g}"
+        raise WindtunnelError(f"{path}: line {line} (the header is line 1), column {name!r}: {shown} is not allowed; "
+                              f"{allowed}")
+    return values.astype(float)
 
 
 # ---------------------------------------------------------------- one line per error

@@ -365,17 +365,11 @@ def _without_samples(result: dict) -> dict:
 def _csv_frame(args, kind: str):
     """The CSV's columns renamed to what the fit takes, each number checked (a bad cell is one line naming the file,
     column and line); C (compute) gives D = C / 6N for the scaling law."""
-    import pandas as pd
-
+    from windtunnel.checks import read_csv
     from windtunnel.fit import FitError
     from windtunnel.studies import LAWS
 
-    try:
-        raw = pd.read_csv(args.csv, skip_blank_lines=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise WindtunnelError(f"{args.csv}: cannot read as CSV ({str(err).splitlines()[0]})") from None
-    raw.index += 2  # the file's line numbers: the header is line 1 (blank lines are kept, then dropped)
-    raw = raw.dropna(how="all")
+    raw = read_csv(args.csv)
     names = {col: getattr(args, f"{flag}_col") for col, (flag, _) in CSV_COLUMNS.items()}
     need = list(LAWS[kind].columns)
     if kind == "scaling-law" and args.c_col and not args.d_col:
@@ -404,20 +398,13 @@ def _csv_numbers(column, args, kind: str, col: str, source: str):
     """`column` as floats, all finite and > 0 (an LR sweep's loss may be inf: a diverged run); else one line
     naming the file, the column and the first bad cell's line."""
     import numpy as np
-    import pandas as pd
 
-    from windtunnel.fit import FitError
+    from windtunnel.checks import csv_cells
 
-    values = pd.to_numeric(column, errors="coerce")
     diverged = kind == "lr" and col == "loss"
-    ok = (values > 0) & (np.isfinite(values) | diverged)
-    if not ok.all():
-        line, cell = ok.idxmin(), column[ok.idxmin()]
-        shown = repr(cell) if isinstance(cell, str) else "an empty cell (or NaN)" if cell != cell else f"{cell:g}"
-        allowed = "a number > 0, or inf for a diverged run" if diverged else "a finite number > 0"
-        raise FitError(f"{args.csv}: line {line} (the header is line 1), column {source!r}: {shown} is not allowed; "
-                       f"{allowed} ({CSV_COLUMNS[col][1]})")
-    return values.astype(float)
+    allowed = "a number > 0, or inf for a diverged run" if diverged else "a finite number > 0"
+    return csv_cells(column, lambda v: (v > 0) & (np.isfinite(v) | diverged), path=args.csv, name=source,
+                     allowed=f"{allowed} ({CSV_COLUMNS[col][1]})")
 
 
 def cmd_plan(args) -> None:

@@ -56,19 +56,21 @@ def plan_curve(path) -> pd.DataFrame:
 def read_csv(path) -> pd.DataFrame:
     """A run's curve from a CSV with the columns tokens, lr, loss: every cell a finite number (tokens and loss > 0,
     lr ≥ 0), tokens rising; else one line naming the file, the line and the column."""
-    try:
-        raw = pd.read_csv(path, skip_blank_lines=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise WindtunnelError(f"{path}: cannot read as CSV ({str(err).splitlines()[0]})") from None
+    from windtunnel.checks import csv_cells, read_csv
+
+    raw = read_csv(path)
     missing = [c for c in CSV_COLUMNS if c not in raw]
     if missing:
         raise WindtunnelError(f"{path}: missing column {missing[0]!r}; the columns must be {', '.join(CSV_COLUMNS)} "
                               f"(found: {', '.join(map(str, raw.columns))})")
-    raw.index += 2  # the file's line numbers: the header is line 1
-    raw = raw.dropna(how="all")
     if raw.empty:
         raise WindtunnelError(f"{path}: no rows under the header")
-    out = pd.DataFrame({c: _numbers(raw[c], path, c) for c in CSV_COLUMNS})
+    def cells(name: str) -> pd.Series:
+        positive = name != "lr"  # an LR may be 0 (the end of a decay)
+        return csv_cells(raw[name], lambda v: np.isfinite(v) & ((v > 0) if positive else (v >= 0)), path=path,
+                         name=name, allowed="a finite number > 0" if positive else "a finite number >= 0")
+
+    out = pd.DataFrame({c: cells(c) for c in CSV_COLUMNS})
     falls = np.flatnonzero(np.diff(out["tokens"].to_numpy()) <= 0)
     if falls.size:
         line = out.index[falls[0] + 1]
@@ -76,18 +78,6 @@ def read_csv(path) -> pd.DataFrame:
                               f"{out['tokens'][line]:g} is not allowed; tokens must rise from line to line "
                               f"(the line before has {out['tokens'].iloc[falls[0]]:g})")
     return out.reset_index(drop=True)
-
-
-def _numbers(column: pd.Series, path, name: str) -> pd.Series:
-    values = pd.to_numeric(column, errors="coerce")
-    ok = np.isfinite(values) & ((values >= 0) if name == "lr" else (values > 0))
-    if not ok.all():
-        line, cell = ok.idxmin(), column[ok.idxmin()]
-        shown = repr(cell) if isinstance(cell, str) else "an empty cell (or NaN)" if cell != cell else f"{cell:g}"
-        allowed = "a finite number >= 0" if name == "lr" else "a finite number > 0"
-        raise WindtunnelError(f"{path}: line {line} (the header is line 1), column {name!r}: {shown} is not allowed; "
-                              f"{allowed}")
-    return values.astype(float)
 
 
 def run_curve(run_id: str) -> pd.DataFrame:

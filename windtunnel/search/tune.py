@@ -40,8 +40,9 @@ def run_search(spec: SearchSpec, *, file=None, scale: str | None = None, trials:
     scale = scale or spec.scale
     file = file or spec.file
     trials = spec.trials if trials is None else trials  # --trials 0 is refused, not the file's count
-    if problem(POSITIVE_INT, trials):
-        raise SpecError(file, "--trials", trials, problem(POSITIVE_INT, trials))
+    allowed = problem(POSITIVE_INT, trials)
+    if allowed:
+        raise SpecError(file, "--trials", trials, allowed)
     folder = results_dir() / "search" / f"{spec.name}-{scale}"
     _claim(folder, spec)
     prepare(spec.template.data, vocab_size=spec.template.model.vocab_size, progress=progress)  # once, not per trial
