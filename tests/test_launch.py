@@ -19,7 +19,7 @@ from windtunnel.config import apply_overrides
 from windtunnel.errors import WindtunnelError
 from windtunnel.launch import layout, plan_spec
 from windtunnel.schedules import make_schedule
-from windtunnel.train import read_status, total_steps, train
+from windtunnel.train import checkpoint_path, read_status, total_steps, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,6 +157,7 @@ PLAN = {
               "lr": 0.02, "model": {"parametrization": "mup", "d_base": 32},
               "schedule": {"kind": "wsd", "warmup_tokens": 1024, "decay_start_tokens": 10240, "decay_shape": "exp"}},
     "predicted_loss": {"value": 3.0, "interval95": [2.5, 3.5]},
+    "predicted_curve": {"tokens": [2048, 12288], "loss": [4.0, 3.0], "low": [2.0, 1.5], "high": [8.0, 6.0]},
     "sources": {},
 }
 HOW = ["--set", "eval_every=4", "--set", "checkpoint_every=3", "--set", "data.eval_tokens=2048"]
@@ -259,6 +260,34 @@ def test_launch_from_a_plan_on_two_ray_workers_follows_its_schedule_and_logs_the
     tokens = [0, 1024, 2048, 3072, 4096, 6144, 8192, 10240]
     assert list(lrs["value"]) == pytest.approx([lr_at(t) for t in tokens])
     assert not tracking.metric_history(row["run_id"], "final/actual_minus_predicted").empty
+    assert row["tags.monitor"] == "inside"   # the live check: the curve and its band at every evaluation
+    for key in ("predicted/bpb", "predicted/low", "predicted/high", "monitor/z"):
+        assert list(tracking.metric_history(row["run_id"], key)["step"]) == [4, 8]
+
+
+def test_a_launch_off_its_prediction_stops_at_a_checkpoint_and_resumes(launch_env):
+    """Two workers: rank 0's alarm stops both at the same step (--stop-off-prediction); the same command without the
+    flag resumes, with the monitor's state."""
+    plan, env = launch_env
+    low = {**PLAN, "predicted_curve": {"tokens": [2048, 12288], "loss": [1.0, 0.9], "low": [0.99, 0.89],
+                                       "high": [1.01, 0.91]}}   # far below any loss a run of 12K tokens reaches
+    plan.write_text(yaml.safe_dump(low))
+    how = [*HOW, "--set", "eval_every=2", "--k", "2"]
+    stopped = _cli("launch", str(plan), "--workers", "2", "--stop-off-prediction", *how, env=env)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "monitor: micro-24k is OFF PREDICTION at step 4 " in stopped.stderr   # the console line, live
+    assert "stopped off prediction at a checkpoint of step 4" in stopped.stdout
+    folder = Path(stopped.stdout.split("run ")[-1].strip())
+    assert read_status(folder)["status"] == "stopped" and checkpoint_path(folder, 4).exists()
+    os.environ["WINDTUNNEL_RESULTS"] = env["WINDTUNNEL_RESULTS"]
+    run_id = (folder / tracking.RUN_ID_FILE).read_text()
+    tags = tracking.runs_dataframe(experiment="launch").set_index("run_id").loc[run_id]
+    assert (tags["tags.monitor"], tags["tags.monitor.step"], tags["tags.status"]) == ("off-prediction", "4", "stopped")
+    done = _cli("launch", str(plan), "--workers", "2", *how, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_status(folder)["status"] == "finished" and "OFF PREDICTION at step 4 " in done.stdout
+    state = json.loads((folder / "monitor.json").read_text())
+    assert [e["step"] for e in state["evals"]] == [2, 4, 6, 8] and [a["step"] for a in state["alarms"]] == [4]
 
 
 def _workers() -> list[int]:
@@ -311,7 +340,7 @@ def test_the_comparison_names_a_plan_given_relative_to_the_working_directory(tmp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mlflow_run_id").write_text("abc")
     result = {"eval": {"code": {"bpb": 2.0}, "docs": {"bpb": 4.0}}, "tokens": 100, "tokens_per_s": 1.0, "wall_s": 1.0}
-    out = {"result": result, "workers": 2, "strategy": "ddp", "micro_batch_tokens": 512}
+    out = {"result": result, "workers": 2, "strategy": "ddp", "micro_batch_tokens": 512, "alarms": []}
     c = _comparison(PLAN, Path("plans/micro-24k.yaml"), out, {"lr"}, tmp_path)
     assert c["plan"] == "plans/micro-24k.yaml" and c["actual"] == 3.0 and c["rel_error"] == pytest.approx(0.0)
     assert c["inside"] and c["given"] == ["lr"] and c["mlflow_run"] == "abc"

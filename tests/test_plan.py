@@ -307,6 +307,40 @@ def test_the_plan_writes_its_predicted_curve_and_weighs_the_decay(tmp_path):
     assert planned_steps(train)[0].tolist() == [make_schedule(ScheduleSpec(**train["schedule"]), lr=0.02,
                                                               total_steps=1000, batch_tokens=batch)(s) for s in range(1000)]
     assert _curve(None, target(), train, PlanLimits(), notes) == (None, None) and notes == []
+    assert not decay["adopted"] and decay["refits"] == 0 and decay["schedule"] == train["schedule"]  # no refits
     del train["lr"]
     assert _curve({"law": law.to_dict()}, target(), train, PlanLimits(), notes) == (None, None)
     assert notes == ["predicted curve: needs the plan's tokens, batch and LR"]
+
+
+def test_the_plan_adopts_the_decay_the_curve_laws_refits_agree_on(tmp_path):
+    """The curve law's best decay becomes the plan's schedule, with its predicted loss scaled by the law's ratio,
+    when 95% of its bootstrap refits put it below the plan's own; refits that disagree keep the ladder's decay."""
+    from windtunnel.curve import FORMS, CurveFit
+
+    theta = [np.log(1.6), -0.08, np.log(0.35), -0.15, np.log(0.5), np.log(1.5), 0.1, np.log(0.03), 0.0, 0.0]
+    rng = np.random.default_rng(0)
+    agreeing = [list(np.array(theta) + rng.normal(0, 0.002, len(theta))) for _ in range(40)]
+    weak_anneal = [list(np.r_[theta[:5], np.log(0.01), theta[6:]]) for _ in range(10)]  # C small: decays hardly differ
+
+    def law(boot):
+        return CurveFit(form="lra", theta=dict(zip(FORMS["lra"].names, theta)),
+                        scale={"lr": 0.02, "tokens": 4e6, "n": 1e5}, sd_run=0.003, sd_point=0.002, sd_decay=0.0,
+                        groups=8, n_range=(2e4, 4e5), tokens_range=(4e5, 8e6), boot=boot).to_dict()
+
+    batch = batch_fit(0.1)
+    sure = make_plan(target(), scaling=scaling_fit(), lr=LR_FIT, tokens=4e6, curve={"law": law(agreeing)}, batch=batch)
+    decay, train = sure["decay_choice"], sure["train"]
+    assert decay["adopted"] and decay["refits_agreeing"] >= 0.95 and decay["gain"] > 0
+    assert train["schedule"] == decay["schedule"] and (decay["fraction"], decay["shape"]) != (0.1, "exp")
+    assert train["schedule"]["decay_shape"] == decay["shape"]
+    kept = make_plan(target(), scaling=scaling_fit(), batch=batch, lr=LR_FIT, tokens=4e6, curve=None)
+    ratio = decay["final"] / decay["plan"]
+    assert sure["predicted_loss"]["value"] == pytest.approx(kept["predicted_loss"]["value"] * ratio)
+    assert sure["predicted_loss"]["interval95"] == pytest.approx([x * ratio for x in kept["predicted_loss"]["interval95"]])
+    assert sure["predicted_curve"]["loss"][-1] == pytest.approx(decay["final"])   # the curve of the adopted decay
+    unsure = make_plan(target(), scaling=scaling_fit(), batch=batch, lr=LR_FIT, tokens=4e6,
+                       curve={"law": law(agreeing[:30] + weak_anneal)})
+    assert not unsure["decay_choice"]["adopted"] and unsure["decay_choice"]["refits_agreeing"] < 0.95
+    assert unsure["train"]["schedule"] == kept["train"]["schedule"] and "not adopted" in unsure["decay_choice"]["note"]
+    assert unsure["predicted_loss"] == kept["predicted_loss"]

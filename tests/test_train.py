@@ -48,7 +48,8 @@ def test_grad_stats_clip_cosine_and_max_update(compiled):
         b[2] -= 2.0
     largest = stats.after_step().tolist()
     assert largest == [0.5, 2.0]
-    assert stats.named(largest) == {"update/max_abs": 2.0, "update/max_abs/a": 0.5}  # matrices by name
+    assert stats.named(largest, each=True) == {"update/max_abs": 2.0, "update/max_abs/a": 0.5}  # matrices by name
+    assert stats.named(largest, each=False) == {"update/max_abs": 2.0}  # between evaluations: the largest only
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -89,9 +90,11 @@ def test_run_end_to_end(tmp_path):
     assert {"train/loss", "lr", "grad/norm", "update/max_abs", "tokens", "perf/tokens_per_s"} <= set(first)
     assert "grad/cos_prev" in rec.points[1][1] and -1 <= rec.points[1][1]["grad/cos_prev"] <= 1
     assert {"grad/D1", "grad/D2", "grad/curvature"} <= set(rec.points[1][1]) - set(first)  # from the 2nd step
-    per_matrix = {k for k in first if k.startswith("update/max_abs/")}
+    evaluated = rec.points[9][1]  # step 10: per-matrix update sizes at evaluations only
+    per_matrix = {k for k in evaluated if k.startswith("update/max_abs/")}
     assert "update/max_abs/embed" in per_matrix and "update/max_abs/blocks.0.mlp.w2" in per_matrix
-    assert max(first[k] for k in per_matrix) == pytest.approx(first["update/max_abs"])
+    assert max(evaluated[k] for k in per_matrix) == pytest.approx(evaluated["update/max_abs"])
+    assert [s for s, m in rec.points if "update/max_abs/embed" in m] == [10, 20]
     assert set(rec.series("eval/code/bpb")) == {10, 20}
     for name, scores in result.eval.items():  # the copy gap, from the same pass: loss split by repeated pairs
         assert scores["copy_gap"] == pytest.approx(scores["loss_other"] - scores["loss_repeated"])

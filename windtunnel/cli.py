@@ -15,7 +15,8 @@
     windtunnel plan TARGET [--tokens T | --compute FLOPS]
     windtunnel validate TARGET [--tokens T | --compute FLOPS]
     windtunnel launch PLAN.yaml [--workers N] [--gpus-per-worker 0|1] [--set key=value ...] [--no-prediction]
-                      [--dry-run [--json]]   (a dry run prints the layout and the resolved spec, with its run id)
+                      [--k 3] [--stop-off-prediction] [--dry-run [--json]]
+                      (a dry run prints the layout and the resolved spec, with its run id)
     windtunnel monitor PLAN.yaml (--run MLFLOW_RUN_ID | --csv CURVE.csv) [--k 3] [--json]
     windtunnel report
     windtunnel check-mup [--model-base NAME] [--widths W ...] [--json]
@@ -438,15 +439,17 @@ def _print_plan(plan: dict, path) -> None:
         _print_interval(plan["hyperparameters"]["lr"], "{:.3g}")
     if "schedule" in train:
         sched = train["schedule"]
-        print(f"  schedule      WSD, warmup {sched['warmup_tokens']:.3g} tokens, exp decay from {sched['decay_start_tokens']:.4g} "
-              f"tokens to the end (as the ladder's branches)")
+        print(f"  schedule      WSD, warmup {sched['warmup_tokens']:.3g} tokens, {sched.get('decay_shape', 'exp')} decay from "
+              f"{sched['decay_start_tokens']:.4g} tokens to the end")
     curve, decay = plan.get("predicted_curve"), plan.get("decay_choice")
     if curve:
         print(f"  loss curve    {len(curve['tokens'])} points, {curve['law']} law: final {curve['loss'][-1]:.4f}, 95% band "
               f"[{curve['low'][-1]:.4f}, {curve['high'][-1]:.4f}] (windtunnel monitor compares a run with it)")
     if decay:
         print(f"  best decay    {decay['fraction']:g} of the stable stage, {decay['shape']}: predicted final "
-              f"{decay['final']:.4f}, {decay['gain']:.2%} below the plan's own decay ({decay['plan']:.4f})")
+              f"{decay['final']:.4f}, {decay['gain']:.2%} below the ladder's decay ({decay['plan']:.4f}); "
+              + ("adopted" if decay["adopted"] else "not adopted")
+              + f" ({decay['refits_agreeing']:.0%} of {decay['refits']} refits of the curve law agree)")
     if cost:
         steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
         print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}); {cost['trained_flops']:.4g} "
@@ -481,6 +484,7 @@ def _print_interval(hp: dict | None, fmt: str) -> None:
 
 
 def cmd_validate(args) -> None:
+    from windtunnel.monitor import alarm_text
     from windtunnel.validate import validate
 
     out = validate(args.target, tokens=args.tokens, compute=args.compute, given=args.set, workers=args.workers)
@@ -488,6 +492,8 @@ def cmd_validate(args) -> None:
     print(f"{out['target']} (N = {out['n_params']:,}, {out['n_extrapolation']:.2g}× the ladder's largest) on "
           f"{out['tokens']:,} tokens: predicted {out['predicted']:.4f} bits/byte, 95% [{out['low']:.4f}, {out['high']:.4f}]; "
           f"actual {out['actual']:.4f} ({out['rel_error']:+.2%}, {verdict} the interval)")
+    for alarm in out["alarms"]:
+        print(f"  the live check: {alarm_text(alarm)}")
     print(f"written: {out['written']}  (MLflow experiment 'validate', run {out['mlflow_run']})")
 
 
@@ -517,6 +523,7 @@ def cmd_monitor(args) -> int:
 
 def cmd_launch(args) -> None:
     from windtunnel.launch import launch
+    from windtunnel.monitor import alarm_text
 
     options = dict(workers=args.workers, gpus_per_worker=args.gpus_per_worker, given=args.set,
                    device_memory=args.device_memory * 1e9 if args.device_memory else None,
@@ -543,7 +550,14 @@ def cmd_launch(args) -> None:
     if args.dry_run:
         print(resolved_yaml(resolved, name=out["target"]), end="")
         return
-    out = launch(args.plan, max_failures=args.max_failures, **options)
+    out = launch(args.plan, max_failures=args.max_failures, k=args.k, stop_off_prediction=args.stop_off_prediction,
+                 **options)
+    for alarm in out["alarms"]:
+        print(f"  {alarm_text(alarm)}")
+    if out["status"] == "stopped":
+        print(f"  stopped off prediction at a checkpoint of step {out['result']['step']:,}; the same command without "
+              f"--stop-off-prediction resumes it; run {out['run_dir']}")
+        return
     c = out.get("comparison") or {}
     if c.get("predicted") is not None:
         print(f"  {out['status']}: actual {c['actual']:.4f} bits/byte, predicted {c['predicted']:.4f} "
@@ -731,6 +745,10 @@ def parser() -> argparse.ArgumentParser:
     la.add_argument("--no-prediction", action="store_true",
                     help="launch a plan that predicts no loss (then there is no predicted-vs-actual)")
     la.add_argument("--max-failures", type=option(NON_NEGATIVE_INT), default=3, help="worker-group restarts from the newest checkpoint")
+    la.add_argument("--k", type=option(POSITIVE_INT), default=3,
+                    help="the live check: evaluations in a row outside the plan's predicted band that raise an alarm")
+    la.add_argument("--stop-off-prediction", action="store_true",
+                    help="stop at a checkpoint when the live check raises its alarm (the same command resumes)")
     la.add_argument("--dry-run", action="store_true", help="print the layout, memory, hours and the resolved spec (YAML, with its run id); train nothing")
     la.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
     la.set_defaults(func=cmd_launch)

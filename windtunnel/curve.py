@@ -279,13 +279,19 @@ class CurveFit:
         loss = form.predict(np.array([self.theta[k] for k in form.names]), data)
         if np.any(loss <= 0) or not np.all(np.isfinite(loss)):
             raise CurveError(f"curve law {self.form}: non-positive or infinite loss predicted for N = {curve.n:,.0f}")
-        draws = [np.log(np.maximum(form.predict(np.array(t), data), 1e-9)) for t in self.boot]
+        draws = np.log(np.maximum(self.draws(curve), 1e-9))
         sd_law = np.std(draws, axis=0) if len(draws) > 1 else np.zeros_like(loss)
         decayed = curve.lr[curve.steps - 1] < curve.lr.max() * (1 - 1e-9)  # an evaluation after the LR fell
         sd = np.sqrt(sd_law ** 2 + self.sd_run ** 2 + self.sd_point ** 2 + (self.sd_decay * decayed) ** 2
                      + (MISSPEC_FLOOR * self.beyond(curve)) ** 2)
         z = stats.t.ppf(0.5 + LEVEL / 2, df=max(self.groups - 1, 1))
         return loss, loss * np.exp(-z * sd), loss * np.exp(z * sd)
+
+    def draws(self, curve: Curve) -> np.ndarray:
+        """The bootstrap refits' losses at `curve`'s evaluated steps: one row a refit (no rows without a bootstrap)."""
+        form, scale = FORMS[self.form], _Scale(**self.scale)
+        data = form.prepare([curve], scale)
+        return np.array([form.predict(np.array(t), data) for t in self.boot]).reshape(len(self.boot), curve.steps.size)
 
     def beyond(self, curve: Curve) -> np.ndarray:
         """E-folds beyond the fitted ladder at each evaluation: in N or in tokens, whichever is further (0 inside)."""

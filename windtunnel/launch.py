@@ -16,9 +16,15 @@
    cluster). When a worker dies, Ray Train restarts the group (`max_failures`) and every worker resumes from
    the newest checkpoint; the same command resumes a stopped launch. Rank 0 logs to MLflow (experiment
    `launch`), tagged with the plan and the fits it came from, with the predicted final loss and interval as
-   params, `predicted/bpb` (the law at the tokens seen: the loss a decay there would reach) beside the actual
-   mean held-out loss at every evaluation, and `final/actual_minus_predicted` at the end; the comparison is
-   written to results/launch/TARGET.json (results/validate/ for `windtunnel validate`) and shown in the report.
+   params, the actual mean held-out loss `actual/bpb` at every evaluation, and `final/actual_minus_predicted` at
+   the end; the comparison is written to results/launch/TARGET.json (results/validate/ for `windtunnel validate`)
+   and shown in the report.
+4) The live check (monitor.Live), when the plan has a predicted curve: at every evaluation the curve's
+   `predicted/bpb`, its 95% band `predicted/low` and `predicted/high`, and `monitor/z` (the deviation in log loss,
+   ±1.96 at the band's edges). Outside the band for K evaluations in a row (K = 3, `--k`) is an alarm: a console
+   line, the MLflow tags monitor=off-prediction, monitor.step and monitor.tokens (monitor=inside until then), and
+   with `--stop-off-prediction` a stop at a checkpoint of that step (status "stopped"; the same command resumes it,
+   with the monitor's state kept in the run folder's monitor.json).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 
 from windtunnel.checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, number, problem
 from windtunnel.errors import WindtunnelError
+from windtunnel.monitor import K, Live, alarm_text, curve_frame, read_alarms
 from windtunnel.paths import results_dir, write_atomic
 
 __all__ = ["plan_spec", "layout", "launch", "read_comparisons"]
@@ -116,7 +123,7 @@ def memory_per_worker(spec, *, strategy: str, workers: int, micro_tokens: int, d
 
 
 LAUNCH_NUMBERS = {"workers": POSITIVE_INT, "gpus_per_worker": NON_NEGATIVE, "device_memory": number(
-    low=0, low_open=True, unit="bytes"), "mfu": FRACTION, "max_failures": NON_NEGATIVE_INT}
+    low=0, low_open=True, unit="bytes"), "mfu": FRACTION, "max_failures": NON_NEGATIVE_INT, "k": POSITIVE_INT}
 
 
 def _check_numbers(**values) -> None:
@@ -206,15 +213,23 @@ def _cpu_peak() -> float:
 
 def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 0, given: list[str] = (),
            device_memory: float | None = None, dry_run: bool = False, max_failures: int = 3,
-           experiment: str = "launch", no_prediction: bool = False) -> dict:
+           experiment: str = "launch", no_prediction: bool = False, k: int = K,
+           stop_off_prediction: bool = False) -> dict:
     """Dry run: the layout, with the TrainSpec the workers would train (`spec`). Otherwise train the planned target
-    on Ray Train and return the outcome (the run's folder, status, final held-out loss against the prediction)."""
+    on Ray Train and return the outcome (the run's folder, status, final held-out loss against the prediction, and
+    the live check's `alarms`); `k` and `stop_off_prediction`: the live check's alarm and whether it stops the run."""
     from windtunnel.data import prepare
     from windtunnel.runs import make_run, run_dir
 
-    _check_numbers(max_failures=max_failures)
+    _check_numbers(max_failures=max_failures, k=k)
     plan_path = Path(plan_path)
     plan = load_plan(plan_path)
+    curve = plan.get("predicted_curve")
+    if curve is not None:
+        curve_frame(curve, plan_path)  # a malformed curve is refused before anything starts
+    elif stop_off_prediction:
+        raise WindtunnelError(f"{plan_path}: --stop-off-prediction needs the plan's predicted_curve, which it lacks; plan "
+                              "the target again once results/loss_curve/fit.json exists (windtunnel fit loss_curve)")
     spec, keys = plan_spec(plan, source=str(plan_path), given=given, no_prediction=no_prediction)
     out = layout(spec, workers=workers, gpus_per_worker=gpus_per_worker, device_memory=device_memory)
     out["target"] = plan["target"]
@@ -227,13 +242,15 @@ def launch(plan_path: str | Path, *, workers: int = 1, gpus_per_worker: float = 
     folder = run_dir(run).resolve()  # the workers' working directory is not this one
     predicted = plan.get("predicted_loss") or {}
     context = {"plan": str(plan_path), "sources": plan.get("sources", {}), "given": sorted(keys),
-               "n_params": plan.get("n_params"), "predicted": predicted, "experiment": experiment,
+               "predicted": predicted, "experiment": experiment, "curve": curve, "k": k,
+               "stop_off_prediction": stop_off_prediction,
                "threads": None if gpus_per_worker > 0 else max(1, (os.cpu_count() or 1) // workers)}
     _fit_on_ray(run, folder, context, workers=workers, gpus_per_worker=gpus_per_worker, max_failures=max_failures)
     from windtunnel.train import read_status
 
     status = read_status(folder) or {}
-    out.update({"run_dir": str(folder), "status": status.get("status"), "result": status.get("result") or {}})
+    out.update({"run_dir": str(folder), "status": status.get("status"), "result": status.get("result") or {},
+                "alarms": read_alarms(folder)})
     if out["status"] == "finished":
         out["comparison"] = _comparison(plan, plan_path, out, keys, folder)
         path = results_dir() / experiment / f"{plan['target']}.json"
@@ -262,7 +279,8 @@ def _comparison(plan: dict, plan_path: Path, out: dict, given: set, folder: Path
             "sources": plan.get("sources", {}), "train": plan["train"], "given": sorted(given),
             "form": predicted.get("form"), "workers": out["workers"], "strategy": out["strategy"],
             "micro_batch_tokens": out["micro_batch_tokens"], "tokens_per_s": result["tokens_per_s"],
-            "wall_s": result["wall_s"], "run_dir": str(folder), "mlflow_run": (folder / RUN_ID_FILE).read_text()}
+            "wall_s": result["wall_s"], "run_dir": str(folder), "mlflow_run": (folder / RUN_ID_FILE).read_text(),
+            "alarms": out["alarms"]}
 
 
 def _mean_bpb(evals: dict[str, dict[str, float]]) -> float:
@@ -342,22 +360,29 @@ def _with_progress(fit, folder: Path, *, total: int, desc: str) -> None:
         except BaseException as err:  # handed to the caller's thread
             failure.append(err)
 
+    shown = len(read_alarms(folder))  # those of an earlier segment were shown then
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     with tqdm(total=total, unit="tok", unit_scale=True, desc=desc, dynamic_ncols=True,
               mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
-        while thread.is_alive():
+        while True:
             thread.join(timeout=1.0)
             seen = json.loads((folder / PROGRESS).read_text()) if (folder / PROGRESS).is_file() else None
             if seen:
                 bar.update(max(0, min(seen["tokens"], total) - bar.n))
                 bar.set_postfix(loss=f"{seen['loss']:.3f}", tok_s=f"{seen['tokens_per_s']:,.0f}", refresh=False)
+            alarms = read_alarms(folder)
+            for alarm in alarms[shown:]:  # the live check's console line
+                bar.write(f"monitor: {desc} is {alarm_text(alarm)}", file=sys.stderr)
+            shown = max(shown, len(alarms))
+            if not thread.is_alive():  # one last look after the run ended
+                break
     if failure:
         raise failure[0]
 
 
 def _worker(config: dict) -> None:
-    """One Ray Train worker: the trainer in the shared run folder; rank 0 logs to MLflow."""
+    """One Ray Train worker: the trainer in the shared run folder; rank 0 logs to MLflow and runs the live check."""
     import ray.train
     import torch
 
@@ -366,25 +391,28 @@ def _worker(config: dict) -> None:
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     run, folder = config["run"], Path(config["folder"])
+    stop = (lambda: False) if config["stop_off_prediction"] else None  # every rank takes part in rank 0's answer
     if ray.train.get_context().get_world_rank() != 0:
-        train(run.spec, folder)
+        train(run.spec, folder, stop=stop)
         return
     from windtunnel.runs import log_corpus, run_params
     from windtunnel.tracking import RunLogger
 
     predicted = config["predicted"]
-    law = _law(config["sources"].get("scaling_law"))
     params = dict(run_params(run))
     if predicted:
         params.update({"predicted_loss": predicted["value"], "predicted_low": predicted["interval95"][0],
                        "predicted_high": predicted["interval95"][1]})
+    live = Live(curve_frame(config["curve"], config["plan"]), folder, k=config["k"]) if config["curve"] else None
     tags = {"windtunnel.run": run.id, "windtunnel.plan": config["plan"], "model": run.name,
             "given": ", ".join(config["given"]), **{f"windtunnel.fit.{k}": v for k, v in config["sources"].items()}}
+    if live is not None and not live.alarms:
+        tags["monitor"] = "inside"
     folder.mkdir(parents=True, exist_ok=True)
     logger = RunLogger.in_folder(folder, experiment=config["experiment"], run_name=run.name, params=params, tags=tags,
                                  system_metrics=True)
 
-    shown = [0.0]
+    shown, alarmed = [0.0], []
 
     def log(metrics: dict, step: int) -> None:
         if time.monotonic() - shown[0] > 2:  # the driver's progress bar reads this
@@ -395,30 +423,28 @@ def _worker(config: dict) -> None:
         bpb = [v for k, v in metrics.items() if k.startswith("eval/") and k.endswith("/bpb")]
         if bpb:
             metrics = {**metrics, "actual/bpb": sum(bpb) / len(bpb)}
-            if law is not None and config["n_params"]:
-                metrics["predicted/bpb"] = float(law.predict(config["n_params"], metrics["tokens"]))
+            if live is not None:
+                checked, alarm = live.observe(step, metrics["tokens"], metrics["actual/bpb"])
+                metrics.update(checked)
+                if alarm is not None:  # the driver's progress bar prints it
+                    alarmed.append(alarm)
+                    logger.tag({"monitor": "off-prediction", "monitor.step": alarm["step"],
+                                "monitor.tokens": alarm["tokens"]})
         logger.log(metrics, step)
 
     try:
         log_corpus(logger, run.spec)
-        result = train(run.spec, folder, log=log, flush=logger.flush, progress=True)
+        result = train(run.spec, folder, log=log, flush=logger.flush, progress=True,
+                       stop=(lambda: bool(alarmed)) if stop else None)
     except BaseException:
         logger.finish("FAILED", tag_status="failed")
         raise
-    if predicted and result.eval:
+    if predicted and result.eval and result.status == "finished":
         actual = _mean_bpb(result.eval)
         logger.log({"final/actual_minus_predicted": actual - predicted["value"],
                     "final/inside_interval": float(predicted["interval95"][0] <= actual <= predicted["interval95"][1])},
                    result.step)
-    logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)
-
-
-def _law(source: str | None):
-    """The scaling law a plan came from ("results/scaling_law/fit.json (micro scale, sha256 ...)"), or None."""
-    from windtunnel.fit import ScalingLawFit
-
-    path = Path(source.split(" ")[0]) if source else None
-    if path is None or not path.is_file():
-        return None
-    fit = json.loads(path.read_text())
-    return ScalingLawFit.from_dict(fit.get("prediction", fit))
+    if result.status == "stopped":
+        logger.finish("KILLED", tag_status="stopped")
+    else:
+        logger.finish("FINISHED" if result.status == "finished" else "FAILED", tag_status=result.status)

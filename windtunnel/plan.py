@@ -150,6 +150,13 @@ def make_plan(model: ModelSpec, *, scaling: dict | None, batch: dict | None, lr:
             notes.append(f"the LR study's optimum {max_lr:.3g} differs from the LR the scaling ladder trained at "
                          f"({', '.join(f'{x:.3g}' for x in ladder_lrs)}); the predicted loss assumes the ladder's")
     predicted_curve, decay = _curve(curve, model, train, limits, notes)
+    if decay and decay["adopted"]:  # the curve law's better decay: the schedule, and the loss by the law's ratio
+        train["schedule"] = decay["schedule"]
+        if loss:
+            ratio = decay["final"] / decay["plan"]
+            loss = {**loss, "value": loss["value"] * ratio, "interval95": [x * ratio for x in loss["interval95"]],
+                    "decay": f"{decay['fraction']:g} {decay['shape']} decay: the scaling law's value for "
+                             f"{limits.decay_fraction:g} exp × {ratio:.4f}, the curve law's ratio of their final losses"}
     cost = None
     if "tokens" in train:
         trained = flops_per_token(model, seq_len=seq_len) * train["tokens"]  # what the GPUs compute
@@ -191,14 +198,17 @@ def wsd_schedule(tokens: int, batch_tokens: int, *, warmup_fraction: float, deca
 
 CURVE_POINTS = 100  # evaluation points of the predicted curve (and its last step)
 DECAYS = (0.025, 0.05, 0.1, 0.2)  # decay fractions of the stable stage the plan weighs: the wsd sweep's
+DECAY_SURE = 0.95  # the share of the curve law's bootstrap refits that must put a decay below the plan's own to adopt it
+MIN_REFITS = 20    # fewer refits say too little to adopt another decay
 
 
 def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits,
            notes: list) -> tuple[dict | None, dict | None]:
-    """4) the loss at CURVE_POINTS evaluations of the planned schedule (those the law covers) with its 95% band
-    (the curve law of results/loss_curve/fit.json: what `windtunnel monitor` compares a run with), and the WSD decay —
-    fraction and shape — whose predicted final loss is least, against the plan's own. A plan without them is still
-    complete."""
+    """4) the WSD decay — fraction and shape — whose final loss the curve law (results/loss_curve/fit.json) predicts
+    least, against the plan's own (limits.decay_fraction, exp: what the scaling law's loss is for); it is adopted
+    when at least DECAY_SURE of the law's bootstrap refits put it below the plan's own (else the gain is within
+    what the law knows). Then the loss at CURVE_POINTS evaluations of the schedule (the adopted one) with its 95%
+    band: what `windtunnel monitor` and `launch` compare a run with. A plan without them is still complete."""
     if curve is None:  # no loss-curve fit (windtunnel fit loss_curve): predicted_curve is null, said by nothing else
         return None, None
     if not all(k in train for k in ("tokens", "batch_tokens", "lr")):
@@ -207,36 +217,57 @@ def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits
     import numpy as np
 
     from windtunnel.counts import n_params
-    from windtunnel.curve import Curve, CurveFit
+    from windtunnel.curve import CurveFit
     from windtunnel.schedules import DECAY_SHAPES
 
     law, n = CurveFit.from_dict(curve["law"]), n_params(model, embedding=True)
-
-    def planned(schedule: dict, points: int) -> Curve:
-        lr, batch = planned_steps({**train, "schedule": schedule})
-        steps = np.unique(np.r_[np.linspace(0, lr.size, points + 1)[1:].round().astype(int), lr.size])
-        return Curve(n=n, lr=lr, batch=batch, steps=steps[steps > 0])
-
-    run = planned(train["schedule"], CURVE_POINTS)
-    loss, low, high = law.predict(run)
-    # the law describes the run after its LR warm-up and from its fitted runs' first evaluation on (before that it is
-    # not fitted: micro-1.3m's loss at 256K tokens was predicted 56% too high from a ladder first evaluated at 614K)
-    after = (run.tokens > run.warmup_tokens) & (run.tokens >= law.tokens_range[0])
-    out = {"tokens": run.tokens[after].tolist(), "lr": run.lr[run.steps - 1][after].tolist(),
-           "loss": loss[after].tolist(), "low": low[after].tolist(), "high": high[after].tolist(), "law": law.form,
-           "n_over_ladder": n / law.n_range[1],
-           "band": "95%: the law's bootstrap over stable runs + a new run's offset + one evaluation's scatter + ~1% per "
-                   "e-fold beyond the ladder's N or tokens; not a wrong form for a schedule unlike the fitted ones"}
-    finals = {(f, shape): float(law.predict(planned(wsd_schedule(train["tokens"], train["batch_tokens"], shape=shape,
-                                                                 decay_fraction=f,
-                                                                 warmup_fraction=limits.warmup_fraction), 1))[0][-1])
-              for f in DECAYS for shape in DECAY_SHAPES}
-    best, own = min(finals, key=finals.get), float(loss[-1])  # the plan's own decay
+    schedules = {(f, shape): wsd_schedule(train["tokens"], train["batch_tokens"], shape=shape, decay_fraction=f,
+                                          warmup_fraction=limits.warmup_fraction)
+                 for f in DECAYS for shape in DECAY_SHAPES}
+    runs = {key: _planned(n, {**train, "schedule": schedule}, 1) for key, schedule in schedules.items()}
+    finals = {key: float(law.predict(run)[0][-1]) for key, run in runs.items()}
+    best = min(finals, key=finals.get)
+    own_run = _planned(n, train, 1)
+    own = float(law.predict(own_run)[0][-1])
+    refits = law.draws(runs[best])[:, -1] < law.draws(own_run)[:, -1]
+    sure = float(refits.mean()) if refits.size else 0.0
+    adopted = bool(finals[best] < own and refits.size >= MIN_REFITS and sure >= DECAY_SURE)
     decay = {"fraction": best[0], "shape": best[1], "final": finals[best], "plan": own, "gain": 1 - finals[best] / own,
+             "refits_agreeing": sure, "refits": int(refits.size), "adopted": adopted,
+             "schedule": schedules[best] if adopted else train["schedule"],
              "by_decay": {f"{f:g} {shape}": v for (f, shape), v in finals.items()},
-             "note": f"predicted final loss of each decay over a fraction of the stable stage; the plan's schedule "
-                     f"keeps {limits.decay_fraction:g} exp, the decay the scaling law's predicted loss is for"}
-    return out, decay
+             "note": ("adopted: " if adopted else f"not adopted (needs {DECAY_SURE:.0%} of at least {MIN_REFITS} "
+                      f"refits of the curve law to agree; the plan keeps {limits.decay_fraction:g} exp): ")
+                     + f"{sure:.0%} of {refits.size} refits put {best[0]:g} {best[1]} below the plan's "
+                       f"{limits.decay_fraction:g} exp; predicted final loss of each decay over a fraction of the "
+                       "stable stage"}
+    return predicted_curve(law, n, {**train, "schedule": decay["schedule"]}), decay
+
+
+def predicted_curve(law, n: float, train: dict) -> dict:
+    """A `train:` section's predicted curve from a curve law (curve.CurveFit) for a model of `n` parameters (N_total):
+    tokens, lr, loss, low and high at CURVE_POINTS evaluations of its schedule after the warm-up and from the law's
+    first fitted evaluation on (before that it is not fitted: micro-1.3m's loss at 256K tokens was predicted 56% too
+    high from a ladder first evaluated at 614K); what a plan's `predicted_curve` holds and `launch` checks live."""
+    run = _planned(n, train, CURVE_POINTS)
+    loss, low, high = law.predict(run)
+    after = (run.tokens > run.warmup_tokens) & (run.tokens >= law.tokens_range[0])
+    return {"tokens": run.tokens[after].tolist(), "lr": run.lr[run.steps - 1][after].tolist(),
+            "loss": loss[after].tolist(), "low": low[after].tolist(), "high": high[after].tolist(), "law": law.form,
+            "n_over_ladder": n / law.n_range[1],
+            "band": "95%: the law's bootstrap over stable runs + a new run's offset + one evaluation's scatter + ~1% "
+                    "per e-fold beyond the ladder's N or tokens; not a wrong form for a schedule unlike the fitted ones"}
+
+
+def _planned(n: float, train: dict, points: int):
+    """The curve.Curve to predict of a `train:` section: `points` evaluations spread over its steps, and its last."""
+    import numpy as np
+
+    from windtunnel.curve import Curve
+
+    lr, batch = planned_steps(train)
+    steps = np.unique(np.r_[np.linspace(0, lr.size, points + 1)[1:].round().astype(int), lr.size])
+    return Curve(n=n, lr=lr, batch=batch, steps=steps[steps > 0])
 
 
 def planned_steps(train: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -356,8 +356,9 @@ def decay_dynamics(curves: dict[str, tuple[pd.DataFrame, int]], path: Path) -> P
     longest, (curve, fork) = max(curves.items(), key=lambda kv: len(kv[1][0]))
     matrices = [k for k in curve if k.startswith("update/max_abs/")]
     ax = axes.flat[5]
-    for key, color in zip(matrices, _colors(len(matrices))):
-        ax.plot(curve["step"] - fork, curve[key], lw=0.6, color=color, label=key.removeprefix("update/max_abs/"))
+    for key, color in zip(matrices, _colors(len(matrices))):  # logged at evaluations only: NaN between them
+        points = curve[["step", key]].dropna()
+        ax.plot(points["step"] - fork, points[key], lw=0.6, color=color, label=key.removeprefix("update/max_abs/"))
     ax.set(title=f"max |Δw| per matrix: {longest}", xlabel="steps from the fork", yscale="log")
     if matrices:
         ax.legend(fontsize=5, ncol=2)

@@ -317,6 +317,10 @@ class RunLogger:
             del self._buffer[: len(chunk)]
         self._last_flush = time.monotonic()
 
+    def tag(self, tags: dict) -> None:
+        """Set (or overwrite) tags of the run now."""
+        self._log_entities({}, _strings(tags, TAG_CHARS))
+
     def finish(self, status: str, *, tag_status: str | None = None) -> None:
         """Flush, set tag `status` (windtunnel's status, default status.lower()) and end the run as `status`."""
         if status not in STATUSES:

@@ -53,7 +53,7 @@ GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
 class TrainResult:
     """How a segment ended; also stored in `run_dir/status.json`."""
 
-    status: str           # "finished" | "diverged"
+    status: str           # "finished" | "diverged" | "stopped" (asked to, by train's `stop`: resumable)
     step: int             # optimizer steps done
     tokens: int           # training tokens seen
     train_loss: float     # smoothed train loss at the end, nats per token
@@ -304,10 +304,12 @@ class GradStats:
         dist.all_reduce(largest, op=dist.ReduceOp.MAX)
         return largest
 
-    def named(self, largest: list[float]) -> dict[str, float]:
-        """The metrics of after_step's values: the largest over all weights and each weight matrix's."""
+    def named(self, largest: list[float], *, each: bool) -> dict[str, float]:
+        """The metrics of after_step's values: the largest over all weights, and with `each` each weight matrix's
+        (logged at evaluations only: per step they were half of a small model's metric points, and MLflow's
+        store spent 5 of a 22-second micro-142k run at 256-token batches writing them)."""
         return {"update/max_abs": max(largest),
-                **{f"update/max_abs/{name}": largest[i] for name, i in self.matrices}}
+                **({f"update/max_abs/{name}": largest[i] for name, i in self.matrices} if each else {})}
 
 
 @torch.no_grad()
@@ -410,11 +412,14 @@ def evaluate(model, windows: dict[str, torch.Tensor], repeated: dict[str, torch.
 
 
 def train(spec: TrainSpec, run_dir: Path, *, init_from: Path | None = None, log: Log | None = None,
-          flush: Callable[[], None] | None = None, progress: bool = False) -> TrainResult:
+          flush: Callable[[], None] | None = None, progress: bool = False,
+          stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train `spec` in `run_dir`, resuming from its newest checkpoint; a finished run returns its result.
 
     `init_from`: a checkpoint of another run to start from when this run has none of its own (a decay
     branch forks from its stable run's checkpoint: model, optimizer, step, data position, RNG).
+    `stop`: asked after each evaluation's log (rank 0's answer holds for every rank, so all must pass one); True
+    saves a checkpoint at that step and returns status "stopped", which the same call resumes.
     """
     run_dir = Path(run_dir)
     status = read_status(run_dir)
@@ -427,7 +432,7 @@ def train(spec: TrainSpec, run_dir: Path, *, init_from: Path | None = None, log:
         _write_json(run_dir / "status.json", {"status": "running"})
     try:
         result = _train(spec, run_dir, init_from, log or (lambda metrics, step: None), flush or (lambda: None),
-                        progress and lead)
+                        progress and lead, stop)
     except BaseException as err:
         stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # SystemExit: asked to stop (Tune, ASHA)
         state = "interrupted" if stopped else "failed"
@@ -440,7 +445,7 @@ def train(spec: TrainSpec, run_dir: Path, *, init_from: Path | None = None, log:
 
 
 def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flush: Callable[[], None],
-           progress: bool) -> TrainResult:
+           progress: bool, stop: Callable[[], bool] | None) -> TrainResult:
     from contextlib import nullcontext
 
     import torch.distributed as dist
@@ -569,18 +574,19 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         ema = loss_v if ema is None else 0.9 * ema + 0.1 * loss_v
         best = min(best, ema)
         tok_s = batch_tokens / dt
+        if not math.isfinite(loss_v) or ema > spec.diverge_ratio * best:
+            status = "diverged"
+        evaluated = status == "diverged" or step % spec.eval_every == 0 or step == steps
         metrics = {"train/loss": loss_v, "lr": lr, "grad/norm": grad_norm_v, "grad/cos_prev": grad_cos_v,
                    "grad/D1": d1, "grad/D2": d2, "grad/curvature": abs(d2) / (1 + d1 * d1) ** 1.5,
-                   **stats.named(largest), "tokens": tokens, "perf/tokens_per_s": tok_s}
+                   **stats.named(largest, each=evaluated), "tokens": tokens, "perf/tokens_per_s": tok_s}
         if spec.batch_warmup:
             metrics["batch_tokens"] = batch_tokens
         if mixture:  # 1 once the step trained on the decay mixture
             metrics["data/decay_mixture"] = float(tokens - batch_tokens >= decay_from)
         if peak:
             metrics["perf/mfu"] = tok_s * flops / (peak * workers)
-        if not math.isfinite(loss_v) or ema > spec.diverge_ratio * best:
-            status = "diverged"
-        if (lead or sharded) and (status == "diverged" or step % spec.eval_every == 0 or step == steps):
+        if (lead or sharded) and evaluated:
             metrics.update(evaluate(model, evals, repeated, corpus.bytes_per_token, rows=rows, autocast=autocast)
                            if status != "diverged" else {})  # sharded: every rank joins the gathers
             metrics["data/epochs"] = position * spec.seq_len / len(corpus.train)
@@ -591,9 +597,11 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
             bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{trained / train_time:,.0f}")
         if status == "diverged":
             break
+        stopping = stop is not None and evaluated and step < steps and _agree(stop() if lead else False, workers,
+                                                                              device)
 
         # 6) checkpoint: metrics first (flush), then the state they lead up to
-        if step % spec.checkpoint_every == 0 or step in keep:
+        if step % spec.checkpoint_every == 0 or step in keep or stopping:
             state = {"step": step, "tokens": tokens, "data_position": position, "loss_ema": ema, "loss_min": best,
                      "rng_cpu": torch.get_rng_state(), **layout}
             mine = {k: v.cpu() if v is not None else None
@@ -604,6 +612,9 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
                   distributed=workers > 1)
             if lead:
                 _write_json(run_dir / "status.json", {"status": "running", "step": step, "tokens": tokens})
+        if stopping:
+            status = "stopped"
+            break
     bar.close()
     if (lead or sharded) and status == "finished" and not any(k.startswith("eval/") for k in metrics):  # at the end
         metrics = evaluate(model, evals, repeated, corpus.bytes_per_token, rows=rows, autocast=autocast)
@@ -614,6 +625,17 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
         eval=_eval_table(metrics), tokens_per_s=tok_s, mfu=tok_s * flops / (peak * workers) if peak and tok_s else None,
         wall_s=time.perf_counter() - started, epochs=position * spec.seq_len / len(corpus.train),
     )
+
+
+def _agree(flag: bool, workers: int, device: str) -> bool:
+    """Rank 0's `flag`, on every rank."""
+    if workers == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device=device)
+    dist.broadcast(value, 0)
+    return bool(value.item())
 
 
 def _eval_table(metrics: dict) -> dict[str, dict[str, float]]:

@@ -226,9 +226,9 @@ def summarize(curve: pd.DataFrame, fork_step: int) -> dict:
     for key, name in QUANTITIES.items():
         if key in curve and curve[key].notna().any():
             out[f"{name}_before"], out[f"{name}_end"] = float(before[key].median()), float(end[key].median())
-    matrices = [k for k in curve if k.startswith("update/max_abs/")]
+    matrices = [k for k in curve if k.startswith("update/max_abs/")]  # logged at evaluations only
     ratios = {k.removeprefix("update/max_abs/"): float(end[k].median() / before[k].median()) for k in matrices
-              if before[k].median() > 0}
+              if before[k].median() > 0 and end[k].notna().any()}
     if ratios:
         out["max_update_ratio_by_matrix"] = ratios
     return out
