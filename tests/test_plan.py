@@ -323,9 +323,9 @@ def test_the_plan_adopts_the_decay_the_curve_laws_refits_agree_on(tmp_path):
     agreeing = [list(np.array(theta) + rng.normal(0, 0.002, len(theta))) for _ in range(40)]
     weak_anneal = [list(np.r_[theta[:5], np.log(0.01), theta[6:]]) for _ in range(10)]  # C small: decays hardly differ
 
-    def law(boot):
+    def law(boot, sd_decay=0.0):
         return CurveFit(form="lra", theta=dict(zip(FORMS["lra"].names, theta)),
-                        scale={"lr": 0.02, "tokens": 4e6, "n": 1e5}, sd_run=0.003, sd_point=0.002, sd_decay=0.0,
+                        scale={"lr": 0.02, "tokens": 4e6, "n": 1e5}, sd_run=0.003, sd_point=0.002, sd_decay=sd_decay,
                         groups=8, n_range=(2e4, 4e5), tokens_range=(4e5, 8e6), boot=boot).to_dict()
 
     batch = batch_fit(0.1)
@@ -344,3 +344,8 @@ def test_the_plan_adopts_the_decay_the_curve_laws_refits_agree_on(tmp_path):
     assert not unsure["decay_choice"]["adopted"] and unsure["decay_choice"]["refits_agreeing"] < 0.95
     assert unsure["train"]["schedule"] == kept["train"]["schedule"] and "not adopted" in unsure["decay_choice"]["note"]
     assert unsure["predicted_loss"] == kept["predicted_loss"]
+    gain = decay["gain"]   # the same refits, but a law that erred more than the gain on decays it did not fit
+    vague = make_plan(target(), scaling=scaling_fit(), batch=batch, lr=LR_FIT, tokens=4e6,
+                      curve={"law": law(agreeing, sd_decay=gain / 1.5)})
+    assert not vague["decay_choice"]["adopted"] and vague["decay_choice"]["decay_error"] > gain
+    assert vague["train"]["schedule"] == kept["train"]["schedule"]

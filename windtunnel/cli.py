@@ -449,7 +449,8 @@ def _print_plan(plan: dict, path) -> None:
         print(f"  best decay    {decay['fraction']:g} of the stable stage, {decay['shape']}: predicted final "
               f"{decay['final']:.4f}, {decay['gain']:.2%} below the ladder's decay ({decay['plan']:.4f}); "
               + ("adopted" if decay["adopted"] else "not adopted")
-              + f" ({decay['refits_agreeing']:.0%} of {decay['refits']} refits of the curve law agree)")
+              + f" (needs > {decay['decay_error']:.2%}, the law's error on decays it did not fit; "
+              f"{decay['refits_agreeing']:.0%} of {decay['refits']} refits of the law agree)")
     if cost:
         steps = f"{cost['steps']:,} steps, " if cost["steps"] else ""
         print(f"  cost          {steps}{cost['flops']:.4g} FLOPs ({cost['convention']}); {cost['trained_flops']:.4g} "

@@ -200,14 +200,16 @@ CURVE_POINTS = 100  # evaluation points of the predicted curve (and its last ste
 DECAYS = (0.025, 0.05, 0.1, 0.2)  # decay fractions of the stable stage the plan weighs: the wsd sweep's
 DECAY_SURE = 0.95  # the share of the curve law's bootstrap refits that must put a decay below the plan's own to adopt it
 MIN_REFITS = 20    # fewer refits say too little to adopt another decay
+DECAY_Z = 1.645    # and its gain must exceed this many times the law's sd on held-out decays (one-sided 95%): every
+                   # refit has the law's form, so they agree on a shape preference that form alone may make
 
 
 def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits,
            notes: list) -> tuple[dict | None, dict | None]:
     """4) the WSD decay — fraction and shape — whose final loss the curve law (results/loss_curve/fit.json) predicts
     least, against the plan's own (limits.decay_fraction, exp: what the scaling law's loss is for); it is adopted
-    when at least DECAY_SURE of the law's bootstrap refits put it below the plan's own (else the gain is within
-    what the law knows). Then the loss at CURVE_POINTS evaluations of the schedule (the adopted one) with its 95%
+    when its gain exceeds DECAY_Z × the law's error on decays it did not fit (sd_decay) and at least DECAY_SURE of
+    the law's bootstrap refits put it below the plan's own (else the gain is within what the law knows). Then the loss at CURVE_POINTS evaluations of the schedule (the adopted one) with its 95%
     band: what `windtunnel monitor` and `launch` compare a run with. A plan without them is still complete."""
     if curve is None:  # no loss-curve fit (windtunnel fit loss_curve): predicted_curve is null, said by nothing else
         return None, None
@@ -231,16 +233,18 @@ def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits
     own = float(law.predict(own_run)[0][-1])
     refits = law.draws(runs[best])[:, -1] < law.draws(own_run)[:, -1]
     sure = float(refits.mean()) if refits.size else 0.0
-    adopted = bool(finals[best] < own and refits.size >= MIN_REFITS and sure >= DECAY_SURE)
-    decay = {"fraction": best[0], "shape": best[1], "final": finals[best], "plan": own, "gain": 1 - finals[best] / own,
-             "refits_agreeing": sure, "refits": int(refits.size), "adopted": adopted,
+    gain, error = 1 - finals[best] / own, DECAY_Z * law.sd_decay  # the law's error on decays it did not fit
+    adopted = bool(gain > error and refits.size >= MIN_REFITS and sure >= DECAY_SURE)
+    decay = {"fraction": best[0], "shape": best[1], "final": finals[best], "plan": own, "gain": gain,
+             "refits_agreeing": sure, "refits": int(refits.size), "decay_error": error, "adopted": adopted,
              "schedule": schedules[best] if adopted else train["schedule"],
              "by_decay": {f"{f:g} {shape}": v for (f, shape), v in finals.items()},
-             "note": ("adopted: " if adopted else f"not adopted (needs {DECAY_SURE:.0%} of at least {MIN_REFITS} "
-                      f"refits of the curve law to agree; the plan keeps {limits.decay_fraction:g} exp): ")
-                     + f"{sure:.0%} of {refits.size} refits put {best[0]:g} {best[1]} below the plan's "
-                       f"{limits.decay_fraction:g} exp; predicted final loss of each decay over a fraction of the "
-                       "stable stage"}
+             "note": ("adopted: " if adopted else f"not adopted (needs a gain above {error:.2%}, {DECAY_Z:g} × the "
+                      f"law's error on decays it did not fit, and {DECAY_SURE:.0%} of at least {MIN_REFITS} refits "
+                      f"agreeing; the plan keeps {limits.decay_fraction:g} exp): ")
+                     + f"gain {gain:.2%}; {sure:.0%} of {refits.size} refits put {best[0]:g} {best[1]} below the "
+                       f"plan's {limits.decay_fraction:g} exp; predicted final loss of each decay over a fraction of "
+                       "the stable stage"}
     return predicted_curve(law, n, {**train, "schedule": decay["schedule"]}), decay
 
 
