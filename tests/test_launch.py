@@ -174,6 +174,18 @@ def test_plan_spec_refuses_what_the_plan_gives_and_an_unfilled_gap():
     assert keys == {"batch_tokens", "eval_every"} and spec.model.d_base == 32 and spec.lr == 0.02
 
 
+def test_stop_off_prediction_needs_the_plans_curve(tmp_path):
+    from windtunnel.launch import launch
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({k: v for k, v in PLAN.items() if k != "predicted_curve"}))
+    with pytest.raises(WindtunnelError, match="--stop-off-prediction needs the plan's predicted_curve, which it lacks"):
+        launch(plan, dry_run=True, stop_off_prediction=True)
+    with pytest.raises(WindtunnelError, match="launch: --k 0 is not allowed; an integer ≥ 1"):
+        launch(plan, dry_run=True, k=0)
+    assert launch(plan, dry_run=True)["target"] == "micro-24k"   # without the flag: no curve, no live check
+
+
 def test_a_plan_without_tokens_or_prediction_launches_with_what_set_gives():
     """A plan beyond the law (no tokens, no predicted loss) is filled by --set tokens, whose WSD schedule follows the
     plan's rule, and launches only with --no-prediction."""

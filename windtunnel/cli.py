@@ -528,7 +528,7 @@ def cmd_launch(args) -> None:
 
     options = dict(workers=args.workers, gpus_per_worker=args.gpus_per_worker, given=args.set,
                    device_memory=args.device_memory * 1e9 if args.device_memory else None,
-                   no_prediction=args.no_prediction)
+                   no_prediction=args.no_prediction, k=args.k, stop_off_prediction=args.stop_off_prediction)
     out = launch(args.plan, dry_run=True, **options)  # the layout first: it is checked before anything starts
     resolved = out.pop("spec")
     if args.dry_run and args.json:
@@ -551,8 +551,7 @@ def cmd_launch(args) -> None:
     if args.dry_run:
         print(resolved_yaml(resolved, name=out["target"]), end="")
         return
-    out = launch(args.plan, max_failures=args.max_failures, k=args.k, stop_off_prediction=args.stop_off_prediction,
-                 **options)
+    out = launch(args.plan, max_failures=args.max_failures, **options)
     for alarm in out["alarms"]:
         print(f"  {alarm_text(alarm)}")
     if out["status"] == "stopped":
