@@ -470,6 +470,7 @@ def test_validate_trains_the_planned_target_and_logs_predicted_against_actual(fi
     assert (store / "validate" / "micro-24k.png").stat().st_size > 10_000   # the curve against the predicted interval
     assert cli.main(["report"]) == 0
     assert "Predicted against actual" in (store / "report.html").read_text()
+    assert "not checked (the plan had no predicted curve)" in (store / "report.html").read_text()   # no loss curve here
 
 
 def test_per_set_laws_recover_each_held_out_sets_exponents():

@@ -280,7 +280,7 @@ def _comparison(plan: dict, plan_path: Path, out: dict, given: set, folder: Path
             "form": predicted.get("form"), "workers": out["workers"], "strategy": out["strategy"],
             "micro_batch_tokens": out["micro_batch_tokens"], "tokens_per_s": result["tokens_per_s"],
             "wall_s": result["wall_s"], "run_dir": str(folder), "mlflow_run": (folder / RUN_ID_FILE).read_text(),
-            "alarms": out["alarms"]}
+            "live_check": bool(plan.get("predicted_curve")), "alarms": out["alarms"]}
 
 
 def _mean_bpb(evals: dict[str, dict[str, float]]) -> float:

@@ -238,14 +238,23 @@ def _validations(root: Path) -> str:
     """Predicted against actual for every target trained from its plan (`windtunnel validate` and `launch`)."""
     from windtunnel.launch import read_comparisons
 
+    def live(v: dict) -> str:
+        if not v.get("live_check"):
+            return "not checked (the plan had no predicted curve)"
+        if not v["alarms"]:
+            return "inside the curve's band"
+        a = v["alarms"][0]
+        return (f"<span class='gap'>off prediction at {a['tokens']:,.0f} tokens ({a['k']} evaluations in a row "
+                f"{a['side']} the band)</span>")
+
     def row(v: dict) -> str:
         how = f"{v['kind']}, {v.get('workers', 1)} × {v.get('strategy', 'one process')}"
         if v["predicted"] is None:
-            return f"<tr><td>{html.escape(v['target'])}</td><td>{how}</td><td colspan=7>no prediction in its plan</td></tr>"
+            return f"<tr><td>{html.escape(v['target'])}</td><td>{how}</td><td colspan=8>no prediction in its plan</td></tr>"
         return (f"<tr><td>{html.escape(v['target'])}</td><td>{how}</td><td>{_num(v['n_params'], ',')}</td>"
                 f"<td>{_num(v['n_extrapolation'], '.2g')}×</td><td>{v['tokens']:,}</td><td>{v['predicted']:.4f}</td>"
                 f"<td>[{v['low']:.4f}, {v['high']:.4f}]</td><td>{v['actual']:.4f}</td><td>{v['rel_error']:+.2%}</td>"
-                f"<td>{'yes' if v['inside'] else 'NO'}</td></tr>")
+                f"<td>{'yes' if v['inside'] else 'NO'}</td><td>{live(v)}</td></tr>")
 
     rows = "".join(row(v) for v in read_comparisons(root))
     if not rows:
@@ -253,7 +262,8 @@ def _validations(root: Path) -> str:
     return ("<h2>Predicted against actual</h2><p>Targets planned from the fits and trained as planned; loss = mean "
             "held-out bits per byte.</p><table><tr><th>target</th><th>how</th><th>N</th><th>beyond the "
             "ladder</th><th>tokens</th><th>predicted</th><th>95% prediction interval</th><th>actual</th>"
-            "<th>predicted/actual − 1</th><th>inside</th></tr>" + rows + "</table>" + _images(root / "validate"))
+            "<th>predicted/actual − 1</th><th>inside</th><th>live check</th></tr>" + rows + "</table>"
+            + _images(root / "validate"))
 
 
 def _coord_check(png: Path) -> str:
