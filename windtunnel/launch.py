@@ -391,9 +391,9 @@ def _worker(config: dict) -> None:
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     run, folder = config["run"], Path(config["folder"])
-    stop = (lambda: False) if config["stop_off_prediction"] else None  # every rank takes part in rank 0's answer
+    stopping = config["stop_off_prediction"]  # then every rank takes part in rank 0's answer
     if ray.train.get_context().get_world_rank() != 0:
-        train(run.spec, folder, stop=stop)
+        train(run.spec, folder, stop=(lambda: False) if stopping else None)
         return
     from windtunnel.runs import log_corpus, run_params
     from windtunnel.tracking import RunLogger
@@ -435,7 +435,7 @@ def _worker(config: dict) -> None:
     try:
         log_corpus(logger, run.spec)
         result = train(run.spec, folder, log=log, flush=logger.flush, progress=True,
-                       stop=(lambda: bool(alarmed)) if stop else None)
+                       stop=(lambda: bool(alarmed)) if stopping else None)
     except BaseException:
         logger.finish("FAILED", tag_status="failed")
         raise

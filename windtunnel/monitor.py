@@ -110,8 +110,7 @@ def run_curve(run_id: str) -> pd.DataFrame:
 def compare(plan: pd.DataFrame, run: pd.DataFrame, *, k: int = K) -> Verdict:
     """Where `run` (tokens, lr, loss) left the band of `plan` (plan_curve): the first of k evaluations in a row
     outside it."""
-    if k < 1:
-        raise WindtunnelError(f"monitor: k={k} is not allowed; an integer >= 1 (evaluations in a row)")
+    _check_k(k)
     span = _in_span(plan, run["tokens"].to_numpy())
     run = run[span].reset_index(drop=True)
     planned = _planned(plan, run["tokens"].to_numpy())
@@ -158,10 +157,9 @@ class Live:
     it is, and on which side. A run that comes back inside and leaves again raises a new alarm."""
 
     def __init__(self, plan: pd.DataFrame, folder: Path, *, k: int = K):
-        if k < 1:
-            raise WindtunnelError(f"monitor: k={k} is not allowed; an integer >= 1 (evaluations in a row)")
+        _check_k(k)
         self.plan, self.path, self.k = plan, Path(folder) / STATE, k
-        self.state = json.loads(self.path.read_text()) if self.path.is_file() else {"evals": [], "alarms": []}
+        self.state = _state(folder)
 
     @property
     def alarms(self) -> list[dict]:
@@ -205,8 +203,18 @@ def alarm_text(alarm: dict) -> str:
 
 def read_alarms(folder: Path) -> list[dict]:
     """The alarms Live raised in a run folder (none when it kept no state)."""
+    return _state(folder)["alarms"]
+
+
+def _state(folder: Path) -> dict:
+    """Live's state in a run folder: every evaluation compared and the alarms (both empty before the first)."""
     path = Path(folder) / STATE
-    return json.loads(path.read_text())["alarms"] if path.is_file() else []
+    return json.loads(path.read_text()) if path.is_file() else {"evals": [], "alarms": []}
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise WindtunnelError(f"monitor: k={k} is not allowed; an integer >= 1 (evaluations in a row)")
 
 
 def _first_run_of(flags: np.ndarray, k: int) -> int | None:

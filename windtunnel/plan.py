@@ -209,8 +209,9 @@ def _curve(curve: dict | None, model: ModelSpec, train: dict, limits: PlanLimits
     """4) the WSD decay — fraction and shape — whose final loss the curve law (results/loss_curve/fit.json) predicts
     least, against the plan's own (limits.decay_fraction, exp: what the scaling law's loss is for); it is adopted
     when its gain exceeds DECAY_Z × the law's error on decays it did not fit (sd_decay) and at least DECAY_SURE of
-    the law's bootstrap refits put it below the plan's own (else the gain is within what the law knows). Then the loss at CURVE_POINTS evaluations of the schedule (the adopted one) with its 95%
-    band: what `windtunnel monitor` and `launch` compare a run with. A plan without them is still complete."""
+    the law's bootstrap refits put it below the plan's own (else the gain is within what the law knows). Then the
+    loss at CURVE_POINTS evaluations of the schedule (the adopted one) with its 95% band: what `windtunnel monitor`
+    and `launch` compare a run with. A plan without them is still complete."""
     if curve is None:  # no loss-curve fit (windtunnel fit loss_curve): predicted_curve is null, said by nothing else
         return None, None
     if not all(k in train for k in ("tokens", "batch_tokens", "lr")):
@@ -555,7 +556,8 @@ class PlanFile:
     """the predicted loss at every evaluation of the planned schedule (tokens, lr, loss, low, high): what
     `windtunnel monitor` compares a run with"""
     decay_choice: dict | None = None
-    """the WSD decay (fraction and shape) of least predicted final loss at the budget, and its gain over 10% exp"""
+    """the WSD decay (fraction and shape) of least predicted final loss at the budget, its gain over 10% exp, and
+    whether the plan adopted it (`adopted`, `note`)"""
     status: Literal["complete", "incomplete"] = "incomplete"
     """complete when every value of WHAT_KEYS and the prediction were planned"""
     gaps: list[str] = dataclasses.field(default_factory=list)
