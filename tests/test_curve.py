@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from windtunnel.curve import FORMS, Curve, CurveError, CurveFit, _LRA, _Scale, fit_curves, schedule_curve
+from windtunnel.curve import FORMS, Curve, CurveError, CurveFit, _Annealing, _Scale, _runs_of_equal_batch, fit_curves, schedule_curve
 from windtunnel.schedules import ScheduleSpec, make_schedule
 
 BATCH, LR, WARMUP = 4096, 0.02, 65536
@@ -66,8 +66,25 @@ def test_annealing_area_of_one_drop_is_the_momentum_sum():
     d = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
     b = np.full(5, 2.0)
     tau = 2.0 / np.log(2)  # λ = exp(−B/τ) = 1/2
-    s2 = _LRA._s2({"d": d, "b": b, "at": np.arange(5)}, tau)
+    s2 = _Annealing([{"d": d, "b": b, "at": np.arange(5)}])(tau)
     np.testing.assert_allclose(s2, [0, 0, 2, 3, 3.5])  # m = 0, 0, 1, 1/2, 1/4; S2 = Σ m·B
+
+
+def test_annealing_areas_filtered_together_equal_each_curve_filtered_alone():
+    """Curves of two batches, one without drops and one whose batch doubles after its first drop (filtered alone,
+    carrying m): all at once as each by itself, at the evaluated steps only."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for steps, batch, first in ((50, 1.0, 10), (80, 1.0, 40), (60, 2.0, 5), (30, 1.0, 30), (70, None, 20)):
+        d = np.where(np.arange(steps) >= first, rng.uniform(-0.01, 0.03, steps), 0.0)
+        b = np.full(steps, batch) if batch else np.where(np.arange(steps) < 35, 1.0, 2.0)
+        parts.append({"d": d, "b": b, "at": np.sort(rng.choice(steps, 7, replace=False))})
+    for tau in (0.3, 5.0):
+        alone = [_runs_of_equal_batch(p, tau) if p["d"].any() else np.zeros(p["at"].size) for p in parts]
+        np.testing.assert_allclose(_Annealing(parts)(tau), np.concatenate(alone), rtol=1e-12, atol=1e-15)
+    by_hand = _Annealing([{"d": np.array([0, 1.0, 0, 0]), "b": np.array([1.0, 1.0, 2.0, 2.0]), "at": np.arange(4)}])
+    lam = np.exp(-2.0 / 1.0)  # after the batch doubles, m decays by λ(B = 2) = exp(−2)
+    np.testing.assert_allclose(by_hand(1.0), [0, 1, 1 + 2 * lam, 1 + 2 * lam + 2 * lam ** 2])
 
 
 def test_forward_area_of_a_constant_run_is_lr_times_tokens():

@@ -143,6 +143,58 @@ def _power(theta, i: int, x: np.ndarray) -> np.ndarray:
     return np.exp(theta[i] + theta[i + 1] * np.log(x))
 
 
+class _Annealing:
+    """S2(τ) at every evaluated step of a fit's curves, for one τ per call: the momentum m of the LR drops d,
+    m_i = λ·m_(i−1) + d_i with λ = exp(−B/τ), summed as Σ m·B. A fit asks for it ~10⁴ times, so the curves whose batch
+    stays put from their first drop on (all but a batch warm-up that outlasts the LR's warm-up) are filtered together,
+    one row each, from that drop; the others run by run of equal batch (λ is constant there)."""
+
+    def __init__(self, parts: list[dict]):
+        self.size = sum(p["at"].size for p in parts)
+        rows: dict[float, list] = {}  # batch → [(drops from the first, output positions, columns)]
+        self.loose: list[tuple[int, dict]] = []
+        offset = 0
+        for p in parts:
+            d, b, at = p["d"], p["b"], p["at"]
+            nonzero = np.flatnonzero(d)
+            if nonzero.size and np.all(b[nonzero[0]:] == b[nonzero[0]]):
+                first, later = nonzero[0], at >= nonzero[0]
+                rows.setdefault(float(b[first]), []).append((d[first:], offset + np.flatnonzero(later), at[later] - first))
+            elif nonzero.size:
+                self.loose.append((offset, p))
+            offset += at.size
+        self.groups = []
+        for b, group in rows.items():
+            drops = np.zeros((len(group), max(g[0].size for g in group)))
+            for i, (seg, _, _) in enumerate(group):
+                drops[i, :seg.size] = seg
+            self.groups.append((b, drops, np.concatenate([g[1] for g in group]),
+                                np.concatenate([np.full(g[2].size, i) for i, g in enumerate(group)]),
+                                np.concatenate([g[2] for g in group])))
+
+    def __call__(self, tau: float) -> np.ndarray:
+        out = np.zeros(self.size)
+        for b, drops, where, row, col in self.groups:
+            lam = np.exp(-b / tau)
+            out[where] = b * np.cumsum(signal.lfilter([1.0], [1.0, -lam], drops, axis=1), axis=1)[row, col]
+        for offset, part in self.loose:
+            out[offset:offset + part["at"].size] = _runs_of_equal_batch(part, tau)
+        return out
+
+
+def _runs_of_equal_batch(part: dict, tau: float) -> np.ndarray:
+    """S2 of one curve whose batch changes after its first drop: filtered per run of equal batch, carrying m."""
+    d, b = part["d"], part["b"]
+    m = np.empty_like(d)
+    cuts = np.r_[0, np.flatnonzero(np.diff(b)) + 1, b.size]
+    carry = 0.0
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        lam = np.exp(-b[lo] / tau)
+        m[lo:hi], _ = signal.lfilter([1.0], [1.0, -lam], d[lo:hi], zi=[lam * carry])
+        carry = m[hi - 1]
+    return np.cumsum(m * b)[part["at"]]
+
+
 class _LRA:
     """Tissue et al. 2024: L0(N) + A(N)·S1^−α − C(N)·S2(τ)."""
 
@@ -156,28 +208,13 @@ class _LRA:
             eta, b, s1, warm = _areas(c, scale)
             parts.append({"x": np.full(c.steps.size, c.n / scale.n), "s1": s1[c.steps - 1], "d": _drops(eta, warm),
                           "b": b, "at": c.steps - 1, "peak": np.full(c.steps.size, c.lr.max() / scale.lr)})
-        return {"parts": parts, **{k: np.concatenate([p[k] for p in parts]) for k in ("x", "s1", "peak")}}
+        return {"s2": _Annealing(parts), **{k: np.concatenate([p[k] for p in parts]) for k in ("x", "s1", "peak")}}
 
     def predict(self, theta, data) -> np.ndarray:
         x, tau, peak = data["x"], np.exp(theta[7]), data["peak"]
-        s2 = np.concatenate([self._s2(p, tau) for p in data["parts"]])
+        s2 = data["s2"](tau)
         return (_power(theta, 0, x) + _power(theta, 2, x) * peak ** theta[8] * data["s1"] ** -np.exp(theta[4])
                 - _power(theta, 5, x) * peak ** theta[9] * s2)
-
-    @staticmethod
-    def _s2(part, tau: float) -> np.ndarray:
-        """S2 at the evaluated steps: m filtered per run of equal batch (λ = exp(−B/τ) is constant there)."""
-        d, b = part["d"], part["b"]
-        if not d.any():
-            return np.zeros(part["at"].size)
-        m = np.empty_like(d)
-        cuts = np.r_[0, np.flatnonzero(np.diff(b)) + 1, b.size]
-        carry = 0.0
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
-            lam = np.exp(-b[lo] / tau)
-            m[lo:hi], _ = signal.lfilter([1.0], [1.0, -lam], d[lo:hi], zi=[lam * carry])
-            carry = m[hi - 1]
-        return np.cumsum(m * b)[part["at"]]
 
     def start(self, data, loss) -> list[np.ndarray]:
         low = np.log(0.8 * loss.min())
@@ -197,7 +234,7 @@ class _LRAKaplan(_LRA):
 
     def predict(self, theta, data) -> np.ndarray:
         x, tau, peak = data["x"], np.exp(theta[8]), data["peak"]
-        s2 = np.concatenate([self._s2(p, tau) for p in data["parts"]])
+        s2 = data["s2"](tau)
         inner = (np.exp(theta[1]) * x ** -theta[2]
                  + np.exp(theta[3]) * peak ** theta[9] * data["s1"] ** -np.exp(theta[4]))
         return np.exp(theta[0]) + inner ** np.exp(theta[5]) - _power(theta, 6, x) * peak ** theta[10] * s2
