@@ -58,18 +58,24 @@ def _throttled(folder: Path) -> tuple[int, int]:
 
 def _sweep_times(log: str) -> list[str]:
     """Each sweep's elapsed time, from its progress bar's last 100% frame."""
-    return re.findall(r"sweep: 100%[^\[]*\[(\d+:\d+)<", log)
+    times = []
+    for sweep in log.split("windtunnel sweep ")[1:]:
+        found = re.findall(r"sweep: 100%[^\[]*\[(\d+:\d+)<", sweep)
+        times += found[-1:]
+    return times
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", type=float, default=125.0, help="the emulated fp32 matmul peak, GFLOP/s (default 125)")
+    ap.add_argument("--peak", type=float, help="this machine's quiet peak to assume, GFLOP/s (default: measured now; the "
+                    "measurement varies ~250-320 here, so fix it to compare two runs)")
     ap.add_argument("--keep", action="store_true", help="keep the clone (its results/ holds the demo's output)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("slow_demo: needs root (it writes a cgroup's CPU quota)")
     cores = len(os.sched_getaffinity(0))
-    peak = matmul_peak() / 1e9
+    peak = args.peak or matmul_peak() / 1e9
     quota = cores * min(1.0, args.target / peak)
     folder = _cgroup(quota)
     clone = Path(tempfile.mkdtemp(prefix="wt-slow-demo-"))

@@ -276,23 +276,18 @@ def _planned(n: float, train: dict, points: int):
 
 
 def planned_steps(train: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The LR and the batch (tokens) of every optimizer step of a plan's `train:` section, as windtunnel.train steps
-    them: without a batch warm-up the schedule is in steps of batch_tokens; with one, each step takes the batch of
-    its stage and the LR at the tokens seen before it."""
+    """The LR and the batch (tokens) of every optimizer step of a plan's `train:` section, stepped as windtunnel.train
+    steps them (schedules.stepping, batch_stage)."""
     import numpy as np
 
-    from windtunnel.schedules import ScheduleSpec, batch_stage, batch_steps, make_schedule
+    from windtunnel.schedules import ScheduleSpec, batch_stage, stepping
 
-    spec, tokens, batch = ScheduleSpec(**train["schedule"]), train["tokens"], train["batch_tokens"]
-    stages = tuple(map(tuple, train.get("batch_warmup", ())))
-    if not stages:
-        steps = batch_steps(tokens, batch, ())
-        lr_at = make_schedule(spec, lr=train["lr"], total_steps=steps, batch_tokens=batch)
-        return np.array([lr_at(s) for s in range(steps)]), np.full(steps, float(batch))
-    lr_at_tokens = make_schedule(spec, lr=train["lr"], total_steps=tokens, batch_tokens=1)
+    tokens, batch, stages = train["tokens"], train["batch_tokens"], tuple(map(tuple, train.get("batch_warmup", ())))
+    lr_of, _, _ = stepping(ScheduleSpec(**train["schedule"]), lr=train["lr"], total=tokens, batch_tokens=batch,
+                           stages=stages)
     lrs, batches, seen = [], [], 0
     while seen < tokens:
-        lrs.append(lr_at_tokens(min(seen, tokens - 1)))
+        lrs.append(lr_of(len(lrs), seen))
         batches.append(batch_stage(seen, batch, stages))
         seen += batches[-1]
     return np.array(lrs), np.array(batches, float)

@@ -17,7 +17,7 @@ from windtunnel.checks import FRACTION, number, refuse, spec
 from windtunnel.errors import SpecError, WindtunnelError
 
 __all__ = ["constant", "cosine", "cosine_loop", "wsd", "SCHEDULES", "DECAY_SHAPES", "EXP_HALF_LIVES",
-           "ScheduleSpec", "make_schedule", "batch_stage", "batch_steps"]
+           "ScheduleSpec", "make_schedule", "batch_stage", "batch_steps", "stepping"]
 
 EXP_HALF_LIVES = 5  # default exp decay: 5 half-lives over the decay (η/32 at its end); MiniCPM's 10% of
 #                     1.1T tokens at 4M tokens/step is ~27K steps ≈ 5.5 half-lives of 5000 steps (docs/method.md §3)
@@ -207,6 +207,21 @@ def _wsd_steps(spec: ScheduleSpec, warmup: int, total_steps: int, batch_tokens: 
 
 
 # ---------------------------------------------------------------- batch-size warm-up
+
+
+def stepping(spec: ScheduleSpec, *, lr: float, total: int, batch_tokens: int,
+             stages: tuple[tuple[int, int], ...]) -> tuple[Callable[[int, int], float], int, int]:
+    """How a run of `total` tokens steps its LR: lr_of(step, tokens seen before it), and the WSD decay's first step and
+    token (0 without a decay). Without a batch warm-up the schedule is in steps of batch_tokens; with one, a step takes
+    the LR at the tokens seen before it, so the schedule's token boundaries hold whatever the batch."""
+    if stages:
+        at_tokens = make_schedule(spec, lr=lr, total_steps=total, batch_tokens=1)
+        decay_from = at_tokens.keywords.get("decay_start", 0)
+        return (lambda step, tokens: at_tokens(min(tokens, total - 1))), batch_steps(decay_from, batch_tokens,
+                                                                                      stages), decay_from
+    at_step = make_schedule(spec, lr=lr, total_steps=batch_steps(total, batch_tokens, ()), batch_tokens=batch_tokens)
+    decay_step = at_step.keywords.get("decay_start", 0)
+    return (lambda step, tokens: at_step(step)), decay_step, decay_step * batch_tokens
 
 
 def batch_stage(tokens: int, batch_tokens: int, stages: tuple[tuple[int, int], ...]) -> int:

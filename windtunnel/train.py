@@ -40,7 +40,7 @@ from windtunnel.errors import SpecError, WindtunnelError
 from windtunnel.counts import flops_per_token, n_params
 from windtunnel.model import MiniCPM, param_groups
 from windtunnel.paths import write_atomic
-from windtunnel.schedules import batch_stage, batch_steps, make_schedule
+from windtunnel.schedules import batch_stage, batch_steps, stepping
 
 __all__ = ["train", "TrainResult", "read_status", "peak_flops", "total_tokens", "total_steps", "batch_at"]
 
@@ -459,16 +459,8 @@ def _train(spec: TrainSpec, run_dir: Path, init_from: Path | None, log: Log, flu
     lead = rank == 0
     rows = _check_batch(spec, workers)
     total, steps = total_tokens(spec), total_steps(spec)
-    if spec.batch_warmup:  # the batch changes: the schedule's token boundaries are met by the tokens seen
-        lr_at_tokens = make_schedule(spec.schedule, lr=spec.lr, total_steps=total, batch_tokens=1)
-        lr_of = lambda step, tokens: lr_at_tokens(min(tokens, total - 1))  # noqa: E731
-        decay_from = lr_at_tokens.keywords.get("decay_start", 0)
-        decay_step = batch_steps(decay_from, spec.batch_tokens, spec.batch_warmup)
-    else:
-        lr_at = make_schedule(spec.schedule, lr=spec.lr, total_steps=steps, batch_tokens=spec.batch_tokens)
-        lr_of = lambda step, tokens: lr_at(step)  # noqa: E731
-        decay_step = lr_at.keywords.get("decay_start", 0)  # WSD: the decay's first step
-        decay_from = decay_step * spec.batch_tokens
+    lr_of, decay_step, decay_from = stepping(spec.schedule, lr=spec.lr, total=total, batch_tokens=spec.batch_tokens,
+                                             stages=spec.batch_warmup)
     keep = set(spec.checkpoint_steps) | {steps} | ({decay_step} if decay_step else set())
     autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")  # noqa: E731
 
