@@ -89,11 +89,11 @@ def main() -> None:
     setup = time.perf_counter() - setup
     before = _throttled(folder)
     start = time.perf_counter()
-    demo = subprocess.run(["make", "demo"], cwd=clone, capture_output=True, text=True,
+    demo = subprocess.run(["make", "demo"], cwd=clone, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           preexec_fn=lambda: (folder / "cgroup.procs").write_text(str(os.getpid())))
     wall = time.perf_counter() - start
     periods, throttled = (a - b for a, b in zip(_throttled(folder), before))
-    log = demo.stdout + demo.stderr
+    log = demo.stdout  # stderr merged in order: each sweep's progress bar follows its command
     inside = re.search(r"fp32 matmul peak (\d+) GFLOP/s", log)
     result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"), "cores": cores, "quiet_peak_gflops": round(peak),
               "target_gflops": args.target, "quota_cores": round(quota, 3),
