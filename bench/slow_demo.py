@@ -68,8 +68,8 @@ def _sweep_times(log: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", type=float, default=125.0, help="the emulated fp32 matmul peak, GFLOP/s (default 125)")
-    ap.add_argument("--peak", type=float, help="this machine's quiet peak to assume, GFLOP/s (default: measured now; the "
-                    "measurement varies ~250-320 here, so fix it to compare two runs)")
+    ap.add_argument("--peak", type=float, help="this machine's quiet peak to assume, GFLOP/s (default: measured "
+                    "now; the measurement varies ~250-320 here, so fix it to compare two runs)")
     ap.add_argument("--keep", action="store_true", help="keep the clone (its results/ holds the demo's output)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -95,8 +95,8 @@ def main() -> None:
     periods, throttled = (a - b for a, b in zip(_throttled(folder), before))
     log = demo.stdout  # stderr merged in order: each sweep's progress bar follows its command
     inside = re.search(r"fp32 matmul peak (\d+) GFLOP/s", log)
-    result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"), "cores": cores, "quiet_peak_gflops": round(peak),
-              "target_gflops": args.target, "quota_cores": round(quota, 3),
+    result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"), "cores": cores,
+              "quiet_peak_gflops": round(peak), "target_gflops": args.target, "quota_cores": round(quota, 3),
               "peak_inside_gflops": int(inside.group(1)) if inside else None,
               "throttled_share": round(throttled / periods, 3) if periods else None, "setup_s": round(setup),
               "demo_s": round(wall), "exit_code": demo.returncode,

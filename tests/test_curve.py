@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from windtunnel.curve import FORMS, Curve, CurveError, CurveFit, _Annealing, _Scale, _runs_of_equal_batch, fit_curves, schedule_curve
+from windtunnel.curve import (FORMS, Curve, CurveError, CurveFit, _Annealing, _runs_of_equal_batch, _Scale, fit_curves,
+                              schedule_curve)
 from windtunnel.schedules import ScheduleSpec, make_schedule
 
 BATCH, LR, WARMUP = 4096, 0.02, 65536

@@ -159,7 +159,8 @@ class _Annealing:
             nonzero = np.flatnonzero(d)
             if nonzero.size and np.all(b[nonzero[0]:] == b[nonzero[0]]):
                 first, later = nonzero[0], at >= nonzero[0]
-                rows.setdefault(float(b[first]), []).append((d[first:], offset + np.flatnonzero(later), at[later] - first))
+                row = (d[first:], offset + np.flatnonzero(later), at[later] - first)
+                rows.setdefault(float(b[first]), []).append(row)
             elif nonzero.size:
                 self.loose.append((offset, p))
             offset += at.size
