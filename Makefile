@@ -29,9 +29,7 @@ demo: $(STAMP)
 	$(BIN)/windtunnel peak
 	$(BIN)/windtunnel models
 	$(BIN)/python analysis/schedules_plot.py
-	$(BIN)/windtunnel sweep sweeps/lr.yaml --scale demo
-	$(BIN)/windtunnel sweep sweeps/batch_size.yaml --scale demo
-	$(BIN)/windtunnel sweep sweeps/scaling_law.yaml --scale demo
+	$(BIN)/windtunnel sweep sweeps/lr.yaml sweeps/batch_size.yaml sweeps/scaling_law.yaml --scale demo
 	$(MAKE) --no-print-directory plots SCALE=demo
 	$(BIN)/windtunnel plan micro-425k --tokens 1153434
 	$(BIN)/windtunnel plan minicpm-1.2b

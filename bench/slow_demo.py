@@ -57,9 +57,9 @@ def _throttled(folder: Path) -> tuple[int, int]:
 
 
 def _sweep_times(log: str) -> list[str]:
-    """Each sweep's elapsed time, from its progress bar's last 100% frame."""
+    """Each sweep's elapsed time, from its progress bar's last 100% frame before its table of outcomes."""
     times = []
-    for sweep in log.split("windtunnel sweep ")[1:]:
+    for sweep in re.split(r"^status +name ", log, flags=re.M)[:-1]:
         found = re.findall(r"sweep: 100%[^\[]*\[(\d+:\d+)<", sweep)
         times += found[-1:]
     return times

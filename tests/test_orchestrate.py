@@ -309,3 +309,24 @@ def test_a_second_driver_of_the_same_sweep_is_refused_naming_the_first(tmp_path,
     assert not (results / "runs").exists()  # nothing trained, nothing written but the lock
     with _only_driver("t", "micro"):  # released when the first driver ended
         pass
+
+
+def test_several_sweeps_in_one_command_share_one_ray_session(tmp_path, results, monkeypatch, capsys):
+    """`windtunnel sweep A B` trains A's graph, then B's, starting Ray once (its workers keep their imports), and
+    shuts it down at the end; each sweep keeps its own parent run."""
+    import ray
+
+    from windtunnel import cli, orchestrate
+
+    starts = []
+    real_init = orchestrate.init_ray
+    monkeypatch.setattr(orchestrate, "init_ray", lambda num_cpus: starts.append(real_init(num_cpus)) or starts[-1])
+    (a_runs, a), (b_runs, b) = (sweep_runs(tmp_path, name=name, lrs=lrs, at="[1]")  # runs of their own
+                                for name, lrs in (("a", "[0.01]"), ("b", "[0.02]")))
+    assert cli.main(["sweep", str(a), str(b), "--num-cpus", "2", "--no-mup-check"]) == 0
+    assert starts == [True, False]  # the second sweep found the first's Ray up
+    assert not ray.is_initialized()
+    out = capsys.readouterr().out
+    assert out.index("sweep a (") < out.index("sweep b (")
+    for name, runs in (("a", a_runs), ("b", b_runs)):
+        assert _statuses(name) == {f"{name} (micro)": "FINISHED", **{r.name: "FINISHED" for r in runs}}

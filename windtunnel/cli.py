@@ -136,18 +136,39 @@ def _plain(value):
 
 
 def cmd_sweep(args) -> None:
-    from windtunnel.graph import expand, find_sweep, load_sweep, summarize
+    """Each sweep in turn, in one embedded Ray session: its workers keep their imports from one sweep to the next."""
+    from windtunnel.graph import find_sweep
 
-    args.spec = find_sweep(args.spec)  # a file, or a packaged sweep by name (`lr`, `sweeps/lr.yaml`)
-    sweep, scale = load_sweep(args.spec, scale=args.scale)
+    files = [find_sweep(spec) for spec in args.spec]  # files, or packaged sweeps by name (`lr`, `sweeps/lr.yaml`)
+    failed: dict[str, int] = {}
+    try:
+        for file in files:
+            failed[file.stem] = _sweep_one(args, file, named=len(files) > 1)
+    finally:
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
+    if any(failed.values()):
+        where = f" (sweep {', '.join(f'{k}: {n}' for k, n in failed.items() if n)})" if len(files) > 1 else ""
+        raise WindtunnelError(f"{sum(failed.values())} run(s) failed{where}; run the same command again to retry them "
+                              "(finished runs are kept)")
+
+
+def _sweep_one(args, file: Path, *, named: bool) -> int:
+    """Dry-run or train one sweep's graph; returns how many of its runs failed. `named`: a line names the sweep
+    first (one of several)."""
+    from windtunnel.graph import expand, load_sweep, summarize
+
+    sweep, scale = load_sweep(file, scale=args.scale)
     if args.set_file:  # e.g. the search's best µP hyper-parameters as the base of every run
         from windtunnel.config import load_overrides, merge_overrides
 
         sweep = dataclasses.replace(sweep, base=merge_overrides(sweep.base, load_overrides(args.set_file)))
     provisional: list[str] = []
-    runs = expand(sweep, scale, file=args.spec, scale_name=args.scale, provisional=provisional if args.dry_run else None)
+    runs = expand(sweep, scale, file=file, scale_name=args.scale, provisional=provisional if args.dry_run else None)
     summary = {"sweep": sweep.name, "scale": args.scale, **summarize(runs, args.flops),
                "provisional_ids": sorted(set(provisional))}
+    if named and not args.json:
+        print(f"sweep {sweep.name} ({file}), scale {args.scale}: {len(runs)} runs")
     if any(r.spec.data.corpus == "python" for r in runs) and not args.json:
         from windtunnel.data import source_note
 
@@ -155,9 +176,9 @@ def cmd_sweep(args) -> None:
     if args.dry_run:
         if args.json:
             print(json.dumps(summary))
-            return
-        _print_graph(runs, summary)
-        return
+        else:
+            _print_graph(runs, summary)
+        return 0
     if not args.no_mup_check:  # a broken µP would make every run of the ladder a wasted run
         from windtunnel.mupcheck import require_mup
 
@@ -166,12 +187,10 @@ def cmd_sweep(args) -> None:
     from windtunnel.orchestrate import run_graph
 
     outcomes = run_graph(runs, sweep=sweep.name, scale=args.scale, description=sweep.description,
-                         note=_experiment_note(sweep, args.spec),
-                         retries=args.retries, num_cpus=args.num_cpus, allow_repeat=args.allow_repeat)
+                         note=_experiment_note(sweep, file), retries=args.retries, num_cpus=args.num_cpus,
+                         allow_repeat=args.allow_repeat, keep_ray=True)
     _print_outcomes(outcomes)
-    if any(o.status == "failed" for o in outcomes):
-        raise WindtunnelError(f"{sum(o.status == 'failed' for o in outcomes)} run(s) failed; run the same command "
-                              "again to retry them (finished runs are kept)")
+    return sum(o.status == "failed" for o in outcomes)
 
 
 def _experiment_note(sweep, file: Path) -> str:
@@ -691,12 +710,14 @@ def parser() -> argparse.ArgumentParser:
                     help="override a TrainSpec field (dotted for nested: schedule.kind=wsd, model.d_base=64)")
     tr.add_argument("--dry-run", action="store_true", help="print the resolved spec as YAML with its run id; train nothing")
     tr.set_defaults(func=cmd_train)
-    sw = sub.add_parser("sweep", help="run a sweep's graph on Ray (skips finished runs, resumes the rest)")
-    sw.add_argument("spec", help="a sweep file, or a packaged sweep by name: lr, sweeps/lr.yaml")
+    sw = sub.add_parser("sweep", help="run sweeps' graphs on Ray (skips finished runs, resumes the rest)")
+    sw.add_argument("spec", nargs="+", metavar="sweep",
+                    help="sweep files, or packaged sweeps by name: lr, sweeps/lr.yaml; several run one after another "
+                         "in one Ray session")
     sw.add_argument("--scale", default="micro", help="which scale section of the sweep (micro, demo, paper)")
     sw.add_argument("--set-file", metavar="FILE", help="a YAML mapping of overrides merged into the sweep's base")
     sw.add_argument("--dry-run", action="store_true", help="print the run graph, tokens and FLOPs; train nothing")
-    sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
+    sw.add_argument("--json", action="store_true", help="with --dry-run: one JSON object (a line per sweep)")
     sw.add_argument("--flops", choices=["6nd", "full"], default=DEFAULT_FLOPS,
                     help="with --dry-run: the FLOP count (full: the trainer's, attention included; 6nd: 6·N_total·D)")
     sw.add_argument("--retries", type=option(NON_NEGATIVE_INT), default=2, help="retries of a run that raises before it is marked failed")

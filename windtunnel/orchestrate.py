@@ -176,13 +176,16 @@ def check_epochs(runs: list[Run], train_tokens: dict) -> None:
 
 def run_graph(runs: list[Run], *, sweep: str, scale: str, description: str = "", retries: int = 2,
               num_cpus: int | None = None, progress: bool = True, allow_repeat: bool = False,
-              note: str | None = None) -> list[RunOutcome]:
+              note: str | None = None, keep_ray: bool = False) -> list[RunOutcome]:
     """Train every run of the graph not yet done; returns one outcome per run, in graph order. A run that would read
     its corpus's training split more than once is refused before anything trains, unless `allow_repeat`. `note`:
-    the sweep's MLflow experiment description (what it studies, its scales, what reads it)."""
+    the sweep's MLflow experiment description (what it studies, its scales, what reads it). `keep_ray`: leave an
+    embedded Ray started here running for the next sweep (its workers keep their imports: ~10 s a sweep on 2 cores);
+    the caller shuts it down."""
     with _only_driver(sweep, scale):
         return _run_graph(runs, sweep=sweep, scale=scale, description=description, retries=retries,
-                          num_cpus=num_cpus, progress=progress, allow_repeat=allow_repeat, note=note)
+                          num_cpus=num_cpus, progress=progress, allow_repeat=allow_repeat, note=note,
+                          keep_ray=keep_ray)
 
 
 @contextlib.contextmanager
@@ -210,7 +213,7 @@ def _only_driver(sweep: str, scale: str):
 
 
 def _run_graph(runs: list[Run], *, sweep: str, scale: str, description: str, retries: int, num_cpus: int | None,
-               progress: bool, allow_repeat: bool, note: str | None) -> list[RunOutcome]:
+               progress: bool, allow_repeat: bool, note: str | None, keep_ray: bool) -> list[RunOutcome]:
     from windtunnel.data import prepare
     from windtunnel.tracking import ending_family, settle_runs
 
@@ -234,7 +237,7 @@ def _run_graph(runs: list[Run], *, sweep: str, scale: str, description: str, ret
         try:
             if todo:
                 _drive(todo, {r.id: r for r in runs}, outcomes, board, sweep=sweep, scale=scale, parent=parent,
-                       retries=retries, num_cpus=num_cpus)
+                       retries=retries, num_cpus=num_cpus, keep_ray=keep_ray)
         finally:
             board.close()
         failed = any(o.status == "failed" for o in outcomes.values())
@@ -246,15 +249,18 @@ def _run_graph(runs: list[Run], *, sweep: str, scale: str, description: str, ret
 
 
 def _drive(todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board, *, sweep, scale, parent,
-           retries: int, num_cpus: int | None) -> None:
+           retries: int, num_cpus: int | None, keep_ray: bool) -> None:
     import ray
 
     started_ray = init_ray(num_cpus)
     try:
         _loop(ray, todo, by_id, outcomes, board, sweep=sweep, scale=scale, parent=parent, retries=retries)
-    finally:
-        if started_ray:
+    except BaseException:
+        if started_ray:  # an error or Ctrl-C ends the session, kept or not
             ray.shutdown()
+        raise
+    if started_ray and not keep_ray:
+        ray.shutdown()
 
 
 def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _Board, *, sweep, scale, parent,
