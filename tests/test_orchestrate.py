@@ -330,3 +330,17 @@ def test_several_sweeps_in_one_command_share_one_ray_session(tmp_path, results, 
     assert out.index("sweep a (") < out.index("sweep b (")
     for name, runs in (("a", a_runs), ("b", b_runs)):
         assert _statuses(name) == {f"{name} (micro)": "FINISHED", **{r.name: "FINISHED" for r in runs}}
+
+
+def test_the_costliest_runs_are_started_first(tmp_path, results):
+    """Longest first (LPT): on one CPU the larger model's run, listed second in the graph, trains first."""
+    path = tmp_path / "order.yaml"
+    path.write_text("name: order\nbase: {batch_tokens: 2048, seq_len: 64, eval_every: 10, data: {eval_tokens: 2048}}\n"
+                    "scales:\n  micro:\n    models: [micro-24k, micro-53k]\n    tokens: 8192\n")
+    sweep, section = load_sweep(path, scale="micro")
+    runs = expand(sweep, section, file=path)
+    assert [r.spec.model.name for r in runs] == ["micro-24k", "micro-53k"]
+    run_graph(runs, sweep="order", scale="micro", num_cpus=1, progress=False)
+    frame = tracking.runs_dataframe(experiment="order")
+    started = frame[frame["tags.kind"] != "sweep"].sort_values("start_time")["run_name"].tolist()
+    assert started == [runs[1].name, runs[0].name]

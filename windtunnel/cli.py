@@ -140,12 +140,14 @@ def cmd_sweep(args) -> None:
     from windtunnel.graph import find_sweep
 
     files = [find_sweep(spec) for spec in args.spec]  # files, or packaged sweeps by name (`lr`, `sweeps/lr.yaml`)
+    ray_up = lambda: "ray" in sys.modules and sys.modules["ray"].is_initialized()  # noqa: E731
+    ours = not ray_up()  # a Ray this command starts is shut down at its end; one it found up is left so
     failed: dict[str, int] = {}
     try:
         for file in files:
             failed[file.stem] = _sweep_one(args, file, named=len(files) > 1)
     finally:
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        if ours and ray_up():
             sys.modules["ray"].shutdown()
     if any(failed.values()):
         where = f" (sweep {', '.join(f'{k}: {n}' for k, n in failed.items() if n)})" if len(files) > 1 else ""

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from windtunnel.counts import flops_per_token
 from windtunnel.errors import WindtunnelError, one_line
 from windtunnel.paths import results_dir
 from windtunnel.runs import Run, resources, run_dir, train_one
@@ -268,6 +269,9 @@ def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _B
     gpus = ray.cluster_resources().get("GPU", 0) > 0
     _check_fits(ray, todo, gpus=gpus)
     task = ray.remote(max_retries=0)(train_one)  # retries are ours: a retry resumes from the checkpoint
+    # longest first (stable: graph order among equals): a sweep ends on short runs, not on one long run beside
+    # idle workers
+    todo.sort(key=_cost, reverse=True)
     pending: dict = {}
     attempts: dict[str, int] = {}
     errors: dict[str, str] = {}
@@ -303,6 +307,11 @@ def _loop(ray, todo: list[Run], by_id: dict[str, Run], outcomes: dict, board: _B
         if not pending and todo and all(_fork_point(r, by_id, outcomes) is False for r in todo):
             time.sleep(POLL_SECONDS)  # branches waiting on a checkpoint of a parent that is not running
         board.update(pending)
+
+
+def _cost(run: Run) -> float:
+    """The training FLOPs a run does itself (after its fork): how long it will hold its worker, relatively."""
+    return run.own_tokens * flops_per_token(run.spec.model, seq_len=run.spec.seq_len)
 
 
 def _fork_point(run: Run, by_id: dict[str, Run], outcomes: dict):
