@@ -136,6 +136,19 @@ def store(tmp_path_factory):
     os.environ["WINDTUNNEL_RESULTS"] = old
 
 
+def test_the_fits_read_runs_in_run_id_order_whatever_order_they_trained_in(store, monkeypatch):
+    """A sweep that trains its runs in another order (longest first, retries) stores them in another order; the
+    points, and so the bootstrap's resamples of them, must not follow it."""
+    from windtunnel import tracking
+
+    frame, _ = studies.final_points("scaling_law", scale="micro", current=False)
+    real = tracking.runs_dataframe
+    monkeypatch.setattr(tracking, "runs_dataframe", lambda *a, **k: real(*a, **k).iloc[::-1])
+    reversed_store, _ = studies.final_points("scaling_law", scale="micro", current=False)
+    assert list(frame["run"]) == sorted(frame["run"])
+    pd.testing.assert_frame_equal(frame, reversed_store)
+
+
 def test_final_points_leave_out_failed_and_diverged_runs_and_say_why(store):
     frame, excluded = studies.final_points("scaling_law", scale="micro", current=False)
     assert excluded == {"diverged": 1, "failed": 1}

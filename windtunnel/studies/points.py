@@ -113,7 +113,9 @@ def _stored_points(sweep: str, *, scale: str, current: bool,
         if stale.any():
             excluded[f"not in the graph of {spec_file} any more (--all-runs keeps them)"] = int(stale.sum())
         frame = frame[~stale].reset_index(drop=True)
-    return frame, excluded, raw
+    # in run-id order, not the store's (when each run started): the same runs give the same fits and bootstrap
+    # intervals whatever order a sweep trained them in
+    return frame.sort_values("run", kind="stable").reset_index(drop=True), excluded, raw
 
 
 def ladder_facts(frame: pd.DataFrame) -> dict:
